@@ -1,0 +1,5 @@
+import sys
+
+from daqbridge.cli import main
+
+sys.exit(main())
