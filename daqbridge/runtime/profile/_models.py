@@ -1,0 +1,1157 @@
+"""The lab profile as pydantic models: one class per TOML table.
+
+The models are the single source of truth for what a profile may contain: the loader validates
+against them, docs/profile.md is generated from their field descriptions, and the migration tool
+writes what they accept. Every model forbids unknown keys and is strict about types, because a
+profile is typed by hand: ``baud_rate = "19200"`` or ``baudrate = 19200`` must be caught before
+the lab runs, not coerced or ignored.
+
+Rules that need more than one instrument (duplicate ids, shared ports, colliding data
+directories) live in ``_validate.py``; rules that need one table live here, next to its fields.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+# --- vocabulary ---------------------------------------------------------------------------------
+
+DRIVERS: tuple[str, ...] = (
+    "esp300",
+    "newport1830c",
+    "maitai",
+    "elliptec",
+    "scpi",
+    "pvcam",
+    "epics",
+)
+"""Every driver a profile may name."""
+
+SERIAL_DRIVERS: frozenset[str] = frozenset({"esp300", "newport1830c", "maitai", "elliptec"})
+"""Drivers reached through a serial ``port``."""
+
+LEGACY_DRIVERS: frozenset[str] = frozenset({"esp300", "newport1830c", "maitai", "elliptec"})
+"""Drivers that also exist in the legacy stack (so may be ``legacy`` or ``shadow``)."""
+
+STACKS: tuple[str, ...] = ("native", "legacy", "shadow")
+
+SIM_PORT = "pty"
+"""Port value meaning: the runtime starts the simulator and serves it on a pseudo-terminal."""
+
+SIM_TCP_RESOURCE = "sim-tcp"
+"""VISA resource meaning: the runtime starts the SCPI TCP simulator and substitutes its address."""
+
+URL_SCHEMES: frozenset[str] = frozenset(
+    {"sim", "socket", "loop", "rfc2217", "spy", "hwgrep", "alt", "cp2110"}
+)
+"""pyserial URL handlers (plus daqbridge's ``sim://``) accepted as a ``port``."""
+
+LEGACY_TWIN_SUFFIX = "_legacy"
+"""Suffix of the device ids of the legacy twin of a shadow instrument."""
+
+STANDARD_BAUD_RATES: tuple[int, ...] = (
+    300,
+    600,
+    1200,
+    2400,
+    4800,
+    9600,
+    14400,
+    19200,
+    38400,
+    57600,
+    115200,
+    230400,
+    460800,
+    921600,
+)
+
+_SUFFIX_RE = re.compile(r"^[A-Za-z0-9_]+$")
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_VISA_RE = re.compile(r"^(TCPIP\d*|GPIB\d*|USB\d*|ASRL\S*|VXI\d*|PXI\d*|VICP\d*)::\S+$", re.I)
+_VISA_BACKEND_RE = re.compile(r"^(?:\S*@)?(py|sim|ivi|ni)$")
+_PV_RE = re.compile(r"^[A-Za-z0-9_:.\-\[\]<>{}$]+$")
+
+
+def bad(what: str, fix: str, *, key: str | None = None) -> PydanticCustomError:
+    """A validation error carrying its own fix (and the sub-key it is about).
+
+    The text travels in ``ctx`` rather than in the message template, so braces typed by the user
+    (``SOUR:VOLT {value}``) are never mistaken for template fields.
+    """
+    ctx: dict[str, Any] = {"what": what, "fix": fix}
+    if key is not None:
+        ctx["key"] = key
+    return PydanticCustomError("profile", "{what}", ctx)
+
+
+def is_url_port(port: str) -> bool:
+    """True for pyserial URLs (``sim://``, ``socket://``, ``loop://`` ...), never a device path."""
+    scheme, sep, _ = port.partition("://")
+    return bool(sep) and scheme.lower() in URL_SCHEMES
+
+
+def is_simulated_port(port: str) -> bool:
+    return port == SIM_PORT or port.lower().startswith("sim://")
+
+
+# --- reusable field types -----------------------------------------------------------------------
+
+
+def _text(value: str) -> str:
+    if not value.strip():
+        raise bad("must not be empty", "write a non-empty value or remove the key")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise bad(
+            f"contains a control character ({value!r})",
+            "remove escapes such as \\n, \\r, \\t or \\u0000 from the value",
+        )
+    return value
+
+
+def _ident(value: str) -> str:
+    if not _IDENT_RE.match(value):
+        raise bad(
+            f"{value!r} is not a valid id",
+            "ids are Python identifiers in ASCII: a letter or _, then letters, digits and _ "
+            "(e.g. 'stage_1'); they become device names and data keys",
+        )
+    return value
+
+
+def _suffix(value: str) -> str:
+    if not _SUFFIX_RE.match(value):
+        raise bad(
+            f"{value!r} cannot be part of a device id",
+            "use ASCII letters, digits and _ only (e.g. 'x', 'rot_a'): it is appended to the "
+            "instrument id as <instrument id>_<name>",
+        )
+    return value
+
+
+Text = Annotated[str, AfterValidator(_text)]
+Ident = Annotated[str, AfterValidator(_ident)]
+Suffix = Annotated[str, AfterValidator(_suffix)]
+Seconds = Annotated[float, Field(gt=0, le=3600)]
+
+
+class Section(BaseModel):
+    """Base of every table: strict types, no unknown keys, finite numbers unless stated."""
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        allow_inf_nan=False,
+        validate_assignment=True,
+        use_attribute_docstrings=False,
+    )
+
+
+# --- top-level sections -------------------------------------------------------------------------
+
+
+class LabSettings(Section):
+    """``[lab]``: who this lab is and where its data goes."""
+
+    name: Text = Field(description="Name of the lab; recorded in every run's start document.")
+    data_dir: Text = Field(
+        "~/daqbridge-data",
+        description="Root of everything daqbridge writes (catalog, write-ahead log, camera "
+        "frames). `~` is expanded; a relative path is relative to the profile file. The "
+        "environment variable DAQBRIDGE_DATA overrides it at runtime.",
+    )
+    catalog_uri: Text | None = Field(
+        None,
+        description="Tiled server to write runs to (`http://host:8000`), or a SQLite catalog "
+        "(`sqlite:///path/catalog.db`). Unset: an embedded file catalog in `<data_dir>/catalog`.",
+    )
+    catalog_api_key: Text | None = Field(
+        None,
+        description="API key of the Tiled server. Write `env:NAME` to read it from the "
+        "environment variable NAME instead of keeping a secret in the file.",
+    )
+
+    @field_validator("catalog_uri")
+    @classmethod
+    def _known_scheme(cls, uri: str | None) -> str | None:
+        if uri is not None and not re.match(r"^(https?|sqlite)://", uri):
+            raise bad(
+                f"catalog_uri {uri!r} is neither a Tiled server nor a SQLite catalog",
+                "write http(s)://host:port for a Tiled server or sqlite:///path/catalog.db, "
+                "or remove the key to use the embedded catalog in data_dir",
+            )
+        return uri
+
+    @field_validator("catalog_api_key")
+    @classmethod
+    def _env_name(cls, key: str | None) -> str | None:
+        if key is not None and key.startswith("env:") and not _IDENT_RE.match(key[4:]):
+            raise bad(
+                f"{key!r} does not name an environment variable",
+                "write env:NAME with NAME an environment variable name, e.g. env:TILED_API_KEY",
+            )
+        return key
+
+    def resolved_api_key(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """The API key, read from the environment when written as ``env:NAME``."""
+        key = self.catalog_api_key
+        if key is None or not key.startswith("env:"):
+            return key
+        return (os.environ if environ is None else environ).get(key[4:])
+
+
+class StackSettings(Section):
+    """``[stacks]``: switch a whole stack off (its instruments are then skipped, with a warning)."""
+
+    native: bool = Field(True, description="Start the native (ophyd) devices.")
+    legacy: bool = Field(True, description="Start the legacy drivers and their ophyd adapters.")
+
+
+class SimulationSettings(Section):
+    """``[simulation]``: whether this profile describes a simulated lab."""
+
+    enabled: bool = Field(
+        False,
+        description="The profile uses simulators (`sim://` ports, `pty`, `sim-tcp`). Simulated "
+        "hardware in a profile with this off is an error, so a real lab cannot silently run on "
+        "simulators.",
+    )
+    speed: float = Field(
+        1.0,
+        gt=0,
+        allow_inf_nan=True,
+        description="Default speed factor of the simulators: 10 makes a 2 s move take 0.2 s; "
+        "`inf` makes motion and settling instantaneous.",
+    )
+    start_simulators: bool = Field(
+        True,
+        description="The runtime starts the simulators itself. Off: they are already running "
+        "(`daqbridge sim serve`), so `pty` and `sim-tcp` cannot be used.",
+    )
+
+
+class ShutdownDeadlines(Section):
+    """``[shutdown]``: seconds each shutdown phase may take before it is forced and reported.
+
+    Phases run in the order of the keys below.
+    """
+
+    run_engine: Seconds = Field(
+        10.0, description="Stop or abort the running plan; the RunEngine closes the run."
+    )
+    native: Seconds = Field(5.0, description="Stop and disconnect the native devices.")
+    legacy: Seconds = Field(5.0, description="Stop the legacy drivers' polling and commands.")
+    catalog: Seconds = Field(
+        15.0, description="Flush the catalog writer and the write-ahead log; close HDF5 files."
+    )
+    resources: Seconds = Field(3.0, description="Close serial ports, buses and VISA sessions.")
+    simulators: Seconds = Field(2.0, description="Stop the simulators the runtime started.")
+
+    def phases(self) -> list[tuple[str, float]]:
+        """(phase, deadline) in shutdown order."""
+        return [(name, getattr(self, name)) for name in type(self).model_fields]
+
+
+# --- simulation wiring per instrument -----------------------------------------------------------
+
+
+class SimFaults(Section):
+    """``sim.faults``: fault injection switches of the instrument's simulator."""
+
+    reply_delay: float = Field(0.0, ge=0, description="Extra seconds before every reply.")
+    drop_probability: float = Field(
+        0.0, ge=0, le=1, description="Probability that a reply is lost."
+    )
+    drop_next: int = Field(0, ge=0, description="Drop exactly the next N replies.")
+    garble_probability: float = Field(
+        0.0, ge=0, le=1, description="Probability that a reply has one corrupted byte."
+    )
+    garble_next: int = Field(0, ge=0, description="Garble exactly the next N replies.")
+    echo: bool = Field(False, description="Echo every command line before its reply.")
+    stuck: bool = Field(False, description="The device swallows commands and answers nothing.")
+    seed: int | None = Field(None, description="Seed of the random faults, for replay.")
+
+
+class SimSettings(Section):
+    """``sim``: how the runtime builds this instrument's simulator (simulated profiles only)."""
+
+    kind: Ident | None = Field(
+        None, description="Simulator kind; defaults to the driver name (`daqbridge sim list`)."
+    )
+    speed: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=True,
+        description="Speed factor of this simulator; defaults to `[simulation] speed`.",
+    )
+    addresses: list[int] | None = Field(
+        None,
+        description="Elliptec only: addresses (0-15) where the simulated bus has a device. "
+        "Defaults to the addresses in the profile; leave one out to simulate an absent device.",
+    )
+    faults: SimFaults | None = Field(None, description="Fault injection (see `sim.faults`).")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Further simulator constructor options (checked by the simulator when it is "
+        "built; see docs/simulators.md).",
+    )
+
+    @field_validator("addresses")
+    @classmethod
+    def _hex_range(cls, addresses: list[int] | None) -> list[int] | None:
+        if addresses is not None:
+            for i, a in enumerate(addresses):
+                if not 0 <= a <= 15:
+                    raise bad(
+                        f"address {a} is outside the Elliptec range 0-15",
+                        "use addresses 0 to 15 (hex 0-F)",
+                        key=f"[{i}]",
+                    )
+            if len(set(addresses)) != len(addresses):
+                raise bad("an address is listed twice", "list each address once")
+        return addresses
+
+    @field_validator("options")
+    @classmethod
+    def _scalar_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        for name, value in options.items():
+            if not _IDENT_RE.match(name):
+                raise bad(
+                    f"option name {name!r} is not an identifier",
+                    "simulator options are keyword arguments: use letters, digits and _",
+                    key=name,
+                )
+            items = value if isinstance(value, list) else [value]
+            if not all(isinstance(v, str | int | float | bool) for v in items):
+                raise bad(
+                    f"option {name} has a value of type {type(value).__name__}",
+                    "simulator options are strings, numbers, booleans or arrays of them",
+                    key=name,
+                )
+        return options
+
+    def simulator_options(self, *, default_speed: float) -> dict[str, Any]:
+        """Keyword arguments for ``daqbridge.sim.create_simulator`` (fault switches flattened)."""
+        opts: dict[str, Any] = dict(self.options)
+        opts["speed"] = self.speed if self.speed is not None else default_speed
+        if self.addresses is not None:
+            opts["addresses"] = list(self.addresses)
+        if self.faults is not None:
+            opts.update(self.faults.model_dump(exclude_defaults=True))
+        return opts
+
+
+# --- driver settings tables ---------------------------------------------------------------------
+
+Esp300Units = Literal[
+    "counts", "steps", "mm", "um", "in", "mil", "uin", "deg", "grad", "rad", "mrad", "urad"
+]
+ESP300_UNIT_CODES: dict[str, int] = {
+    u: i
+    for i, u in enumerate(
+        ("counts", "steps", "mm", "um", "in", "mil", "uin", "deg", "grad", "rad", "mrad", "urad")
+    )
+}
+"""ESP300 ``SN`` unit codes."""
+
+
+def _check_limits(low: float | None, high: float | None, what: str) -> None:
+    if low is not None and high is not None and not low < high:
+        raise bad(
+            f"{what}: low_limit {low:g} is not below high_limit {high:g}",
+            "swap the limits or correct one of them",
+            key="high_limit",
+        )
+
+
+class Esp300Axis(Section):
+    """One axis of an ESP300 (``esp300.axes`` entry). Device id: ``<instrument id>_<name>``."""
+
+    number: int = Field(ge=1, le=3, description="Axis number on the controller (1-3).")
+    name: Suffix = Field(description="Axis name; the axis device id is `<instrument id>_<name>`.")
+    units: Esp300Units = Field("mm", description="Axis units, set on the controller with `SN`.")
+    velocity: float | None = Field(None, gt=0, description="Velocity (units/s), `VA`.")
+    acceleration: float | None = Field(None, gt=0, description="Acceleration (units/s²), `AC`.")
+    deceleration: float | None = Field(None, gt=0, description="Deceleration (units/s²), `AG`.")
+    low_limit: float = Field(description="Lowest position a plan may request (software limit).")
+    high_limit: float = Field(description="Highest position a plan may request.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Esp300Axis:
+        _check_limits(self.low_limit, self.high_limit, f"axis {self.name}")
+        return self
+
+
+class Esp300Settings(Section):
+    """``[instruments.esp300]``: the axes connected to the controller."""
+
+    axes: list[Esp300Axis] = Field(
+        min_length=1, max_length=3, description="1 to 3 axes with unique numbers and names."
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> Esp300Settings:
+        _unique_by(self.axes, "number", "axes", "axis number")
+        _unique_by(self.axes, "name", "axes", "axis name")
+        return self
+
+
+def _unique_by(items: list[Any], attr: str, where: str, label: str) -> None:
+    seen: dict[Any, int] = {}
+    for i, item in enumerate(items):
+        value = getattr(item, attr)
+        if value in seen:
+            raise bad(
+                f"{label} {value!r} appears twice ({where}[{seen[value]}] and {where}[{i}])",
+                f"give every entry of {where} its own {attr}",
+                key=f"{where}[{i}].{attr}",
+            )
+        seen[value] = i
+
+
+class Newport1830cSettings(Section):
+    """``[instruments.newport1830c]``: power meter settings applied when it connects."""
+
+    wavelength_nm: int | None = Field(
+        None, ge=300, le=1100, description="Calibration wavelength (300-1100 nm); unset: keep."
+    )
+    range: int = Field(0, ge=0, le=8, description="Range 1-8, or 0 for auto range.")
+    filter: Literal["slow", "medium", "fast"] | None = Field(
+        None, description="Averaging filter (`F1`-`F3`); unset: keep."
+    )
+    units: Literal["W", "dBm", "dB", "REL"] = Field(
+        "W", description="Reading units; drivers parse W readings most robustly."
+    )
+    attenuator: bool | None = Field(None, description="Attenuator in (`A1`) or out; unset: keep.")
+
+
+class MaiTaiSettings(Section):
+    """``[instruments.maitai]``: laser limits and the unit's reply terminator."""
+
+    wavelength_limits: list[float] = Field(
+        [690.0, 1040.0],
+        min_length=2,
+        max_length=2,
+        description="[low, high] nm a plan may tune to, inside the laser's 690-1040 nm.",
+    )
+    reply_terminator: Literal["LF", "CR", "CRLF"] = Field(
+        "LF", description="Terminator of the unit's replies (varies by firmware)."
+    )
+
+    @field_validator("wavelength_limits")
+    @classmethod
+    def _inside_tuning_range(cls, limits: list[float]) -> list[float]:
+        low, high = limits
+        if not 690 <= low < high <= 1040:
+            raise bad(
+                f"wavelength_limits [{low:g}, {high:g}] are not an increasing pair inside "
+                "690-1040 nm",
+                "write [low, high] with 690 <= low < high <= 1040, e.g. [700, 1000]",
+            )
+        return limits
+
+
+def _hex_address(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= 15:
+            raise bad(
+                f"address {value} is outside 0-15",
+                "Elliptec addresses are one hex digit: 0-9, A-F (or the integers 0-15)",
+            )
+        return f"{value:X}"
+    if isinstance(value, str):
+        if not re.fullmatch(r"[0-9A-Fa-f]", value):
+            raise bad(
+                f"address {value!r} is not one hex digit",
+                "Elliptec addresses are one hex digit: '0'-'9', 'A'-'F'",
+            )
+        return value.upper()
+    return value  # the strict str check reports the wrong type
+
+
+class ElliptecAddress(Section):
+    """One device on the Elliptec bus. Device id: ``<instrument id>_<name>``."""
+
+    address: Annotated[str, BeforeValidator(_hex_address)] = Field(
+        description="Bus address, one hex digit '0'-'F' (an integer 0-15 is accepted)."
+    )
+    name: Suffix | None = Field(
+        None,
+        description="Device name; the device id is `<instrument id>_<name>`. Defaults to the "
+        "address in lower case.",
+    )
+    low_limit: float | None = Field(None, description="Lowest angle (deg) a plan may request.")
+    high_limit: float | None = Field(None, description="Highest angle (deg) a plan may request.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ElliptecAddress:
+        _check_limits(self.low_limit, self.high_limit, f"address {self.address}")
+        return self
+
+    @property
+    def device_name(self) -> str:
+        return self.name if self.name is not None else self.address.lower()
+
+
+class ElliptecSettings(Section):
+    """``[instruments.elliptec]``: every device on the bus (one bus driver owns them all)."""
+
+    addresses: list[ElliptecAddress] = Field(
+        min_length=1, max_length=16, description="Devices on the bus, unique addresses and names."
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> ElliptecSettings:
+        _unique_by(self.addresses, "address", "addresses", "address")
+        _unique_by(self.addresses, "device_name", "addresses", "name")
+        return self
+
+
+class ScpiSignal(Section):
+    """One signal of a SCPI instrument (``scpi.signals`` entry)."""
+
+    name: Suffix = Field(description="Signal name (the ophyd component, data key `<id>_<name>`).")
+    query: Text | None = Field(None, description="Query that reads it, ending in `?`.")
+    command: Text | None = Field(
+        None, description="Command that sets it, with `{value}` where the value goes."
+    )
+    units: str = Field("", description="Engineering units, recorded in the descriptor.")
+    low: float | None = Field(None, description="Lowest value a plan may set.")
+    high: float | None = Field(None, description="Highest value a plan may set.")
+    kind: Literal["hinted", "normal", "config"] = Field(
+        "normal", description="ophyd Kind: hinted (plotted), normal (read), config (once per run)."
+    )
+
+    @field_validator("query", "command")
+    @classmethod
+    def _one_command(cls, text: str | None) -> str | None:
+        if text is not None and ";" in text:
+            raise bad(
+                f"{text!r} contains ';' (a second command)",
+                "give one command per signal; a compound command cannot be checked or stopped",
+            )
+        return text
+
+    @model_validator(mode="after")
+    def _shape(self) -> ScpiSignal:
+        if self.query is None and self.command is None:
+            raise bad(
+                f"signal {self.name} has neither query nor command",
+                'add query = "...?" to read it and/or command = "... {value}" to set it',
+                key="query",
+            )
+        if self.query is not None and not self.query.rstrip().endswith("?"):
+            raise bad(
+                f"query {self.query!r} does not end in '?'",
+                "SCPI instruments reply only to queries; end it with ? (e.g. MEAS:VOLT:DC?)",
+                key="query",
+            )
+        if self.command is not None:
+            braces = re.findall(r"\{[^}]*\}", self.command)
+            if braces != ["{value}"] or self.command.count("{") != 1:
+                raise bad(
+                    f"command {self.command!r} must contain exactly one {{value}} placeholder",
+                    'write e.g. command = "SOUR:VOLT {value}"',
+                    key="command",
+                )
+        if self.low is not None and self.high is not None and not self.low < self.high:
+            raise bad(
+                f"signal {self.name}: low {self.low:g} is not below high {self.high:g}",
+                "swap the bounds or correct one of them",
+                key="high",
+            )
+        return self
+
+
+class ScpiSettings(Section):
+    """``[instruments.scpi]``: what to read and set on a SCPI instrument."""
+
+    signals: list[ScpiSignal] = Field(
+        min_length=1, description="Signals of the device, unique names."
+    )
+    expected_idn: Text | None = Field(
+        None,
+        description="Substring the `*IDN?` reply must contain; a different instrument at the "
+        "address is refused (IdentityMismatch).",
+    )
+    termination: Literal["LF", "CR", "CRLF"] = Field(
+        "LF", description="Read and write termination."
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> ScpiSettings:
+        _unique_by(self.signals, "name", "signals", "signal name")
+        return self
+
+
+class PvcamRoi(Section):
+    """``pvcam.roi``: sensor region, inclusive pixel bounds (serial = columns, parallel = rows)."""
+
+    s1: int = Field(ge=0, description="First column.")
+    s2: int = Field(ge=0, description="Last column (inclusive).")
+    p1: int = Field(ge=0, description="First row.")
+    p2: int = Field(ge=0, description="Last row (inclusive).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PvcamRoi:
+        if self.s2 < self.s1:
+            raise bad(f"s2 {self.s2} is before s1 {self.s1}", "write s1 <= s2", key="s2")
+        if self.p2 < self.p1:
+            raise bad(f"p2 {self.p2} is before p1 {self.p1}", "write p1 <= p2", key="p2")
+        return self
+
+
+class PvcamSettings(Section):
+    """``[instruments.pvcam]``: camera backend, exposure, region and where frames go."""
+
+    backend: Literal["sim", "pvcam"] = Field(
+        "pvcam", description="`pvcam`: the vendor SDK through pyvcam; `sim`: simulated camera."
+    )
+    exposure_ms: float = Field(20.0, gt=0, le=3_600_000, description="Exposure time in ms.")
+    roi: PvcamRoi | None = Field(None, description="Region of interest; unset: full sensor.")
+    binning: list[int] = Field(
+        [1, 1], min_length=2, max_length=2, description="[serial, parallel] binning."
+    )
+    frames_dir: Text | None = Field(
+        None,
+        description="Directory of the HDF5 frame files; relative to data_dir. Default "
+        "`frames/<instrument id>`. Must not be shared or inside the catalog's directories.",
+    )
+
+    @model_validator(mode="after")
+    def _binning_fits(self) -> PvcamSettings:
+        for i, b in enumerate(self.binning):
+            if not 1 <= b <= 64:
+                raise bad(f"binning {b} is outside 1-64", "use 1, 2, 4 ...", key=f"binning[{i}]")
+        if self.roi is not None:
+            width = self.roi.s2 - self.roi.s1 + 1
+            height = self.roi.p2 - self.roi.p1 + 1
+            if width % self.binning[0] or height % self.binning[1]:
+                raise bad(
+                    f"ROI {width}x{height} is not a multiple of binning "
+                    f"{self.binning[0]}x{self.binning[1]}",
+                    "make the ROI width and height multiples of the binning",
+                    key="roi",
+                )
+        return self
+
+
+class EpicsSettings(Section):
+    """``[instruments.epics]``: what the IOC serves at the instrument's prefix."""
+
+    kind: Literal["motor", "signal"] = Field(
+        "motor",
+        description="`motor`: a motor record at the prefix (driven as ophyd.EpicsMotor); "
+        "`signal`: a PV read (and optionally written).",
+    )
+    read_pv: str = Field("", description="Signal: suffix of the PV to read, appended to prefix.")
+    write_pv: str | None = Field(None, description="Signal: suffix of the PV to write.")
+    units: str = Field("", description="Engineering units, when the IOC does not give them.")
+
+    @model_validator(mode="after")
+    def _motor_has_no_pvs(self) -> EpicsSettings:
+        if self.kind == "motor" and (self.read_pv or self.write_pv is not None):
+            raise bad(
+                "read_pv/write_pv are for kind = 'signal'; a motor record's fields are fixed",
+                "remove read_pv and write_pv, or set kind = 'signal'",
+                key="kind",
+            )
+        for key in ("read_pv", "write_pv"):
+            value = getattr(self, key)
+            if value and not _PV_RE.match(value):
+                raise bad(f"{value!r} is not a PV name suffix", "remove spaces", key=key)
+        return self
+
+
+# --- instruments --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceRef:
+    """One device the runtime builds from a profile entry."""
+
+    id: str
+    """Device id (ophyd name), e.g. ``sim_stage_x`` or ``sim_meter_legacy``."""
+    instrument: str
+    """Id of the ``[[instruments]]`` entry it comes from."""
+    stack: Literal["native", "legacy"]
+    part: str | None
+    """Axis or Elliptec device name; None for the instrument as a whole."""
+
+
+class InstrumentBase(Section):
+    """Keys every ``[[instruments]]`` entry has."""
+
+    hardware_key: ClassVar[str] = "port"
+    has_legacy_driver: ClassVar[bool] = False
+
+    id: Ident = Field(description="Unique id; also the device name in plans and the catalog.")
+    driver: str = Field(description=f"One of: {', '.join(DRIVERS)}.")
+    stack: Literal["native", "legacy", "shadow"] = Field(
+        "native",
+        description="`native`: ophyd device; `legacy`: legacy driver behind the adapter; "
+        "`shadow`: both on the same hardware, the legacy twin named `<id>_legacy`.",
+    )
+    enabled: bool = Field(True, description="Off: kept in the file but not started or checked.")
+    description: str = Field("", description="Free text shown by `daqbridge config check`.")
+
+    @model_validator(mode="after")
+    def _stack_exists(self) -> InstrumentBase:
+        if self.stack != "native" and not self.has_legacy_driver:
+            raise bad(
+                f"driver {self.driver!r} exists only in the native stack, not {self.stack!r}",
+                f'set stack = "native" (legacy drivers exist for: '
+                f"{', '.join(sorted(LEGACY_DRIVERS))})",
+                key="stack",
+            )
+        return self
+
+    @property
+    def hardware(self) -> str:
+        """What names the hardware: the port, VISA resource, camera name or PV prefix."""
+        return getattr(self, self.hardware_key)
+
+    @property
+    def settings(self) -> Section:
+        """The driver's own table (``[instruments.<driver>]``)."""
+        return getattr(self, self.driver)
+
+    @property
+    def simulated(self) -> bool:
+        return False
+
+    @property
+    def runs_native(self) -> bool:
+        return self.stack in ("native", "shadow")
+
+    @property
+    def runs_legacy(self) -> bool:
+        return self.stack in ("legacy", "shadow")
+
+    def parts(self) -> list[str]:
+        """Names of the sub-devices (axes, bus devices), each addressable as ``<id>_<name>``."""
+        return []
+
+    def devices(self) -> list[DeviceRef]:
+        """Every device this entry produces (both twins of a shadow instrument)."""
+        refs: list[DeviceRef] = []
+        for stack in ("native", "legacy"):
+            if (stack == "native" and not self.runs_native) or (
+                stack == "legacy" and not self.runs_legacy
+            ):
+                continue
+            twin = LEGACY_TWIN_SUFFIX if stack == "legacy" and self.stack == "shadow" else ""
+            refs.append(DeviceRef(self.id + twin, self.id, stack, None))
+            for part in self.parts():
+                refs.append(DeviceRef(f"{self.id}_{part}{twin}", self.id, stack, part))
+        return refs
+
+
+def _port(value: str) -> str:
+    if value == SIM_PORT or is_url_port(value):
+        return value
+    scheme, sep, _ = value.partition("://")
+    if sep:
+        raise bad(
+            f"port URL scheme {scheme!r}:// is not known",
+            f"use a device path (/dev/serial/by-id/...), 'pty', or a URL with one of: "
+            f"{', '.join(s + '://' for s in sorted(URL_SCHEMES))}",
+        )
+    return value
+
+
+Port = Annotated[str, AfterValidator(_text), AfterValidator(_port)]
+
+
+class SerialInstrument(InstrumentBase):
+    """Keys of the instruments on a serial port."""
+
+    has_legacy_driver: ClassVar[bool] = True
+
+    port: Port = Field(
+        description="Serial port: a device path (prefer /dev/serial/by-id/..., stable across "
+        "re-plugging), a pyserial URL (`sim://KIND?name=NAME`, `socket://host:port`, `loop://`), "
+        "or `pty` (the runtime serves the simulator on a pseudo-terminal)."
+    )
+    baud_rate: int = Field(9600, description="Baud rate; the default is the instrument's own.")
+    flow_control: Literal["none", "xonxoff", "rtscts"] = Field(
+        "none", description="Serial flow control."
+    )
+    timeout: float = Field(1.0, gt=0, le=600, description="Seconds to wait for a reply.")
+    polling_rate_hz: float | None = Field(
+        None,
+        ge=0,
+        le=1000,
+        description="Legacy and shadow only: polls per second (0: commands only); unset: the "
+        "legacy driver's default.",
+    )
+    sim: SimSettings | None = Field(None, description="Simulator settings (simulated ports).")
+
+    @field_validator("baud_rate")
+    @classmethod
+    def _standard_baud(cls, baud: int) -> int:
+        if baud not in STANDARD_BAUD_RATES:
+            raise bad(
+                f"{baud} is not a standard baud rate",
+                f"use one of {', '.join(map(str, STANDARD_BAUD_RATES))} (this instrument's "
+                f"default is {cls.model_fields['baud_rate'].default})",
+            )
+        return baud
+
+    @property
+    def simulated(self) -> bool:
+        return is_simulated_port(self.port)
+
+    @property
+    def simulator_kind(self) -> str:
+        """Simulator kind for ``daqbridge.sim.create_simulator`` (``sim.kind`` or the driver)."""
+        return self.sim.kind if self.sim is not None and self.sim.kind else self.driver
+
+    def simulator_options(self, default_speed: float) -> dict[str, Any]:
+        """Keyword arguments for ``create_simulator(self.simulator_kind, **options)``.
+
+        The ``sim`` table's options, plus what the profile already says about the device, so a
+        simulator matches its entry without repeating it: the Elliptec bus gets the profile's
+        addresses (unless ``sim.addresses`` says otherwise), the MaiTai its reply terminator.
+        """
+        sim = self.sim if self.sim is not None else SimSettings()
+        opts = sim.simulator_options(default_speed=default_speed)
+        for key, value in self._simulator_defaults().items():
+            opts.setdefault(key, value)
+        return opts
+
+    def _simulator_defaults(self) -> dict[str, Any]:
+        return {}
+
+
+class Esp300Instrument(SerialInstrument):
+    """Newport ESP300 motion controller, 1-3 axes on one RS-232 port."""
+
+    driver: Literal["esp300"]
+    baud_rate: int = Field(19200, description="Baud rate (ESP300: 19200).")
+    esp300: Esp300Settings = Field(description="The axes (`[instruments.esp300]`).")
+
+    def parts(self) -> list[str]:
+        return [axis.name for axis in self.esp300.axes]
+
+
+class Newport1830cInstrument(SerialInstrument):
+    """Newport 1830-C optical power meter."""
+
+    driver: Literal["newport1830c"]
+    newport1830c: Newport1830cSettings = Field(
+        default_factory=Newport1830cSettings, description="Meter settings."
+    )
+
+    @model_validator(mode="after")
+    def _no_rtscts(self) -> Newport1830cInstrument:
+        if self.flow_control == "rtscts":
+            raise bad(
+                "RTS/CTS flow control breaks the 1830-C's serial link",
+                'set flow_control = "none"',
+                key="flow_control",
+            )
+        return self
+
+
+class MaiTaiInstrument(SerialInstrument):
+    """Spectra-Physics MaiTai Ti:Sapphire laser."""
+
+    driver: Literal["maitai"]
+    flow_control: Literal["none", "xonxoff", "rtscts"] = Field(
+        "xonxoff", description="Serial flow control (the MaiTai manual asks for XON/XOFF)."
+    )
+    timeout: float = Field(3.0, gt=0, le=600, description="Seconds to wait (replies take 2 s).")
+    maitai: MaiTaiSettings = Field(default_factory=MaiTaiSettings, description="Laser settings.")
+
+    def _simulator_defaults(self) -> dict[str, Any]:
+        return {"reply_terminator": self.maitai.reply_terminator}
+
+
+class ElliptecInstrument(SerialInstrument):
+    """Thorlabs Elliptec bus: every ELL device on one serial line, addressed 0-F."""
+
+    driver: Literal["elliptec"]
+    elliptec: ElliptecSettings = Field(description="The devices on the bus.")
+
+    @model_validator(mode="after")
+    def _no_rtscts(self) -> ElliptecInstrument:
+        if self.flow_control == "rtscts":
+            raise bad(
+                "RTS/CTS flow control hangs the Elliptec bus",
+                'set flow_control = "none"',
+                key="flow_control",
+            )
+        return self
+
+    def parts(self) -> list[str]:
+        return [a.device_name for a in self.elliptec.addresses]
+
+    def _simulator_defaults(self) -> dict[str, Any]:
+        return {"addresses": [int(a.address, 16) for a in self.elliptec.addresses]}
+
+
+def _visa_resource(value: str) -> str:
+    if value != SIM_TCP_RESOURCE and not _VISA_RE.match(value):
+        raise bad(
+            f"{value!r} is not a VISA resource string",
+            "write e.g. TCPIP0::192.168.1.100::INSTR, TCPIP0::host::5025::SOCKET, "
+            "GPIB0::20::INSTR, USB0::0x0699::0x0346::C123456::INSTR, or 'sim-tcp' in a "
+            "simulated lab",
+        )
+    return value
+
+
+def _visa_backend(value: str) -> str:
+    if not _VISA_BACKEND_RE.match(value):
+        raise bad(
+            f"{value!r} is not a VISA backend",
+            "write '@py' (pyvisa-py), '@ivi' (vendor VISA), '@sim' or 'path/to/file.yaml@sim'",
+        )
+    return value
+
+
+class ScpiInstrument(InstrumentBase):
+    """A SCPI instrument over VISA (DMM, source, scope ...)."""
+
+    driver: Literal["scpi"]
+    hardware_key: ClassVar[str] = "resource"
+    resource: Annotated[str, AfterValidator(_text), AfterValidator(_visa_resource)] = Field(
+        description="VISA resource string, or `sim-tcp`: the runtime starts the SCPI TCP "
+        "simulator on 127.0.0.1 and substitutes its `TCPIP0::127.0.0.1::PORT::SOCKET` address."
+    )
+    visa_backend: Annotated[str, AfterValidator(_visa_backend)] | None = Field(
+        None, description="pyvisa backend: `@py`, `@ivi`, `@sim` or `file.yaml@sim`; unset: @py."
+    )
+    timeout: float = Field(2.0, gt=0, le=600, description="Seconds to wait for a reply.")
+    sim: SimSettings | None = Field(None, description="Simulator settings (`sim-tcp` only).")
+    scpi: ScpiSettings = Field(description="Signals and identity.")
+
+    @model_validator(mode="after")
+    def _sim_tcp_backend(self) -> ScpiInstrument:
+        if self.resource == SIM_TCP_RESOURCE and self.visa_backend not in (None, "@py"):
+            raise bad(
+                f"resource 'sim-tcp' is served over TCP by pyvisa-py, not {self.visa_backend!r}",
+                "remove visa_backend (or set it to '@py')",
+                key="visa_backend",
+            )
+        return self
+
+    @property
+    def simulated(self) -> bool:
+        return self.resource == SIM_TCP_RESOURCE or (
+            self.visa_backend is not None and self.visa_backend.endswith("@sim")
+        )
+
+
+class PvcamInstrument(InstrumentBase):
+    """A Photometrics camera through PVCAM (or its simulated backend)."""
+
+    driver: Literal["pvcam"]
+    hardware_key: ClassVar[str] = "camera"
+    camera: Text = Field(description="Camera name as PVCAM enumerates it (e.g. `PrimeBSI`).")
+    timeout: float = Field(10.0, gt=0, le=3600, description="Seconds to wait for a frame.")
+    pvcam: PvcamSettings = Field(default_factory=PvcamSettings, description="Camera settings.")
+
+    @property
+    def simulated(self) -> bool:
+        return self.pvcam.backend == "sim"
+
+
+class EpicsInstrument(InstrumentBase):
+    """An instrument served by an EPICS IOC (e.g. `daqbridge ioc` on the machine with the cable)."""
+
+    driver: Literal["epics"]
+    hardware_key: ClassVar[str] = "prefix"
+    prefix: Annotated[str, AfterValidator(_text)] = Field(
+        description="PV prefix the IOC serves the instrument at (e.g. `LAB1:STAGE:X`)."
+    )
+    timeout: float = Field(2.0, gt=0, le=600, description="Seconds to wait for a connection.")
+    epics: EpicsSettings = Field(default_factory=EpicsSettings, description="What is served.")
+
+    @field_validator("prefix")
+    @classmethod
+    def _pv_chars(cls, prefix: str) -> str:
+        if not _PV_RE.match(prefix):
+            raise bad(f"{prefix!r} is not a PV prefix", "PV names have no spaces or quotes")
+        return prefix
+
+
+INSTRUMENT_CLASSES: dict[str, type[InstrumentBase]] = {
+    "esp300": Esp300Instrument,
+    "newport1830c": Newport1830cInstrument,
+    "maitai": MaiTaiInstrument,
+    "elliptec": ElliptecInstrument,
+    "scpi": ScpiInstrument,
+    "pvcam": PvcamInstrument,
+    "epics": EpicsInstrument,
+}
+
+Instrument = Annotated[
+    Esp300Instrument
+    | Newport1830cInstrument
+    | MaiTaiInstrument
+    | ElliptecInstrument
+    | ScpiInstrument
+    | PvcamInstrument
+    | EpicsInstrument,
+    Field(discriminator="driver"),
+]
+
+
+class Coupling(Section):
+    """``[[couplings]]``: one simulator follows another (simulated profiles only).
+
+    The only coupling is ``power``: the power meter's simulator reads the MaiTai simulator's
+    output power times ``factor``, so a wavelength scan shows the laser's gain curve on the meter.
+    """
+
+    source: Ident = Field(description="Id of the MaiTai whose output is followed.")
+    sink: Ident = Field(description="Id of the Newport 1830-C that reads it.")
+    kind: Literal["power"] = Field("power", description="What follows what (only `power`).")
+    factor: float = Field(
+        1.0, gt=0, le=1, description="Fraction of the laser power reaching the meter."
+    )
+
+
+# --- the profile --------------------------------------------------------------------------------
+
+
+class Profile(Section):
+    """A lab profile: everything the runtime needs to start the lab."""
+
+    lab: LabSettings = Field(description="`[lab]`")
+    stacks: StackSettings = Field(default_factory=StackSettings, description="`[stacks]`")
+    simulation: SimulationSettings = Field(
+        default_factory=SimulationSettings, description="`[simulation]`"
+    )
+    shutdown: ShutdownDeadlines = Field(
+        default_factory=ShutdownDeadlines, description="`[shutdown]`"
+    )
+    instruments: list[Instrument] = Field(default_factory=list, description="`[[instruments]]`")
+    couplings: list[Coupling] = Field(default_factory=list, description="`[[couplings]]`")
+
+    _source: Path | None = PrivateAttr(default=None)
+    _label: str = PrivateAttr(default="<string>")
+    _warnings: list[Any] = PrivateAttr(default_factory=list)
+
+    # --- where it came from -----------------------------------------------------------------
+
+    @property
+    def source(self) -> Path | None:
+        """The file the profile was loaded from (None for text or a mapping)."""
+        return self._source
+
+    @property
+    def label(self) -> str:
+        """How messages name the profile: its path, or ``<string>`` / ``<mapping>``."""
+        return self._label
+
+    @property
+    def warnings(self) -> list[Any]:
+        """Issues of severity 'warning' found when it was loaded (for the runtime to log)."""
+        return list(self._warnings)
+
+    @classmethod
+    def default_path(cls) -> Path:
+        """The embedded simulated lab (``daqbridge/profiles/sim.toml``), also in a wheel."""
+        return Path(str(resources.files("daqbridge").joinpath("profiles", "sim.toml")))
+
+    # --- instruments for the runtime --------------------------------------------------------
+
+    def enabled_instruments(self) -> list[InstrumentBase]:
+        return [i for i in self.instruments if i.enabled]
+
+    def native_instruments(self) -> list[InstrumentBase]:
+        """Entries to build as native devices: stack native or shadow, stack switched on."""
+        if not self.stacks.native:
+            return []
+        return [i for i in self.enabled_instruments() if i.runs_native]
+
+    def legacy_instruments(self) -> list[InstrumentBase]:
+        """Entries to run in the legacy stack: stack legacy or shadow, stack switched on."""
+        if not self.stacks.legacy:
+            return []
+        return [i for i in self.enabled_instruments() if i.runs_legacy]
+
+    def instrument(self, instrument_id: str) -> InstrumentBase:
+        """The entry with this id (KeyError names the known ids)."""
+        for inst in self.instruments:
+            if inst.id == instrument_id:
+                return inst
+        raise KeyError(
+            f"no instrument {instrument_id!r}; known: {', '.join(i.id for i in self.instruments)}"
+        )
+
+    def devices(self) -> list[DeviceRef]:
+        """Every device the runtime builds, on the stacks that are switched on."""
+        refs: list[DeviceRef] = []
+        for inst in self.enabled_instruments():
+            for ref in inst.devices():
+                if getattr(self.stacks, ref.stack):
+                    refs.append(ref)
+        return refs
+
+    def device_ids(self) -> list[str]:
+        """Every device id: instruments, ``<id>_<axis>``, ``<id>_<name>``, ``_legacy`` twins."""
+        return [ref.id for ref in self.devices()]
+
+    def iter_instruments(self) -> Iterator[tuple[int, InstrumentBase]]:
+        """(index in the file, entry): for messages that point at ``instruments[i]``."""
+        return iter(enumerate(self.instruments))
+
+    # --- paths --------------------------------------------------------------------------------
+
+    def data_path(self, environ: Mapping[str, str] | None = None) -> Path:
+        """The data directory: DAQBRIDGE_DATA if set, else ``lab.data_dir`` resolved."""
+        env = os.environ if environ is None else environ
+        raw = env.get("DAQBRIDGE_DATA") or self.lab.data_dir
+        path = Path(raw).expanduser()
+        if not path.is_absolute():
+            base = self._source.parent if self._source is not None else Path.cwd()
+            path = base / path
+        return Path(os.path.normpath(path))
+
+    def catalog_dir(self, environ: Mapping[str, str] | None = None) -> Path:
+        """Directory of the embedded catalog's files (catalog.db, its table and array storage)."""
+        return self.data_path(environ) / "catalog"
+
+    def wal_dir(self, environ: Mapping[str, str] | None = None) -> Path:
+        """Directory of the write-ahead document log."""
+        return self.data_path(environ) / "wal"
+
+    def reserved_dirs(self, environ: Mapping[str, str] | None = None) -> list[Path]:
+        """Directories owned by the catalog machinery; nothing else may write inside them."""
+        dirs = [self.catalog_dir(environ), self.wal_dir(environ)]
+        uri = self.lab.catalog_uri
+        if uri is not None and uri.startswith("sqlite:///"):
+            dirs.append(Path(os.path.normpath(Path(uri[len("sqlite:///") :]).expanduser().parent)))
+        return dirs
+
+    def frames_path(
+        self, instrument: PvcamInstrument, environ: Mapping[str, str] | None = None
+    ) -> Path:
+        """Where a camera's HDF5 files go (``pvcam.frames_dir`` resolved against data_dir)."""
+        raw = instrument.pvcam.frames_dir or f"frames/{instrument.id}"
+        path = Path(raw).expanduser()
+        if not path.is_absolute():
+            path = self.data_path(environ) / path
+        return Path(os.path.normpath(path))
