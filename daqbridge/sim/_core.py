@@ -66,6 +66,25 @@ class Faults:
         return cls(**kw)
 
 
+class _OutputSignal(threading.Condition):
+    """``output_ready`` that also pokes listeners on every notify.
+
+    A pty pump sleeps in ``select`` on a file descriptor, where a condition variable cannot reach
+    it; a listener (writing one byte to a wake-up pipe) lets output produced by another thread
+    (a test injecting stale bytes, a coupled instrument) go out at once instead of at the next
+    timeout. Every ``notify_all`` in subclasses reaches the listeners too, so they need no change.
+    """
+
+    def __init__(self, lock) -> None:
+        super().__init__(lock)
+        self.listeners: list[Callable[[], None]] = []
+
+    def notify(self, n: int = 1) -> None:
+        super().notify(n)
+        for listener in tuple(self.listeners):
+            listener()
+
+
 @dataclass(order=True)
 class _Pending:
     due: float
@@ -104,14 +123,17 @@ class SerialSimulator:
         self.byte_time = byte_time
         self.clock = clock
         self.lock = threading.RLock()
-        self.output_ready = threading.Condition(self.lock)
+        self.output_ready = _OutputSignal(self.lock)
         self._rng = random.Random(self.faults.seed)
         self._events: list[_Pending] = []
         self._seq = itertools.count()
         self._out = bytearray()
         self._line_buf = bytearray()
+        self._cr_pending = False
         self._last_out_due = 0.0
         self.connected = True
+        self.unplug_count = 0
+        """How many times the cable was pulled: a host port opened before an unplug stays dead."""
         self.received_lines: list[str] = []
         """Every command line received, in order (tests assert on it, e.g. that ST was sent)."""
         self.protocol_errors: list[str] = []
@@ -180,6 +202,17 @@ class SerialSimulator:
                 wait = remaining if nxt is None else max(0.0, min(remaining, nxt - self.clock()))
                 self.output_ready.wait(wait if wait > 0 else 0.0005)
 
+    def add_output_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (under the simulator lock; it must not block) whenever output may
+        have become readable or a new event was scheduled."""
+        with self.lock:
+            self.output_ready.listeners.append(listener)
+
+    def remove_output_listener(self, listener: Callable[[], None]) -> None:
+        with self.lock:
+            if listener in self.output_ready.listeners:
+                self.output_ready.listeners.remove(listener)
+
     def _run_due_events(self) -> None:
         now = self.clock()
         while self._events and self._events[0].due <= now:
@@ -189,6 +222,11 @@ class SerialSimulator:
 
     def on_bytes(self, data: bytes) -> None:
         """Split the incoming stream into command lines on any of ``input_terminators``."""
+        if self._cr_pending:
+            # The LF of a CR LF whose CR already ended a line: not an empty command.
+            self._cr_pending = False
+            if data[:1] == b"\n":
+                data = data[1:]
         self._line_buf += data
         while True:
             cut = None
@@ -199,10 +237,12 @@ class SerialSimulator:
             if cut is None:
                 return
             i, n = cut
-            # A lone CR at the very end might be the first half of CR LF: wait for more bytes.
+            # A lone CR at the very end may be the first half of a CR LF, or a whole terminator
+            # (devices that accept CR alone): end the line now, so a CR-only driver gets its
+            # reply, and swallow the LF if it follows.
             if n == 1 and self._line_buf[i : i + 1] == b"\r" and i == len(self._line_buf) - 1:
                 if b"\r\n" in self.input_terminators:
-                    return
+                    self._cr_pending = True
             line = bytes(self._line_buf[:i])
             del self._line_buf[: i + n]
             if line.strip():
@@ -220,11 +260,15 @@ class SerialSimulator:
         raise NotImplementedError
 
     def protocol_error(self, line: str, why: str) -> None:
-        """Record a command the device could not make sense of (it stays silent, as real ones do)."""
+        """Record a command the device could not parse (it stays silent, as real ones do)."""
         self.protocol_errors.append(f"{line!r}: {why}")
 
     def reply(self, text: str | bytes, *, delay: float = 0.0, terminate: bool = True) -> None:
         """Send a reply after ``delay`` real seconds plus faults; the only way devices answer."""
+        with self.lock:  # also called from other threads (emit_unsolicited, coupled instruments)
+            self._reply(text, delay=delay, terminate=terminate)
+
+    def _reply(self, text: str | bytes, *, delay: float, terminate: bool) -> None:
         payload = text.encode("ascii") if isinstance(text, str) else bytes(text)
         if terminate:
             payload += self.reply_terminator
@@ -234,7 +278,9 @@ class SerialSimulator:
             return
         if f.drop_probability and self._rng.random() < f.drop_probability:
             return
-        if f.garble_next > 0 or (f.garble_probability and self._rng.random() < f.garble_probability):
+        if f.garble_next > 0 or (
+            f.garble_probability and self._rng.random() < f.garble_probability
+        ):
             if f.garble_next > 0:
                 f.garble_next -= 1
             payload = self._garble(payload)
@@ -272,7 +318,7 @@ class SerialSimulator:
         self.output_ready.notify_all()
 
     def emit_unsolicited(self, payload: bytes) -> None:
-        """Bytes the device sends without a request (late packets), subject to faults like replies."""
+        """Bytes the device sends unasked (late packets), subject to faults like replies."""
         self.reply(payload, terminate=False)
 
     # --- fault controls ---------------------------------------------------------------------
@@ -287,9 +333,14 @@ class SerialSimulator:
         """Cable pulled: output and pending replies vanish, input is lost until ``replug``."""
         with self.lock:
             self.connected = False
+            self.unplug_count += 1
             self._out.clear()
             self._line_buf.clear()
-            self._events = [e for e in self._events if getattr(e.action, "__name__", "") != "deliver"]
+            self._cr_pending = False
+            self._last_out_due = 0.0
+            self._events = [
+                e for e in self._events if getattr(e.action, "__name__", "") != "deliver"
+            ]
             heapq.heapify(self._events)
             self.output_ready.notify_all()
 
