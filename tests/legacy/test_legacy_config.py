@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pydantic
 import pytest
-from legacy_test_instruments import CounterSource, wait_until
 
 from daqbridge.errors import ConfigError
 from daqbridge.legacy import (
@@ -19,6 +18,7 @@ from daqbridge.legacy import (
     registered_drivers,
     unregister_driver,
 )
+from tests.legacy.legacy_test_instruments import CounterSource, wait_until
 
 
 class CounterOptions(pydantic.BaseModel):

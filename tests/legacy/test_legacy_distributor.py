@@ -6,9 +6,9 @@ import queue
 import threading
 
 import pytest
-from legacy_test_instruments import wait_until
 
 from daqbridge.legacy import DataDistributor, Measurement
+from tests.legacy.legacy_test_instruments import wait_until
 
 
 def m(i: int, inst: str = "meter", channel: str = "power") -> Measurement:

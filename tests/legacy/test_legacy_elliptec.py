@@ -6,13 +6,13 @@ import threading
 import time
 
 import pytest
-from legacy_test_instruments import wait_until
 
 from daqbridge.errors import ConfigError, InstrumentFault
 from daqbridge.legacy import Command, ElliptecRouter, LegacyRuntime, parse_legacy_config
 from daqbridge.legacy._elliptec import decode_position, encode_position, parse_info
 from daqbridge.runtime.resources import SerialPortPool
 from daqbridge.sim import serve_pty
+from tests.legacy.legacy_test_instruments import wait_until
 
 SPEED = 20.0  # simulated motion 20x faster than real
 

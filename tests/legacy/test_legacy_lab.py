@@ -6,11 +6,10 @@ import dataclasses
 from pathlib import Path
 from types import MappingProxyType
 
-from legacy_test_instruments import wait_until
-
 from daqbridge.legacy import Command, LegacyConfig, LegacyRuntime, load_legacy_config
 from daqbridge.runtime.resources import SerialPortPool
 from daqbridge.sim import serve_pty
+from tests.legacy.legacy_test_instruments import wait_until
 
 EXAMPLE = Path(__file__).with_name("legacy_lab.toml")
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import threading
 
 import pytest
-from legacy_test_instruments import wait_until
 
 from daqbridge.errors import IdentityMismatch, InstrumentFault, InstrumentTimeout, ValueRejected
 from daqbridge.legacy import Command, LegacyRuntime, MaiTai, parse_legacy_config
 from daqbridge.legacy._maitai import parse_quantity
 from daqbridge.runtime.resources import SerialPortPool
 from daqbridge.sim import serve_pty
+from tests.legacy.legacy_test_instruments import wait_until
 
 
 @pytest.fixture

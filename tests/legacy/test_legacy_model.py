@@ -6,7 +6,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-from legacy_test_instruments import CounterSource
 
 from daqbridge.errors import InstrumentFault, ValueRejected
 from daqbridge.legacy import (
@@ -17,6 +16,7 @@ from daqbridge.legacy import (
     Measurement,
     ParameterInfo,
 )
+from tests.legacy.legacy_test_instruments import CounterSource
 
 
 def test_measurement_is_frozen_and_compares_arrays_by_content():

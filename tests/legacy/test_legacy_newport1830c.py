@@ -6,13 +6,13 @@ import math
 import threading
 
 import pytest
-from legacy_test_instruments import wait_until
 
 from daqbridge.errors import InstrumentFault, InstrumentTimeout, ReplyError, ValueRejected
 from daqbridge.legacy import Command, LegacyRuntime, parse_legacy_config
 from daqbridge.legacy._newport1830c import parse_reading
 from daqbridge.runtime.resources import SerialPortPool
 from daqbridge.sim import serve_pty
+from tests.legacy.legacy_test_instruments import wait_until
 
 
 @pytest.fixture

@@ -7,14 +7,6 @@ import threading
 import time
 
 import pytest
-from legacy_test_instruments import (
-    CounterSource,
-    CrashingSource,
-    HungSource,
-    MoverSource,
-    SlowSource,
-    wait_until,
-)
 
 from daqbridge.errors import ConfigError, InstrumentFault, InstrumentTimeout, ValueRejected
 from daqbridge.legacy import (
@@ -23,6 +15,14 @@ from daqbridge.legacy import (
     LegacyInstrumentError,
     LegacyRuntime,
     RestartPolicy,
+)
+from tests.legacy.legacy_test_instruments import (
+    CounterSource,
+    CrashingSource,
+    HungSource,
+    MoverSource,
+    SlowSource,
+    wait_until,
 )
 
 FAST = RestartPolicy(initial_delay=0.05, max_delay=0.2)

@@ -7,12 +7,12 @@ import subprocess
 import sys
 
 import pytest
-from profile_support import DOC, LAB_EXAMPLE, ROOT, SIM_TOML, sim_data
-from test_profile_migrate import LEGACY
 
 from daqbridge.cli import main
 from daqbridge.runtime.profile import dumps_toml, load_profile, profile_reference_markdown
 from daqbridge.runtime.profile._reference import BEGIN, END
+from tests.runtime.profile.profile_support import DOC, LAB_EXAMPLE, ROOT, SIM_TOML, sim_data
+from tests.runtime.profile.test_profile_migrate import LEGACY
 
 
 def test_check_ok_prints_a_summary_table(capsys):

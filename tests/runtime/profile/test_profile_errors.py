@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from profile_support import SIM_TOML, errors_of, index_of, instrument, one_issue, sim_data
 
 from daqbridge.errors import ConfigError
 from daqbridge.runtime.profile import ProfileInvalid, load_profile
+from tests.runtime.profile.profile_support import (
+    SIM_TOML,
+    errors_of,
+    index_of,
+    instrument,
+    one_issue,
+    sim_data,
+)
 
 
 def _sim_text_with(old: str, new: str, tmp_path) -> str:

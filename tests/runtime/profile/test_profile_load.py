@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-from profile_support import EMBEDDED_SIM, LAB_EXAMPLE, SIM_TOML, sim_data
 
 from daqbridge.errors import ConfigError
 from daqbridge.runtime.profile import (
@@ -21,6 +20,7 @@ from daqbridge.runtime.profile import (
     load_profile,
     parse_profile,
 )
+from tests.runtime.profile.profile_support import EMBEDDED_SIM, LAB_EXAMPLE, SIM_TOML, sim_data
 
 
 def test_embedded_sim_profile_is_identical_to_profiles_sim_toml():

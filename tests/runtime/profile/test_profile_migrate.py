@@ -5,10 +5,10 @@ from __future__ import annotations
 import tomllib
 
 import pytest
-from profile_support import sim_data
 
 from daqbridge.errors import ConfigError
 from daqbridge.runtime.profile import dumps_toml, load_profile, migrate_legacy, parse_legacy
+from tests.runtime.profile.profile_support import sim_data
 
 LEGACY = """\
 [runtime]

@@ -13,7 +13,6 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from profile_support import SIM_TOML, sim_data
 
 from daqbridge.errors import ConfigError
 from daqbridge.runtime.profile import (
@@ -24,6 +23,7 @@ from daqbridge.runtime.profile import (
     load_profile,
     migrate_legacy,
 )
+from tests.runtime.profile.profile_support import SIM_TOML, sim_data
 
 SETTINGS = settings(
     max_examples=150,

@@ -6,7 +6,6 @@ import copy
 import os
 
 import pytest
-from profile_support import SetOfPorts, instrument, one_issue, sim_data
 
 from daqbridge.runtime.profile import (
     PathExists,
@@ -15,6 +14,7 @@ from daqbridge.runtime.profile import (
     parse_profile,
     validate_profile,
 )
+from tests.runtime.profile.profile_support import SetOfPorts, instrument, one_issue, sim_data
 
 
 @pytest.fixture
