@@ -43,6 +43,12 @@ from daqbridge.runtime.resources._lease import (
     check_timeout,
 )
 
+# Simulator URLs (``sim://esp300?...``) are served by a pyserial protocol handler that lives in
+# daqbridge.sim. Naming the package here is a string, not an import, so this layer stays below
+# the simulators; pyserial imports the handler only when such a URL is opened.
+if "daqbridge.sim" not in serial.protocol_handler_packages:
+    serial.protocol_handler_packages.append("daqbridge.sim")
+
 SERIAL_RANK = 10
 """Default rank of serial ports: taken before VISA sessions (20) when both are needed."""
 
