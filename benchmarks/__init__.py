@@ -1,0 +1,1 @@
+"""daqbridge benchmarks: each ``bench_*.py`` module has ``run() -> list[dict]`` rows."""
