@@ -1,0 +1,324 @@
+"""Generic SCPI device over VISA: the TCP simulator via pyvisa-py and the pyvisa-sim YAML."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import bluesky.plan_stubs as bps
+import bluesky.plans as bp
+import pytest
+from bluesky.protocols import Configurable, Movable, Readable, Triggerable
+from bluesky.utils import FailedStatus
+
+from daqbridge.devices.scpi import ScpiInstrument, ScpiSignalSpec, parse_scpi_error
+from daqbridge.errors import (
+    ConfigError,
+    IdentityMismatch,
+    InstrumentFault,
+    InstrumentTimeout,
+    ReplyError,
+    ValueRejected,
+)
+from daqbridge.sim.scpi import SCPI_SIM_RESOURCES, SCPI_SIM_YAML, serve_tcp
+
+SIGNALS = [
+    {"name": "voltage", "query": "MEAS:VOLT:DC?", "units": "V", "kind": "hinted"},
+    {
+        "name": "source",
+        "query": "SOUR:VOLT?",
+        "command": "SOUR:VOLT {value}",
+        "units": "V",
+        "low": -20.0,
+        "high": 20.0,
+    },
+    {
+        "name": "output",
+        "query": "OUTP?",
+        "command": "OUTP {value}",
+        "dtype": "int",
+        "low": 0,
+        "high": 1,
+        "kind": "config",
+    },
+    {"name": "vrange", "query": "VOLT:RANG?", "command": "VOLT:RANG {value}", "kind": "config"},
+]
+
+
+@pytest.fixture
+def dmm(visa_manager):
+    """``dmm(name, signals=SIGNALS, **server_options)`` -> (server, device) on the TCP simulator."""
+    made = []
+
+    def make(name="dmm", signals=SIGNALS, expected_idn=None, **options):
+        options.setdefault("noise", 0.0)
+        cm = serve_tcp(**options)
+        server = cm.__enter__()
+        made.append((cm, None))
+        session = visa_manager.session(server.resource, backend="@py")
+        device = ScpiInstrument(
+            session, signals=signals, name=name, expected_idn=expected_idn, timeout=0.5
+        )
+        made[-1] = (cm, device)
+        return server, device
+
+    yield make
+    for cm, device in reversed(made):
+        if device is not None:
+            device.close()
+        with contextlib.suppress(Exception):
+            cm.__exit__(None, None, None)
+
+
+def test_connect_identity_and_description(dmm):
+    server, d = dmm(expected_idn="SCPI-DMM")
+    assert d.connect() == "DAQBRIDGE-SIM,SCPI-DMM,SIM0001,1.0"
+    for proto in (Readable, Triggerable, Configurable):
+        assert isinstance(d, proto)
+    assert isinstance(d.source, Movable)
+    desc = d.describe()
+    assert set(desc) == {"dmm_voltage", "dmm_source"}
+    assert desc["dmm_voltage"]["units"] == "V" and desc["dmm_voltage"]["dtype"] == "number"
+    assert "MEAS:VOLT:DC?" in desc["dmm_voltage"]["source"]
+    assert server.resource in desc["dmm_voltage"]["source"]
+    assert desc["dmm_source"]["limits"] == {"control": {"low": -20.0, "high": 20.0}}
+    conf = d.read_configuration()
+    assert conf["dmm_output"]["value"] == 0 and conf["dmm_vrange"]["value"] > 0
+    assert conf["dmm_identity"]["value"].startswith("DAQBRIDGE-SIM")
+    assert d.hints == {"fields": ["dmm_voltage"]}
+
+
+def test_identity_mismatch(dmm):
+    server, d = dmm(expected_idn="KEITHLEY")
+    with pytest.raises(IdentityMismatch) as err:
+        d.connect()
+    msg = str(err.value)
+    assert "KEITHLEY" in msg and "SCPI-DMM" in msg and server.resource in msg and "'dmm'" in msg
+
+
+def test_set_reads_back_and_measures_the_loopback(dmm, RE, docs):
+    server, d = dmm()
+    d.connect()
+    RE(bps.mv(d.output, 1))
+    RE(bp.scan([d], d.source, -2.0, 2.0, 5))
+    docs.validate()
+    events = docs.events()
+    assert len(events) == 5
+    for ev in events:
+        assert ev["data"]["dmm_voltage"] == pytest.approx(ev["data"]["dmm_source"], abs=1e-6)
+    assert [e["data"]["dmm_source"] for e in events] == [-2.0, -1.0, 0.0, 1.0, 2.0]
+    assert docs.of("descriptor")[0]["configuration"]["dmm"]["data"]["dmm_output"] == 1
+    assert "SOUR:VOLT -2" in server.model.received_lines
+
+
+def test_instrument_refusal_fails_with_its_error_text(dmm):
+    server, d = dmm()
+    d.connect()
+    d.source.set(1.5).wait(5)
+    with pytest.raises(InstrumentFault) as err:
+        d.source.set(15.0).wait(5)  # inside our limits (+-20), outside the source's (+-10)
+    msg = str(err.value)
+    assert '-222,"Data out of range"' in msg and "'dmm'" in msg and "SOUR:VOLT 15" in msg
+    assert err.value.code == -222
+    assert d.source.get() == 1.5  # the old value is still in effect
+    assert d.errors() == []  # the check drained the queue
+
+
+def test_limits_types_and_injected_terminators_never_reach_the_wire(dmm):
+    spec = [*SIGNALS, {"name": "mode", "command": "CONF:VOLT {value}", "dtype": "str"}]
+    server, d = dmm(signals=spec)
+    d.connect()
+    before = list(server.model.received_lines)
+    for sig, bad in (
+        ("source", 25.0),
+        ("source", "1;*RST"),
+        ("source", float("inf")),
+        ("output", 0.5),
+        ("output", 2),
+        ("mode", "DC\nSOUR:VOLT 9"),
+        ("mode", "DC;SOUR:VOLT 9"),
+        ("mode", 3),
+        ("voltage", 1.0),  # read-only
+    ):
+        with pytest.raises(ValueRejected) as err:
+            getattr(d, sig).set(bad)
+        assert "'dmm'" in str(err.value)
+    assert list(server.model.received_lines) == before
+    d.mode.set("10").wait(5)
+    assert d.mode.get() == "10" and "CONF:VOLT 10" in server.model.received_lines
+
+
+def test_errors_drains_the_queue(dmm):
+    server, d = dmm()
+    d.connect()
+    server.model.queue_error(-113)
+    server.model.queue_error(-222)
+    assert d.errors() == [(-113, "Undefined header"), (-222, "Data out of range")]
+    assert d.errors() == []
+    assert parse_scpi_error('+0,"No error"') == (0, "No error")
+    assert parse_scpi_error("-350,Queue overflow") == (-350, "Queue overflow")
+
+
+def test_overload_is_a_fault_not_a_number(dmm):
+    # READ? keeps the fixed range (MEAS? would autorange, as on real DMMs).
+    server, d = dmm(signals=[{**SIGNALS[0], "query": "READ?"}, *SIGNALS[1:]])
+    d.connect()
+    d.output.set(1).wait(5)
+    d.vrange.set(0.1).wait(5)
+    d.source.set(5.0).wait(5)
+    with pytest.raises(InstrumentFault, match="overload"):
+        d.trigger().wait(5)
+    d.vrange.set(10).wait(5)
+    d.trigger().wait(5)
+    assert d.voltage.get() == pytest.approx(5.0, abs=1e-6)
+
+
+def test_timeout_and_garble_fail_then_next_point_works(dmm):
+    server, d = dmm()
+    d.connect()
+    server.model.faults.stuck = True
+    with pytest.raises(InstrumentTimeout) as err:
+        d.trigger().wait(5)
+    assert "'dmm'" in str(err.value) and "MEAS:VOLT:DC?" in str(err.value)
+    server.model.faults.stuck = False
+    server.model.faults.garble_next = 1
+    with pytest.raises(ReplyError, match="not a number"):
+        d.trigger().wait(5)
+    d.trigger().wait(5)
+    assert d.voltage.get() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_two_tcp_instruments_are_read_concurrently(dmm, RE, docs, wait_until):
+    server_a, a = dmm("dmm_a", serial="A1")
+    server_b, b = dmm("dmm_b", serial="B2")
+    a.connect()
+    b.connect()
+    a.output.set(1).wait(5)
+    a.source.set(1.25).wait(5)
+    # Slow replies: both sessions must be held at the same moment (one lease per instrument,
+    # not one global VISA lock).
+    server_a.model.faults.reply_delay = 0.3
+    server_b.model.faults.reply_delay = 0.3
+    st_a, st_b = a.trigger(), b.trigger()
+    assert wait_until(lambda: a.session._lock.is_held and b.session._lock.is_held, timeout=5)
+    st_a.wait(5)
+    st_b.wait(5)
+    server_a.model.faults.reply_delay = 0.0
+    server_b.model.faults.reply_delay = 0.0
+    RE(bp.count([a, b], 3))
+    docs.validate()
+    events = docs.events()
+    assert len(events) == 3
+    for ev in events:
+        assert ev["data"]["dmm_a_voltage"] == pytest.approx(1.25, abs=1e-6)
+        assert ev["data"]["dmm_b_voltage"] == pytest.approx(0.0, abs=1e-6)
+    conf = docs.of("descriptor")[0]["configuration"]
+    assert "A1" in conf["dmm_a"]["data"]["dmm_a_identity"]
+    assert "B2" in conf["dmm_b"]["data"]["dmm_b_identity"]
+
+
+def test_pyvisa_sim_two_instruments_in_one_plan(visa_manager, RE, docs):
+    backend = f"{SCPI_SIM_YAML}@sim"
+    devices = [
+        ScpiInstrument(
+            visa_manager.session(resource, backend=backend),
+            signals=SIGNALS,
+            name=f"sim{i}",
+            expected_idn=f"SIM000{i + 1}",
+            timeout=0.5,
+        )
+        for i, resource in enumerate(SCPI_SIM_RESOURCES)
+    ]
+    try:
+        for d in devices:
+            d.connect()
+        devices[0].source.set(-3.5).wait(5)
+        with pytest.raises(InstrumentFault, match='-100,"Command error"'):
+            devices[1].source.set(12.0).wait(5)  # pyvisa-sim refuses out-of-spec values
+        RE(bp.count(devices, 2))
+        docs.validate()
+        events = docs.events()
+        assert len(events) == 2
+        for ev in events:
+            assert ev["data"]["sim0_voltage"] == 1.23456789
+            assert ev["data"]["sim1_voltage"] == 1.23456789
+            assert ev["data"]["sim0_source"] == -3.5
+    finally:
+        for d in devices:
+            d.close()
+
+
+def test_failed_point_in_a_plan(dmm, RE):
+    server, d = dmm()
+    d.connect()
+    server.model.faults.drop_next = 1
+    with pytest.raises(FailedStatus) as err:
+        RE(bp.count([d], 1))
+    assert isinstance(err.value.__cause__, InstrumentTimeout)
+    RE(bp.count([d], 1))
+
+
+def test_profile_signal_models_are_accepted(dmm):
+    from daqbridge.runtime.profile._models import ScpiSignal
+
+    specs = [ScpiSignal(name="voltage", query="MEAS:VOLT:DC?", units="V", kind="hinted")]
+    server, d = dmm(signals=specs)
+    d.connect()
+    d.trigger().wait(5)
+    assert d.specs[0] == ScpiSignalSpec(
+        name="voltage", query="MEAS:VOLT:DC?", units="V", kind="hinted"
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "text"),
+    [
+        ({"name": "v"}, "neither query nor command"),
+        ({"name": "v", "query": "MEAS:VOLT:DC"}, "does not end in '?'"),
+        ({"name": "v", "command": "SOUR:VOLT"}, "exactly one {value}"),
+        ({"name": "v", "command": "SOUR:VOLT {value};*RST"}, "terminator or separator"),
+        ({"name": "v", "query": "MEAS?", "kind": "fancy"}, "kind"),
+        ({"name": "v", "query": "MEAS?", "dtype": "complex"}, "dtype"),
+        ({"name": "v", "query": "MEAS?", "low": 5, "high": 1}, "not below"),
+        ({"name": "trigger", "query": "MEAS?"}, "taken by the device"),
+        ({"name": "1v", "query": "MEAS?"}, "identifier"),
+        ({"name": "v", "query": "MEAS?", "colour": "red"}, "unknown signal key"),
+    ],
+)
+def test_bad_signal_specs_are_config_errors(visa_manager, spec, text):
+    session = visa_manager.session(SCPI_SIM_RESOURCES[0], backend=f"{SCPI_SIM_YAML}@sim")
+    with pytest.raises(ConfigError, match=text.replace("?", r"\?").replace("{", r"\{")):
+        ScpiInstrument(session, signals=[spec], name="bad")
+
+
+def test_duplicate_and_empty_signal_lists(visa_manager):
+    session = visa_manager.session(SCPI_SIM_RESOURCES[0], backend=f"{SCPI_SIM_YAML}@sim")
+    with pytest.raises(ConfigError, match="twice"):
+        ScpiInstrument(session, signals=[SIGNALS[0], SIGNALS[0]], name="bad")
+    with pytest.raises(ConfigError, match="no signals"):
+        ScpiInstrument(session, signals=[], name="bad")
+    with pytest.raises(ConfigError, match="VisaSession"):
+        ScpiInstrument("GPIB0::20::INSTR", signals=SIGNALS, name="bad")
+
+
+def test_interactive_from_resource(visa_manager):
+    d = ScpiInstrument.from_resource(
+        SCPI_SIM_RESOURCES[1],
+        backend=f"{SCPI_SIM_YAML}@sim",
+        manager=visa_manager,
+        signals=SIGNALS[:1],
+        name="quick",
+    )
+    try:
+        assert d.read_signals() == {"voltage": 1.23456789}
+    finally:
+        d.close()
+
+
+def test_trigger_is_one_lease_per_point(dmm):
+    server, d = dmm()
+    d.connect()
+    leases_before = d.session.stats()["transactions"]
+    d.trigger().wait(5)
+    assert d.session.stats()["transactions"] == leases_before + 1
+    assert threading.active_count() < 200  # workers are per device, not per call
