@@ -59,6 +59,8 @@ class InstrumentWorker:
         try:
             return future.result(timeout=timeout)
         except TimeoutError as exc:
+            if future.done():
+                raise  # fn's own timeout (an InstrumentTimeout naming the query): keep it
             raise InstrumentTimeout(
                 f"no answer within {timeout:.1f} s while running {getattr(fn, '__name__', fn)}.",
                 instrument=self.instrument,

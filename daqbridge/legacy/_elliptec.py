@@ -112,6 +112,8 @@ class ElliptecRouter:
     replies (noise, an echo of a host packet, which has lower-case letters) are skipped and counted.
     """
 
+    protocol = "thorlabs-elliptec"  # shares a bus with any other Elliptec driver
+
     def __init__(self) -> None:
         self.junk = 0
 

@@ -41,6 +41,8 @@ class BusRouter(Protocol):
     """How a device family frames and addresses packets on a shared line.
 
     Supplied by the device family (the Elliptec driver provides one); the bus never guesses.
+    A ``protocol`` class attribute (e.g. ``"thorlabs-elliptec"``) names the bus family, so
+    drivers of one family written independently can share a line (see :func:`bus_protocol`).
     """
 
     def split(self, buffer: bytearray) -> list[bytes]:
@@ -57,6 +59,16 @@ class BusRouter(Protocol):
     def kind_of(self, packet: bytes) -> str:
         """The packet's type, e.g. ``'PO'`` or ``'GS'``."""
         ...
+
+
+def bus_protocol(router: object) -> str:
+    """The bus family a router frames (its ``protocol`` attribute, else its class name).
+
+    Two independently written drivers of one family (a legacy and a native Elliptec driver) each
+    bring their own router; they may share a bus when they declare the same ``protocol``. The
+    first router keeps framing the line, which is safe because the family fixes the framing.
+    """
+    return str(getattr(router, "protocol", None) or type(router).__name__)
 
 
 def check_router(router: object, resource: str) -> None:

@@ -402,18 +402,18 @@ class SharedSerialPort:
         From then on one reader thread owns all reading: ordinary leases may still write, but
         their reads raise. ``router`` frames and addresses packets (see :class:`BusRouter`).
         """
-        from daqbridge.runtime.resources._bus import SerialBus, check_router
+        from daqbridge.runtime.resources._bus import SerialBus, bus_protocol, check_router
 
         check_router(router, self.url)
         with self._state:
             existing = self._bus
         if existing is not None:
-            if type(existing.router) is not type(router):
+            if bus_protocol(existing.router) != bus_protocol(router):
                 raise ResourceError(
-                    f"port already runs a bus framed by {type(existing.router).__name__}; "
-                    f"cannot also frame it with {type(router).__name__}.",
+                    f"port already runs a bus of family {bus_protocol(existing.router)!r}; cannot also "
+                    f"frame it as {bus_protocol(router)!r}.",
                     resource=self.url,
-                    fix="devices sharing one bus must use the same router class.",
+                    fix="only devices of one bus family can share a multi-drop line.",
                 )
             return existing
         # Start the reader under a lease so no transaction is halfway through a read.

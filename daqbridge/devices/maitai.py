@@ -1,0 +1,853 @@
+"""Spectra-Physics MaiTai Ti:Sapphire laser as a native ophyd device.
+
+What the real laser does that shapes this driver (INSTRUMENTS.md, "MaiTai"):
+
+* Set commands are silent, replies take up to 2 s, and the unit wants a short pause after a
+  write before it listens again. So queries drain stale bytes first, set commands are followed by
+  a quiet period (``write_delay``) that only delays a command that comes sooner, and nothing ever
+  waits for a reply to a set command.
+* Tuning takes seconds and ``WAVELENGTH`` only sets a target: the move is complete when the
+  read-back wavelength has reached the target and stays there, so the driver polls it (updating
+  the readback, so progress bars move) instead of trusting the command.
+* The shutter can silently ignore ``SHUTTER 1`` (front-panel/local mode, open interlock): every
+  shutter change is verified with ``SHUTTER?`` and a refusal is a clear InstrumentFault.
+* ``ON`` is ignored until the warm-up reaches 100 %: emission is refused up front with the
+  percentage, instead of leaving the scientist wondering why there is no light.
+* Reply terminators vary by unit and firmware: the configured one is used to frame replies and
+  a unit that ends its replies differently is detected once and followed, with a warning.
+
+Threads: every exchange runs on the laser's :class:`InstrumentWorker`. A wavelength move runs its
+polling loop on a second thread that hands each poll to the worker, so the worker stays free
+between polls: a trigger (power reading) or a shutter command during a long tune is not queued
+behind the whole tune.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+import time
+from typing import Any
+
+from ophyd import Component as Cpt
+from ophyd import Device, Kind
+from ophyd.positioner import PositionerBase
+from ophyd.status import InvalidState, MoveStatus, StatusBase
+from ophyd.utils.errors import StatusTimeoutError
+
+from daqbridge.devices._base import InstrumentSignal, InstrumentWorker, check_number
+from daqbridge.errors import (
+    ConfigError,
+    DaqbridgeError,
+    IdentityMismatch,
+    InstrumentError,
+    InstrumentFault,
+    InstrumentTimeout,
+    ReplyError,
+    ValueRejected,
+)
+from daqbridge.runtime.resources import SerialPortPool, SharedSerialPort, default_pool
+
+__all__ = ["MaiTaiLaser", "MaiTaiWavelength", "TUNING_RANGE_NM", "REPLY_TERMINATORS"]
+
+log = logging.getLogger(__name__)
+
+TUNING_RANGE_NM = (690.0, 1040.0)
+"""What the laser itself accepts; profiles may only narrow it."""
+
+REPLY_TERMINATORS = {"LF": b"\n", "CR": b"\r", "CRLF": b"\r\n"}
+
+_IDENTITY_MARK = "maitai"
+_POLL_BACKOFF = (0.0, 0.005, 0.01, 0.02)
+"""First polls after a tune command come quickly (a short tune is done in milliseconds on a fast
+unit), then the interval grows to ``poll_interval``."""
+
+_QUANTITY = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-z%]*)$")
+_INTEGER = re.compile(r"^[+]?\d+$")
+
+
+def _parse_quantity(text: str, unit: str, *, what: str, instrument: str, resource: str) -> float:
+    """``820nm`` / ``3.000W`` / ``100.00%`` -> float.
+
+    The unit is required: the laser always sends it, and a reply without it is a garbled one
+    (line noise can turn the ``W`` into a CR and leave a plausible number behind).
+    """
+    m = _QUANTITY.match(text.strip())
+    if m is None or m.group(2).lower() != unit.lower():
+        raise ReplyError(
+            f"the {what} reply is not a number in {unit}",
+            reply=text,
+            instrument=instrument,
+            resource=resource,
+            fix="check the cable and baud rate (noise garbles replies); the next query resends.",
+        )
+    value = float(m.group(1))
+    if not math.isfinite(value):
+        raise ReplyError(
+            f"the {what} reply is not finite", reply=text, instrument=instrument, resource=resource
+        )
+    return value
+
+
+def _format_nm(nm: float) -> str:
+    # Whole numbers go out as the manual writes them ("WAVELENGTH 820"); a tenth is kept otherwise.
+    return str(int(round(nm))) if abs(nm - round(nm)) < 1e-9 else f"{nm:.1f}"
+
+
+class _Setting(InstrumentSignal):
+    """A signal whose ``set`` is carried out (and verified) by its device on the worker.
+
+    ``put(value, force=True)`` (what ``update`` uses) only stores a value read from the laser.
+    """
+
+    def __init__(self, *, apply: str, **kwargs: Any) -> None:
+        self._apply = apply
+        super().__init__(**kwargs)
+
+    def set(
+        self,
+        value: Any,
+        *,
+        timeout: float | None = None,
+        settle_time: float | None = None,
+        **kwargs: Any,
+    ) -> StatusBase:
+        return getattr(self.root, self._apply)(value)
+
+    def put(self, value: Any, *, force: bool = False, **kwargs: Any) -> None:
+        if force:
+            super().put(value, force=True, **kwargs)
+            return
+        self.set(value).wait(timeout=kwargs.get("timeout"))
+
+
+class _MoveStatus(MoveStatus):
+    """ophyd's MoveStatus stops its positioner whenever it fails. This driver fails a move itself
+    only once tuning has ended or been stopped, and a stop issued then from a status callback
+    could land on the NEXT move; so only a timeout (the caller gave up) stops, and only its own
+    move."""
+
+    def _handle_failure(self) -> None:
+        if isinstance(self._exception, StatusTimeoutError):
+            self.pos._stop_move(self)
+
+
+class MaiTaiWavelength(Device, PositionerBase):
+    """The laser's wavelength as a positioner (nm); part of :class:`MaiTaiLaser`.
+
+    ``set(nm)`` sends ``WAVELENGTH`` and finishes when the read-back has settled at the target
+    (within ``tolerance_nm``, the same value ``settle_reads`` times in a row).
+    """
+
+    readback = Cpt(InstrumentSignal, units="nm", precision=1, kind=Kind.hinted, value=0.0)
+    setpoint = Cpt(InstrumentSignal, units="nm", precision=1, kind=Kind.normal, value=0.0)
+
+    def __init__(self, prefix: str = "", *, name: str, parent: Any = None, **kwargs: Any) -> None:
+        super().__init__(prefix=prefix, name=name, parent=parent, **kwargs)
+        self.readback.name = self.name  # the data key is the device name, as for EpicsMotor
+        self._move_gen = 0
+        self._halt = threading.Event()
+        self._status: MoveStatus | None = None
+
+    @property
+    def laser(self) -> MaiTaiLaser:
+        return self.parent
+
+    @property
+    def egu(self) -> str:
+        return "nm"
+
+    @property
+    def limits(self) -> tuple[float, float]:
+        return self.laser.wavelength_limits
+
+    @property
+    def precision(self) -> int:
+        return 1
+
+    def locate(self) -> dict[str, float]:
+        return {"setpoint": self.setpoint.get(), "readback": self.readback.get()}
+
+    def check_value(self, value: Any, **kwargs: Any) -> None:
+        low, high = self.limits
+        check_number(value, instrument=self.laser.name, what="wavelength (nm)", low=low, high=high)
+
+    def move(
+        self,
+        position: Any,
+        wait: bool = False,
+        moved_cb: Any = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> MoveStatus:
+        laser = self.laser
+        laser._require_connected("tune the wavelength")
+        self.check_value(position)  # before any byte is sent: ValueRejected names the limit
+        target = float(position)
+        old = self._status
+        if old is not None and not old.done:
+            _fail(
+                old,
+                InstrumentError(
+                    f"tuning replaced by a new move to {target:g} nm before it settled.",
+                    instrument=laser.name,
+                    resource=laser.port.url,
+                ),
+            )
+        self._reset_sub(self._SUB_REQ_DONE)
+        self._move_gen += 1
+        gen = self._move_gen
+        self._halt.clear()
+        status = _MoveStatus(
+            self,
+            target,
+            timeout=timeout if timeout is not None else self._timeout,
+            settle_time=self._settle_time,
+        )
+        if moved_cb is not None:
+            status.add_callback(lambda st: moved_cb(st, obj=self))
+        self.subscribe(status._finished, event_type=self._SUB_REQ_DONE, run=False)
+        self._status = status
+        self.setpoint.update(target)
+        self._moving = True
+        self._run_subs(sub_type=self.SUB_START, timestamp=time.time())
+        laser._tuner.submit(self._tune, target, status, gen)
+        if wait:
+            status.wait()
+        return status
+
+    def stop(self, *, success: bool = False) -> None:
+        """Abandon the tune: the laser is told to stay where it is; the move's status ends."""
+        self._halt.set()
+        status = self._status
+        if status is not None and not status.done and self._moving:
+            self._moving = False
+            self._reset_sub(self._SUB_REQ_DONE)
+            if success:
+                _finish(status)
+            else:
+                _fail(
+                    status,
+                    InstrumentError(
+                        "wavelength tuning was stopped before it settled.",
+                        instrument=self.laser.name,
+                        resource=self.laser.port.url,
+                    ),
+                )
+
+    def _stop_move(self, status: StatusBase) -> None:
+        if status is self._status:
+            self.stop()
+
+    # --- worker side -------------------------------------------------------------------------
+
+    def _store(self, nm: float) -> None:
+        self.readback.update(nm)
+        self._set_position(nm)
+
+    def _tune(self, target: float, status: MoveStatus, gen: int) -> None:
+        laser = self.laser
+        try:
+            if gen != self._move_gen or status.done or self._halt.is_set():
+                return  # stopped or replaced before it started: send nothing
+            laser._io(laser._command, f"WAVELENGTH {_format_nm(target)}")
+            deadline = time.monotonic() + laser.tune_timeout
+            readings: list[float] = []
+            for delay in _delays(laser.poll_interval):
+                if gen != self._move_gen:
+                    return  # replaced by a newer move (its status already failed)
+                if self._halt.wait(delay):  # stop(): tell the laser to stay where it is
+                    self._halt_tuning(readings)
+                    return
+                if status.done:  # the caller's timeout expired (its stop() halts, above)
+                    self._moving = False
+                    return
+                nm = laser._io(laser._read_wavelength)
+                readings.append(nm)
+                last = readings[-laser.settle_reads :]
+                if (
+                    len(last) == laser.settle_reads
+                    and all(abs(r - target) <= laser.tolerance_nm + 1e-9 for r in last)
+                    and max(last) - min(last) <= 1e-9
+                ):
+                    break
+                if time.monotonic() > deadline:
+                    raise InstrumentTimeout(
+                        f"the wavelength did not settle at {target:g} nm within "
+                        f"{laser.tune_timeout:g} s; last readings {readings[-5:]} nm.",
+                        instrument=laser.name,
+                        resource=laser.port.url,
+                        fix="check that the laser is on and tuning (front panel); raise "
+                        "tune_timeout for long tunes or tolerance_nm if it settles nearby.",
+                    )
+        except BaseException as exc:  # noqa: BLE001 - every failure must reach the status
+            if gen == self._move_gen:
+                self._moving = False
+                self._reset_sub(self._SUB_REQ_DONE)
+            _fail(status, _as_error(exc, laser))
+            return
+        if gen == self._move_gen and not status.done:
+            self._moving = False
+            self._done_moving(success=True, value=self._position)
+
+    def _halt_tuning(self, readings: list[float]) -> None:
+        # Stop slewing: ask for where the laser is now (it moves on towards the old target
+        # otherwise). Best effort: the stop itself must not raise.
+        laser = self.laser
+        try:
+            here = readings[-1] if readings else laser._io(laser._read_wavelength)
+            laser._io(laser._command, f"WAVELENGTH {_format_nm(here)}")
+            self.setpoint.update(here)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("%s: could not halt tuning after stop: %s", laser.name, exc)
+
+
+def _call(
+    worker: InstrumentWorker, fn: Any, *args: Any, timeout: float, instrument: str, resource: str
+) -> Any:
+    """``worker.call`` that keeps the function's own timeout error.
+
+    InstrumentTimeout is a TimeoutError, as is the future's own timeout: a reply timeout inside
+    ``fn`` must reach the caller as it is (naming the query), not as "the worker took too long".
+    """
+    future = worker.submit(fn, *args)
+    try:
+        return future.result(timeout=timeout)
+    except TimeoutError:
+        if future.done():
+            raise  # fn's own error
+        raise InstrumentTimeout(
+            f"{getattr(fn, '__name__', 'the request')} did not finish within {timeout:g} s.",
+            instrument=instrument,
+            resource=resource,
+            fix="check that the instrument is powered and connected; the request may still be "
+            "queued behind a long operation.",
+        ) from None
+
+
+def _delays(cap: float):
+    yield from (min(d, cap) for d in _POLL_BACKOFF)
+    while True:
+        yield cap
+
+
+def _finish(status: StatusBase) -> None:
+    try:
+        status.set_finished()
+    except InvalidState:
+        pass
+
+
+def _fail(status: StatusBase, exc: BaseException) -> None:
+    try:
+        status.set_exception(exc)
+    except InvalidState:
+        pass
+
+
+def _as_error(exc: BaseException, laser: MaiTaiLaser) -> Exception:
+    if isinstance(exc, DaqbridgeError):
+        return exc
+    err = InstrumentError(
+        f"{type(exc).__name__}: {exc}", instrument=laser.name, resource=laser.port.url
+    )
+    err.__cause__ = exc
+    return err
+
+
+class MaiTaiLaser(Device):
+    """A MaiTai laser on one serial port.
+
+    Parameters mirror the lab profile (``[instruments.maitai]``): ``wavelength_limits`` narrow the
+    690-1040 nm tuning range, ``reply_terminator`` is the unit's ("LF", "CR" or "CRLF"),
+    ``reply_timeout`` the longest a reply may take (the laser can take 2 s).
+    """
+
+    wavelength = Cpt(MaiTaiWavelength, kind=Kind.hinted)
+    power = Cpt(InstrumentSignal, units="W", precision=3, kind=Kind.hinted, value=0.0)
+    shutter = Cpt(_Setting, apply="_set_shutter", kind=Kind.normal, value=0)
+    emission = Cpt(_Setting, apply="_set_emission", kind=Kind.config, value=0)
+    warmup = Cpt(InstrumentSignal, units="%", precision=2, kind=Kind.config, value=0.0)
+    status_byte = Cpt(InstrumentSignal, kind=Kind.config, value=0)
+    pump_power = Cpt(InstrumentSignal, units="W", precision=2, kind=Kind.config, value=0.0)
+    humidity = Cpt(InstrumentSignal, units="%", precision=2, kind=Kind.config, value=0.0)
+
+    _SOURCES = {
+        "power": "READ:POWER?",
+        "shutter": "SHUTTER?",
+        "emission": "ON/OFF",
+        "warmup": "READ:PCTWARMEDUP?",
+        "status_byte": "*STB?",
+        "pump_power": "PLASER:POWER?",
+        "humidity": "READ:HUM?",
+    }
+
+    def __init__(
+        self,
+        port: SharedSerialPort,
+        *,
+        name: str = "maitai",
+        wavelength_limits: tuple[float, float] | list[float] = TUNING_RANGE_NM,
+        reply_terminator: str = "LF",
+        reply_timeout: float = 3.0,
+        write_delay: float = 0.05,
+        tolerance_nm: float = 0.5,
+        settle_reads: int = 2,
+        tune_timeout: float = 60.0,
+        poll_interval: float = 0.05,
+        shutter_timeout: float = 2.0,
+        lease_timeout: float = 5.0,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(port, SharedSerialPort):
+            raise ConfigError(
+                f"MaiTaiLaser needs an open SharedSerialPort, got {type(port).__name__}.",
+                key="port",
+                fix="open it with SerialPortPool.open(url) or use MaiTaiLaser.from_url(url).",
+            )
+        self.port = port
+        self.wavelength_limits = _check_limits(wavelength_limits, name)
+        if not isinstance(reply_terminator, str) or reply_terminator.upper() not in (
+            REPLY_TERMINATORS
+        ):
+            raise ConfigError(
+                f"reply_terminator {reply_terminator!r} is not one of LF, CR, CRLF.",
+                key="reply_terminator",
+                instrument=name,
+                fix='set reply_terminator = "LF", "CR" or "CRLF" (what the unit sends).',
+            )
+        self.reply_terminator = reply_terminator.upper()
+        self._write_term = REPLY_TERMINATORS[self.reply_terminator]
+        self._read_term = self._write_term[-1:]
+        self.reply_timeout = _positive(reply_timeout, "reply_timeout", name)
+        self.write_delay = _positive(write_delay, "write_delay", name, zero=True)
+        self.tolerance_nm = _positive(tolerance_nm, "tolerance_nm", name, zero=True)
+        if isinstance(settle_reads, bool) or not isinstance(settle_reads, int) or settle_reads < 1:
+            raise ConfigError(
+                f"settle_reads must be an integer >= 1, got {settle_reads!r}.",
+                key="settle_reads",
+                instrument=name,
+            )
+        self.settle_reads = settle_reads
+        self.tune_timeout = _positive(tune_timeout, "tune_timeout", name)
+        self.poll_interval = _positive(poll_interval, "poll_interval", name)
+        self.shutter_timeout = _positive(shutter_timeout, "shutter_timeout", name, zero=True)
+        self.lease_timeout = _positive(lease_timeout, "lease_timeout", name)
+        self._quiet_until = 0.0
+        self._generation: int | None = None
+        self._identity: str | None = None
+        self._connected = False
+        self._config_stale = True
+        self._worker = InstrumentWorker(name)
+        self._tuner = InstrumentWorker(f"{name}-tuning")
+        super().__init__(prefix="", name=name, **kwargs)
+        for attr, command in self._SOURCES.items():
+            getattr(self, attr)._source = f"{name} (MaiTai) on {port.url}: {command}"
+        self.wavelength.readback._source = f"{name} (MaiTai) on {port.url}: READ:WAV?"
+        self.wavelength.setpoint._source = f"{name} (MaiTai) on {port.url}: WAVELENGTH"
+        self.wavelength.setpoint._limits = self.wavelength_limits
+        self.wavelength.readback._limits = self.wavelength_limits
+
+    # --- construction helpers ----------------------------------------------------------------
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        pool: SerialPortPool | None = None,
+        name: str = "maitai",
+        baudrate: int = 9600,
+        flow_control: str = "xonxoff",
+        connect: bool = True,
+        connect_timeout: float = 15.0,
+        **kwargs: Any,
+    ) -> MaiTaiLaser:
+        """Open ``url`` (device path or pyserial URL) from ``pool`` and build a connected laser.
+
+        The manual asks for XON/XOFF; pass ``flow_control="none"`` where the cable lacks it.
+        """
+        if flow_control not in ("none", "xonxoff", "rtscts"):
+            raise ConfigError(
+                f"flow_control {flow_control!r} is not one of none, xonxoff, rtscts.",
+                key="flow_control",
+                instrument=name,
+            )
+        port = (pool or default_pool()).open(
+            url,
+            baudrate=baudrate,
+            xonxoff=flow_control == "xonxoff",
+            rtscts=flow_control == "rtscts",
+        )
+        laser = cls(port, name=name, **kwargs)
+        if connect:
+            laser.connect(timeout=connect_timeout)
+        return laser
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def connect(self, timeout: float = 15.0) -> None:
+        """Check the identity (``*IDN?`` must name a MaiTai) and read the laser's state."""
+        _call(
+            self._worker,
+            self._connect_io,
+            timeout=timeout,
+            instrument=self.name,
+            resource=self.port.url,
+        )
+
+    @property
+    def identity(self) -> str | None:
+        return self._identity
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected
+
+    def close(self) -> None:
+        """Stop the worker threads (the port belongs to the pool and stays open)."""
+        self.wavelength._halt.set()
+        self._connected = False
+        self._tuner.shutdown(wait=False)
+        self._worker.shutdown(wait=True)
+
+    def stop(self, *, success: bool = False) -> None:
+        """Stop tuning and close the shutter (without waiting: this runs on the RunEngine loop)."""
+        self.wavelength.stop(success=success)
+        if self._connected:
+            try:
+                self._worker.submit(self._close_shutter_quietly)
+            except InstrumentError:
+                pass
+
+    def stage(self) -> list[object]:
+        self._config_stale = True
+        return super().stage()
+
+    def trigger(self) -> StatusBase:
+        """Read power and wavelength (and, first in a run, the configuration) on the worker."""
+        self._require_connected("read the laser")
+        # No obj: ophyd would call stop() (close the shutter) when a reading fails.
+        return self._worker.status(self._refresh)
+
+    # --- emission ----------------------------------------------------------------------------
+
+    def turn_on(self, timeout: float | None = None) -> None:
+        """Emission on; refused with the warm-up percentage until the laser is warmed up."""
+        self.emission.set(1).wait(timeout=timeout or self.reply_timeout * 3)
+
+    def turn_off(self, timeout: float | None = None) -> None:
+        self.emission.set(0).wait(timeout=timeout or self.reply_timeout * 3)
+
+    def open_shutter(self, timeout: float | None = None) -> None:
+        self.shutter.set(1).wait(timeout=timeout)
+
+    def close_shutter(self, timeout: float | None = None) -> None:
+        self.shutter.set(0).wait(timeout=timeout)
+
+    # --- setting handlers (called by _Setting.set on the RunEngine loop: no I/O here) ----------
+
+    def _set_shutter(self, value: Any) -> StatusBase:
+        state = _shutter_state(value, self.name)
+        self._require_connected("move the shutter")
+        return self._worker.status(lambda: self._shutter_io(state), obj=self.shutter)
+
+    def _set_emission(self, value: Any) -> StatusBase:
+        state = _on_off(value, self.name)
+        self._require_connected("switch emission")
+        return self._worker.status(lambda: self._emission_io(state), obj=self.emission)
+
+    def _require_connected(self, what: str) -> None:
+        if not self._connected:
+            raise InstrumentError(
+                f"cannot {what}: the laser is not connected.",
+                instrument=self.name,
+                resource=self.port.url,
+                fix="call connect() first (the runtime does it at start-up).",
+            )
+
+    # --- worker side -------------------------------------------------------------------------
+
+    def _io(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn`` on the worker from another thread (the tuning loop) and wait for it."""
+        return _call(
+            self._worker,
+            fn,
+            *args,
+            timeout=self.reply_timeout + self.lease_timeout + self.write_delay + 1.0,
+            instrument=self.name,
+            resource=self.port.url,
+        )
+
+    def _connect_io(self) -> None:
+        self._connected = False
+        with self.port.lease(self.name, self.lease_timeout) as lease:
+            self._identify(lease)
+        self._read_config()
+        self.shutter.update(self._read_shutter())
+        self.power.update(self._read_power())
+        nm = self._read_wavelength()
+        self.wavelength.setpoint.update(nm)
+        self._config_stale = False
+        self._connected = True
+
+    def _identify(self, lease: Any) -> None:
+        reply = self._exchange_in(lease, "*IDN?")
+        if _IDENTITY_MARK not in reply.lower().replace(" ", "").replace("-", ""):
+            raise IdentityMismatch(
+                f"expected a Spectra-Physics MaiTai, but *IDN? answered {reply!r}.",
+                instrument=self.name,
+                resource=self.port.url,
+                fix="check the port in the profile: another instrument is connected there.",
+            )
+        self._identity = reply
+        self._generation = self.port.generation
+
+    def _refresh(self) -> None:
+        if self._config_stale:
+            self._read_config()
+            self.shutter.update(self._read_shutter())
+            self._config_stale = False
+        self.power.update(self._read_power())
+        self._read_wavelength()
+
+    def _read_config(self) -> None:
+        self.warmup.update(self._read_warmup())
+        self.status_byte.update(self._read_status_byte())
+        self.pump_power.update(self._quantity("PLASER:POWER?", "W", "pump power"))
+        self.humidity.update(self._quantity("READ:HUM?", "%", "humidity"))
+
+    def _read_wavelength(self) -> float:
+        nm = self._quantity("READ:WAV?", "nm", "wavelength")
+        self.wavelength._store(nm)
+        return nm
+
+    def _read_power(self) -> float:
+        return self._quantity("READ:POWER?", "W", "power")
+
+    def _read_warmup(self) -> float:
+        return self._quantity("READ:PCTWARMEDUP?", "%", "warm-up")
+
+    def _read_status_byte(self) -> int:
+        reply = self._query("*STB?")
+        if not _INTEGER.match(reply) or int(reply) > 255:
+            raise ReplyError(
+                "the *STB? reply is not a status byte (0-255)",
+                reply=reply,
+                instrument=self.name,
+                resource=self.port.url,
+            )
+        return int(reply)
+
+    def _read_shutter(self) -> int:
+        reply = self._query("SHUTTER?")
+        if reply not in ("0", "1"):
+            raise ReplyError(
+                "the SHUTTER? reply is not 0 or 1",
+                reply=reply,
+                instrument=self.name,
+                resource=self.port.url,
+                fix="check the cable and baud rate; the next query resends.",
+            )
+        return int(reply)
+
+    def _quantity(self, query: str, unit: str, what: str) -> float:
+        return _parse_quantity(
+            self._query(query), unit, what=what, instrument=self.name, resource=self.port.url
+        )
+
+    def _shutter_io(self, state: int) -> None:
+        self._command(f"SHUTTER {state}")
+        deadline = time.monotonic() + self.shutter_timeout
+        for delay in _delays(self.poll_interval):
+            seen = self._read_shutter()
+            self.shutter.update(seen)
+            if seen == state:
+                return
+            if time.monotonic() + delay > deadline:
+                break
+            time.sleep(delay)
+        raise InstrumentFault(
+            f"MaiTai ignored SHUTTER {state}: the laser may be in local/front-panel mode or an "
+            f"interlock is open (SHUTTER? still reads {seen} after {self.shutter_timeout:g} s).",
+            instrument=self.name,
+            resource=self.port.url,
+            fix="switch the laser to remote control and check the interlocks, then try again.",
+        )
+
+    def _close_shutter_quietly(self) -> None:
+        try:
+            self._shutter_io(0)
+        except Exception as exc:  # noqa: BLE001 - stop() must not raise; the failure is logged
+            log.error("%s: closing the shutter on stop failed: %s", self.name, exc)
+
+    def _emission_io(self, state: int) -> None:
+        if state:
+            pct = self._read_warmup()
+            self.warmup.update(pct)
+            if pct < 100.0:
+                raise InstrumentFault(
+                    f"MaiTai refuses ON while warming up: READ:PCTWARMEDUP? reads {pct:.2f}% "
+                    "and the laser ignores ON until it reaches 100%.",
+                    instrument=self.name,
+                    resource=self.port.url,
+                    fix="wait until the warm-up reads 100% (laser.warmup), then turn emission "
+                    "on again.",
+                )
+            self._command("ON")
+        else:
+            self._command("OFF")
+        self.emission.update(state)
+
+    # --- the wire ----------------------------------------------------------------------------
+
+    def _command(self, command: str) -> None:
+        """A silent set command; the laser then gets ``write_delay`` before the next command."""
+        with self.port.lease(self.name, self.lease_timeout) as lease:
+            self._check_generation(lease)
+            self._wait_quiet()
+            lease.write(command.encode("ascii") + self._write_term)
+            self._quiet_until = time.monotonic() + self.write_delay
+
+    def _query(self, query: str) -> str:
+        with self.port.lease(self.name, self.lease_timeout) as lease:
+            self._check_generation(lease)
+            return self._exchange_in(lease, query)
+
+    def _wait_quiet(self) -> None:
+        wait = self._quiet_until - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+
+    def _check_generation(self, lease: Any) -> None:
+        # The port was reopened (USB unplug): the laser behind it may have been power-cycled or
+        # swapped, so it proves its identity again before anything else is sent.
+        if self._generation is not None and self.port.generation != self._generation:
+            log.warning(
+                "%s: port %s was reopened; checking identity again", self.name, self.port.url
+            )
+            self._identify(lease)
+
+    def _exchange_in(self, lease: Any, query: str) -> str:
+        self._wait_quiet()
+        stale = lease.drain()
+        if stale.strip(b"\r\n"):
+            log.debug("%s: discarded stale bytes %r before %s", self.name, stale, query)
+        lease.write(query.encode("ascii") + self._write_term)
+        try:
+            raw = lease.read_until(self._read_term, self.reply_timeout)
+        except InstrumentTimeout:
+            partial = lease.drain()
+            raw = self._other_terminator(partial)
+            if raw is None:
+                raise InstrumentTimeout(
+                    f"no reply to {query!r} within {self.reply_timeout:g} s",
+                    reply=partial,
+                    instrument=self.name,
+                    resource=self.port.url,
+                    fix="check that the laser is on and the cable and baud rate are right; "
+                    "raise reply_timeout if the unit is slow. The next query resends.",
+                ) from None
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise ReplyError(
+                f"the reply to {query!r} is not ASCII (line noise or wrong baud rate)",
+                reply=raw,
+                instrument=self.name,
+                resource=self.port.url,
+                fix="check the baud rate and the cable; the next query resends.",
+            ) from None
+        return text.strip("\r\n\t ")
+
+    def _other_terminator(self, partial: bytes) -> bytes | None:
+        # A unit configured one way but replying with another terminator: accept a complete line
+        # that ends in CR or LF, and read with that terminator from now on.
+        for term in (b"\r", b"\n"):
+            if term != self._read_term and partial.rstrip(b"\r\n") and partial.endswith(term):
+                name = {b"\r": "CR", b"\n": "LF"}[term]
+                log.warning(
+                    "%s: replies end in %s, not %s as configured; following the unit (set "
+                    "reply_terminator = %r in the profile)",
+                    self.name,
+                    name,
+                    self.reply_terminator,
+                    name,
+                )
+                self._read_term = term
+                return partial.strip(b"\r\n").splitlines()[-1]
+        return None
+
+
+def _check_limits(limits: Any, name: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in limits)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"wavelength_limits must be [low, high] in nm, got {limits!r}.",
+            key="wavelength_limits",
+            instrument=name,
+        ) from None
+    lo, hi = TUNING_RANGE_NM
+    if not (lo <= low < high <= hi):
+        raise ConfigError(
+            f"wavelength_limits [{low:g}, {high:g}] are not an increasing pair inside "
+            f"{lo:g}-{hi:g} nm.",
+            key="wavelength_limits",
+            instrument=name,
+            fix="write [low, high] with 690 <= low < high <= 1040.",
+        )
+    return (low, high)
+
+
+def _positive(value: Any, key: str, name: str, *, zero: bool = False) -> float:
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+        and (value >= 0 if zero else value > 0)
+    )
+    if not ok:
+        raise ConfigError(
+            f"{key} must be a finite number of seconds/units {'>= 0' if zero else '> 0'}, "
+            f"got {value!r}.",
+            key=key,
+            instrument=name,
+        )
+    return float(value)
+
+
+_OPEN_WORDS = {"1": 1, "open": 1, "opened": 1, "0": 0, "close": 0, "closed": 0, "shut": 0}
+
+
+def _shutter_state(value: Any, name: str) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int | float) and value in (0, 1):
+        return int(value)
+    if isinstance(value, str) and value.strip().lower() in _OPEN_WORDS:
+        return _OPEN_WORDS[value.strip().lower()]
+    raise ValueRejected(
+        f"shutter value {value!r} is not open/closed.",
+        instrument=name,
+        value=value,
+        fix="use 1 or 'open' to open, 0 or 'closed' to close.",
+    )
+
+
+def _on_off(value: Any, name: str) -> int:
+    words = {"1": 1, "on": 1, "0": 0, "off": 0}
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int | float) and value in (0, 1):
+        return int(value)
+    if isinstance(value, str) and value.strip().lower() in words:
+        return words[value.strip().lower()]
+    raise ValueRejected(
+        f"emission value {value!r} is not on/off.",
+        instrument=name,
+        value=value,
+        fix="use 1 or 'on' for emission on, 0 or 'off' for off.",
+    )
