@@ -1,0 +1,642 @@
+"""From a profile entry to running objects: native devices, legacy instruments, adapters.
+
+Why it is built this way:
+
+* One builder per profile driver, in a registry (``register_builder``), each importing its
+  device module only when a profile uses it. A driver module that is missing or broken then
+  costs only the instruments that use it, with a ConfigError that says so, instead of breaking
+  every lab that imports the runtime.
+* Builders only build; the runtime connects (identity checks) afterwards, so a failure can be
+  reported per instrument with its port, and the whole start-up can be undone in order.
+* Profile settings are passed by keyword. A setting the driver's constructor does not take is
+  never silently dropped: it is recorded as a note shown by ``status()`` and logged.
+* Legacy instruments are built through the legacy stack's own registry
+  (``daqbridge.legacy.register_driver``), with the per-type options validated by that driver's
+  options model, exactly as a legacy configuration file would be.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from daqbridge.errors import ConfigError, DaqbridgeError, InstrumentError
+from daqbridge.runtime.profile import (
+    LEGACY_TWIN_SUFFIX,
+    ElliptecInstrument,
+    EpicsInstrument,
+    Esp300Instrument,
+    InstrumentBase,
+    MaiTaiInstrument,
+    Newport1830cInstrument,
+    Profile,
+    PvcamInstrument,
+    ScpiInstrument,
+    SerialInstrument,
+)
+
+if TYPE_CHECKING:
+    from daqbridge.legacy import LegacyInstrument
+    from daqbridge.runtime._simulation import Simulation
+    from daqbridge.runtime.resources import SerialPortPool, SharedSerialPort, VisaSessionManager
+
+log = logging.getLogger("daqbridge.runtime.builders")
+
+_TERMINATION = {"LF": "\n", "CR": "\r", "CRLF": "\r\n"}
+
+
+class StartupFailed(InstrumentError):
+    """An instrument could not be built, connected or identified at start-up.
+
+    Carries the instrument id, its port or resource, the stack, and the original error as
+    ``cause`` (also ``__cause__``), so code can still tell an IdentityMismatch from a timeout.
+    """
+
+    def __init__(
+        self,
+        instrument: str,
+        *,
+        driver: str,
+        stack: str,
+        resource: str | None,
+        cause: BaseException,
+        fix: str | None = None,
+    ) -> None:
+        self.driver = driver
+        self.stack = stack
+        self.cause = cause
+        if isinstance(cause, DaqbridgeError):
+            text = cause.what
+            fix = fix or cause.fix
+        else:
+            text = f"{type(cause).__name__}: {cause}"
+        super().__init__(
+            f"the {stack} {driver} driver did not start: {text}",
+            instrument=instrument,
+            resource=resource,
+            fix=fix
+            or f"check that the instrument is powered and connected to {resource or 'its port'} "
+            "(`daqbridge hardware` lists ports and resources) and that the profile's port, "
+            "baud_rate and flow_control are right; to start the lab without it, set "
+            "enabled = false for this entry or start with allow_partial=True.",
+        )
+
+
+# --- what a builder returns ------------------------------------------------------------------
+
+
+@dataclass
+class NativeInstrument:
+    """The devices built from one ``[[instruments]]`` entry, and how to run their life cycle."""
+
+    id: str
+    driver: str
+    resource: str
+    root: Any
+    devices: dict[str, Any]
+    """Device id -> object: the entry's id (the controller, bus, meter ...) and its parts."""
+    connect: Callable[[float | None], Any]
+    notes: list[str] = field(default_factory=list)
+    connected: bool = False
+
+    def stop(self) -> None:
+        """Stop motion, close shutters, abort acquisitions (the devices' own ``stop()``)."""
+        stop = getattr(self.root, "stop", None)
+        if stop is None:
+            return
+        try:
+            stop(success=False)
+        except TypeError:
+            stop()
+
+    def close(self) -> None:
+        close = getattr(self.root, "close", None)
+        if close is not None:
+            close()
+
+
+@dataclass
+class BuildContext:
+    """Everything a builder may use; nothing else reaches the hardware."""
+
+    profile: Profile
+    pool: SerialPortPool
+    visa: VisaSessionManager
+    data_dir: Path
+    simulation: Simulation | None = None
+
+    def port_of(self, inst: SerialInstrument) -> str:
+        """The port to open: the simulator's substitute for ``pty`` / unnamed ``sim://``."""
+        if self.simulation is not None:
+            port = self.simulation.port_for(inst)
+            if port is not None:
+                return port
+        return inst.port
+
+    def resource_of(self, inst: ScpiInstrument) -> str:
+        if self.simulation is not None:
+            resource = self.simulation.resource_for(inst)
+            if resource is not None:
+                return resource
+        return inst.resource
+
+    def open_port(self, inst: SerialInstrument) -> SharedSerialPort:
+        """Open the entry's port from the shared pool with the entry's line settings.
+
+        Every user of a physical port (native driver, legacy twin) must ask for the same
+        settings, or the pool refuses with SettingsConflict: better than two baud rates.
+        """
+        return self.pool.open(
+            self.port_of(inst),
+            baudrate=inst.baud_rate,
+            xonxoff=inst.flow_control == "xonxoff",
+            rtscts=inst.flow_control == "rtscts",
+        )
+
+    def frames_dir(self, inst: PvcamInstrument) -> Path:
+        return camera_frames_dir(inst, self.data_dir)
+
+
+def camera_frames_dir(inst: PvcamInstrument, data_dir: Path) -> Path:
+    """Where a camera writes its HDF5 files: ``pvcam.frames_dir`` resolved against data_dir."""
+    raw = inst.pvcam.frames_dir or f"frames/{inst.id}"
+    path = Path(raw).expanduser()
+    return path if path.is_absolute() else data_dir / path
+
+
+Builder = Callable[[InstrumentBase, BuildContext], NativeInstrument]
+
+_BUILDERS: dict[str, Builder] = {}
+
+
+def register_builder(driver: str, builder: Builder, *, replace: bool = False) -> None:
+    """Build native devices for profile entries with ``driver = "<driver>"``."""
+    if driver in _BUILDERS and not replace and _BUILDERS[driver] is not builder:
+        raise ValueError(
+            f"a native builder for driver {driver!r} is already registered; pass replace=True "
+            "to override it on purpose"
+        )
+    _BUILDERS[driver] = builder
+
+
+def registered_builders() -> Mapping[str, Builder]:
+    return MappingProxyType(dict(_BUILDERS))
+
+
+def builder_for(inst: InstrumentBase) -> Builder:
+    builder = _BUILDERS.get(inst.driver)
+    if builder is None:
+        raise ConfigError(
+            f"no native builder for driver {inst.driver!r}.",
+            instrument=inst.id,
+            key="driver",
+            fix=f"use one of {', '.join(sorted(_BUILDERS))}, or register one with "
+            "daqbridge.runtime.register_builder.",
+        )
+    return builder
+
+
+def driver_class(driver: str, module: str, name: str, *, instrument: str | None = None) -> Any:
+    """Import ``module.name`` for a profile driver, with a ConfigError that says what to do."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module.startswith(exc.name):
+            raise ConfigError(
+                f"the native {driver} driver is not available: module {module} is not "
+                "installed in this version of daqbridge.",
+                instrument=instrument,
+                key="driver",
+                fix='run this instrument on the legacy stack (stack = "legacy", where a legacy '
+                "driver exists), disable it (enabled = false), or update daqbridge.",
+            ) from exc
+        raise
+    except ImportError as exc:
+        raise ConfigError(
+            f"the native {driver} driver cannot be imported: {exc}.",
+            instrument=instrument,
+            key="driver",
+            fix="reinstall or update daqbridge; disable the instrument meanwhile "
+            "(enabled = false).",
+        ) from exc
+    try:
+        return getattr(mod, name)
+    except AttributeError:
+        raise ConfigError(
+            f"the native {driver} driver is incomplete: {module} has no {name}.",
+            instrument=instrument,
+            key="driver",
+            fix="update daqbridge; disable the instrument meanwhile (enabled = false).",
+        ) from None
+
+
+NATIVE_DRIVERS: dict[str, tuple[str, str]] = {
+    "esp300": ("daqbridge.devices.esp300", "ESP300Controller"),
+    "newport1830c": ("daqbridge.devices.newport1830c", "Newport1830C"),
+    "maitai": ("daqbridge.devices.maitai", "MaiTaiLaser"),
+    "elliptec": ("daqbridge.devices.elliptec", "ElliptecBus"),
+    "scpi": ("daqbridge.devices.scpi", "ScpiInstrument"),
+    "pvcam": ("daqbridge.devices.pvcam", "PvcamCamera"),
+    "epics": ("ophyd", "EpicsMotor"),
+}
+"""Profile driver -> (module, class) of its native device; checked before any port opens."""
+
+
+def check_native_driver(inst: InstrumentBase) -> None:
+    """Raise ConfigError now if this entry's native driver cannot be loaded (no port touched)."""
+    builder_for(inst)
+    target = NATIVE_DRIVERS.get(inst.driver)
+    if target is not None:
+        driver_class(inst.driver, *target, instrument=inst.id)
+
+
+def construct(
+    factory: Callable[..., Any],
+    *args: Any,
+    notes: list[str],
+    what: str,
+    signature_of: Callable[..., Any] | None = None,
+    **settings: Any,
+) -> Any:
+    """Call ``factory`` with the settings it declares; record the ones it does not take.
+
+    None means "not set in the profile" and is not passed at all, so the driver's own default
+    applies. A set value the driver has no parameter for is noted, never silently lost.
+    ``signature_of`` names what really takes the keywords when ``factory`` forwards ``**kwargs``
+    (``ElliptecBus.mount`` builds an ``ElliptecMount``). A class is judged by its ``__init__``
+    (some devices define ``__new__`` with ``**kwargs`` to build per-instance classes).
+    """
+    target = signature_of or factory
+    if isinstance(target, type):
+        target = target.__init__
+    params = inspect.signature(target).parameters
+    accepted = {
+        n
+        for n, p in params.items()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n != "self"
+    }
+    kwargs: dict[str, Any] = {}
+    for key, value in settings.items():
+        if value is None:
+            continue
+        if key in accepted:
+            kwargs[key] = value
+        else:
+            note = f"{what}: setting {key}={value!r} is not supported by this driver; ignored"
+            notes.append(note)
+            log.warning(note)
+    return factory(*args, **kwargs)
+
+
+def _limits(low: float | None, high: float | None, span: float) -> tuple[float, float] | None:
+    if low is None and high is None:
+        return None
+    return (low if low is not None else -span, high if high is not None else span)
+
+
+# --- native builders --------------------------------------------------------------------------
+
+
+def build_esp300(inst: Esp300Instrument, ctx: BuildContext) -> NativeInstrument:
+    cls = driver_class("esp300", *NATIVE_DRIVERS["esp300"], instrument=inst.id)
+    notes: list[str] = []
+    port = ctx.open_port(inst)
+    controller = construct(cls, port, name=inst.id, timeout=inst.timeout, notes=notes, what=inst.id)
+    devices: dict[str, Any] = {inst.id: controller}
+    for axis in inst.esp300.axes:
+        axis_id = f"{inst.id}_{axis.name}"
+        devices[axis_id] = construct(
+            controller.axis,
+            axis.number,
+            name=axis_id,
+            units=axis.units,
+            low_limit=axis.low_limit,
+            high_limit=axis.high_limit,
+            velocity=axis.velocity,
+            acceleration=axis.acceleration,
+            deceleration=axis.deceleration,
+            notes=notes,
+            what=axis_id,
+        )
+    return NativeInstrument(
+        inst.id, inst.driver, port.url, controller, devices, controller.connect, notes
+    )
+
+
+def build_newport1830c(inst: Newport1830cInstrument, ctx: BuildContext) -> NativeInstrument:
+    cls = driver_class("newport1830c", *NATIVE_DRIVERS["newport1830c"], instrument=inst.id)
+    notes: list[str] = []
+    s = inst.newport1830c
+    port = ctx.open_port(inst)
+    meter = construct(
+        cls,
+        port,
+        name=inst.id,
+        wavelength_nm=s.wavelength_nm,
+        range=s.range,
+        filter=s.filter,
+        attenuator=s.attenuator,
+        units=s.units,
+        timeout=inst.timeout,
+        notes=notes,
+        what=inst.id,
+    )
+    return NativeInstrument(
+        inst.id, inst.driver, port.url, meter, {inst.id: meter}, meter.connect, notes
+    )
+
+
+def build_maitai(inst: MaiTaiInstrument, ctx: BuildContext) -> NativeInstrument:
+    cls = driver_class("maitai", *NATIVE_DRIVERS["maitai"], instrument=inst.id)
+    notes: list[str] = []
+    s = inst.maitai
+    port = ctx.open_port(inst)
+    laser = construct(
+        cls,
+        port,
+        name=inst.id,
+        wavelength_limits=tuple(s.wavelength_limits),
+        reply_terminator=s.reply_terminator,
+        reply_timeout=inst.timeout,
+        notes=notes,
+        what=inst.id,
+    )
+    return NativeInstrument(
+        inst.id, inst.driver, port.url, laser, {inst.id: laser}, laser.connect, notes
+    )
+
+
+def build_elliptec(inst: ElliptecInstrument, ctx: BuildContext) -> NativeInstrument:
+    cls = driver_class("elliptec", *NATIVE_DRIVERS["elliptec"], instrument=inst.id)
+    notes: list[str] = []
+    port = ctx.open_port(inst)
+    bus = cls(port, name=inst.id)
+    devices: dict[str, Any] = {inst.id: bus}
+    for addr in inst.elliptec.addresses:
+        mount_id = f"{inst.id}_{addr.device_name}"
+        devices[mount_id] = construct(
+            bus.mount,
+            addr.address,
+            name=mount_id,
+            limits=_limits(addr.low_limit, addr.high_limit, 360.0),
+            reply_timeout=inst.timeout,
+            notes=notes,
+            what=mount_id,
+            signature_of=getattr(sys.modules[cls.__module__], "ElliptecMount", None),
+        )
+    return NativeInstrument(inst.id, inst.driver, port.url, bus, devices, bus.connect, notes)
+
+
+def build_scpi(inst: ScpiInstrument, ctx: BuildContext) -> NativeInstrument:
+    cls = driver_class("scpi", *NATIVE_DRIVERS["scpi"], instrument=inst.id)
+    notes: list[str] = []
+    term = _TERMINATION[inst.scpi.termination]
+    resource = ctx.resource_of(inst)
+    session = ctx.visa.session(
+        resource,
+        backend=inst.visa_backend or "@py",
+        read_termination=term,
+        write_termination=term,
+        timeout=inst.timeout,
+    )
+    device = construct(
+        cls,
+        session,
+        signals=list(inst.scpi.signals),
+        name=inst.id,
+        expected_idn=inst.scpi.expected_idn,
+        timeout=inst.timeout,
+        notes=notes,
+        what=inst.id,
+    )
+    return NativeInstrument(
+        inst.id, inst.driver, session.label, device, {inst.id: device}, device.connect, notes
+    )
+
+
+def build_pvcam(inst: PvcamInstrument, ctx: BuildContext) -> NativeInstrument:
+    cls = driver_class("pvcam", *NATIVE_DRIVERS["pvcam"], instrument=inst.id)
+    notes: list[str] = []
+    s = inst.pvcam
+    if s.backend == "sim":
+        if ctx.simulation is None:
+            raise ConfigError(
+                "pvcam.backend = 'sim' needs [simulation] enabled = true.",
+                instrument=inst.id,
+                key="pvcam.backend",
+                fix="enable simulation, or use backend = 'pvcam' with a real camera.",
+            )
+        backend = ctx.simulation.camera_backend(inst)
+    else:
+        load_backend = driver_class("pvcam", "daqbridge.devices.pvcam_backend", "load_backend")
+        backend = load_backend("pvcam")
+    frames = ctx.frames_dir(inst)
+    frames.mkdir(parents=True, exist_ok=True)
+    roi = None if s.roi is None else [s.roi.s1, s.roi.s2, s.roi.p1, s.roi.p2]
+    camera = construct(
+        cls,
+        inst.id,
+        backend,
+        frames_dir=frames,
+        camera=inst.camera,
+        exposure_ms=s.exposure_ms,
+        roi=roi,
+        binning=list(s.binning),
+        timeout=inst.timeout,
+        notes=notes,
+        what=inst.id,
+    )
+    return NativeInstrument(
+        inst.id, inst.driver, f"pvcam://{inst.camera}", camera, {inst.id: camera},
+        camera.connect, notes,
+    )  # fmt: skip
+
+
+def build_epics(inst: EpicsInstrument, ctx: BuildContext) -> NativeInstrument:
+    import ophyd
+
+    s = inst.epics
+    if s.kind == "motor":
+        device = ophyd.EpicsMotor(inst.prefix, name=inst.id)
+    else:
+        read = inst.prefix + s.read_pv
+        write = inst.prefix + s.write_pv if s.write_pv is not None else None
+        device = ophyd.EpicsSignal(read, write_pv=write, name=inst.id)
+
+    def connect(timeout: float | None) -> None:
+        device.wait_for_connection(timeout=timeout or inst.timeout)
+
+    return NativeInstrument(inst.id, inst.driver, inst.prefix, device, {inst.id: device}, connect)
+
+
+for _driver, _builder in (
+    ("esp300", build_esp300),
+    ("newport1830c", build_newport1830c),
+    ("maitai", build_maitai),
+    ("elliptec", build_elliptec),
+    ("scpi", build_scpi),
+    ("pvcam", build_pvcam),
+    ("epics", build_epics),
+):
+    register_builder(_driver, _builder)  # type: ignore[arg-type]
+
+
+def build_native(inst: InstrumentBase, ctx: BuildContext) -> NativeInstrument:
+    """Build (not connect) the native devices of one entry; StartupFailed names what broke."""
+    try:
+        return builder_for(inst)(inst, ctx)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise StartupFailed(
+            inst.id, driver=inst.driver, stack="native", resource=inst.hardware, cause=exc
+        ) from exc
+
+
+def connect_native(built: NativeInstrument, timeout: float | None) -> None:
+    """Connect (identity check, safe settings); StartupFailed names instrument, port and fix."""
+    try:
+        built.connect(timeout)
+    except Exception as exc:
+        raise StartupFailed(
+            built.id, driver=built.driver, stack="native", resource=built.resource, cause=exc
+        ) from exc
+    built.connected = True
+
+
+# --- legacy instruments ----------------------------------------------------------------------
+
+LEGACY_TYPES: dict[str, str] = {
+    "newport1830c": "newport_1830c",
+    "maitai": "maitai",
+    "elliptec": "elliptec",
+}
+"""Profile driver -> legacy driver type (``daqbridge.legacy.register_driver``)."""
+
+
+def legacy_id(inst: InstrumentBase) -> str:
+    """The legacy instrument's name: the entry's id, ``<id>_legacy`` for a shadow twin."""
+    return inst.id + (LEGACY_TWIN_SUFFIX if inst.stack == "shadow" else "")
+
+
+def legacy_type(inst: InstrumentBase, overrides: Mapping[str, str] | None = None) -> str:
+    """The legacy driver type of an entry (overrides by instrument id, then by driver)."""
+    from daqbridge.legacy import registered_drivers
+
+    overrides = overrides or {}
+    type_name = (
+        overrides.get(inst.id) or overrides.get(inst.driver) or LEGACY_TYPES.get(inst.driver)
+    )
+    if type_name is None:
+        raise ConfigError(
+            f"there is no legacy driver for {inst.driver!r} instruments.",
+            instrument=inst.id,
+            key="stack",
+            fix=f'set stack = "native" (legacy drivers exist for: '
+            f"{', '.join(sorted(LEGACY_TYPES))}).",
+        )
+    if type_name not in registered_drivers():
+        raise ConfigError(
+            f"the legacy driver type {type_name!r} is not registered.",
+            instrument=inst.id,
+            key="stack",
+            fix=f"register it with daqbridge.legacy.register_driver (known: "
+            f"{', '.join(sorted(registered_drivers()))}).",
+        )
+    return type_name
+
+
+def _legacy_options(inst: InstrumentBase) -> dict[str, Any]:
+    """The legacy driver's per-type keys, from the profile entry."""
+    if isinstance(inst, Newport1830cInstrument):
+        s = inst.newport1830c
+        return {
+            "wavelength_nm": s.wavelength_nm,
+            "units": s.units,
+            "range": s.range,
+            "filter": s.filter,
+            "attenuator": s.attenuator,
+            "timeout_s": inst.timeout,
+        }
+    if isinstance(inst, MaiTaiInstrument):
+        return {
+            "terminator": inst.maitai.reply_terminator,
+            "xonxoff": inst.flow_control == "xonxoff",
+            "timeout_s": inst.timeout,
+        }
+    if isinstance(inst, ElliptecInstrument):
+        return {
+            "device_addresses": [a.address for a in inst.elliptec.addresses],
+            "timeout_s": inst.timeout,
+        }
+    return {}
+
+
+def build_legacy(
+    inst: InstrumentBase,
+    ctx: BuildContext,
+    *,
+    overrides: Mapping[str, str] | None = None,
+) -> tuple[LegacyInstrument, float]:
+    """The legacy instrument of an entry and its polling rate (nothing is opened yet)."""
+    import pydantic
+
+    from daqbridge.legacy import InstrumentConfig, build_instrument, registered_drivers
+
+    type_name = legacy_type(inst, overrides)
+    spec = registered_drivers()[type_name]
+    name = legacy_id(inst)
+    raw = {k: v for k, v in _legacy_options(inst).items() if v is not None}
+    if spec.options is not None:
+        fields = spec.options.model_fields
+        allows_extra = spec.options.model_config.get("extra") == "allow"
+        raw = {k: v for k, v in raw.items() if k in fields or allows_extra}
+        try:
+            options: Mapping[str, Any] = spec.options.model_validate(raw).model_dump()
+        except pydantic.ValidationError as exc:
+            err = exc.errors()[0]
+            raise ConfigError(
+                f"the legacy {type_name} driver refuses {'.'.join(map(str, err['loc']))}: "
+                f"{err['msg']} (got {err.get('input')!r}).",
+                instrument=inst.id,
+                file=ctx.profile.label,
+                key=f"instruments.{inst.id}",
+                fix="correct the entry's settings; see docs/legacy.md for this driver's limits.",
+            ) from None
+    else:
+        options = {}
+    port = ctx.port_of(inst) if isinstance(inst, SerialInstrument) else None
+    baud = inst.baud_rate if isinstance(inst, SerialInstrument) else None
+    rate = getattr(inst, "polling_rate_hz", None)
+    rate = 1.0 if rate is None else float(rate)
+    config = InstrumentConfig(
+        name, type_name, port, baud, rate, MappingProxyType(dict(options)), ctx.profile.label
+    )
+    return build_instrument(config, ctx.pool), rate
+
+
+def legacy_part_channel(inst: InstrumentBase, part: str) -> str | None:
+    """The legacy channel that carries one part of an instrument (an Elliptec mount)."""
+    if isinstance(inst, ElliptecInstrument):
+        for addr in inst.elliptec.addresses:
+            if addr.device_name == part:
+                return f"position_{addr.address.upper()}"
+    return None
+
+
+def legacy_adapter_class() -> Any | None:
+    """``daqbridge.devices.legacy_adapter.LegacyDevice``, or None while it does not exist."""
+    try:
+        module = importlib.import_module("daqbridge.devices.legacy_adapter")
+    except ModuleNotFoundError as exc:
+        if exc.name == "daqbridge.devices.legacy_adapter":
+            return None
+        raise
+    return getattr(module, "LegacyDevice", None)

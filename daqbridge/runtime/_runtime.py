@@ -1,0 +1,811 @@
+"""The coexistence runtime: the object a scientist starts in the morning.
+
+    with Runtime.from_profile("my_lab.toml") as rt:     # or None: the simulated lab
+        rt.RE(bp.scan([rt["sim_meter"]], rt["sim_stage_x"], -5, 5, 11))
+        print(rt.format_status())
+    # leaving the block shuts everything down in order, each phase within its deadline
+
+Why it is built this way:
+
+* Start-up goes bottom up and is checked before anything is touched: the profile (ConfigError
+  before any port opens), every native driver module and legacy driver type (also before any
+  port opens), then resources, simulators, the RunEngine (first, because ophyd-async devices
+  must be connected on its loop), the legacy drivers, the native devices with their identity
+  checks, the adapters, and the catalog. A failure undoes what was done, in shutdown order.
+* One failed instrument aborts the start-up by default: a lab that silently starts without its
+  power meter produces a night of scans with no power data. ``allow_partial=True`` starts
+  without it and lists it in ``status()["failures"]``.
+* The catalog (about 3 s to create, less to open) is opened on a helper thread while the
+  instruments connect, so start-up costs the longer of the two, not their sum.
+* Ctrl-C has two meanings. In IPython (``sigint="pause"``, the default) bluesky's own handler
+  pauses the run and the scientist chooses ``RE.resume()`` or ``RE.abort()``. In the command-line
+  tools (``sigint="abort"``) there is nobody to ask: Ctrl-C aborts the run (devices stopped, run
+  closed as ``abort``, data kept) and the runtime then shuts down in order. See docs/runtime.md.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import contextlib
+import functools
+import logging
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal
+
+from daqbridge.errors import (
+    CatalogError,
+    ConfigError,
+    DaqbridgeError,
+    InstrumentError,
+    InstrumentTimeout,
+    ShutdownError,
+)
+from daqbridge.runtime._builders import (
+    BuildContext,
+    NativeInstrument,
+    StartupFailed,
+    build_legacy,
+    build_native,
+    camera_frames_dir,
+    check_native_driver,
+    connect_native,
+    construct,
+    legacy_adapter_class,
+    legacy_id,
+    legacy_part_channel,
+    legacy_type,
+)
+from daqbridge.runtime._shutdown import (
+    PHASES,
+    PhaseForced,
+    ShutdownReport,
+    ShutdownRequested,
+    SignalHandlers,
+    Skipped,
+    run_phase,
+)
+from daqbridge.runtime._status import collect_status, format_status
+from daqbridge.runtime.profile import (
+    InstrumentBase,
+    PathExists,
+    Profile,
+    SerialInstrument,
+    load_profile,
+)
+
+if TYPE_CHECKING:
+    from bluesky import RunEngine
+
+    from daqbridge.legacy import LegacyRuntime
+    from daqbridge.runtime._simulation import Simulation
+    from daqbridge.runtime.catalog import Catalog
+    from daqbridge.runtime.resources import DeviceCache, SerialPortPool, VisaSessionManager
+
+log = logging.getLogger("daqbridge.runtime")
+
+LEGACY_CONNECT_TIMEOUT = 15.0
+"""Seconds the legacy drivers get to connect at start-up when no ``connect_timeout`` is given."""
+
+CATALOG_OPEN_TIMEOUT = 120.0
+"""Seconds the catalog may take to open (creating one takes about 3 s; a server may be slow)."""
+
+SigintMode = Literal["pause", "abort"]
+
+_LIVE: set[Runtime] = set()
+"""Running runtimes: closed at interpreter exit even if nobody holds a reference any more."""
+_LIVE_LOCK = threading.Lock()
+
+
+def _close_at_exit(ref: weakref.ref[Runtime]) -> None:
+    runtime = ref()
+    if runtime is not None:
+        runtime._close_at_exit()
+
+
+def _register_exit_hook(runtime: Runtime) -> None:
+    """Close ``runtime`` when the interpreter exits, before thread pools and Tiled stop.
+
+    By the time ``atexit`` handlers run, concurrent.futures refuses new work (a device's worker
+    could no longer send the stop command to a moving stage) and the in-process Tiled server has
+    been shut down by its own hook (the last documents could not be written). ``threading``'s
+    exit hooks run before both, newest first; this one is registered once the runtime has used
+    a thread pool and opened its catalog, so it runs before theirs. ``atexit`` is the fallback
+    where that hook does not exist.
+    """
+    hook = functools.partial(_close_at_exit, weakref.ref(runtime))
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        if register is None:
+            raise RuntimeError("no threading exit hooks")
+        register(hook)
+    except RuntimeError:
+        atexit.register(hook)
+
+
+@dataclass
+class Resources:
+    """The hardware resource managers every stack shares."""
+
+    pool: SerialPortPool
+    visa: VisaSessionManager
+    device_cache: DeviceCache
+
+    def status(self) -> dict[str, Any]:
+        return {"ports": self.pool.status(), "visa": self.visa.status()}
+
+
+class Runtime:
+    """Profile, resources, legacy stack, native devices, RunEngine and catalog, as one object.
+
+    Build it with :meth:`from_profile`. Attributes: ``RE``, ``devices`` (device id -> device,
+    native parts such as ``sim_stage_x`` and legacy adapters included), ``catalog``,
+    ``resources`` (pool, VISA manager, device cache), ``legacy`` (the LegacyRuntime, None when
+    the legacy stack is off), ``profile``, ``simulation`` (None for a real lab), ``failures``
+    (instrument id -> error, with ``allow_partial``), ``shutdown_report`` (after close).
+    """
+
+    def __init__(
+        self,
+        profile: Profile,
+        *,
+        data_dir: str | Path | None = None,
+        allow_partial: bool = False,
+        best_effort: bool = False,
+        plots: bool = False,
+        sigint: SigintMode = "pause",
+        connect_timeout: float | None = None,
+        legacy_types: Mapping[str, str] | None = None,
+        md: Mapping[str, Any] | None = None,
+    ) -> None:
+        if sigint not in ("pause", "abort"):
+            raise ConfigError(
+                f"sigint must be 'pause' or 'abort', got {sigint!r}.",
+                key="sigint",
+                fix="'pause' for IPython sessions (Ctrl-C pauses the run), 'abort' for "
+                "command-line tools (Ctrl-C aborts the run and shuts down).",
+            )
+        if connect_timeout is not None and not connect_timeout > 0:
+            raise ConfigError(
+                f"connect_timeout must be > 0 seconds, got {connect_timeout!r}.",
+                key="connect_timeout",
+                fix="give seconds, or None for each driver's default.",
+            )
+        from daqbridge.runtime.catalog import resolve_data_dir
+
+        self.profile = profile
+        # DAQBRIDGE_DATA wins over both (the catalog module's rule, applied there only).
+        self.data_dir: Path = resolve_data_dir(
+            data_dir if data_dir is not None else profile.data_path()
+        )
+        self.allow_partial = allow_partial
+        self.best_effort = best_effort
+        self.plots = plots
+        self.sigint: SigintMode = sigint
+        self.connect_timeout = connect_timeout
+        self.legacy_types = dict(legacy_types or {})
+        self._extra_md = dict(md or {})
+
+        self.RE: RunEngine | None = None
+        self.catalog: Catalog | None = None
+        self.resources: Resources | None = None
+        self.legacy: LegacyRuntime | None = None
+        self.simulation: Simulation | None = None
+        self.failures: dict[str, DaqbridgeError] = {}
+        self.notes: dict[str, list[str]] = {}
+        self.state = "new"
+        self.closing = False
+        self.closed = False
+        self.shutdown_report: ShutdownReport | None = None
+        self.startup_times: dict[str, float] = {}
+        """Seconds each start-up step took (the catalog opens in parallel)."""
+
+        self._devices: dict[str, Any] = {}
+        self._native: dict[str, NativeInstrument] = {}
+        self._legacy_entries: dict[str, InstrumentBase] = {}
+        self._legacy_ids: dict[str, str] = {}
+        self._adapters: dict[str, Any] = {}
+        self._skipped: set[tuple[str, str]] = set()
+        self._subscriptions: dict[str, int] = {}
+        self._catalog_future: concurrent.futures.Future | None = None
+        self._close_lock = threading.Lock()
+        self._signals: SignalHandlers | None = None
+        self._shutdown_signal: int | None = None
+
+    # --- building ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_profile(
+        cls,
+        path: str | Path | Profile | None = None,
+        *,
+        data_dir: str | Path | None = None,
+        start: bool = True,
+        allow_partial: bool = False,
+        best_effort: bool = False,
+        plots: bool = False,
+        sigint: SigintMode = "pause",
+        connect_timeout: float | None = None,
+        legacy_types: Mapping[str, str] | None = None,
+        md: Mapping[str, Any] | None = None,
+    ) -> Runtime:
+        """Load and check the profile (None: the embedded simulated lab), then start the lab.
+
+        Every profile error is a ConfigError raised before any port is opened. ``data_dir``
+        replaces the profile's ``lab.data_dir``; the DAQBRIDGE_DATA environment variable
+        overrides both. ``start=False`` returns the runtime unstarted (call :meth:`start`).
+
+        Options: ``allow_partial`` starts without instruments that fail (listed in
+        ``failures``); ``best_effort`` subscribes bluesky's BestEffortCallback (``plots`` to let
+        it plot); ``sigint`` chooses what Ctrl-C does during a run ('pause' or 'abort', see the
+        module docstring); ``connect_timeout`` bounds each instrument's connection (None: the
+        drivers' defaults); ``legacy_types`` maps an instrument id or a driver name to another
+        registered legacy driver type; ``md`` adds metadata to every run.
+        """
+        profile = (
+            path if isinstance(path, Profile) else load_profile(path, device_cache=PathExists())
+        )
+        for warning in profile.warnings:
+            log.warning("profile %s: %s", profile.label, warning)
+        runtime = cls(
+            profile,
+            data_dir=data_dir,
+            allow_partial=allow_partial,
+            best_effort=best_effort,
+            plots=plots,
+            sigint=sigint,
+            connect_timeout=connect_timeout,
+            legacy_types=legacy_types,
+            md=md,
+        )
+        if start:
+            runtime.start()
+        return runtime
+
+    def start(self) -> Runtime:
+        """Bring the lab up (once). On failure everything already started is shut down again
+        in order and the error is raised."""
+        if self.state != "new":
+            if self.state == "running":
+                return self
+            raise ShutdownError(
+                f"this runtime cannot start: it is {self.state}.",
+                fix="build a new one with Runtime.from_profile().",
+            )
+        self.state = "starting"
+        t0 = time.monotonic()
+        try:
+            self._start()
+        except BaseException as exc:
+            self.state = "failed"
+            log.error("start-up failed: %s", exc)
+            self.close(reason=f"start-up failed: {type(exc).__name__}")  # logs its report
+            raise
+        self.state = "running"
+        log.info(
+            "runtime for %r started in %.2f s: %d devices, %d legacy instruments%s",
+            self.profile.lab.name,
+            time.monotonic() - t0,
+            len(self._devices),
+            len(self._legacy_entries),
+            f", {len(self.failures)} FAILED" if self.failures else "",
+        )
+        return self
+
+    @contextlib.contextmanager
+    def _step(self, name: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.startup_times[name] = round(time.monotonic() - t0, 4)
+
+    def _start(self) -> None:
+        with self._step("preflight"):
+            self._preflight()
+
+        from daqbridge.runtime.resources import DeviceCache, SerialPortPool, VisaSessionManager
+
+        pool = SerialPortPool()
+        visa = VisaSessionManager()
+        self.resources = Resources(pool, visa, DeviceCache(pool=pool, visa=visa))
+
+        opener = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="daqbridge-catalog")
+        self._catalog_future = opener.submit(self._open_catalog)
+        opener.shutdown(wait=False)
+        with _LIVE_LOCK:
+            _LIVE.add(self)
+
+        if self.profile.simulation.enabled:
+            from daqbridge.runtime._simulation import Simulation
+
+            with self._step("simulators"):
+                self.simulation = Simulation.start(self.profile)
+
+        ctx = BuildContext(self.profile, pool, visa, self.data_dir, self.simulation)
+        with self._step("run_engine"):
+            self.RE = self._make_run_engine()
+        with self._step("legacy"):
+            self._start_legacy(ctx)
+        with self._step("native"):
+            self._start_native(ctx)
+        with self._step("legacy_connect"):
+            self._wait_legacy()
+        with self._step("adapters"):
+            self._wrap_legacy()
+        with self._step("catalog_wait"):
+            try:
+                self.catalog = self._catalog_future.result(timeout=CATALOG_OPEN_TIMEOUT)
+            except concurrent.futures.TimeoutError:
+                raise CatalogError(
+                    f"the catalog did not open within {CATALOG_OPEN_TIMEOUT:g} s.",
+                    resource=self.profile.lab.catalog_uri or str(self.data_dir),
+                    fix="check that the data directory's disk responds and that the Tiled server "
+                    "(catalog_uri) is reachable.",
+                ) from None
+        self._subscribe()
+        _register_exit_hook(self)  # after the catalog's own hook: see its docstring
+        if self.sigint == "abort" and threading.current_thread() is threading.main_thread():
+            # The RunEngine has no SIGINT handler of its own in this mode: ours must be there.
+            self.install_signal_handlers()
+
+    def _catalog_location(self) -> tuple[Path, str | None]:
+        """(data directory of the catalog, Tiled server URI or None)."""
+        uri = self.profile.lab.catalog_uri
+        if uri is not None and uri.startswith("sqlite:///"):
+            db = Path(uri[len("sqlite:///") :]).expanduser()
+            if db.name != "catalog.db":
+                raise ConfigError(
+                    f"a SQLite catalog must be a file named catalog.db, got {db.name!r}.",
+                    file=self.profile.label,
+                    key="lab.catalog_uri",
+                    fix="write sqlite:///DIR/catalog.db (its other files are kept in DIR).",
+                )
+            return db.parent, None
+        return self.data_dir, uri
+
+    def _preflight(self) -> None:
+        """Everything that can be checked without touching hardware, checked now."""
+        self._catalog_location()
+        problems: list[tuple[InstrumentBase, str, ConfigError]] = []
+        for inst in self.profile.native_instruments():
+            try:
+                check_native_driver(inst)
+            except ConfigError as exc:
+                problems.append((inst, "native", exc))
+        legacy = self.profile.legacy_instruments()
+        if legacy:
+            import daqbridge.legacy  # noqa: F401 - registers the built-in legacy driver types
+        for inst in legacy:
+            try:
+                legacy_type(inst, self.legacy_types)
+            except ConfigError as exc:
+                problems.append((inst, "legacy", exc))
+        if not problems:
+            return
+        if not self.allow_partial:
+            if len(problems) == 1:
+                raise problems[0][2]
+            raise ConfigError(
+                "several instruments cannot be built: "
+                + " | ".join(str(exc) for _, _, exc in problems),
+                file=self.profile.label,
+                fix="correct each entry as its message says, or start with allow_partial=True "
+                "to run without them.",
+            )
+        for inst, stack, exc in problems:
+            self._skipped.add((inst.id, stack))
+            self.failures[inst.id if stack == "native" else legacy_id(inst)] = exc
+            log.error("instrument %s skipped (%s stack): %s", inst.id, stack, exc)
+
+    def _open_catalog(self) -> Catalog:
+        from daqbridge.runtime.catalog import open_catalog
+
+        lab = self.profile.lab
+        readable = sorted(
+            {
+                str(camera_frames_dir(inst, self.data_dir))
+                for inst in self.profile.native_instruments()
+                if inst.driver == "pvcam"
+            }
+        )
+        directory, uri = self._catalog_location()
+        return open_catalog(
+            directory,
+            uri=uri,
+            api_key=lab.resolved_api_key() if uri else None,
+            readable_dirs=readable,
+        )
+
+    def _make_run_engine(self) -> RunEngine:
+        from bluesky import RunEngine
+
+        import daqbridge
+
+        profile = self.profile
+        md: dict[str, Any] = {
+            "lab": profile.lab.name,
+            "profile": str(profile.source) if profile.source is not None else profile.label,
+            "daqbridge_version": daqbridge.__version__,
+            "stacks": {"native": profile.stacks.native, "legacy": profile.stacks.legacy},
+            "simulated": profile.simulation.enabled,
+            "instruments": {i.id: i.stack for i in profile.enabled_instruments()},
+        }
+        md.update(self._extra_md)
+        if self.sigint == "abort":
+            return RunEngine(md, context_managers=[])
+        return RunEngine(md)
+
+    def _start_legacy(self, ctx: BuildContext) -> None:
+        if not self.profile.stacks.legacy:
+            return
+        from daqbridge.legacy import LegacyRuntime
+
+        self.legacy = LegacyRuntime()
+        self.legacy.stop_timeout = self.profile.shutdown.legacy
+        for inst in self.profile.legacy_instruments():
+            if (inst.id, "legacy") in self._skipped:
+                continue
+            instrument, rate = build_legacy(inst, ctx, overrides=self.legacy_types)
+            self.legacy.add(instrument, rate)
+            self._legacy_entries[legacy_id(inst)] = inst
+        self.legacy.start()
+
+    def _start_native(self, ctx: BuildContext) -> None:
+        for inst in self.profile.native_instruments():
+            if (inst.id, "native") in self._skipped:
+                continue
+            built: NativeInstrument | None = None
+            try:
+                built = build_native(inst, ctx)
+                self._native[inst.id] = built  # registered first: close() must close it
+                self.notes[inst.id] = built.notes
+                connect_native(built, self.connect_timeout)
+            except DaqbridgeError as exc:
+                if not self.allow_partial:
+                    raise
+                self.failures[inst.id] = exc
+                log.error("instrument %s did not start: %s", inst.id, exc)
+                continue
+            self._devices.update(built.devices)
+
+    def _wait_legacy(self) -> None:
+        """Wait until every legacy driver has connected; a failed connect fails fast."""
+        if self.legacy is None or not self._legacy_entries:
+            return
+        timeout = self.connect_timeout or LEGACY_CONNECT_TIMEOUT
+        deadline = time.monotonic() + timeout
+        pending = set(self._legacy_entries)
+        while pending and time.monotonic() < deadline:
+            health = self.legacy.health()
+            for lid in list(pending):
+                h = health.get(lid, {})
+                if h.get("state") == "running":
+                    pending.discard(lid)
+                elif h.get("consecutive_failures", 0) > 0 or h.get("state") == "failed":
+                    pending.discard(lid)
+                    self._legacy_failed(lid, InstrumentError(str(h.get("last_error"))))
+            if pending:
+                time.sleep(0.01)
+        for lid in pending:
+            self._legacy_failed(
+                lid,
+                InstrumentTimeout(f"the legacy driver did not connect within {timeout:g} s."),
+            )
+
+    def _legacy_failed(self, lid: str, cause: BaseException) -> None:
+        inst = self._legacy_entries[lid]
+        resource = inst.port if isinstance(inst, SerialInstrument) else inst.hardware
+        err = StartupFailed(lid, driver=inst.driver, stack="legacy", resource=resource, cause=cause)
+        if not self.allow_partial:
+            raise err
+        self.failures[lid] = err
+        log.error("legacy instrument %s did not start (it keeps retrying): %s", lid, err)
+
+    def _wrap_legacy(self) -> None:
+        adapter = legacy_adapter_class() if self._legacy_entries else None
+        for lid, inst in self._legacy_entries.items():
+            refs = [ref for ref in inst.devices() if ref.stack == "legacy"]
+            for ref in refs:
+                self._legacy_ids[ref.id] = lid
+            notes = self.notes.setdefault(lid, [])
+            if adapter is None:
+                notes.append(
+                    "no ophyd adapter (daqbridge.devices.legacy_adapter is not available): the "
+                    "legacy instrument runs but plans cannot use it"
+                )
+                continue
+            if lid in self.failures:
+                continue
+            for ref in refs:
+                options: dict[str, Any] = {}
+                if ref.part is not None:
+                    channel = legacy_part_channel(inst, ref.part)
+                    if channel is None:
+                        notes.append(f"{ref.id}: no legacy channel for part {ref.part!r}")
+                        continue
+                    options = {"channels": [channel], "settable": channel}
+                device = construct(
+                    adapter, self.legacy, lid, name=ref.id, notes=notes, what=ref.id, **options
+                )
+                self._adapters[ref.id] = device
+                self._devices[ref.id] = device
+
+    def _subscribe(self) -> None:
+        RE = self.RE
+        assert RE is not None and self.catalog is not None
+        self._subscriptions["catalog"] = RE.subscribe(self.catalog.writer)
+        if self.best_effort:
+            from bluesky.callbacks.best_effort import BestEffortCallback
+
+            bec = BestEffortCallback()
+            if not self.plots:
+                bec.disable_plots()
+            self._subscriptions["best_effort"] = RE.subscribe(bec)
+
+    # --- using it ---------------------------------------------------------------------------
+
+    @property
+    def devices(self) -> Mapping[str, Any]:
+        """Device id -> device (read-only)."""
+        return MappingProxyType(self._devices)
+
+    def __getitem__(self, device_id: str) -> Any:
+        try:
+            return self._devices[device_id]
+        except KeyError:
+            raise KeyError(
+                f"no device {device_id!r}; devices: {', '.join(sorted(self._devices)) or 'none'}"
+                + (f"; failed: {', '.join(sorted(self.failures))}" if self.failures else "")
+            ) from None
+
+    def __contains__(self, device_id: object) -> bool:
+        return device_id in self._devices
+
+    def plan_running(self) -> bool:
+        """True while the RunEngine is not idle (running, paused, aborting ...)."""
+        return self.RE is not None and str(self.RE.state) != "idle"
+
+    @property
+    def shutdown_requested(self) -> int | None:
+        """The signal number that asked for shutdown, or None."""
+        return self._shutdown_signal
+
+    def run(self, plan: Any, *args: Any, **kwargs: Any) -> Any:
+        """``RE(plan)``, for tools: a signal during the run becomes :class:`ShutdownRequested`
+        (a KeyboardInterrupt) once the RunEngine has closed the run as aborted."""
+        if self.RE is None or self.closed or self.closing:
+            raise ShutdownError(
+                f"the runtime is {self.state}; it cannot run plans.",
+                fix="build a new one with Runtime.from_profile().",
+            )
+        from bluesky.utils import RunEngineInterrupted
+
+        try:
+            return self.RE(plan, *args, **kwargs)
+        except RunEngineInterrupted:
+            if self._shutdown_signal is not None:
+                raise ShutdownRequested(
+                    self._shutdown_signal, getattr(self.RE, "_run_start_uids", ())
+                ) from None
+            raise
+
+    def install_signal_handlers(self, signals: Iterable[int] | None = None) -> SignalHandlers:
+        """Abort-then-shutdown signal handlers (main thread only; idempotent).
+
+        Default signals: SIGINT and SIGTERM with ``sigint="abort"``; only SIGTERM with
+        ``sigint="pause"``, so Ctrl-C keeps its IPython meaning (pause a run, interrupt the
+        prompt). See :class:`SignalHandlers` for what each signal does when.
+        """
+        if signals is None:
+            signals = (
+                (signal.SIGINT, signal.SIGTERM) if self.sigint == "abort" else (signal.SIGTERM,)
+            )
+        if self._signals is None:
+            self._signals = SignalHandlers(self, signals)
+        self._signals.install()
+        return self._signals
+
+    def uninstall_signal_handlers(self) -> None:
+        if self._signals is not None:
+            self._signals.uninstall()
+
+    def status(self) -> dict[str, Any]:
+        """Ports and their holders, stack health, dropped measurements, catalog, simulators."""
+        return collect_status(self)
+
+    def format_status(self) -> str:
+        return format_status(self.status())
+
+    def __repr__(self) -> str:
+        return (
+            f"<Runtime {self.profile.lab.name!r} {self.state}: {len(self._devices)} devices"
+            + (f", {len(self.failures)} failed" if self.failures else "")
+            + ">"
+        )
+
+    def __enter__(self) -> Runtime:
+        if self.state == "new":
+            self.start()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        reason = "exit" if exc_type is None else f"exit on {exc_type.__name__}"
+        self.close(reason=reason)
+
+    # --- shutdown ---------------------------------------------------------------------------
+
+    def close(self, reason: str = "close") -> ShutdownReport:
+        """Ordered shutdown, each phase within its ``[shutdown]`` deadline; safe to call twice.
+
+        A phase that overruns is abandoned and reported as forced; the next phase still runs.
+        The report is logged and returned (``report.raise_for_problems()`` to turn it into an
+        exception).
+        """
+        with self._close_lock:
+            if self.shutdown_report is not None:
+                return self.shutdown_report
+            self.closing = True
+            previous_state = self.state
+            self.state = "closing"
+            deadlines = dict(self.profile.shutdown.phases())
+            actions = {
+                "run_engine": lambda: self._abort_plan(
+                    reason=f"shutdown ({reason})", deadline=deadlines["run_engine"]
+                ),
+                "native": self._stop_native,
+                "legacy": lambda: self._stop_legacy(deadlines["legacy"]),
+                "catalog": lambda: self._close_catalog(deadlines["catalog"]),
+                "resources": lambda: self._close_resources(deadlines["resources"]),
+                "simulators": self._stop_simulators,
+            }
+            report = ShutdownReport(reason, time.time())
+            t0 = time.monotonic()
+            for phase in PHASES:
+                report.phases.append(run_phase(phase, actions[phase], deadlines[phase]))
+            report.duration = time.monotonic() - t0
+            self.shutdown_report = report
+            self.closed = True
+            self.closing = False
+            self.state = "closed" if previous_state != "failed" else "failed"
+            with _LIVE_LOCK:
+                _LIVE.discard(self)
+            if self._signals is not None:
+                self._signals.uninstall()
+            (log.info if report.clean else log.error)("%s", report.format())
+            return report
+
+    def _close_at_exit(self) -> None:
+        try:
+            self.close(reason="interpreter exit")
+        except Exception:  # noqa: BLE001 - at exit, report and go
+            log.exception("closing the runtime at exit failed")
+
+    def _abort_plan(self, *, reason: str, deadline: float) -> Any:
+        """Abort the running or paused plan (run closed as 'abort', data kept); halt if stuck."""
+        RE = self.RE
+        if RE is None or str(RE.state) == "idle":
+            return Skipped("no plan running")
+        from bluesky.utils import TransitionError
+
+        # A paused RunEngine finishes its cleanup on the thread that aborts it: without this,
+        # bluesky's SigintHandler would try to install itself from a non-main thread.
+        RE.context_managers = []
+        state = str(RE.state)
+        if state not in ("aborting", "halting", "stopping"):
+            try:
+                RE.abort(reason=reason)
+            except TransitionError:
+                pass  # it went idle meanwhile
+        if self._wait_idle(deadline * 0.7):
+            return f"aborted the plan ({state}); run closed as 'abort', data kept"
+        log.error("the RunEngine did not abort within %.1f s: halting it", deadline * 0.7)
+        try:
+            RE.halt()
+        except TransitionError:
+            pass
+        if self._wait_idle(deadline * 0.25):
+            return f"plan ({state}) halted after the abort hung"
+        raise PhaseForced(f"the RunEngine is still {RE.state} after abort and halt")
+
+    def _wait_idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.RE is None or str(self.RE.state) == "idle":
+                return True
+            time.sleep(0.01)
+        return self.RE is None or str(self.RE.state) == "idle"
+
+    def _stop_native(self) -> Any:
+        if not self._native:
+            return Skipped("no native devices")
+        problems: list[str] = []
+        built_all = list(self._native.values())[::-1]
+        for built in built_all:
+            if built.connected:
+                try:
+                    built.stop()
+                except Exception as exc:  # noqa: BLE001 - every device still gets closed
+                    problems.append(f"{built.id} stop: {exc}")
+        for built in built_all:
+            try:
+                built.close()
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"{built.id} close: {exc}")
+        if problems:
+            raise ShutdownError("; ".join(problems))
+        return f"{len(built_all)} instruments stopped and closed"
+
+    def _stop_legacy(self, deadline: float) -> Any:
+        for lid, adapter in self._adapters.items():
+            close = getattr(adapter, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception as exc:  # noqa: BLE001 - the drivers still get stopped
+                    log.warning("closing the adapter of %s failed: %s", lid, exc)
+        if self.legacy is None:
+            return Skipped("legacy stack off")
+        # The legacy runtime keeps its own deadline; give it most of ours.
+        if self.legacy.stop(timeout=deadline * 0.8):
+            return f"{len(self.legacy.instruments)} legacy instruments stopped"
+        report = self.legacy.last_stop_report
+        stragglers = report.stragglers if report is not None else {}
+        raise PhaseForced(
+            "legacy drivers did not finish: "
+            + "; ".join(f"{k}: {v}" for k, v in stragglers.items())
+        )
+
+    def _close_catalog(self, deadline: float) -> Any:
+        if self.RE is not None:
+            for token in self._subscriptions.values():
+                self.RE.unsubscribe(token)
+            self._subscriptions.clear()
+        catalog = self.catalog
+        if catalog is None and self._catalog_future is not None:
+            # Start-up failed while the catalog was still opening: close it once it is open.
+            try:
+                catalog = self._catalog_future.result(timeout=deadline * 0.5)
+            except concurrent.futures.TimeoutError:
+                raise PhaseForced("the catalog was still opening") from None
+            except Exception as exc:  # noqa: BLE001 - it never opened: nothing to close
+                return Skipped(f"the catalog never opened ({exc})")
+            self.catalog = catalog
+        if catalog is None:
+            return Skipped("no catalog")
+        writer = getattr(catalog, "_writer", None)
+        errors_before = list(writer.stats.errors) if writer is not None else []
+        catalog.flush(timeout=deadline * 0.6)
+        catalog.close(timeout=deadline * 0.3)
+        new_errors = [e for e in (writer.stats.errors if writer else []) if e not in errors_before]
+        if new_errors:
+            # The writer never raises at the RunEngine (the log has the documents); say it here.
+            raise ShutdownError(
+                f"the catalog writer reported {len(new_errors)} error(s) while flushing, the "
+                f"last: {new_errors[-1]}; the runs stay in the write-ahead log and are recovered "
+                "on the next start"
+            )
+        return f"flushed and closed ({catalog.where})"
+
+    def _close_resources(self, deadline: float) -> Any:
+        if self.resources is None:
+            return Skipped("no resources opened")
+        ports = len(self.resources.pool.ports)
+        self.resources.pool.close_all(timeout=deadline * 0.5)
+        self.resources.visa.close_all()
+        self.resources.device_cache.close()
+        return f"{ports} serial ports closed"
+
+    def _stop_simulators(self) -> Any:
+        if self.simulation is None:
+            return Skipped("no simulators")
+        count = len(self.simulation.simulators)
+        self.simulation.close()
+        return f"{count} simulators stopped"
