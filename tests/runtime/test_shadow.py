@@ -1,0 +1,248 @@
+"""Shadow mode: the legacy and the native 1830-C driver on ONE port to the simulator.
+
+The simulator's optical input is the truth: with noise=0 both drivers must read exactly it, and a
+change of the light between the two reads of a pair (or a garbled reply) must be reported.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import uuid
+import warnings
+
+import pytest
+from bluesky import RunEngine
+from event_model import DocumentNames, schema_validators
+
+from daqbridge.cli import main
+from daqbridge.devices.legacy_adapter import LegacyDevice
+from daqbridge.devices.newport1830c import Newport1830C
+from daqbridge.errors import ConfigError
+from daqbridge.legacy import LegacyRuntime, parse_legacy_config
+from daqbridge.runtime._shadow import (
+    ShadowComparison,
+    ShadowReport,
+    agree,
+    compare,
+    shadow_compare_plan,
+)
+from daqbridge.runtime.catalog import DATA_ENV
+from daqbridge.runtime.resources import SerialPortPool
+from daqbridge.sim import Newport1830CSimulator, serve_pty
+
+
+class Light:
+    """The optical input: ``watts``, except on the ``glitch_at``-th reading (counted from arm)."""
+
+    def __init__(self, watts: float) -> None:
+        self.watts = watts
+        self.glitch_at: int | None = None
+        self.glitch_watts = 0.0
+        self._calls = itertools.count()
+
+    def arm(self, glitch_at: int, watts: float) -> None:
+        self._calls = itertools.count()
+        self.glitch_at, self.glitch_watts = glitch_at, watts
+
+    def __call__(self) -> float:
+        i = next(self._calls)
+        return self.glitch_watts if i == self.glitch_at else self.watts
+
+
+@pytest.fixture
+def shadow_pair():
+    """(simulator, light, native device, legacy adapter) on one pty and one SerialPortPool."""
+    light = Light(1.5e-6)
+    sim = Newport1830CSimulator(optical_input=light, noise=0, speed=100)
+    with SerialPortPool() as pool, serve_pty(sim) as server:
+        cfg = parse_legacy_config(
+            f"""
+[instruments.meter_legacy]
+type = "newport_1830c"
+port = "{server.path}"
+polling_rate_hz = 0
+""",
+            source="test.toml",
+        )
+        rt = LegacyRuntime.from_config(cfg, pool)
+        rt.start()
+        assert rt.wait_running(10), rt.health()
+        port = pool.open(server.path, baudrate=9600)
+        native = Newport1830C(port, name="meter")
+        native.connect()
+        legacy = LegacyDevice(rt, "meter_legacy")
+        legacy.connect()
+        try:
+            yield sim, light, native, legacy
+        finally:
+            legacy.close()
+            native.close()
+            rt.stop(5)
+
+
+def test_agreement_rules():
+    assert agree(1.0, 1.0) and not agree(1.0, 1.0 + 1e-12)
+    assert agree(1.0, 1.1, tolerance=0.1 + 1e-12) and agree(100.0, 101.0, rtol=0.01)
+    assert agree(math.nan, math.nan) and not agree(math.nan, 1.0)
+    report = compare([1.0, 2.0, 3.0], [1.0, 2.5, 3.0], tolerance=0.1, instrument="m")
+    assert report.n == 3 and [d.index for d in report.disagreements] == [1]
+    assert report.mean_difference == pytest.approx(-0.5 / 3)
+    assert report.max_abs_difference == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="not paired"):
+        compare([1.0], [])
+    with pytest.raises(ConfigError, match="tolerance must be a finite number >= 0"):
+        compare([1.0], [1.0], tolerance=-1)
+
+
+def test_both_drivers_read_the_simulators_truth(shadow_pair):
+    sim, light, native, legacy = shadow_pair
+    report = ShadowComparison(native, legacy).run(10)
+    assert report.ok, report.format()
+    assert report.n == 10 and report.mean_abs_difference == 0 and report.max_abs_difference == 0
+    assert report.native_values == [1.5e-6] * 10 and report.legacy_values == [1.5e-6] * 10
+    assert report.native_read_s > 0 and report.legacy_read_s > 0 and report.time_ratio > 1
+    # both drivers really went to the wire, on the same port, alternately
+    assert sim.received_lines.count("D?") >= 20
+    text = report.format()
+    assert "AGREE" in text and "pairs compared        10" in text
+
+
+def test_light_changing_between_the_two_reads_is_a_disagreement(shadow_pair):
+    sim, light, native, legacy = shadow_pair
+    # Pair 2 is read native first (call 4), then legacy (call 5): the legacy read sees 2 uW.
+    light.arm(glitch_at=5, watts=2.0e-6)
+    report = ShadowComparison(native, legacy, rtol=1e-3).run(6)
+    assert not report.ok and report.n == 6 and not report.failures
+    (d,) = report.disagreements
+    assert (d.index, d.native, d.legacy) == (2, 1.5e-6, 2.0e-6)
+    assert d.difference == pytest.approx(-0.5e-6)
+    assert report.max_abs_difference == pytest.approx(0.5e-6)
+    assert report.mean_abs_difference == pytest.approx(0.5e-6 / 6)
+    assert "DISAGREE" in report.format() and "2e-06" in report.format()
+
+
+def test_garbled_reply_is_reported_as_a_failed_read(shadow_pair):
+    sim, light, native, legacy = shadow_pair
+    sim.faults.garble_next = 1  # the very next reply: the native read of pair 0
+    report = ShadowComparison(native, legacy).run(4)
+    assert not report.ok
+    assert not report.disagreements  # a corrupted value never counts as a reading
+    (failure,) = report.failures
+    assert failure.index == 0 and failure.side == "native"
+    assert "meter" in failure.message
+    assert report.n == 3  # the other pairs were read and agree
+
+
+def test_plan_records_both_readings_and_the_difference(shadow_pair, tmp_path):
+    sim, light, native, legacy = shadow_pair
+    from daqbridge.runtime.catalog import open_catalog
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        catalog = open_catalog(tmp_path / "data")
+    try:
+        RE = RunEngine({}, context_managers=[], call_returns_result=True)
+        docs: list[tuple[str, dict]] = []
+        RE.subscribe(lambda name, doc: docs.append((name, doc)))
+        RE.subscribe(catalog.writer)
+        light.arm(glitch_at=7, watts=3.0e-6)  # the second read of pair 3 sees 3 uW
+        result = RE(shadow_compare_plan(legacy, native, 5, 1e-9))
+        report: ShadowReport = result.plan_result
+        for name, doc in docs:
+            schema_validators[DocumentNames(name)].validate(doc)
+        events = [d for n, d in docs if n == "event"]
+        assert len(events) == 5
+        assert set(events[0]["data"]) == {
+            "meter_power",
+            "meter_legacy_power",
+            "meter_minus_meter_legacy",
+        }
+        # Both are triggered together, so which one reaches the port first is not fixed: the
+        # glitch lands in pair 3 on one side or the other.
+        diffs = [abs(e["data"]["meter_minus_meter_legacy"]) for e in events]
+        assert diffs == [0, 0, 0, pytest.approx(1.5e-6), 0]
+        assert [d.index for d in report.disagreements] == [3]
+        (start,) = [d for n, d in docs if n == "start"]
+        assert start["plan_name"] == "shadow_compare" and start["shadow"]["tolerance"] == 1e-9
+        assert report.run_uid == start["uid"]
+        catalog.flush()
+        again = ShadowReport.from_run(catalog[start["uid"]])
+        assert again.native_values == report.native_values
+        assert again.legacy_values == report.legacy_values
+        assert [d.index for d in again.disagreements] == [3]
+        assert ShadowReport.from_documents(docs).as_dict()["n"] == 5
+    finally:
+        catalog.close()
+
+
+def test_comparison_arguments_are_checked(shadow_pair):
+    sim, light, native, legacy = shadow_pair
+    with pytest.raises(ConfigError, match=">= 1"):
+        ShadowComparison(native, legacy).run(0)
+    with pytest.raises(ConfigError, match="rtol"):
+        ShadowComparison(native, legacy, rtol=float("nan"))
+    with pytest.raises(ConfigError, match="num"):
+        list(shadow_compare_plan(legacy, native, 0))
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+PROFILE = """
+[lab]
+name = "shadow test lab"
+data_dir = "{data}"
+
+[simulation]
+enabled = true
+speed = 100.0
+
+[[instruments]]
+id = "meter"
+driver = "newport1830c"
+stack = "shadow"
+port = "sim://newport1830c?name={sim_name}"
+polling_rate_hz = 0
+sim = {{ options = {{ noise = {noise}, input_power = 1e-6 }} }}
+"""
+
+
+@pytest.fixture(scope="module")
+def cli_data(tmp_path_factory):
+    return tmp_path_factory.mktemp("shadow-cli-data")
+
+
+def _profile(tmp_path, data, noise: float) -> str:
+    path = tmp_path / "lab.toml"
+    path.write_text(
+        PROFILE.format(data=data, sim_name=f"meter-{uuid.uuid4().hex[:8]}", noise=noise)
+    )
+    return str(path)
+
+
+@pytest.fixture
+def no_data_env(monkeypatch):
+    monkeypatch.delenv(DATA_ENV, raising=False)
+
+
+def test_cli_agreeing_drivers_exit_0(tmp_path, cli_data, capsys, no_data_env):
+    code = main(["shadow", "meter", "--profile", _profile(tmp_path, cli_data, 0.0), "-n", "6"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "AGREE" in out and "pairs compared        6" in out
+
+
+def test_cli_disagreement_exits_1_and_the_run_is_recorded(tmp_path, cli_data, capsys, no_data_env):
+    profile = _profile(tmp_path, cli_data, 0.05)  # 5 % noise: two samples never agree exactly
+    code = main(["shadow", "meter", "--profile", profile, "-n", "4", "--rtol", "0", "--record"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "DISAGREE" in captured.out and "disagreement(s)" in captured.err
+    assert "run  " in captured.out  # the comparison is in the catalog
+
+
+def test_cli_bad_arguments_exit_2(capsys):
+    assert main(["shadow", "meter", "-n", "0"]) == 2
+    assert "-n must be >= 1" in capsys.readouterr().err
+    assert main(["shadow", "meter", "--rtol", "-1"]) == 2
