@@ -500,10 +500,14 @@ def build_native(inst: InstrumentBase, ctx: BuildContext) -> NativeInstrument:
         ) from exc
 
 
+DEFAULT_CONNECT_TIMEOUT = 10.0
+"""Seconds a native instrument gets to answer its identity check when none is configured."""
+
+
 def connect_native(built: NativeInstrument, timeout: float | None) -> None:
     """Connect (identity check, safe settings); StartupFailed names instrument, port and fix."""
     try:
-        built.connect(timeout)
+        built.connect(DEFAULT_CONNECT_TIMEOUT if timeout is None else timeout)
     except Exception as exc:
         raise StartupFailed(
             built.id, driver=built.driver, stack="native", resource=built.resource, cause=exc

@@ -196,10 +196,11 @@ class Simulation:
             return
         factor = float(coupling.factor)
         transmission = self._rotator_transmission(getattr(coupling, "via", None))
+        edge = self._edge_transmission(coupling)
         output = source.output_power_w
 
         def optical_input() -> float:
-            return factor * output() * transmission()
+            return factor * output() * transmission() * edge()
 
         sink.optical_input = optical_input
         self._coupled_sinks.append(sink)
@@ -207,6 +208,36 @@ class Simulation:
         self.couplings.append(
             f"{coupling.sink} reads {coupling.source} x {factor:g}"
             + (f" x cos^2({via})" if via else "")
+            + (f" x knife edge on {coupling.edge}" if coupling.edge else "")
+        )
+
+    def _edge_transmission(self, coupling: Coupling) -> Callable[[], float]:
+        """Fraction of a Gaussian beam passing a knife edge carried by an ESP300 axis."""
+        if not coupling.edge:
+            return lambda: 1.0
+        for inst in self.profile.enabled_instruments():
+            if inst.driver != "esp300":
+                continue
+            for axis in inst.esp300.axes:
+                if f"{inst.id}_{axis.name}" == coupling.edge:
+                    controller = self.simulators.get(inst.id)
+                    if controller is None:
+                        raise ConfigError(
+                            f"coupling edge {coupling.edge!r}: the ESP300 {inst.id!r} is not "
+                            "simulated.",
+                            key="couplings.edge",
+                            fix="simulate the stage too, or remove 'edge'.",
+                        )
+                    return _knife_edge(
+                        controller,
+                        axis.number,
+                        coupling.edge_position,
+                        math.sqrt(2.0) / coupling.edge_width,
+                    )
+        raise ConfigError(
+            f"coupling edge {coupling.edge!r} is not an ESP300 axis of this profile.",
+            key="couplings.edge",
+            fix="name an axis as <instrument id>_<axis name>, e.g. sim_stage_x.",
         )
 
     def _rotator_transmission(self, via: str | None) -> Callable[[], float]:
@@ -306,3 +337,12 @@ class Simulation:
                     if lookup(name, None) is simulator:
                         unregister(name)
                 self._registered.clear()
+
+
+def _knife_edge(controller: Any, axis: int, centre: float, scale: float) -> Callable[[], float]:
+    """Transmission past a knife edge on ``axis``: 0.5 erfc(scale (x - centre))."""
+
+    def passed() -> float:
+        return 0.5 * math.erfc(scale * (controller.axis_position(axis) - centre))
+
+    return passed

@@ -136,6 +136,8 @@ class MaiTaiSimulator(SerialSimulator):
         warmup_s: float | str = 60.0,
         warmed_up: bool | str = False,
         local_mode: bool | str = False,
+        emission_on: bool | str = False,
+        shutter_open: bool | str = False,
         wavelength_nm: float | str = PEAK_WAVELENGTH_NM,
         tuning_rate_nm_s: float | str = 50.0,
         peak_power_w: float | str = 3.0,
@@ -169,10 +171,12 @@ class MaiTaiSimulator(SerialSimulator):
                 fix=f"give a start wavelength in {WAVELENGTH_MIN_NM:g}-{WAVELENGTH_MAX_NM:g} nm",
             )
         self.local_mode = _as_bool("local_mode", local_mode)
-        self.emission = False
-        self.shutter_open = False
         self._powered_at = self.clock()
         self._warm_from_start = _as_bool("warmed_up", warmed_up) or self.warmup_s == 0
+        # A lab left running overnight: emission on and shutter open at start (only once warm,
+        # as the real laser refuses ON before warm-up completes).
+        self.emission = _as_bool("emission_on", emission_on) and self._warm_from_start
+        self.shutter_open = _as_bool("shutter_open", shutter_open)
         self._tune_from = start
         self._tune_target = start
         self._tune_started = self._powered_at

@@ -124,25 +124,32 @@ def test_scan_mixes_native_motor_and_legacy_adapter(sim_lab):
     assert lookup("sim_stage").axis_position(1) == pytest.approx(1.0, abs=1e-3)
 
 
-def test_coupling_meter_reads_the_legacy_laser(sim_lab):
+def test_coupling_meter_follows_laser_polariser_and_knife_edge(sim_lab):
+    """sim.toml couples the meter to the laser (x 0.5), through the analyser on mount c
+    (Malus's law) and past a knife edge on sim_stage_x (beam centre 0, radius 2 mm)."""
     laser_sim = sim_lab.simulation.simulator("sim_laser")
-    legacy = sim_lab.legacy
-    meter = sim_lab["sim_meter"]
-    assert legacy.submit("sim_laser", Command.execute("on"), timeout=10).ok
-    assert legacy.submit("sim_laser", Command.set("shutter", 1), timeout=10).ok
-    try:
-        emitted = laser_sim.output_power_w()
-        assert emitted > 1.0
-        # Watts need the meter's attenuator (without it the 1830-C tops out at 25 mW).
-        sim_lab.RE(bps.mv(meter.attenuator, 1))
+    meter, x, analyser = sim_lab["sim_meter"], sim_lab["sim_stage_x"], sim_lab["sim_rotators_c"]
+
+    def measured() -> float:
         uids = sim_lab.RE(bp.count([meter], num=1))
         sim_lab.catalog.flush()
-        power = float(sim_lab.catalog[uids[0]].primary.read()["sim_meter_power"][0])
-        assert power == pytest.approx(0.5 * emitted, rel=0.05)  # factor 0.5 in sim.toml
+        return float(sim_lab.catalog[uids[0]].primary.read()["sim_meter_power"][0])
+
+    try:
+        emitted = laser_sim.output_power_w()
+        assert emitted > 1.0  # the simulated lab starts with emission on and the shutter open
+        sim_lab.RE(bps.mv(x, -8.0, analyser, 0.0))
+        assert measured() == pytest.approx(0.5 * emitted, rel=0.05)
+        sim_lab.RE(bps.mv(x, 0.0))  # edge at the beam centre: half the beam passes
+        assert measured() == pytest.approx(0.25 * emitted, rel=0.05)
+        sim_lab.RE(bps.mv(x, -8.0, analyser, 60.0))  # cos^2(60 deg) = 0.25
+        assert measured() == pytest.approx(0.125 * emitted, rel=0.05)
+        # The shutter closed: nothing reaches the meter (shutter set through the legacy stack).
+        assert sim_lab.legacy.submit("sim_laser", Command.set("shutter", 0), timeout=10).ok
+        assert measured() == pytest.approx(0.0, abs=1e-6)
     finally:
-        sim_lab.RE(bps.mv(meter.attenuator, 0))
-        legacy.submit("sim_laser", Command.set("shutter", 0), timeout=10)
-        legacy.submit("sim_laser", Command.execute("off"), timeout=10)
+        sim_lab.legacy.submit("sim_laser", Command.set("shutter", 1), timeout=10)
+        sim_lab.RE(bps.mv(x, 0.0, analyser, 0.0))
 
 
 def test_status_shows_who_holds_a_port_and_who_waits(sim_lab):
@@ -202,7 +209,9 @@ def test_status_covers_every_section(sim_lab):
     assert sims["sim_laser"]["transport"] == "pty"
     assert sims["sim_dmm"]["transport"] == "tcp"
     assert sims["sim_stage"]["transport"] == "sim-url"
-    assert status["simulators"]["couplings"] == ["sim_meter reads sim_laser x 0.5"]
+    assert status["simulators"]["couplings"] == [
+        "sim_meter reads sim_laser x 0.5 x cos^2(sim_rotators_c) x knife edge on sim_stage_x"
+    ]
     assert status["devices"]["sim_stage_x"]["connected"] is True
     assert status["devices"]["sim_laser"]["stack"] == "legacy"
     text = sim_lab.format_status()

@@ -1021,7 +1021,9 @@ class Coupling(Section):
     """``[[couplings]]``: one simulator follows another (simulated profiles only).
 
     The only coupling is ``power``: the power meter's simulator reads the MaiTai simulator's
-    output power times ``factor``, so a wavelength scan shows the laser's gain curve on the meter.
+    output power times ``factor``, so a wavelength scan shows the laser's gain curve on the meter;
+    optionally through a polariser on a rotation mount (``via``) and past a knife edge on a
+    stage axis (``edge``), so polarisation scans and rasters give physically sensible curves.
     """
 
     source: Ident = Field(description="Id of the MaiTai whose output is followed.")
@@ -1029,6 +1031,20 @@ class Coupling(Section):
     kind: Literal["power"] = Field("power", description="What follows what (only `power`).")
     factor: float = Field(
         1.0, gt=0, le=1, description="Fraction of the laser power reaching the meter."
+    )
+    via: Ident | None = Field(
+        None,
+        description="Device id of an Elliptec mount holding a polariser in the beam: the meter "
+        "also follows Malus's law, cos^2(angle).",
+    )
+    edge: Ident | None = Field(
+        None,
+        description="Device id of an ESP300 axis carrying a knife edge across the beam: the "
+        "meter follows 0.5 erfc(sqrt(2) (x - edge_position) / edge_width).",
+    )
+    edge_position: float = Field(0.0, description="Axis position of the beam centre.")
+    edge_width: float = Field(
+        1.0, gt=0, description="Beam radius (1/e^2) in the axis units."
     )
 
 

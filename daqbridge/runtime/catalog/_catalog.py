@@ -1,0 +1,321 @@
+"""The ``Catalog``: one object for writing runs safely and finding them again.
+
+Why it is built this way:
+
+* The same object works embedded (SQLite files in a data directory) and against a Tiled server,
+  so code written on one lab PC keeps working when the lab moves to a server.
+* The writer (a thread plus open log files) is created on first use of ``.writer``: readers,
+  the CLI and other processes pay nothing for it.
+* Opening a writable catalog first recovers the runs a crash left in the write-ahead log, so a
+  scientist who restarts after a crash finds the interrupted scan in the catalog, marked
+  incomplete, without having to know that recovery exists.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import logging
+import threading
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from daqbridge.errors import CatalogError
+
+from ._embedded import embedded_client, remote_client, resolve_data_dir
+from ._recovery import IN_PROGRESS, RecoveredRun, recover_all
+from ._wal import WriteAheadLog, prune_done
+from ._writer import CatalogWriter
+
+logger = logging.getLogger(__name__)
+
+
+class UnknownRun(CatalogError, KeyError):
+    """No run (or more than one) matches the uid, uid prefix or scan id asked for."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return CatalogError.__str__(self)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One line of ``daqbridge catalog list``: who, what, when, and did it finish."""
+
+    uid: str
+    scan_id: int | None
+    plan_name: str | None
+    time: float | None  # start time, POSIX seconds
+    exit_status: str | None  # None while the run is going on (or was never stopped)
+    num_events: dict[str, int] | None  # per stream, from the stop document
+    reason: str = ""
+
+    @property
+    def events(self) -> int | None:
+        return None if self.num_events is None else sum(self.num_events.values())
+
+    @property
+    def complete(self) -> bool:
+        return self.exit_status == "success"
+
+    @classmethod
+    def from_metadata(cls, key: str, metadata: dict) -> RunSummary:
+        start = metadata.get("start") or {}
+        stop = metadata.get("stop") or None
+        return cls(
+            uid=start.get("uid", key),
+            scan_id=start.get("scan_id"),
+            plan_name=start.get("plan_name"),
+            time=start.get("time"),
+            exit_status=stop.get("exit_status") if stop else None,
+            num_events=dict(stop.get("num_events") or {}) if stop else None,
+            reason=(stop.get("reason") or "") if stop else "",
+        )
+
+
+class Catalog:
+    """A catalog of Bluesky runs, written crash-safely.
+
+    * ``client``: the Tiled client root (``catalog.client[uid].primary.read()``).
+    * ``writer``: the callback to subscribe: ``RE.subscribe(catalog.writer)``.
+    * ``frames_dir``: where cameras write their HDF5 files so the catalog can serve them.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        data_dir: Path,
+        context: Any = None,
+        uri: str | None = None,
+        readonly: bool = False,
+        flush_interval: float = 1.0,
+        max_queue: int = 10_000,
+    ) -> None:
+        self._client = client
+        self._context = context
+        self.data_dir = Path(data_dir)
+        self.frames_dir = self.data_dir / "frames"
+        self.wal_dir = self.data_dir / "wal"
+        self.uri = uri
+        self.readonly = readonly
+        self._flush_interval = flush_interval
+        self._max_queue = max_queue
+        self._writer: CatalogWriter | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        #: What recovery did when the catalog was opened.
+        self.recovered: list[RecoveredRun] = []
+        _register_exit_hook(self)
+
+    # --- writing ------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    @property
+    def writer(self) -> CatalogWriter:
+        """The crash-safe RunEngine callback (created on first use)."""
+        self._check_open()
+        if self.readonly:
+            raise CatalogError(
+                "this catalog was opened read-only; it has no writer.",
+                resource=self.where,
+                fix="open it with open_catalog(..., readonly=False) in the process that runs "
+                "the RunEngine.",
+            )
+        with self._lock:
+            if self._writer is None:
+                self._writer = CatalogWriter(
+                    self._client,
+                    WriteAheadLog(self.wal_dir),
+                    flush_interval=self._flush_interval,
+                    max_queue=self._max_queue,
+                )
+            return self._writer
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Block until every document received so far is in the catalog.
+
+        Raises ``CatalogError`` on timeout, or if runs could not be written (they stay in the
+        write-ahead log). After ``close()`` there is nothing left to flush.
+        """
+        if self._writer is not None and not self._closed:
+            self._writer.flush(timeout)
+
+    def recover(self) -> list[RecoveredRun]:
+        """Put every run left in the write-ahead log (by a crash) into the catalog."""
+        self._check_open()
+        if self.readonly:
+            raise CatalogError(
+                "a read-only catalog cannot recover runs.",
+                resource=self.where,
+                fix="run 'daqbridge catalog recover' or open the catalog writable.",
+            )
+        results = recover_all(self._client, self.wal_dir)
+        for result in results:
+            if result.action != IN_PROGRESS:
+                logger.warning(
+                    "recovered run %s from %s: %s (%d events, exit_status %s) %s",
+                    result.uid,
+                    result.log.name,
+                    result.action,
+                    result.events,
+                    result.exit_status,
+                    result.note,
+                )
+        return results
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is pending, stop the writer, close the in-process server."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._writer is not None:
+                self._writer.close(timeout)
+        finally:
+            if self._context is not None:
+                try:
+                    self._context.close()
+                except Exception:  # closing a dead in-process app must not mask the real error
+                    logger.debug("closing the Tiled context failed", exc_info=True)
+
+    def _close_at_exit(self) -> None:
+        try:
+            self.close(timeout=10.0)
+        except Exception as exc:  # at exit, report and go: the log keeps everything
+            logger.error("closing the catalog at exit: %s", exc)
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def runs(self, limit: int | None = 20) -> list[RunSummary]:
+        """Summaries of the most recent runs, newest first."""
+        self._check_open()
+        if limit is None:
+            items = list(self._client.items())[::-1]
+        elif limit <= 0:
+            return []
+        else:
+            # Tiled slices from the end only backwards: [-1:-(n+1):-1] is the newest n.
+            items = list(self._client.items()[-1 : -(limit + 1) : -1])
+        return [RunSummary.from_metadata(key, dict(node.metadata)) for key, node in items]
+
+    def __getitem__(self, key: str | int) -> Any:
+        """A run by full uid, unique uid prefix (5+ characters), scan id, or -1 for the latest."""
+        self._check_open()
+        try:
+            return self._client[key]
+        except (KeyError, ValueError, IndexError) as exc:
+            why = exc.args[0] if exc.args else type(exc).__name__
+            raise UnknownRun(
+                f"no unique run matches {key!r} ({why}).",
+                resource=self.where,
+                fix="use 'daqbridge catalog list' to see the runs; give 5+ characters of the uid "
+                "(more if several runs share them).",
+            ) from None
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            self[key]  # type: ignore[index]
+        except UnknownRun:
+            return False
+        return True
+
+    def __len__(self) -> int:
+        return len(self._client)
+
+    @property
+    def where(self) -> str:
+        return self.uri or str(self.data_dir)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CatalogError(
+                "the catalog is closed.",
+                resource=self.where,
+                fix="open it again with open_catalog().",
+            )
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self.readonly else "writable"
+        return f"<Catalog {self.where} ({mode})>"
+
+
+def _close_at_exit(ref: weakref.ref[Catalog]) -> None:
+    catalog = ref()
+    if catalog is not None:
+        catalog._close_at_exit()
+
+
+def _register_exit_hook(catalog: Catalog) -> None:
+    """Close the catalog at interpreter exit while the in-process Tiled server still works.
+
+    Plain ``atexit`` is too late: by then concurrent.futures has shut the thread pool that runs
+    the in-process server's event loop, so the last documents could not be written (the run
+    would wait in the log for the next start) and the exit could even hang. ``threading``'s exit
+    hooks run before that, newest first, so a runtime that registers its own hook after opening
+    the catalog still closes first. ``atexit`` is the fallback where the hook does not exist.
+    """
+    hook = functools.partial(_close_at_exit, weakref.ref(catalog))
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        if register is None:
+            raise RuntimeError("no threading exit hooks")
+        register(hook)
+    except RuntimeError:
+        atexit.register(hook)
+
+
+def open_catalog(
+    data_dir: str | Path | None = None,
+    *,
+    uri: str | None = None,
+    api_key: str | None = None,
+    readable_dirs: Sequence[str | Path] = (),
+    readonly: bool = False,
+    recover: bool = True,
+    flush_interval: float = 1.0,
+    max_queue: int = 10_000,
+    keep_done_logs_days: float = 7.0,
+) -> Catalog:
+    """Open (creating if needed) the lab's catalog.
+
+    Embedded by default: a SQLite-backed Tiled catalog in ``data_dir`` (``$DAQBRIDGE_DATA`` wins
+    when set). With ``uri`` (``http://host:port``) and ``api_key``, a Tiled server instead; the
+    write-ahead log still lives in ``data_dir/wal``. ``readonly`` opens an existing catalog for
+    reading from another process: no schema creation, no recovery, no writer. Unless ``recover``
+    is False, runs a crash left in the write-ahead log are put into the catalog first
+    (``Catalog.recovered`` says what was done).
+    """
+    directory = resolve_data_dir(data_dir)
+    context = None
+    if uri:
+        if not readonly:
+            (directory / "wal").mkdir(parents=True, exist_ok=True)
+        client = remote_client(uri, api_key)
+    else:
+        client, context = embedded_client(directory, readable_dirs, readonly=readonly)
+    catalog = Catalog(
+        client,
+        data_dir=directory,
+        context=context,
+        uri=uri,
+        readonly=readonly,
+        flush_interval=flush_interval,
+        max_queue=max_queue,
+    )
+    if not readonly:
+        prune_done(catalog.wal_dir, keep_done_logs_days)
+        if recover:
+            catalog.recovered = catalog.recover()
+    return catalog
