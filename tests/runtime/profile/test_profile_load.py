@@ -158,6 +158,8 @@ def test_sim_options_for_the_simulator_factory():
     assert laser.simulator_options(20.0) == {
         "speed": 20.0,
         "warmed_up": True,
+        "emission_on": True,
+        "shutter_open": True,
         "reply_terminator": "LF",
     }
     stage = profile.instrument("sim_stage")
