@@ -535,6 +535,16 @@ class Runtime:
                 device = construct(
                     adapter, self.legacy, lid, name=ref.id, notes=notes, what=ref.id, **options
                 )
+                # The profile's limits are stricter than the driver's (a lab's optics); plans
+                # read them from the device, whichever stack it belongs to.
+                limits = getattr(getattr(inst, "maitai", None), "wavelength_limits", None)
+                if limits is not None:
+                    device.wavelength_limits = tuple(float(v) for v in limits)
+                try:
+                    device.connect(self.connect_timeout or LEGACY_CONNECT_TIMEOUT)
+                except Exception as exc:  # noqa: BLE001 - reported like any start-up failure
+                    notes.append(f"{ref.id}: legacy instrument not confirmed running: {exc}")
+                    log.warning("legacy adapter %s: %s", ref.id, exc)
                 self._adapters[ref.id] = device
                 self._devices[ref.id] = device
 

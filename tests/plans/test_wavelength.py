@@ -92,8 +92,8 @@ def test_legacy_meter_records_its_wavelength_setting(runtime: Any, docs: Any) ->
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [
-        ({"start": 650}, ["start=650", "690"]),
-        ({"stop": 1100}, ["stop=1100", "1040"]),
+        ({"start": 650}, ["start=650", "700"]),
+        ({"stop": 1100}, ["stop=1100", "1000"]),
         ({"num": 0}, ["num=0", ">= 1"]),
         ({"num": 2.5}, ["num=2.5", "whole number"]),
         ({"start": float("nan")}, ["start=nan", "finite"]),
