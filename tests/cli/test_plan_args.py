@@ -1,0 +1,317 @@
+"""Reading plan names and arguments from words: in-process, with ophyd's simulated devices and a
+real RunEngine (no lab, no catalog), so every rule is checked in milliseconds."""
+
+from __future__ import annotations
+
+import pytest
+from bluesky import RunEngine
+from ophyd.positioner import SoftPositioner
+from ophyd.sim import det, det1, det2, motor, motor1, motor2
+
+from daqbridge.cli._plan_args import (
+    DeviceRef,
+    PlanCall,
+    UnknownDevice,
+    UnknownPlan,
+    build_plan_call,
+    format_plan_list,
+    parse_md,
+    parse_value,
+    plan_registry,
+    resolve_plan,
+)
+from daqbridge.errors import PlanArgumentError
+
+DEVICES = {
+    "det": det,
+    "det1": det1,
+    "det2": det2,
+    "motor": motor,
+    "motor1": motor1,
+    "motor2": motor2,
+}
+
+
+@pytest.fixture
+def RE():  # noqa: N802 - bluesky's name
+    engine = RunEngine({}, context_managers=[])
+    yield engine
+
+
+def collect(RE, plan):  # noqa: N803
+    docs: list[tuple[str, dict]] = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE(plan)
+    return docs
+
+
+def events(docs):
+    return [doc for name, doc in docs if name == "event"]
+
+
+# --- single words ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("word", "expected"),
+    [
+        ("5", 5),
+        ("-5", -5),
+        ("+3", 3),
+        ("-1.5", -1.5),
+        ("2e-3", 0.002),
+        (".5", 0.5),
+        ("true", True),
+        ("False", False),
+        ("none", None),
+        ("1,2,3", [1, 2, 3]),
+        ("5,", [5]),
+        ("-1, 0.5, 2", [-1, 0.5, 2]),
+        ("[1, 2.5, -3]", [1, 2.5, -3]),
+        ("[]", []),
+        ('"hello, world"', "hello, world"),
+        ("'text'", "text"),
+    ],
+)
+def test_words_become_values_by_fixed_rules(word, expected):
+    value = parse_value(word, DEVICES)
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+def test_device_ids_become_the_devices_in_words_lists_and_json():
+    assert parse_value("motor", DEVICES) is motor
+    assert parse_value("det1,det2", DEVICES) == [det1, det2]
+    assert parse_value('["det1", "det2"]', DEVICES) == [det1, det2]
+    # a declared ophyd component, by its dotted path
+    assert parse_value("motor.readback", DEVICES) is motor.readback
+
+
+def test_unknown_device_names_the_close_ids():
+    with pytest.raises(UnknownDevice) as info:
+        parse_value("motr1", DEVICES, where="argument 1")
+    text = str(info.value)
+    assert "motr1" in text and "argument 1" in text
+    assert "'motor1'" in text and "Did you mean" in text
+    with pytest.raises(UnknownDevice, match="motr"):
+        parse_value('["motr"]', DEVICES)
+
+
+def test_components_are_only_declared_ones_never_arbitrary_attributes():
+    with pytest.raises(PlanArgumentError, match="no component '__class__'"):
+        parse_value("motor.__class__", DEVICES)
+    with pytest.raises(PlanArgumentError, match="no component 'nonexistent'"):
+        parse_value("motor.nonexistent", DEVICES)
+
+
+def test_code_is_never_evaluated(tmp_path):
+    mark = tmp_path / "evaluated"
+    code = f"__import__('os').system('touch {mark}')"
+    for word in (code, f"[{code!r}]", "open('/etc/passwd').read()", "1+1", "lambda: 0", "nan"):
+        with pytest.raises(PlanArgumentError) as info:
+            parse_value(word, DEVICES)
+        assert "Traceback" not in str(info.value)
+    assert not mark.exists()
+    # declared as str (a field name): kept as the very text, still not run
+    spec = resolve_plan("tune_centroid")
+    call = build_plan_call(spec, [code, "motor", "-1", "1", "0.1"], DEVICES, detectors=["det"])
+    assert call.args[1] == code
+    assert not mark.exists()
+
+
+def test_bad_words_say_what_is_accepted():
+    with pytest.raises(PlanArgumentError) as info:
+        parse_value("1;2", DEVICES, where="argument 3")
+    assert "argument 3" in str(info.value) and "a number" in str(info.value)
+    with pytest.raises(PlanArgumentError, match="empty element"):
+        parse_value("1,,2", DEVICES)
+    with pytest.raises(PlanArgumentError, match="not a valid JSON array"):
+        parse_value("[1, 2", DEVICES)
+    with pytest.raises(PlanArgumentError, match="only accepted for md"):
+        parse_value('{"a": 1}', DEVICES)
+
+
+def test_run_metadata_items():
+    md = parse_md(["sample=A1", "temperature=295.5", "tags=a,b", "ok=true", "note=run 3 left"])
+    assert md == {
+        "sample": "A1",
+        "temperature": 295.5,
+        "tags": "a,b",
+        "ok": True,
+        "note": "run 3 left",
+    }
+    with pytest.raises(PlanArgumentError, match="KEY=VALUE"):
+        parse_md(["no-equals-sign"])
+
+
+# --- plans ------------------------------------------------------------------------------------
+
+
+def test_registry_holds_the_allow_list_and_the_labs_plans():
+    registry = plan_registry()
+    for name in ("count", "scan", "rel_scan", "list_scan", "grid_scan", "log_scan"):
+        assert registry[name].source == "bluesky" and registry[name].takes_detectors
+    for name in ("wavelength_scan", "polarization_scan", "raster", "exposure_series"):
+        assert registry[name].source == "daqbridge" and not registry[name].takes_detectors
+    # only plans: no plan stubs, no modules, nothing importable by dotted name
+    for name in ("mv", "sleep", "os.system", "bps.mv", "__import__", "eval"):
+        with pytest.raises(UnknownPlan):
+            resolve_plan(name)
+
+
+def test_unknown_plan_suggests_the_close_names():
+    with pytest.raises(UnknownPlan) as info:
+        resolve_plan("scna")
+    assert "'scan'" in str(info.value) and "daqbridge run --list" in str(info.value)
+
+
+def test_plan_listing_shows_the_cli_form_and_the_call_of_every_plan():
+    text = format_plan_list()
+    for name in plan_registry():
+        assert f"  {name} " in text
+    assert "scan MOTOR START STOP [MOTOR START STOP ...] NUM --detector DET" in text
+    assert "bluesky.plans.scan([DET, ...], MOTOR, START, STOP, ..., num=NUM)" in text
+    assert "polarization_scan ROTATOR METER ANGLES" in text
+
+
+# --- mapping words onto calls, run in a real RunEngine -----------------------------------------
+
+
+def test_scan_words_map_to_the_detector_first_call(RE):
+    spec = resolve_plan("scan")
+    call = build_plan_call(spec, ["motor", "-5", "5", "11"], DEVICES, detectors=["det"])
+    assert call.args == ([det], motor, -5, 5)
+    assert call.kwargs == {"num": 11}
+    assert call.describe() == "scan([det], motor, -5, 5, num=11)"
+    docs = collect(RE, call.make())
+    evs = events(docs)
+    assert len(evs) == 11
+    assert [e["data"]["motor"] for e in evs] == pytest.approx(list(range(-5, 6)))
+    assert "det" in evs[0]["data"]
+
+
+def test_two_motor_scan_and_the_python_form_with_a_detector_list(RE):
+    spec = resolve_plan("scan")
+    call = build_plan_call(
+        spec, ["det1,det2", "motor1", "0", "1", "motor2", "0", "2", "3"], DEVICES
+    )
+    assert call.args[0] == [det1, det2]
+    evs = events(collect(RE, call.make()))
+    assert len(evs) == 3
+    assert [e["data"]["motor2"] for e in evs] == pytest.approx([0, 1, 2])
+
+
+def test_count_takes_its_detectors_as_words(RE):
+    spec = resolve_plan("count")
+    call = build_plan_call(spec, ["det", "num=3"], DEVICES, md={"sample": "A1"})
+    assert call.args[:2] == ([det], 3)
+    docs = collect(RE, call.make())
+    assert len(events(docs)) == 3
+    start = next(doc for name, doc in docs if name == "start")
+    assert start["sample"] == "A1" and start["plan_name"] == "count"
+    call = build_plan_call(spec, ["det1", "det2", "2"], DEVICES, detectors=["det"])
+    assert call.args[:2] == ([det, det1, det2], 2)
+
+
+def test_grid_and_list_scans(RE):
+    grid = build_plan_call(
+        resolve_plan("grid_scan"),
+        ["motor1", "0", "1", "2", "motor2", "0", "1", "3", "snake_axes=true"],
+        DEVICES,
+        detectors=["det"],
+    )
+    assert len(events(collect(RE, grid.make()))) == 6
+    lst = build_plan_call(
+        resolve_plan("list_scan"), ["motor", "0,0.5,2"], DEVICES, detectors=["det"]
+    )
+    evs = events(collect(RE, lst.make()))
+    assert [e["data"]["motor"] for e in evs] == pytest.approx([0, 0.5, 2])
+
+
+@pytest.mark.parametrize(
+    ("plan", "words", "detectors", "message"),
+    [
+        ("scan", ["motor", "-5", "5"], ["det"], "MOTOR START STOP per motor and then NUM"),
+        ("scan", ["motor", "-5", "5", "2.5"], ["det"], "NUM (number of points) must be a whole"),
+        ("scan", ["motor", "-5", "5", "0"], ["det"], "must be at least 1"),
+        ("scan", ["motor", "a", "5", "3"], ["det"], "no device 'a'"),
+        ("scan", ["motor", "-5", "5", "11"], [], "needs at least one detector"),
+        ("scan", ["5", "-5", "5", "11"], ["det"], "MOTOR 1 must be a motor"),
+        ("scan", ["motor", "true", "5", "11"], ["det"], "START 1 must be a number"),
+        ("scan", ["motor", "-5", "5", "11", "nmu=3"], ["det"], "Did you mean 'num'"),
+        ("scan", ["motor", "-5", "5", "11", "per_step=x"], ["det"], "no keyword argument"),
+        ("list_scan", ["motor1", "1,2", "motor2", "1,2,3"], ["det"], "same number of points"),
+        ("list_scan", ["motor1", "5"], ["det"], "must be a list of positions"),
+        ("count", ["det", "num=2", "num=3"], [], "given twice"),
+        ("count", ["det", "1", "2", "3"], [], "count()"),
+        ("log_scan", ["motor", "1", "10", "five"], ["det"], "no device 'five'"),
+        ("log_scan", ["motor", "1", "10"], ["det"], "missing a required argument"),
+        ("polarization_scan", ["motor", "det", "0,45"], ["det"], "not from --detector"),
+    ],
+)
+def test_bad_calls_are_refused_before_the_plan_runs(plan, words, detectors, message):
+    with pytest.raises(PlanArgumentError) as info:
+        build_plan_call(resolve_plan(plan), words, DEVICES, detectors=detectors)
+    text = str(info.value)
+    assert message in text
+    assert "Fix:" in text  # every refusal says what to write instead
+
+
+def test_the_early_check_needs_only_the_profiles_ids():
+    refs = {k: DeviceRef(k) for k in ("sim_stage_x", "sim_meter", "sim_rotators_a")}
+    call = build_plan_call(
+        resolve_plan("scan"), ["sim_stage_x", "-5", "5", "11"], refs, detectors=["sim_meter"]
+    )
+    assert call.describe() == "scan([sim_meter], sim_stage_x, -5, 5, num=11)"
+    with pytest.raises(UnknownDevice, match="sim_stage_x"):
+        build_plan_call(resolve_plan("scan"), ["sim_stage_z", "-5", "5", "11"], refs)
+    call = build_plan_call(
+        resolve_plan("polarization_scan"), ["sim_rotators_a", "sim_meter", "0,45,90"], refs
+    )
+    assert call.args[2] == [0, 45, 90]
+
+
+def test_soft_limits_are_checked_with_the_real_devices():
+    stage = SoftPositioner(name="stage", limits=(-10, 10), init_pos=0)
+    devices = {**DEVICES, "stage": stage}
+    spec = resolve_plan("scan")
+    build_plan_call(spec, ["stage", "-10", "10", "3"], devices, detectors=["det"])
+    with pytest.raises(PlanArgumentError) as info:
+        build_plan_call(spec, ["stage", "-5", "50", "3"], devices, detectors=["det"])
+    assert "stage cannot go to 50" in str(info.value)
+    with pytest.raises(PlanArgumentError, match="cannot go to 11"):
+        build_plan_call(
+            resolve_plan("rel_scan"), ["stage", "-1", "11", "3"], devices, detectors=["det"]
+        )
+    with pytest.raises(PlanArgumentError, match="cannot go to -20"):
+        build_plan_call(resolve_plan("list_scan"), ["stage", "0,-20"], devices, detectors=["det"])
+
+
+def test_the_plans_own_checks_run_before_the_run_engine(RE):
+    """``make()`` advances the plan to its first message: its argument checks fail there."""
+    docs: list = []
+    RE.subscribe(lambda name, doc: docs.append(name))
+    # exposure_series wants a camera with an exposure; a plain detector has none.
+    call = build_plan_call(resolve_plan("exposure_series"), ["det", "1,2"], DEVICES)
+    with pytest.raises(PlanArgumentError, match="exposure_series"):
+        call.make()
+    # bluesky's own argument errors (a ValueError at the first message) become
+    # PlanArgumentError too, naming the plan and its usage
+    raw = PlanCall(resolve_plan("scan"), ([det], motor, 1, 2), {})
+    with pytest.raises(PlanArgumentError) as info:
+        raw.make()
+    assert "scan() refused its arguments: ValueError" in str(info.value)
+    assert "usage: daqbridge run scan MOTOR START STOP" in str(info.value)
+    assert docs == []
+
+
+def test_a_primed_plan_passes_replies_and_exceptions_through(RE):
+    """The generator handed to the RunEngine behaves like the plan itself."""
+    stage = SoftPositioner(name="stage", limits=(-10, 10), init_pos=0)
+    devices = {**DEVICES, "stage": stage}
+    call = build_plan_call(
+        resolve_plan("rel_scan"), ["stage", "-1", "1", "3"], devices, detectors=["det"]
+    )
+    evs = events(collect(RE, call.make()))
+    assert [e["data"]["stage"] for e in evs] == pytest.approx([-1, 0, 1])
+    assert stage.position == pytest.approx(0)  # rel_scan's reset_positions ran: replies got back

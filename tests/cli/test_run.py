@@ -1,0 +1,151 @@
+"""``daqbridge run`` end to end: real processes on the embedded simulated lab (simulators on
+their wire protocols, both driver stacks, a RunEngine, the Tiled catalog on SQLite)."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import threading
+
+import pytest
+
+from daqbridge.runtime.catalog import open_catalog
+
+from .conftest import (
+    child_env,
+    daqbridge_argv,
+    fresh_data_dir,
+    slow_lab_profile,
+    the_run,
+    unique,
+)
+
+UID = re.compile(r"^uid: ([0-9a-f-]{36})$", re.MULTILINE)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_readme_command(lab_runs):
+    """`daqbridge run scan sim_stage_x -5 5 11 --detector sim_meter` on a fresh install."""
+    run = lab_runs["scan"]
+    code, out, err = run.result()
+    assert code == 0, err
+    assert "Traceback" not in err
+    uids = UID.findall(out)
+    assert len(uids) == 1, out
+    uid = uids[0]
+    # how to read it back, with the data directory spelled out
+    assert f"daqbridge catalog show {uid} --data {run.data}" in out
+    assert f"open_catalog('{run.data}', readonly=True).client['{uid}'].primary.read()" in out
+    assert "plan: scan([sim_meter], sim_stage_x, -5, 5, num=11)" in out
+    assert "sim_meter_power" in out  # the live table
+    summary, table, start = the_run(run.data, uid)
+    assert summary.exit_status == "success"
+    assert summary.events == 11
+    assert list(table["sim_stage_x"].values) == pytest.approx([float(x) for x in range(-5, 6)])
+    assert "sim_meter_power" in table
+    assert start["plan_name"] == "scan"
+    assert start["daqbridge_command"] == (
+        "daqbridge run scan sim_stage_x -5 5 11 --detector sim_meter"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_count_with_keyword_and_metadata(lab_runs):
+    run = lab_runs["count"]
+    code, out, err = run.result()
+    assert code == 0, err
+    (uid,) = UID.findall(out)
+    summary, table, start = the_run(run.data, uid)
+    assert summary.events == 3 and summary.exit_status == "success"
+    assert start["sample"] == "A1"
+    assert start["plan_name"] == "count"
+    assert "sim_meter_power" in table
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_lab_plan(lab_runs):
+    run = lab_runs["polarization"]
+    code, out, err = run.result()
+    assert code == 0, err
+    (uid,) = UID.findall(out)
+    summary, table, start = the_run(run.data, uid)
+    assert summary.exit_status == "success"
+    assert summary.events == 3
+    assert start["plan_name"] == "polarization_scan"
+    angles = [v for k, v in table.items() if k.startswith("sim_rotators_a")]
+    assert angles, list(table)
+    assert list(angles[0].values) == pytest.approx([0, 45, 90], abs=0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_target_outside_the_soft_limits_is_refused_before_any_run(lab_runs):
+    run = lab_runs["limits"]
+    code, out, err = run.result()
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert "sim_stage_x cannot go to 50" in err
+    assert "uid:" not in out
+    catalog = open_catalog(run.data, readonly=True)
+    try:
+        assert catalog.runs(10) == []  # nothing opened, nothing moved
+    finally:
+        catalog.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ctrl_c_aborts_the_run_keeps_its_data_and_exits_130(cli_catalog_template, tmp_path):
+    tag = unique("sigint")
+    profile = tmp_path / "slow_lab.toml"
+    # 1 mm per second: a 20-point scan over 19 mm takes well over 20 s
+    profile.write_text(slow_lab_profile(tag, speed=1.0, velocity=1.0))
+    data = fresh_data_dir(cli_catalog_template, tmp_path / "data")
+    argv = daqbridge_argv(
+        "run", "scan", "stage_x", "0", "19", "20", "--detector", "meter", "--profile", str(profile)
+    )
+    proc = subprocess.Popen(
+        argv,
+        env=child_env(data),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    rows = threading.Event()
+
+    def read_stdout() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if sum(1 for row in lines if re.match(r"^\|\s+\d+ \|", row)) >= 2:
+                rows.set()
+
+    reader = threading.Thread(target=read_stdout, daemon=True)
+    reader.start()
+    try:
+        assert rows.wait(240), (
+            "".join(lines) + proc.stderr.read() if proc.poll() else "".join(lines)
+        )
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    reader.join(timeout=30)
+    err = proc.stderr.read()
+    out = "".join(lines)
+    assert code == 130, out + err
+    assert "Traceback" not in err
+    assert "SIGINT received: the run was aborted" in err
+    (uid,) = UID.findall(out)
+    summary, table, _ = the_run(data, uid)
+    assert summary.exit_status == "abort"
+    assert 2 <= summary.events < 20  # what was measured is kept; the scan did not finish
+    assert len(table["stage_x"]) == summary.events
+    assert max(table["stage_x"].values) < 19  # it stopped on the way

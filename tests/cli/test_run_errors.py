@@ -1,0 +1,142 @@
+"""``daqbridge run`` mistakes: found from the profile's device ids before the lab starts, one
+clear message on stderr, exit status 2, no traceback. In-process through the real entry point."""
+
+from __future__ import annotations
+
+import pytest
+
+from daqbridge.cli import main
+from daqbridge.runtime.catalog import DATA_ENV
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_lab(monkeypatch, tmp_path):
+    monkeypatch.delenv("DAQBRIDGE_PROFILE", raising=False)
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "data"))
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["run", *argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+README_ARGS = ("sim_stage_x", "-5", "5", "11", "--detector", "sim_meter")
+
+
+def test_unknown_plan(capsys, tmp_path):
+    code, out, err = run(capsys, "scna", *README_ARGS)
+    assert code == 2
+    assert "no plan 'scna'" in err and "Did you mean 'scan'" in err
+    assert "uid:" not in out
+    assert not (tmp_path / "data").exists()  # nothing was started, nothing written
+
+
+def test_unknown_device_lists_the_close_ids(capsys):
+    code, _, err = run(capsys, "scan", "sim_stage_z", "-5", "5", "11", "--detector", "sim_meter")
+    assert code == 2
+    assert "no device 'sim_stage_z'" in err
+    assert "'sim_stage_x'" in err and "'sim_stage_y'" in err
+    code, _, err = run(capsys, "scan", "sim_stage_x", "-5", "5", "11", "--detector", "sim_metr")
+    assert code == 2 and "--detector: no device 'sim_metr'" in err and "'sim_meter'" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ("scan", "sim_stage_x", "-5", "five", "11", "--detector", "sim_meter"),
+            "no device 'five'",
+        ),
+        (("scan", "sim_stage_x", "-5", "5", "11.5", "--detector", "sim_meter"), "whole number"),
+        (("scan", "sim_stage_x", "-5", "5", "--detector", "sim_meter"), "then NUM"),
+        (("scan", "sim_meter", "-5", "5", "11"), "needs at least one detector"),
+        (("count", "sim_meter", "num=2.5"), "num must be a whole number"),
+        (("count", "sim_meter", "nmu=3"), "Did you mean 'num'"),
+        (("polarization_scan", "sim_rotators_a", "sim_meter", "0,,90"), "empty element"),
+        (("scan", *README_ARGS, "--detecter", "sim_meter"), "Did you mean --detector"),
+        (("scan", *README_ARGS, "--md", "oops"), "--md 'oops'"),
+    ],
+)
+def test_bad_arguments(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2, err
+    assert message in err
+    assert err.startswith("daqbridge run: error: ")
+    assert "uid:" not in out
+
+
+def test_arguments_are_never_evaluated(capsys, tmp_path):
+    mark = tmp_path / "evaluated"
+    code_word = f"__import__('os').system('touch {mark}')"
+    code, _, err = run(capsys, "count", "sim_meter", f"num={code_word}")
+    assert code == 2 and "nothing is evaluated as Python" in err
+    code, _, err = run(capsys, "count", code_word)
+    assert code == 2 and "cannot read" in err
+    code, _, err = run(capsys, "os.system", "ls")
+    assert code == 2 and "no plan 'os.system'" in err
+    assert not mark.exists()
+
+
+def test_bad_profile_is_one_message(capsys, tmp_path):
+    code, _, err = run(capsys, "count", "sim_meter", "--profile", str(tmp_path / "nope.toml"))
+    assert code == 1
+    assert "nope.toml" in err
+
+
+def test_no_plan_prints_usage(capsys):
+    code, _, err = run(capsys)
+    assert code == 2 and "give a PLAN" in err
+
+
+def test_list_shows_every_plan_with_its_call(capsys):
+    code, out, _ = run(capsys, "--list")
+    assert code == 0
+    assert "scan MOTOR START STOP [MOTOR START STOP ...] NUM --detector DET" in out
+    assert "-> bluesky.plans.scan([DET, ...], MOTOR, START, STOP, ..., num=NUM)" in out
+    assert "polarization_scan ROTATOR METER ANGLES" in out
+
+
+def test_help_documents_the_mapping_and_lists_the_plans(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--detector" in out and "scan MOTOR START STOP [MOTOR START STOP ...] NUM" in out
+    assert "bluesky.plans.grid_scan([D], M1, START, STOP, NUM, M2, START, STOP, NUM)" in out
+    assert "wavelength_scan LASER METER START STOP NUM" in out
+    assert "Exit status" in out
+
+
+def test_help_of_one_plan(capsys):
+    code, out, _ = run(capsys, "polarization_scan", "--help")
+    assert code == 0
+    assert out.startswith("usage: daqbridge run polarization_scan ROTATOR METER ANGLES")
+    assert "calls: daqbridge.plans.polarization_scan(" in out
+    assert "extra_rotators" in out
+
+
+def test_negative_numbers_and_lists_are_arguments_not_options(capsys):
+    code, _, err = run(
+        capsys,
+        "raster",
+        "sim_stage_x",
+        "sim_stage_y",
+        "sim_meter",
+        "-1,1,2",
+        "-.5,.5,2",
+        "--detectr",
+        "x",
+    )
+    assert code == 2
+    assert "unknown option '--detectr'" in err and "Did you mean --detector" in err
+
+
+def test_the_profile_comes_from_the_environment(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("DAQBRIDGE_PROFILE", str(tmp_path / "from-env.toml"))
+    code, _, err = run(capsys, "count", "sim_meter")
+    assert code == 1 and "from-env.toml" in err
+    # --profile wins over the environment
+    code, _, err = run(capsys, "count", "sim_meter", "--profile", str(tmp_path / "flag.toml"))
+    assert code == 1 and "flag.toml" in err and "from-env.toml" not in err
