@@ -43,9 +43,11 @@ class ElliptecBusDevices:
 
 
 @pytest.fixture
-def bus_setup(pool, make_peer, elliptec_router, host_splitter):
+def bus_setup(pool, make_peer, elliptec_router, host_splitter, tmp_path):
     devices = ElliptecBusDevices()
-    peer = make_peer(devices.handle, splitter=host_splitter)
+    # A stable link, as /dev/serial/by-id is: a bare /dev/pts/N number can be reused by another
+    # test's new pty right after an unplug, and a reopen would then find the wrong device.
+    peer = make_peer(devices.handle, splitter=host_splitter, link=tmp_path / "elliptec-bus")
     devices.peer = peer
     port = pool.open(peer.path)
     bus = port.bus(elliptec_router)
