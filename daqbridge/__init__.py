@@ -1,3 +1,3 @@
-"""daqbridge: legacy and native instrument drivers under one Bluesky RunEngine, on shared hardware."""
+"""daqbridge: legacy and native instrument drivers under one RunEngine, on shared hardware."""
 
 __version__ = "0.1.0"

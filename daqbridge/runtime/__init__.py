@@ -33,6 +33,11 @@ _LAZY: dict[str, str] = {
     "registered_builders": "daqbridge.runtime._builders",
     "LEGACY_TYPES": "daqbridge.runtime._builders",
     "collect_status": "daqbridge.runtime._status",
+    "MeasurementBridge": "daqbridge.runtime._bridge",
+    "ShadowComparison": "daqbridge.runtime._shadow",
+    "ShadowReport": "daqbridge.runtime._shadow",
+    "ShadowPair": "daqbridge.runtime._shadow",
+    "shadow_compare_plan": "daqbridge.runtime._shadow",
     "format_status": "daqbridge.runtime._status",
 }
 

@@ -308,7 +308,15 @@ def build_esp300(inst: Esp300Instrument, ctx: BuildContext) -> NativeInstrument:
     cls = driver_class("esp300", *NATIVE_DRIVERS["esp300"], instrument=inst.id)
     notes: list[str] = []
     port = ctx.open_port(inst)
-    controller = construct(cls, port, name=inst.id, timeout=inst.timeout, notes=notes, what=inst.id)
+    controller = construct(
+        cls,
+        port,
+        name=inst.id,
+        timeout=inst.timeout,
+        motor_on=inst.esp300.motor_on,
+        notes=notes,
+        what=inst.id,
+    )
     devices: dict[str, Any] = {inst.id: controller}
     for axis in inst.esp300.axes:
         axis_id = f"{inst.id}_{axis.name}"

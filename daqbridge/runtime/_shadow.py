@@ -311,6 +311,13 @@ def _check_tolerances(tolerance: Any, rtol: Any) -> None:
 
 def main_field(device: Any) -> str:
     """The data key a comparison uses: the device's first hinted field, else its only one."""
+    if not callable(getattr(device, "describe", None)):
+        raise ConfigError(
+            f"{getattr(device, 'name', device)!r} is not a readable device (a bus or controller "
+            "holding several devices), so there is no single reading to compare.",
+            fix="compare one of its devices, e.g. in Python: "
+            "ShadowComparison(runtime['sim_rotators_a'], runtime['sim_rotators_a_legacy']).",
+        )
     hints = getattr(device, "hints", None) or {}
     fields = list(hints.get("fields") or [])
     if fields:

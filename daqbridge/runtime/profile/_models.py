@@ -48,7 +48,7 @@ DRIVERS: tuple[str, ...] = (
 SERIAL_DRIVERS: frozenset[str] = frozenset({"esp300", "newport1830c", "maitai", "elliptec"})
 """Drivers reached through a serial ``port``."""
 
-LEGACY_DRIVERS: frozenset[str] = frozenset({"esp300", "newport1830c", "maitai", "elliptec"})
+LEGACY_DRIVERS: frozenset[str] = frozenset({"newport1830c", "maitai", "elliptec"})
 """Drivers that also exist in the legacy stack (so may be ``legacy`` or ``shadow``)."""
 
 STACKS: tuple[str, ...] = ("native", "legacy", "shadow")
@@ -405,6 +405,11 @@ class Esp300Settings(Section):
 
     axes: list[Esp300Axis] = Field(
         min_length=1, max_length=3, description="1 to 3 axes with unique numbers and names."
+    )
+    motor_on: bool = Field(
+        False,
+        description="Turn every axis motor on at connect (`nMO`); off: a motor found off is "
+        "reported and its moves are refused.",
     )
 
     @model_validator(mode="after")
@@ -1043,9 +1048,7 @@ class Coupling(Section):
         "meter follows 0.5 erfc(sqrt(2) (x - edge_position) / edge_width).",
     )
     edge_position: float = Field(0.0, description="Axis position of the beam centre.")
-    edge_width: float = Field(
-        1.0, gt=0, description="Beam radius (1/e^2) in the axis units."
-    )
+    edge_width: float = Field(1.0, gt=0, description="Beam radius (1/e^2) in the axis units.")
 
 
 # --- the profile --------------------------------------------------------------------------------

@@ -410,8 +410,8 @@ class SharedSerialPort:
         if existing is not None:
             if bus_protocol(existing.router) != bus_protocol(router):
                 raise ResourceError(
-                    f"port already runs a bus of family {bus_protocol(existing.router)!r}; cannot also "
-                    f"frame it as {bus_protocol(router)!r}.",
+                    f"port already runs a bus of family {bus_protocol(existing.router)!r}; "
+                    f"cannot also frame it as {bus_protocol(router)!r}.",
                     resource=self.url,
                     fix="only devices of one bus family can share a multi-drop line.",
                 )
