@@ -7,8 +7,6 @@ event records the exposure it was taken with (the exposure is configuration, whi
 descriptor captures only once per run).
 """
 
-from __future__ import annotations
-
 from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
@@ -34,7 +32,7 @@ PLAN = "exposure_series"
 
 
 def exposure_series(
-    camera: Any,
+    camera: Readable,
     exposures: Sequence[float],
     *,
     frames_per_exposure: int = 1,

@@ -7,13 +7,12 @@ stretch of it into a Bluesky run: one reading at the start and one at the end in
 monitor stream ``<device>_monitor`` with the measurement's own timestamp.
 """
 
-from __future__ import annotations
-
 from collections.abc import Generator, Mapping
 from typing import Any
 
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
+from bluesky.protocols import Readable
 
 from daqbridge.plans._capabilities import is_legacy_device
 from daqbridge.plans._checks import plan_error, require_positive
@@ -28,7 +27,7 @@ MAX_DURATION_S = 7 * 24 * 3600.0
 
 
 def record_legacy(
-    device: Any,
+    device: Readable,
     duration: float,
     *,
     md: Mapping[str, Any] | None = None,

@@ -11,8 +11,6 @@ Why it is shaped like this:
   angle of every rotator is checked against both before the first move.
 """
 
-from __future__ import annotations
-
 from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
@@ -45,11 +43,11 @@ def _mount_limits(rotator: Any) -> tuple[float, float]:
 
 
 def polarization_scan(
-    rotator: Any,
-    meter: Any,
+    rotator: Movable,
+    meter: Readable,
     angles: Sequence[float],
     *,
-    extra_rotators: Sequence[Any] = (),
+    extra_rotators: Sequence[Movable] = (),
     offsets: Sequence[float] | None = None,
     md: Mapping[str, Any] | None = None,
 ) -> Generator[Any, Any, str]:

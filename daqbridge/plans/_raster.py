@@ -8,8 +8,6 @@ its limits only after the other axis has moved), and ``ST`` sent to both axes wh
 fails or is aborted.
 """
 
-from __future__ import annotations
-
 from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
@@ -32,9 +30,9 @@ PLAN = "raster"
 
 
 def raster(
-    stage_x: Any,
-    stage_y: Any,
-    detector: Any,
+    stage_x: Movable,
+    stage_y: Movable,
+    detector: Readable,
     x_range: Sequence[float],
     y_range: Sequence[float],
     *,

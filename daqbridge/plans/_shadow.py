@@ -8,8 +8,6 @@ the argument), and the common start metadata (``daqbridge_devices`` says which d
 stack, ``plan_args`` by device name).
 """
 
-from __future__ import annotations
-
 from collections.abc import Generator, Mapping
 from typing import Any
 
@@ -47,8 +45,8 @@ def _units(device: Any, key: str) -> str | None:
 
 
 def shadow_compare(
-    legacy_device: Any,
-    native_device: Any,
+    legacy_device: Readable,
+    native_device: Readable,
     num: int,
     *,
     tolerance: float = 0.0,

@@ -14,14 +14,13 @@ Why it is shaped like this:
 * The laser may be native or legacy (see ``_capabilities``).
 """
 
-from __future__ import annotations
-
 from collections.abc import Generator, Mapping
 from typing import Any
 
 import numpy as np
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
+from bluesky.protocols import Movable, Readable
 
 from daqbridge.plans._capabilities import Companions, laser_controls, meter_controls
 from daqbridge.plans._checks import (
@@ -40,8 +39,8 @@ PLAN = "wavelength_scan"
 
 
 def wavelength_scan(
-    laser: Any,
-    meter: Any,
+    laser: Movable,
+    meter: Readable,
     start: float,
     stop: float,
     num: int,

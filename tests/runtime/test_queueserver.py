@@ -163,13 +163,20 @@ def test_a_queued_scan_runs_in_the_worker_and_lands_in_the_catalog(re_manager):
             RM.wait_for_completed_task(reply["task_uid"], timeout=60)
         assert "scan" in RM.plans_allowed()["plans_allowed"]
 
+        allowed = RM.plans_allowed()["plans_allowed"]
+        assert "polarization_scan" in allowed, sorted(allowed)  # a daqbridge plan validates
         RM.item_add(BPlan("scan", ["sim_meter"], "sim_stage_x", -1, 1, 3))
+        RM.item_add(BPlan("polarization_scan", "sim_rotators_a", "sim_meter", [0, 45, 90]))
         RM.queue_start()
         RM.wait_for_idle(timeout=PLAN_TIMEOUT)
-        (item,) = RM.history_get()["items"][-1:]
-        result = item["result"]
+        scan_item, polarization_item = RM.history_get()["items"][-2:]
+        result = scan_item["result"]
         assert result["exit_status"] == "completed", result
         (uid,) = result["run_uids"]
+        assert polarization_item["result"]["exit_status"] == "completed", (
+            polarization_item["result"].get("msg"), polarization_item["result"].get("traceback")
+        )
+        (pol_uid,) = polarization_item["result"]["run_uids"]
 
         RM.environment_close()
         RM.wait_for_idle(timeout=60)
@@ -187,5 +194,10 @@ def test_a_queued_scan_runs_in_the_worker_and_lands_in_the_catalog(re_manager):
         data = run["primary"].read()
         assert list(data["sim_stage_x"].values) == [-1.0, 0.0, 1.0]
         assert len(data["sim_meter_power"]) == 3
+        while pol_uid not in catalog and time.monotonic() < deadline:
+            time.sleep(0.5)
+        pol = catalog[pol_uid]
+        assert pol.metadata["start"]["plan_name"] == "polarization_scan"
+        assert list(pol["primary"].read()["sim_rotators_a"].values) == [0.0, 45.0, 90.0]
     finally:
         catalog.close()
