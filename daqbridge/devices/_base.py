@@ -24,7 +24,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from ophyd import Kind, Signal
-from ophyd.status import DeviceStatus, Status
+from ophyd.status import DeviceStatus, MoveStatus, Status, StatusBase
+from ophyd.utils import StatusTimeoutError
 
 from daqbridge.errors import DaqbridgeError, InstrumentError, InstrumentTimeout, ValueRejected
 
@@ -246,3 +247,45 @@ class Poller:
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+
+
+class SettingSignal(InstrumentSignal):
+    """A setting whose ``set`` its device carries out (and verifies) on the worker thread.
+
+    ``apply`` names the method of the owning device (``owner="parent"`` or ``"root"``) that does
+    it; ``put(value, force=True)`` (what ``update`` uses) only stores a value read back.
+    """
+
+    def __init__(self, *, apply: str, owner: str = "parent", **kwargs: Any) -> None:
+        self._apply = apply
+        self._owner = owner
+        super().__init__(**kwargs)
+
+    def set(
+        self,
+        value: Any,
+        *,
+        timeout: float | None = None,
+        settle_time: float | None = None,
+        **kwargs: Any,
+    ) -> StatusBase:
+        return getattr(getattr(self, self._owner), self._apply)(value)
+
+    def put(self, value: Any, *, force: bool = False, **kwargs: Any) -> None:
+        if force:
+            super().put(value, force=True, **kwargs)
+            return
+        self.set(value).wait(timeout=kwargs.get("timeout"))
+
+
+class OwnMoveStatus(MoveStatus):
+    """A MoveStatus that stops only its own move, and only when the caller gave up (timeout).
+
+    ophyd's MoveStatus stops its positioner whenever it fails. Our drivers fail a move only once
+    the motion has ended or been stopped, and a stop issued then from a status callback could land
+    on the NEXT move; the positioner's ``_stop_move(status)`` ignores a status that is not current.
+    """
+
+    def _handle_failure(self) -> None:
+        if isinstance(self._exception, StatusTimeoutError):
+            self.pos._stop_move(self)

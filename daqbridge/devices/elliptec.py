@@ -41,9 +41,14 @@ from ophyd import Component as Cpt
 from ophyd import Device, Kind
 from ophyd.positioner import PositionerBase
 from ophyd.status import InvalidState, MoveStatus, StatusBase
-from ophyd.utils.errors import StatusTimeoutError
 
-from daqbridge.devices._base import InstrumentSignal, InstrumentWorker, check_number
+from daqbridge.devices._base import (
+    InstrumentSignal,
+    InstrumentWorker,
+    OwnMoveStatus,
+    SettingSignal,
+    check_number,
+)
 from daqbridge.errors import (
     ConfigError,
     DaqbridgeError,
@@ -290,41 +295,6 @@ def parse_identity(address: str, data: str) -> ElliptecIdentity:
 # --- the mount ---------------------------------------------------------------------------------
 
 
-class _Setting(InstrumentSignal):
-    """A signal whose ``set`` the mount carries out on its worker; ``update`` only stores."""
-
-    def __init__(self, *, apply: str, **kwargs: Any) -> None:
-        self._apply = apply
-        super().__init__(**kwargs)
-
-    def set(
-        self,
-        value: Any,
-        *,
-        timeout: float | None = None,
-        settle_time: float | None = None,
-        **kwargs: Any,
-    ) -> StatusBase:
-        return getattr(self.parent, self._apply)(value)
-
-    def put(self, value: Any, *, force: bool = False, **kwargs: Any) -> None:
-        if force:
-            super().put(value, force=True, **kwargs)
-            return
-        self.set(value).wait(timeout=kwargs.get("timeout"))
-
-
-class _MoveStatus(MoveStatus):
-    """ophyd's MoveStatus stops its positioner whenever it fails. This driver fails a move itself
-    only once the motion has ended or been stopped, and a stop issued then from a status callback
-    could land on the NEXT move; so only a timeout (the caller gave up) sends st, and only for its
-    own move."""
-
-    def _handle_failure(self) -> None:
-        if isinstance(self._exception, StatusTimeoutError):
-            self.pos._stop_move(self)
-
-
 class ElliptecMount(Device, PositionerBase):
     """One ELL14 rotation mount on an Elliptec bus, positioned in degrees.
 
@@ -335,7 +305,7 @@ class ElliptecMount(Device, PositionerBase):
 
     readback = Cpt(InstrumentSignal, units="deg", precision=3, kind=Kind.hinted, value=0.0)
     setpoint = Cpt(InstrumentSignal, units="deg", precision=3, kind=Kind.normal, value=0.0)
-    velocity = Cpt(_Setting, apply="_set_velocity", units="%", kind=Kind.config, value=0)
+    velocity = Cpt(SettingSignal, apply="_set_velocity", units="%", kind=Kind.config, value=0)
 
     def __init__(
         self,
@@ -584,7 +554,7 @@ class ElliptecMount(Device, PositionerBase):
             )
         self._reset_sub(self._SUB_REQ_DONE)
         self._move_gen += 1
-        status = _MoveStatus(
+        status = OwnMoveStatus(
             self,
             target,
             timeout=timeout if timeout is not None else self._timeout,

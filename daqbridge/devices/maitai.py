@@ -35,9 +35,14 @@ from ophyd import Component as Cpt
 from ophyd import Device, Kind
 from ophyd.positioner import PositionerBase
 from ophyd.status import InvalidState, MoveStatus, StatusBase
-from ophyd.utils.errors import StatusTimeoutError
 
-from daqbridge.devices._base import InstrumentSignal, InstrumentWorker, check_number
+from daqbridge.devices._base import (
+    InstrumentSignal,
+    InstrumentWorker,
+    OwnMoveStatus,
+    SettingSignal,
+    check_number,
+)
 from daqbridge.errors import (
     ConfigError,
     DaqbridgeError,
@@ -94,44 +99,6 @@ def _parse_quantity(text: str, unit: str, *, what: str, instrument: str, resourc
 def _format_nm(nm: float) -> str:
     # Whole numbers go out as the manual writes them ("WAVELENGTH 820"); a tenth is kept otherwise.
     return str(int(round(nm))) if abs(nm - round(nm)) < 1e-9 else f"{nm:.1f}"
-
-
-class _Setting(InstrumentSignal):
-    """A signal whose ``set`` is carried out (and verified) by its device on the worker.
-
-    ``put(value, force=True)`` (what ``update`` uses) only stores a value read from the laser.
-    """
-
-    def __init__(self, *, apply: str, **kwargs: Any) -> None:
-        self._apply = apply
-        super().__init__(**kwargs)
-
-    def set(
-        self,
-        value: Any,
-        *,
-        timeout: float | None = None,
-        settle_time: float | None = None,
-        **kwargs: Any,
-    ) -> StatusBase:
-        return getattr(self.root, self._apply)(value)
-
-    def put(self, value: Any, *, force: bool = False, **kwargs: Any) -> None:
-        if force:
-            super().put(value, force=True, **kwargs)
-            return
-        self.set(value).wait(timeout=kwargs.get("timeout"))
-
-
-class _MoveStatus(MoveStatus):
-    """ophyd's MoveStatus stops its positioner whenever it fails. This driver fails a move itself
-    only once tuning has ended or been stopped, and a stop issued then from a status callback
-    could land on the NEXT move; so only a timeout (the caller gave up) stops, and only its own
-    move."""
-
-    def _handle_failure(self) -> None:
-        if isinstance(self._exception, StatusTimeoutError):
-            self.pos._stop_move(self)
 
 
 class MaiTaiWavelength(Device, PositionerBase):
@@ -200,7 +167,7 @@ class MaiTaiWavelength(Device, PositionerBase):
         self._move_gen += 1
         gen = self._move_gen
         self._halt.clear()
-        status = _MoveStatus(
+        status = OwnMoveStatus(
             self,
             target,
             timeout=timeout if timeout is not None else self._timeout,
@@ -367,8 +334,8 @@ class MaiTaiLaser(Device):
 
     wavelength = Cpt(MaiTaiWavelength, kind=Kind.hinted)
     power = Cpt(InstrumentSignal, units="W", precision=3, kind=Kind.hinted, value=0.0)
-    shutter = Cpt(_Setting, apply="_set_shutter", kind=Kind.normal, value=0)
-    emission = Cpt(_Setting, apply="_set_emission", kind=Kind.config, value=0)
+    shutter = Cpt(SettingSignal, owner="root", apply="_set_shutter", kind=Kind.normal, value=0)
+    emission = Cpt(SettingSignal, owner="root", apply="_set_emission", kind=Kind.config, value=0)
     warmup = Cpt(InstrumentSignal, units="%", precision=2, kind=Kind.config, value=0.0)
     status_byte = Cpt(InstrumentSignal, kind=Kind.config, value=0)
     pump_power = Cpt(InstrumentSignal, units="W", precision=2, kind=Kind.config, value=0.0)
@@ -547,7 +514,7 @@ class MaiTaiLaser(Device):
     def close_shutter(self, timeout: float | None = None) -> None:
         self.shutter.set(0).wait(timeout=timeout)
 
-    # --- setting handlers (called by _Setting.set on the RunEngine loop: no I/O here) ----------
+    # --- setting handlers (called by SettingSignal.set on the RunEngine loop: no I/O here) --
 
     def _set_shutter(self, value: Any) -> StatusBase:
         state = _shutter_state(value, self.name)

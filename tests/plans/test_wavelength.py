@@ -15,6 +15,7 @@ from bluesky.utils import FailedPause, FailedStatus, Msg, RunEngineInterrupted
 import daqbridge.sim
 from daqbridge.devices.maitai import MaiTaiLaser
 from daqbridge.errors import PlanArgumentError
+from daqbridge.legacy import Command
 from daqbridge.plans import wavelength_scan
 from daqbridge.runtime.resources import SerialPortPool
 from tests.plans.support import catalog_run, shutter_open, wait_for
@@ -29,6 +30,8 @@ def laser_set_commands(runtime: Any, since: int) -> list[str]:
 
 def test_legacy_laser_native_meter(runtime: Any, docs: Any) -> None:
     laser, meter = runtime["sim_laser"], runtime["sim_meter"]
+    # The simulated lab starts with the shutter open; close it to see the plan open it.
+    assert runtime.legacy.submit("sim_laser", Command.set("shutter", 0), timeout=10).ok
     assert not shutter_open(runtime)
     subscribers = set(runtime.legacy.distributor.stats())
     opened: list[bool] = []
