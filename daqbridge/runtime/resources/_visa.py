@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -134,8 +135,12 @@ class VisaSession:
         self.lease_timeout = lease_timeout
         self._io_timeout_ms: float = instrument.timeout
         self._identity: str | None = None
+        self._out_of_step = False
+        """A reply timed out: its late answer may still arrive and must not become the next
+        query's reply. The next query resynchronises first (see :meth:`_resync`)."""
         self._closed = False
         self.queries = 0
+        self.stale_discarded = 0
         self.writes = 0
         self.reads = 0
         self.errors = 0
@@ -292,8 +297,15 @@ class VisaSession:
                 inst.timeout = ms
                 self._io_timeout_ms = ms
             if op == "query":
+                if self._out_of_step:
+                    self._resync(inst, t)
                 self.queries += 1
-                return inst.query(cmd)
+                reply = inst.query(cmd)
+                if reply.strip() == cmd.strip():
+                    # An instrument (or a terminal server) left in echo mode sends the command
+                    # back before its reply: the echo is not the answer.
+                    reply = inst.read()
+                return reply
             if op == "write":
                 self.writes += 1
                 inst.write(cmd)
@@ -303,6 +315,8 @@ class VisaSession:
         except VisaIOError as exc:
             self.errors += 1
             if exc.error_code == vc.VI_ERROR_TMO:
+                if op != "write":
+                    self._out_of_step = True
                 raise InstrumentTimeout(
                     f"no reply to {cmd!r} within {t:.3f} s" if cmd else f"no data within {t:.3f} s",
                     resource=self.label,
@@ -315,6 +329,34 @@ class VisaSession:
             raise PortUnavailable(
                 self.label, f"connection failed during {op} {cmd!r}: {exc}"
             ) from None
+
+    def _resync(self, inst: Any, t: float) -> None:
+        """Get back in step after a timeout, before the next query.
+
+        Replies come back in order, so a reply that arrived late sits in front of the next one:
+        read as the next query's answer, it would be a plausible, silently wrong value. Ask
+        ``*IDN?`` and discard every line until its answer (known from the identity cache, or
+        shaped like one: four comma-separated fields); then the stream is in step again.
+        """
+        expected = self._identity
+        inst.write("*IDN?")
+        deadline = time.monotonic() + 2 * t
+        discarded = 0
+        while True:
+            line = inst.read().strip()
+            if (expected and line == expected) or (not expected and line.count(",") == 3):
+                break
+            discarded += 1
+            if time.monotonic() > deadline or discarded > 64:
+                raise InstrumentTimeout(
+                    f"could not resynchronise after a timeout: {discarded} unexpected lines, "
+                    f"last {line!r}",
+                    resource=self.label,
+                    fix="check the instrument (echo mode, a stuck output queue); *CLS or a "
+                    "device clear may help.",
+                )
+        self.stale_discarded += discarded
+        self._out_of_step = False
 
     def _visa_error(self, op: str, cmd: str | None, exc: BaseException) -> ResourceError:
         return ResourceError(
