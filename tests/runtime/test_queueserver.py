@@ -174,7 +174,8 @@ def test_a_queued_scan_runs_in_the_worker_and_lands_in_the_catalog(re_manager):
         assert result["exit_status"] == "completed", result
         (uid,) = result["run_uids"]
         assert polarization_item["result"]["exit_status"] == "completed", (
-            polarization_item["result"].get("msg"), polarization_item["result"].get("traceback")
+            polarization_item["result"].get("msg"),
+            polarization_item["result"].get("traceback"),
         )
         (pol_uid,) = polarization_item["result"]["run_uids"]
 

@@ -21,11 +21,6 @@ import pytest
 
 from tests.stress import faults, support
 
-SCPI_STALE = (
-    "the VISA path never discards stale input (daqbridge/runtime/resources/_visa.py, "
-    "daqbridge/devices/scpi.py): after a late reply or an echoed line every later query returns "
-    "the PREVIOUS query's reply, silently (voltage reads the source setting)"
-)
 ELLIPTEC_STALE_PO = (
     "intermittent: after a move that failed on a late or garbled reply, the next run's first "
     "move is judged by a stale PO ('ended its move at X deg instead of Y'); the simulator also "
@@ -34,11 +29,6 @@ ELLIPTEC_STALE_PO = (
 )
 
 KNOWN_ISSUES: dict[tuple[str, str], str] = {
-    ("sim_dmm", "unplug/replug"): "VisaSession never reopens a TCP connection the instrument "
-    "dropped (daqbridge/runtime/resources/_visa.py): every later query fails with "
-    "PortUnavailable 'Broken pipe' until the runtime is restarted",
-    ("sim_dmm", "reply delay"): SCPI_STALE,
-    ("sim_dmm", "echo"): SCPI_STALE,
     ("sim_rotators_a", "reply delay"): ELLIPTEC_STALE_PO,
     ("sim_rotators_a", "garble"): ELLIPTEC_STALE_PO,
 }

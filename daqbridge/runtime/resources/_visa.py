@@ -135,6 +135,8 @@ class VisaSession:
         self.lease_timeout = lease_timeout
         self._io_timeout_ms: float = instrument.timeout
         self._identity: str | None = None
+        self._lost = False
+        self.reopens = 0
         self._out_of_step = False
         """A reply timed out: its late answer may still arrive and must not become the next
         query's reply. The next query resynchronises first (see :meth:`_resync`)."""
@@ -285,12 +287,25 @@ class VisaSession:
         return cmd
 
     def _io(self, op: str, cmd: str | None, timeout: float | None) -> Any:
+        try:
+            return self._io_once(op, cmd, timeout)
+        except PortUnavailable:
+            if not self._lost or self._closed:
+                raise
+        # The connection was found dead on this call: open a new one and try once more (an
+        # instrument that restarted its network stack answers again; one that is gone fails
+        # the reopen with a clear PortUnavailable).
+        return self._io_once(op, cmd, timeout)
+
+    def _io_once(self, op: str, cmd: str | None, timeout: float | None) -> Any:
         if self._closed:
             raise ResourceError("VISA session is closed.", resource=self.label)
         if cmd is not None:
             self._check_cmd(cmd)
         t = self.timeout if timeout is None else check_timeout(timeout, "timeout", self.label)
         ms = max(1, int(math.ceil(t * 1000)))
+        if self._lost:
+            self._reopen(t)
         inst = self._inst
         try:
             if ms != self._io_timeout_ms:
@@ -323,12 +338,31 @@ class VisaSession:
                     fix="check that the command is a query (ends in '?') the instrument knows, "
                     "its terminators, and the timeout.",
                 ) from None
+            # Anything but a timeout may mean a dead connection; reopening is cheap and safe.
+            self._lost = True
             raise self._visa_error(op, cmd, exc) from None
         except (OSError, ConnectionError) as exc:
             self.errors += 1
+            # The instrument dropped the connection (power cycle, network): the next call opens
+            # a new one instead of failing on the dead socket forever.
+            self._lost = True
             raise PortUnavailable(
                 self.label, f"connection failed during {op} {cmd!r}: {exc}"
             ) from None
+
+    def _reopen(self, t: float) -> None:
+        """Open the resource again after a lost connection (one attempt per call)."""
+        with contextlib.suppress(Exception):
+            self._inst.close()
+        manager = self._manager
+        with manager._lock:
+            rm = manager._rm_locked(self.backend)
+            self._inst = manager._open_locked(rm, self.backend, self.resource, self._settings, t)
+        self._io_timeout_ms = self._inst.timeout
+        self._lost = False
+        self._out_of_step = False
+        self.reopens += 1
+        log.info("VISA resource %s reopened after a lost connection", self.label)
 
     def _resync(self, inst: Any, t: float) -> None:
         """Get back in step after a timeout, before the next query.
