@@ -181,6 +181,8 @@ def test_timeout_and_garble_fail_then_next_point_works(dmm):
         d.trigger().wait(5)
     assert "'dmm'" in str(err.value) and "MEAS:VOLT:DC?" in str(err.value)
     server.model.faults.stuck = False
+    d.trigger().wait(5)  # back in step: the session resynchronises after the timeout
+    assert d.session.stale_discarded >= 0 and not d.session._out_of_step
     server.model.faults.garble_next = 1
     with pytest.raises(ReplyError, match="not a number"):
         d.trigger().wait(5)
@@ -322,3 +324,22 @@ def test_trigger_is_one_lease_per_point(dmm):
     d.trigger().wait(5)
     assert d.session.stats()["transactions"] == leases_before + 1
     assert threading.active_count() < 200  # workers are per device, not per call
+
+
+def test_a_late_reply_never_becomes_the_next_reading(dmm):
+    """Replies come back in order: after a timeout the late answer sits in front of the next one.
+    Read as the next query's reply it would be a plausible, silently wrong value (the source
+    setting read as the measured voltage); the session resynchronises instead."""
+    server, d = dmm()
+    d.connect()
+    d.output.set(1).wait(5)
+    d.source.set(1.5).wait(5)
+    server.model.faults.reply_delay = 0.8  # longer than the device's 0.5 s timeout
+    with pytest.raises(InstrumentTimeout):
+        d.trigger().wait(5)
+    server.model.faults.reply_delay = 0.0
+    d.source.set(3.0).wait(5)
+    d.trigger().wait(5)
+    assert d.voltage.get() == pytest.approx(3.0, abs=1e-6)
+    assert d.source.get() == pytest.approx(3.0, abs=1e-6)
+    assert d.session.stale_discarded >= 1
