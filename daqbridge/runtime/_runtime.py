@@ -652,6 +652,28 @@ class Runtime:
 
     # --- shutdown ---------------------------------------------------------------------------
 
+    def _stop_run_engine_loop(self, timeout: float = 2.0) -> None:
+        """Stop the RunEngine's own event-loop thread and close its loop.
+
+        bluesky starts a ``bluesky-run-engine`` thread per RunEngine and never stops it: without
+        this, every runtime start/stop cycle (tests, the IPython %reset, a queue-server worker
+        reopening its environment) would leave one thread and three file descriptors behind.
+        """
+        RE = self.RE
+        loop = getattr(RE, "loop", None) if RE is not None else None
+        if loop is None or loop.is_closed() or RE.state != "idle":
+            return
+        thread = getattr(RE, "_th", None)
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(loop.stop)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning("the RunEngine's event loop did not stop within %.1f s", timeout)
+                return
+        with contextlib.suppress(RuntimeError):
+            loop.close()
+
     def close(self, reason: str = "close") -> ShutdownReport:
         """Ordered shutdown, each phase within its ``[shutdown]`` deadline; safe to call twice.
 
@@ -681,6 +703,7 @@ class Runtime:
             for phase in PHASES:
                 report.phases.append(run_phase(phase, actions[phase], deadlines[phase]))
             report.duration = time.monotonic() - t0
+            self._stop_run_engine_loop()
             self.shutdown_report = report
             self.closed = True
             self.closing = False

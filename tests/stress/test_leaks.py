@@ -29,18 +29,10 @@ FD_TOLERANCE = 2
 """Allowed growth over all measured cycles. No thread may stay behind (threads that end late are
 waited for, up to 3 s); a couple of fds may (pyvisa/sqlite caches)."""
 
-RUN_ENGINE_LOOP_LEAK = pytest.mark.xfail(
-    reason="Runtime.close() leaves the RunEngine's event loop running: one 'bluesky-run-engine' "
-    "thread and 3 fds (epoll + socketpair) per runtime (daqbridge/runtime/_runtime.py; "
-    "docs/robustness.md, Findings)",
-    strict=False,
-)
 
 FORMS = [
-    pytest.param(
-        support.Size("short", cycles=1), marks=[pytest.mark.ci_short, RUN_ENGINE_LOOP_LEAK]
-    ),
-    pytest.param("long", marks=[pytest.mark.stress, RUN_ENGINE_LOOP_LEAK]),
+    pytest.param(support.Size("short", cycles=1), marks=[pytest.mark.ci_short]),
+    pytest.param("long", marks=[pytest.mark.stress]),
 ]
 
 
