@@ -54,8 +54,20 @@ class InstrumentWorker:
             )
         return self._executor.submit(fn, *args, **kwargs)
 
-    def call(self, fn: Callable[..., T], *args: Any, timeout: float = 10.0, **kwargs: Any) -> T:
-        """Run ``fn`` on the worker and wait for it: for connect-time work, never inside a plan."""
+    def call(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        timeout: float = 10.0,
+        resource: str | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """Run ``fn`` on the worker and wait for it: for connect-time work, never inside a plan.
+
+        InstrumentTimeout is a TimeoutError, as is the future's own timeout: a reply timeout
+        raised inside ``fn`` reaches the caller as it is (naming the query), not as "the worker
+        took too long".
+        """
         future = self.submit(fn, *args, **kwargs)
         try:
             return future.result(timeout=timeout)
@@ -63,9 +75,11 @@ class InstrumentWorker:
             if future.done():
                 raise  # fn's own timeout (an InstrumentTimeout naming the query): keep it
             raise InstrumentTimeout(
-                f"no answer within {timeout:.1f} s while running {getattr(fn, '__name__', fn)}.",
+                f"{getattr(fn, '__name__', 'the request')} did not finish within {timeout:g} s.",
                 instrument=self.instrument,
-                fix="check that the instrument is powered and connected.",
+                resource=resource,
+                fix="check that the instrument is powered and connected; the request may still "
+                "be queued behind a long operation.",
             ) from exc
 
     def status(

@@ -432,13 +432,7 @@ class ElliptecMount(Device, PositionerBase):
 
     def connect(self, timeout: float = 10.0) -> None:
         """Check that an ELL14 answers at the address and read scale, velocity and position."""
-        _call(
-            self._worker,
-            self._connect_io,
-            timeout=timeout,
-            instrument=self.name,
-            resource=self.resource,
-        )
+        self._worker.call(self._connect_io, timeout=timeout, resource=self.resource)
 
     def close(self) -> None:
         """Stop the worker (the bus and port stay open for the other mounts)."""
@@ -1110,29 +1104,6 @@ class ElliptecBus:
 
 
 # --- small helpers ---------------------------------------------------------------------------
-
-
-def _call(
-    worker: InstrumentWorker, fn: Any, *args: Any, timeout: float, instrument: str, resource: str
-) -> Any:
-    """``worker.call`` that keeps the function's own timeout error.
-
-    InstrumentTimeout is a TimeoutError, as is the future's own timeout: a reply timeout inside
-    ``fn`` must reach the caller as it is (naming the query), not as "the worker took too long".
-    """
-    future = worker.submit(fn, *args)
-    try:
-        return future.result(timeout=timeout)
-    except TimeoutError:
-        if future.done():
-            raise  # fn's own error
-        raise InstrumentTimeout(
-            f"{getattr(fn, '__name__', 'the request')} did not finish within {timeout:g} s.",
-            instrument=instrument,
-            resource=resource,
-            fix="check that the instrument is powered and connected; the request may still be "
-            "queued behind a long operation.",
-        ) from None
 
 
 def _finish(status: StatusBase) -> None:

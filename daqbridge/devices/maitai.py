@@ -271,29 +271,6 @@ class MaiTaiWavelength(Device, PositionerBase):
             log.warning("%s: could not halt tuning after stop: %s", laser.name, exc)
 
 
-def _call(
-    worker: InstrumentWorker, fn: Any, *args: Any, timeout: float, instrument: str, resource: str
-) -> Any:
-    """``worker.call`` that keeps the function's own timeout error.
-
-    InstrumentTimeout is a TimeoutError, as is the future's own timeout: a reply timeout inside
-    ``fn`` must reach the caller as it is (naming the query), not as "the worker took too long".
-    """
-    future = worker.submit(fn, *args)
-    try:
-        return future.result(timeout=timeout)
-    except TimeoutError:
-        if future.done():
-            raise  # fn's own error
-        raise InstrumentTimeout(
-            f"{getattr(fn, '__name__', 'the request')} did not finish within {timeout:g} s.",
-            instrument=instrument,
-            resource=resource,
-            fix="check that the instrument is powered and connected; the request may still be "
-            "queued behind a long operation.",
-        ) from None
-
-
 def _delays(cap: float):
     yield from (min(d, cap) for d in _POLL_BACKOFF)
     while True:
@@ -457,13 +434,7 @@ class MaiTaiLaser(Device):
 
     def connect(self, timeout: float = 15.0) -> None:
         """Check the identity (``*IDN?`` must name a MaiTai) and read the laser's state."""
-        _call(
-            self._worker,
-            self._connect_io,
-            timeout=timeout,
-            instrument=self.name,
-            resource=self.port.url,
-        )
+        self._worker.call(self._connect_io, timeout=timeout, resource=self.port.url)
 
     @property
     def identity(self) -> str | None:
@@ -539,12 +510,10 @@ class MaiTaiLaser(Device):
 
     def _io(self, fn: Any, *args: Any) -> Any:
         """Run ``fn`` on the worker from another thread (the tuning loop) and wait for it."""
-        return _call(
-            self._worker,
+        return self._worker.call(
             fn,
             *args,
             timeout=self.reply_timeout + self.lease_timeout + self.write_delay + 1.0,
-            instrument=self.name,
             resource=self.port.url,
         )
 
