@@ -17,6 +17,7 @@ Why these pieces exist:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from typing import Any, TypeVar
 
 from ophyd import Kind, Signal
 from ophyd.status import DeviceStatus, MoveStatus, Status, StatusBase
-from ophyd.utils import StatusTimeoutError
+from ophyd.utils import InvalidState, StatusTimeoutError
 
 from daqbridge.errors import DaqbridgeError, InstrumentError, InstrumentTimeout, ValueRejected
 
@@ -106,7 +107,7 @@ class InstrumentWorker:
                 fn()
             except BaseException as exc:  # noqa: BLE001 - every failure must reach the status
                 if not status.done:
-                    status.set_exception(_as_instrument_error(exc, self.instrument))
+                    status.set_exception(as_instrument_error(exc, self.instrument))
             else:
                 if not status.done:
                     status.set_finished()
@@ -119,14 +120,31 @@ class InstrumentWorker:
         self._executor.shutdown(wait=wait, cancel_futures=True)
 
 
-def _as_instrument_error(exc: BaseException, instrument: str) -> BaseException:
+def as_instrument_error(
+    exc: BaseException, instrument: str, resource: str | None = None
+) -> BaseException:
+    """A daqbridge error for ``exc``, naming instrument and port (daqbridge errors pass as is)."""
     if isinstance(exc, DaqbridgeError):
         return exc
     if isinstance(exc, Exception):
-        err = InstrumentError(f"{type(exc).__name__}: {exc}", instrument=instrument)
+        err = InstrumentError(
+            f"{type(exc).__name__}: {exc}", instrument=instrument, resource=resource
+        )
         err.__cause__ = exc
         return err
     return exc
+
+
+def finish_status(status: StatusBase) -> None:
+    """Mark a status done, unless something (a stop, a timeout) already settled it."""
+    with contextlib.suppress(InvalidState):
+        status.set_finished()
+
+
+def fail_status(status: StatusBase, exc: BaseException) -> None:
+    """Fail a status, unless something (a stop, a timeout) already settled it."""
+    with contextlib.suppress(InvalidState):
+        status.set_exception(exc)
 
 
 class InstrumentSignal(Signal):

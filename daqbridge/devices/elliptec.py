@@ -40,14 +40,17 @@ from typing import Any
 from ophyd import Component as Cpt
 from ophyd import Device, Kind
 from ophyd.positioner import PositionerBase
-from ophyd.status import InvalidState, MoveStatus, StatusBase
+from ophyd.status import MoveStatus, StatusBase
 
 from daqbridge.devices._base import (
     InstrumentSignal,
     InstrumentWorker,
     OwnMoveStatus,
     SettingSignal,
+    as_instrument_error,
     check_number,
+    fail_status,
+    finish_status,
 )
 from daqbridge.errors import (
     ConfigError,
@@ -491,9 +494,9 @@ class ElliptecMount(Device, PositionerBase):
             self._reset_sub(self._SUB_REQ_DONE)
             self._moving = False
             if success:
-                _finish(status)
+                finish_status(status)
             else:
-                _fail(
+                fail_status(
                     status,
                     InstrumentError(
                         f"move of mount at address {self.address} stopped (st sent) before it "
@@ -538,7 +541,7 @@ class ElliptecMount(Device, PositionerBase):
     def _begin(self, target: float, *, moved_cb: Any, timeout: float | None) -> MoveStatus:
         old = self._status
         if old is not None and not old.done:
-            _fail(
+            fail_status(
                 old,
                 InstrumentError(
                     f"move replaced by a new move to {target:g} deg before it finished.",
@@ -576,7 +579,7 @@ class ElliptecMount(Device, PositionerBase):
                 if gen == self._move_gen:
                     self._moving = False
                     self._reset_sub(self._SUB_REQ_DONE)
-                _fail(status, _as_error(exc, self))
+                fail_status(status, as_instrument_error(exc, self.name, self.resource))
                 return
             if gen == self._move_gen and not status.done:
                 self._moving = False
@@ -1104,30 +1107,6 @@ class ElliptecBus:
 
 
 # --- small helpers ---------------------------------------------------------------------------
-
-
-def _finish(status: StatusBase) -> None:
-    try:
-        status.set_finished()
-    except InvalidState:
-        pass
-
-
-def _fail(status: StatusBase, exc: BaseException) -> None:
-    try:
-        status.set_exception(exc)
-    except InvalidState:
-        pass
-
-
-def _as_error(exc: BaseException, mount: ElliptecMount) -> Exception:
-    if isinstance(exc, DaqbridgeError):
-        return exc
-    err = InstrumentError(
-        f"{type(exc).__name__}: {exc}", instrument=mount.name, resource=mount.resource
-    )
-    err.__cause__ = exc
-    return err
 
 
 def _check_soft_limits(limits: Any, name: str) -> tuple[float, float] | None:

@@ -44,9 +44,14 @@ import numpy as np
 from ophyd import Component as Cpt
 from ophyd import Device, Kind
 from ophyd.status import DeviceStatus, StatusBase
-from ophyd.utils.errors import InvalidState
 
-from daqbridge.devices._base import InstrumentSignal, check_number, check_wire_text
+from daqbridge.devices._base import (
+    InstrumentSignal,
+    check_number,
+    check_wire_text,
+    fail_status,
+    finish_status,
+)
 from daqbridge.errors import (
     ConfigError,
     DaqbridgeError,
@@ -142,20 +147,6 @@ class _Deadlines:
 
 
 _DEADLINES = _Deadlines()
-
-
-def _finish(status: StatusBase) -> None:
-    try:
-        status.set_finished()
-    except InvalidState:
-        pass  # already failed by its deadline
-
-
-def _fail(status: StatusBase, exc: BaseException) -> None:
-    try:
-        status.set_exception(exc)
-    except InvalidState:
-        pass
 
 
 def _error_of(result: CommandResult, instrument: str, what: str) -> DaqbridgeError:
@@ -671,7 +662,7 @@ class LegacyDevice(Device):
         status = DeviceStatus(self)
         if self.read_mode == "latest":
             self._apply_latest()
-            _finish(status)
+            finish_status(status)
             return status
         if self._unpolled:
             with self._lock:
@@ -1025,7 +1016,7 @@ class _Operation:
         self._lock = threading.Lock()
         self._deadline: int | None = None
         if self.done:
-            _finish(status)
+            finish_status(status)
 
     def arm(self, timeout: float) -> None:
         if self.done:
@@ -1079,7 +1070,7 @@ class _Operation:
         if finished:
             if self._deadline is not None:
                 _DEADLINES.cancel(self._deadline)
-            _finish(self.status)
+            finish_status(self.status)
 
     def fail(self, exc: BaseException) -> None:
         with self._lock:
@@ -1089,7 +1080,7 @@ class _Operation:
         if self._deadline is not None:
             _DEADLINES.cancel(self._deadline)
         self.device._drop_waiters(self)
-        _fail(self.status, exc)
+        fail_status(self.status, exc)
 
 
 @dataclass

@@ -34,18 +34,20 @@ from typing import Any
 from ophyd import Component as Cpt
 from ophyd import Device, Kind
 from ophyd.positioner import PositionerBase
-from ophyd.status import InvalidState, MoveStatus, StatusBase
+from ophyd.status import MoveStatus, StatusBase
 
 from daqbridge.devices._base import (
     InstrumentSignal,
     InstrumentWorker,
     OwnMoveStatus,
     SettingSignal,
+    as_instrument_error,
     check_number,
+    fail_status,
+    finish_status,
 )
 from daqbridge.errors import (
     ConfigError,
-    DaqbridgeError,
     IdentityMismatch,
     InstrumentError,
     InstrumentFault,
@@ -155,7 +157,7 @@ class MaiTaiWavelength(Device, PositionerBase):
         target = float(position)
         old = self._status
         if old is not None and not old.done:
-            _fail(
+            fail_status(
                 old,
                 InstrumentError(
                     f"tuning replaced by a new move to {target:g} nm before it settled.",
@@ -193,9 +195,9 @@ class MaiTaiWavelength(Device, PositionerBase):
             self._moving = False
             self._reset_sub(self._SUB_REQ_DONE)
             if success:
-                _finish(status)
+                finish_status(status)
             else:
-                _fail(
+                fail_status(
                     status,
                     InstrumentError(
                         "wavelength tuning was stopped before it settled.",
@@ -253,7 +255,7 @@ class MaiTaiWavelength(Device, PositionerBase):
             if gen == self._move_gen:
                 self._moving = False
                 self._reset_sub(self._SUB_REQ_DONE)
-            _fail(status, _as_error(exc, laser))
+            fail_status(status, as_instrument_error(exc, laser.name, laser.port.url))
             return
         if gen == self._move_gen and not status.done:
             self._moving = False
@@ -275,30 +277,6 @@ def _delays(cap: float):
     yield from (min(d, cap) for d in _POLL_BACKOFF)
     while True:
         yield cap
-
-
-def _finish(status: StatusBase) -> None:
-    try:
-        status.set_finished()
-    except InvalidState:
-        pass
-
-
-def _fail(status: StatusBase, exc: BaseException) -> None:
-    try:
-        status.set_exception(exc)
-    except InvalidState:
-        pass
-
-
-def _as_error(exc: BaseException, laser: MaiTaiLaser) -> Exception:
-    if isinstance(exc, DaqbridgeError):
-        return exc
-    err = InstrumentError(
-        f"{type(exc).__name__}: {exc}", instrument=laser.name, resource=laser.port.url
-    )
-    err.__cause__ = exc
-    return err
 
 
 class MaiTaiLaser(Device):
