@@ -26,7 +26,7 @@ from daqbridge.legacy._command import Command, CommandResult
 from daqbridge.legacy._config import InstrumentConfig, register_driver
 from daqbridge.legacy._instrument import LegacyInstrument
 from daqbridge.legacy._measurement import ChannelInfo, Measurement, ParameterInfo
-from daqbridge.legacy._serial_line import TERMINATORS, SerialLine
+from daqbridge.legacy._serial_line import TERMINATORS, SerialLine, connected_line
 
 WAVELENGTH_LIMITS = (690.0, 1040.0)
 STB_EMISSION = 1
@@ -379,14 +379,7 @@ class MaiTai(LegacyInstrument):
         )
 
     def _link(self) -> SerialLine:
-        if self._line is None:
-            raise ReplyError(
-                "not connected",
-                instrument=self.instrument_id,
-                resource=self.port_name,
-                fix="the runtime connects instruments on start(); wait for state 'running'.",
-            )
-        return self._line
+        return connected_line(self._line, self.instrument_id, self.port_name)
 
 
 def _factory(entry: InstrumentConfig, ports: Any) -> MaiTai:

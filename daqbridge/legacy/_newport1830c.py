@@ -19,7 +19,7 @@ from daqbridge.legacy._command import Command, CommandResult
 from daqbridge.legacy._config import InstrumentConfig, register_driver
 from daqbridge.legacy._instrument import LegacyInstrument
 from daqbridge.legacy._measurement import ChannelInfo, Measurement, ParameterInfo
-from daqbridge.legacy._serial_line import SerialLine
+from daqbridge.legacy._serial_line import SerialLine, connected_line
 
 UNITS = {"W": 1, "dBm": 2, "dB": 3, "REL": 4}
 FILTERS = {"slow": 1, "medium": 2, "fast": 3}
@@ -306,14 +306,7 @@ class Newport1830C(LegacyInstrument):
         )
 
     def _link(self) -> SerialLine:
-        if self._line is None:
-            raise ReplyError(
-                "not connected",
-                instrument=self.instrument_id,
-                resource=self.port_name,
-                fix="the runtime connects instruments on start(); wait for state 'running'.",
-            )
-        return self._line
+        return connected_line(self._line, self.instrument_id, self.port_name)
 
 
 def _factory(entry: InstrumentConfig, ports: Any) -> Newport1830C:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from daqbridge.errors import InstrumentTimeout, ValueRejected
+from daqbridge.errors import InstrumentTimeout, ReplyError, ValueRejected
 
 if TYPE_CHECKING:
     from daqbridge.runtime.resources import SerialLease, SharedSerialPort
@@ -138,3 +138,15 @@ class SerialLine:
     def _after_silent_write(self) -> None:
         if self.command_gap > 0:
             self._ready_at = time.monotonic() + self.command_gap
+
+
+def connected_line(line: SerialLine | None, instrument_id: str, port_name: str) -> SerialLine:
+    """The driver's line, or a clear error when it is used before ``connect()``."""
+    if line is None:
+        raise ReplyError(
+            "not connected",
+            instrument=instrument_id,
+            resource=port_name,
+            fix="the runtime connects instruments on start(); wait for state 'running'.",
+        )
+    return line
