@@ -325,6 +325,18 @@ class DeviceGroup(PVGroup):
             ts = getattr(spec.signal, "timestamp", None)
             await channel.write(value, verify_value=False, **({"timestamp": ts} if ts else {}))
 
+    async def refresh_reported(self, failure: str) -> int:
+        """Refresh the device for a put: 0 when done, -1 with the reason in :Status on failure."""
+        try:
+            await self.refresh()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - reported in :Status and the alarms
+            await self.report(exc, failure)
+            return -1
+        await self.report(None)
+        return 0
+
     async def report(self, exc: BaseException | None, what: str = "") -> None:
         if exc is None:
             if self.status_pv.value != "OK":
@@ -377,15 +389,7 @@ class DeviceGroup(PVGroup):
         """
         if not value:
             return 0
-        try:
-            await self.refresh()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # noqa: BLE001 - reported in :Status and the alarms
-            await self.report(exc, "trigger failed")
-            return -1
-        await self.report(None)
-        return 0
+        return await self.refresh_reported("trigger failed")
 
     @trigger_pv.startup
     async def trigger_pv(self, instance: Any, async_lib: Any) -> None:
@@ -523,15 +527,7 @@ class CameraGroup(DeviceGroup):
         """Like :Trigger: completes when the frame is on disk; -1 and :Status when it failed."""
         if not value:
             return 0
-        try:
-            await self.refresh()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # noqa: BLE001 - reported in :Status and the alarms
-            await self.report(exc, "acquisition failed")
-            return -1
-        await self.report(None)
-        return 0
+        return await self.refresh_reported("acquisition failed")
 
     @acquire_time.putter
     async def acquire_time(self, instance: Any, value: float) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -120,6 +121,10 @@ def test_controller_error_mid_raster_stops_both_axes(runtime: Any, docs: Any) ->
     docs.validate()
     assert docs.stop["exit_status"] == "fail"
     assert len(docs.events()) == 2
+    # stop() hands ST to the controller's worker: wait (bounded) for both to reach the wire
+    deadline = time.monotonic() + 5.0
+    while sim.stop_count < stops_before + 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert sim.stop_count >= stops_before + 2  # ST to both axes
     assert not sim.is_moving(1) and not sim.is_moving(2)
     assert catalog_run(runtime, docs.start["uid"]).metadata["stop"]["exit_status"] == "fail"
