@@ -21,6 +21,14 @@ Why it is built this way (wire facts from INSTRUMENTS.md, "Newport ESP300"):
   not be read as the next answer), and re-verifies the controller after the port was reopened
   (an unplugged USB adapter comes back as a fresh port; the controller may have been power
   cycled).
+* The stage on each axis is identified with ``nID?`` (``TS50DC.5, SN1263``: model, serial) at
+  connect and again at every re-verification: a different stage on the connector after a replug
+  is an :class:`IdentityMismatch`, never a silent change of what "x" means. A stage without ESP
+  data may answer anything (``Unknown``), and a controller without ``ID?`` stays silent and
+  queues error 6: both leave the stage unknown (empty model and serial), not the controller
+  refused.
+* ``nVU?`` (the axis maximum velocity) is read at connect, so a velocity above it is refused in
+  ``set()`` before the wire, instead of as a queued error x10 after it.
 """
 
 from __future__ import annotations
@@ -208,6 +216,8 @@ class _AxisSetting(InstrumentSignal):
                 value=value,
                 fix="give a positive value in the axis units per second (squared).",
             )
+        if self.command == "VA":
+            axis._check_velocity(v)
         return axis._controller._submit_status(
             lambda: axis._controller._write_setting(axis, self, v), obj=self
         )
@@ -232,6 +242,9 @@ class ESP300Axis(Device, PositionerBase):
     acceleration = Cpt(
         _AxisSetting, command="AC", what="acceleration", value=math.nan, kind=Kind.config
     )
+    max_velocity = Cpt(InstrumentSignal, value=math.nan, kind=Kind.config)
+    stage_model = Cpt(InstrumentSignal, value="", kind=Kind.config)
+    stage_serial = Cpt(InstrumentSignal, value="", kind=Kind.config)
 
     def __init__(
         self,
@@ -264,6 +277,8 @@ class ESP300Axis(Device, PositionerBase):
         """Motor state read at connect (``nMO?``); None before connect."""
         self.move_timeout = move_timeout
         """Seconds a move may take before it is stopped and failed; None: estimated per move."""
+        self.stage_identity: tuple[str, str] | None = None
+        """(model, serial) the stage answered to ``nID?`` at connect; None before connect."""
         self.readback.name = name
         self.setpoint.name = f"{name}_setpoint"
         egu = units or ""
@@ -273,6 +288,9 @@ class ESP300Axis(Device, PositionerBase):
             (self.setpoint, "PA", egu),
             (self.velocity, "VA", f"{egu}/s" if egu else ""),
             (self.acceleration, "AC", f"{egu}/s^2" if egu else ""),
+            (self.max_velocity, "VU?", f"{egu}/s" if egu else ""),
+            (self.stage_model, "ID?", ""),
+            (self.stage_serial, "ID?", ""),
         ):
             sig._units = u or None
             sig._source = f"{where} {number}{cmd}"
@@ -357,6 +375,21 @@ class ESP300Axis(Device, PositionerBase):
     def stop(self, *, success: bool = False) -> None:
         """Send ``nST`` (via the worker); a running move's status fails unless ``success``."""
         self._controller._request_stop(self.number, success)
+
+    def _check_velocity(self, velocity: float, *, where: str = "") -> None:
+        """Refuse a velocity above the axis maximum the controller reported (``nVU?``)."""
+        high = self.max_velocity.get()
+        if math.isfinite(high) and velocity > high:
+            raise ValueRejected(
+                f"velocity {velocity:g}{where} is above the maximum of axis {self.number} "
+                f"({self.name}), {high:g} (the controller's {self.number}VU).",
+                instrument=self.name,
+                resource=self._controller.port.url,
+                value=velocity,
+                limit=(0.0, high),
+                fix=f"give a velocity up to {high:g}, or raise {self.number}VU on the "
+                "controller if the stage allows it.",
+            )
 
 
 class ESP300Controller(Device):
@@ -542,6 +575,7 @@ class ESP300Controller(Device):
 
     def _connect_axis(self, axis: ESP300Axis) -> None:
         with self._transaction() as lease:
+            self._check_stage(lease, axis)
             self._connect_axis_in(lease, axis)
             self._raise_queued(lease, axis, "while configuring the axis")
 
@@ -561,6 +595,7 @@ class ESP300Controller(Device):
             )
         for axis in self._axes.values():
             self._check_motor(lease, axis)
+            self._check_stage(lease, axis)
         self._generation = self.port.generation
 
     def _identity(self, lease: SerialLease) -> str:
@@ -618,11 +653,68 @@ class ESP300Controller(Device):
         axis.motor_enabled = on
         return on
 
+    def _read_stage(self, lease: SerialLease, axis: ESP300Axis) -> tuple[str, str]:
+        """``nID?`` as (model, serial); ("", "") when the controller does not answer it."""
+        n = axis.number
+        try:
+            reply = self._query(lease, f"{n}ID?")
+        except InstrumentTimeout:
+            lease.drain()
+            codes = [c for c in self._pop_errors(lease) if c != 6]  # 6: no ID? on this one
+            if codes:
+                raise self._fault(
+                    axis, codes, f"after asking the stage identity ({n}ID?)"
+                ) from None
+            log.warning(
+                "ESP300 %s on %s: axis %d (%s) did not answer %dID?; its stage is unknown.",
+                self.name,
+                self.port.url,
+                n,
+                axis.name,
+                n,
+            )
+            return "", ""
+        model, _, serial = reply.partition(",")
+        return model.strip(), serial.strip()
+
+    def _check_stage(self, lease: SerialLease, axis: ESP300Axis) -> None:
+        """Read the stage identity; after a reopen, refuse a stage that is not the one before."""
+        stage = self._read_stage(lease, axis)
+        known = axis.stage_identity
+        if known is not None and any(known) and any(stage) and stage != known:
+            # One garbled reply must not pass for a swapped stage: ask again, and believe the
+            # change only if the second answer does not give the known stage back.
+            again = self._read_stage(lease, axis)
+            if again != known:
+                raise IdentityMismatch(
+                    f"axis {axis.number} ({axis.name}): the stage is now {' '.join(again)!r}, "
+                    f"not the {' '.join(known)!r} that was there at connect.",
+                    instrument=self.name,
+                    resource=self.port.url,
+                    fix="another stage was plugged into this connector: check the cables; to use "
+                    "the new stage, reconnect (restart the runtime) so its limits and settings "
+                    "are checked again.",
+                )
+            log.info(
+                "ESP300 %s: a garbled %dID? reply (%r) was read again: still %r",
+                self.name,
+                axis.number,
+                " ".join(stage),
+                " ".join(known),
+            )
+            stage = known
+        axis.stage_identity = stage
+        axis.stage_model.update(stage[0])
+        axis.stage_serial.update(stage[1])
+
     def _connect_axis_in(self, lease: SerialLease, axis: ESP300Axis) -> None:
         n = axis.number
         self._check_motor(lease, axis)
         if axis.units is not None:
             lease.write(f"{n}SN{ESP300_UNITS[axis.units]}\r\n".encode())
+        axis.max_velocity.update(self._query_number(lease, f"{n}VU?"))
+        if axis.initial["velocity"] is not None:
+            axis._check_velocity(axis.initial["velocity"], where=" (from the profile)")
         for key, cmd in (("velocity", "VA"), ("acceleration", "AC"), ("deceleration", "AG")):
             value = axis.initial[key]
             if value is not None:

@@ -6,10 +6,12 @@ import contextlib
 import logging
 import threading
 import time
+from pathlib import Path
 
 import bluesky.plan_stubs as bps
 import bluesky.plans as bp
 import pytest
+import yaml
 from bluesky.protocols import Configurable, Movable, Readable, Stoppable
 from bluesky.utils import RunEngineInterrupted
 
@@ -28,6 +30,16 @@ from daqbridge.errors import (
 from daqbridge.sim import serve_pty
 
 FAST = 50.0  # simulator speed: a 10 mm move at 5 mm/s takes 2 s device time, 40 ms real
+TRANSCRIPTS = Path(__file__).parents[1] / "transcripts" / "esp300.yaml"
+
+
+def transcript_replies(section: str) -> dict[str, bytes | None]:
+    """A section of tests/transcripts/esp300.yaml (shared with the simulator tests) as the
+    replies of a TranscriptPeer: command line without terminator -> reply bytes."""
+    data = yaml.safe_load(TRANSCRIPTS.read_text())
+    return {
+        sent.strip(): None if reply is None else reply.encode() for sent, reply in data[section]
+    }
 
 
 @pytest.fixture
@@ -84,7 +96,13 @@ def test_connect_checks_identity_and_applies_settings(serial_pool):
             assert desc["x"]["units"] == "um" and desc["x"]["dtype"] == "number"
             assert server.path in desc["x"]["source"]
             assert x.hints == {"fields": ["x"]}
-            assert set(x.read_configuration()) == {"x_velocity", "x_acceleration"}
+            assert set(x.read_configuration()) == {
+                "x_velocity",
+                "x_acceleration",
+                "x_max_velocity",
+                "x_stage_model",
+                "x_stage_serial",
+            }
             for proto in (Movable, Stoppable, Readable, Configurable):
                 assert isinstance(x, proto)
             # An axis made after connect is configured at once.
@@ -103,6 +121,8 @@ def test_reply_formats_with_sign_and_padding(serial_pool, transcript):
             "1VA?": b"+5\r\n",
             "1AC?": b"20.000000\r\n",
             "1TP?": b"+12.345\r\n",
+            "1ID?": b"TS50DC.5, SN1263\r\n",
+            "1VU?": b"2.0E+2\r\n",
         },
         terminator=b"\r\n",
     )
@@ -111,7 +131,7 @@ def test_reply_formats_with_sign_and_padding(serial_pool, transcript):
     try:
         x = controller.axis(1, name="x")
         controller.connect()
-        assert x.position == 12.345 and x.velocity.get() == 5.0
+        assert x.position == 12.345 and x.velocity.get() == 5.0 and x.max_velocity.get() == 200
         assert x.limits == (0, 0)  # no soft limits given
         peer.replies["1TP?"] = b"12.34500\r\n"
         peer.replies["1MD?"] = b"1\r\n"
@@ -349,9 +369,13 @@ def test_velocity_is_configuration(stage, RE):
         x.velocity.set(-1)
     with pytest.raises(ValueRejected):
         x.velocity.set("fast")
-    with pytest.raises(InstrumentFault, match="error") as err:
-        x.velocity.set(10_000).wait(5)  # above the controller's maximum: queued error
-    assert err.value.code is not None
+    with pytest.raises(ValueRejected, match="1VU"):
+        x.velocity.set(10_000)  # above the maximum read at connect: refused before the wire
+    with controller.port.lease("another program", 1.0) as lease:
+        lease.write(b"1VU6\r\n")  # lowered behind the driver's back
+    with pytest.raises(InstrumentFault, match="error 110") as err:
+        x.velocity.set(7).wait(5)  # so the controller refuses it: a queued error
+    assert err.value.code == 110
 
 
 @pytest.mark.parametrize(
@@ -401,3 +425,119 @@ def test_axis_is_an_esp300axis(stage):
     _, controller, x, y = stage()
     assert isinstance(x, ESP300Axis) and controller.axes == {1: x, 2: y}
     assert x.controller is controller
+
+
+# --- stage identity (ID?) and maximum velocity (VU?), pinned to tests/transcripts/esp300.yaml --
+
+
+def test_connect_asks_what_the_shared_transcript_answers(serial_pool, transcript):
+    replies = transcript_replies("driver_connect")
+    peer = transcript(replies, terminator=b"\r\n")
+    controller = ESP300Controller(
+        serial_pool.open(peer.path, baudrate=19200), name="esp", timeout=0.5
+    )
+    try:
+        x = controller.axis(1, name="x")
+        controller.connect()
+        assert list(dict.fromkeys(peer.received)) == list(replies)  # every pair, in order
+        conf = x.read_configuration()
+        assert conf["x_stage_model"]["value"] == "TS50DC.5"
+        assert conf["x_stage_serial"]["value"] == "SN1263"
+        assert conf["x_max_velocity"]["value"] == 200.0
+        desc = x.describe_configuration()
+        assert desc["x_stage_model"]["source"].endswith("1ID?")
+        assert desc["x_max_velocity"]["source"].endswith("1VU?")
+    finally:
+        controller.close()
+
+
+@pytest.mark.parametrize(
+    ("reply", "stage"),
+    [(b"Unknown\r\n", ("Unknown", "")), (b"\r\n", ("", "")), (None, ("", ""))],
+    ids=["no-esp-data", "empty", "silent"],
+)
+def test_a_stage_that_cannot_say_what_it_is_is_still_accepted(
+    serial_pool, transcript, caplog, reply, stage
+):
+    replies = transcript_replies("driver_connect") | {"1ID?": reply}
+    peer = transcript(replies, terminator=b"\r\n")
+    # The silent case waits one full timeout for 1ID?: the cost of a controller without it.
+    controller = ESP300Controller(
+        serial_pool.open(peer.path, baudrate=19200), name="esp", timeout=1.0
+    )
+    try:
+        x = controller.axis(1, name="x")
+        with caplog.at_level(logging.WARNING, logger="daqbridge.devices.esp300"):
+            assert "ESP300" in controller.connect()
+        assert x.stage_identity == stage
+        assert x.read_configuration()["x_stage_model"]["value"] == stage[0]
+        assert ("did not answer 1ID?" in caplog.text) == (reply is None)
+    finally:
+        controller.close()
+
+
+def test_another_stage_after_a_replug_is_an_identity_mismatch(stage):
+    server, controller, x, _ = stage(timeout=1.0)
+    controller.connect()
+    assert x.stage_identity == ("TS50DC.5", "SN1263")
+    x.set(1.0).wait(5)
+    server.unplug()
+    with pytest.raises((PortUnavailable, InstrumentTimeout)):
+        x.set(2.0).wait(5)
+    server.simulator.axes[1].stage_serial = "SN4711"  # someone swapped the stages meanwhile
+    server.replug()
+    with pytest.raises(IdentityMismatch, match="SN4711") as err:
+        x.set(3.0).wait(5)
+    assert "SN1263" in str(err.value) and server.path in str(err.value)
+    assert "1PA3" not in server.simulator.received_lines
+
+
+def test_a_garbled_stage_identity_after_a_replug_is_read_again(stage, monkeypatch):
+    server, controller, x, _ = stage(timeout=1.0)
+    controller.connect()
+    x.set(1.0).wait(5)
+    sim = server.simulator
+    answer_id = sim._cmd_ID
+    garbled: list[int] = []
+
+    def line_noise_on_the_first_id_after_the_replug(ax, arg):
+        if sim.unplug_count and not garbled:
+            garbled.append(ax.number)
+            sim.faults.garble_next = 1  # the simulator's own fault, at the reply that matters
+        answer_id(ax, arg)
+
+    monkeypatch.setattr(sim, "_cmd_ID", line_noise_on_the_first_id_after_the_replug)
+    server.unplug()
+    with pytest.raises((PortUnavailable, InstrumentTimeout)):
+        x.set(2.0).wait(5)
+    server.replug()
+    x.set(3.0).wait(5)  # not an IdentityMismatch: the second 1ID? gives the known stage
+    assert garbled == [1] and sim.faults.garble_next == 0
+    assert x.stage_identity == ("TS50DC.5", "SN1263")
+    assert sim.received_lines.count("1ID?") == 3  # at connect, the garbled one, the check
+
+
+def test_velocity_above_the_axis_maximum_is_refused_before_the_wire(stage):
+    server, controller, x, _ = stage(max_velocity=20)
+    controller.connect()
+    assert x.max_velocity.get() == 20.0
+    with pytest.raises(ValueRejected, match="1VU") as err:
+        x.velocity.set(25)
+    assert err.value.limit == (0.0, 20.0) and err.value.instrument == "x"
+    x.velocity.set(20).wait(5)
+    assert server.simulator.axes[1].velocity == 20.0
+    assert not any(line.startswith("1VA25") for line in server.simulator.received_lines)
+
+
+def test_profile_velocity_above_the_axis_maximum_fails_connect_clearly(serial_pool):
+    with serve_pty("esp300", speed=FAST) as server:
+        port = serial_pool.open(server.path, baudrate=19200)
+        controller = ESP300Controller(port, name="esp", timeout=0.5)
+        try:
+            controller.axis(1, name="x", velocity=300)
+            with pytest.raises(ValueRejected, match="from the profile") as err:
+                controller.connect()
+            assert "200" in str(err.value) and err.value.instrument == "x"
+            assert not any(line.startswith("1VA") for line in server.simulator.received_lines)
+        finally:
+            controller.close()

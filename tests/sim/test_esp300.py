@@ -4,14 +4,31 @@ from __future__ import annotations
 
 import math
 import re
+import select
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
+import serial
+import yaml
 
 import daqbridge.sim as dsim
 from daqbridge.sim.esp300 import ESP300Simulator
 
 IDN = b"ESP300 Version 3.04 07/27/01\r\n"
+TRANSCRIPTS = Path(__file__).parents[1] / "transcripts" / "esp300.yaml"
+
+
+def transcript_pairs(section: str) -> list[tuple[bytes, bytes | None]]:
+    """(sent, reply) pairs of one section of tests/transcripts/esp300.yaml (shared with the
+    driver tests)."""
+    data = yaml.safe_load(TRANSCRIPTS.read_text())
+    return [
+        (sent.encode(), None if reply is None else reply.encode()) for sent, reply in data[section]
+    ]
 
 
 def exchange(sim: ESP300Simulator, command: bytes) -> bytes:
@@ -237,10 +254,28 @@ def test_ws_reply_arrives_when_motion_ends_over_a_pty(open_tty, wire):
         (b"0TP?\r\n", 9),
         (b"PA1\r\n", 37),
         (b"1PA\r\n", 38),
-        (b"1MD\r\n", 38),
         (b"1PA1001\r\n", 106),
         (b"2PA-1001\r\n", 207),
         (b"TE\r\n", 6),
+        # the commands of issue 14, given what the manual calls a missing or bad parameter
+        (b"1zz?\r\n", 6),
+        (b"1ID\r\n", 38),
+        (b"1IDmystage\r\n", 7),
+        (b"1MDx\r\n", 7),
+        (b"1DP1\r\n", 7),
+        (b"1MT\r\n", 38),
+        (b"1MT1.0\r\n", 7),
+        (b"1MV\r\n", 38),
+        (b"1MVx\r\n", 7),
+        (b"1VU0\r\n", 7),
+        (b"1VU500\r\n", 110),
+        (b"1BA-1\r\n", 7),
+        (b"1BA2\r\n", 7),
+        (b"1SU0\r\n", 7),
+        (b"1WP\r\n", 38),
+        (b"1MF1\r\n", 7),
+        (b"AB1\r\n", 7),
+        (b"RS1\r\n", 7),
     ],
 )
 def test_bad_commands_queue_errors_and_never_reply(command, code):
@@ -391,3 +426,157 @@ def test_over_a_pty_with_pyserial(open_tty, wire):
             ],
         )
         assert server.errors == [] and server.simulator.protocol_errors == []
+
+
+# --- the rest of the command set (issue 14), pinned to tests/transcripts/esp300.yaml ----------
+
+
+def test_transcript_of_the_driver_connect_pairs(open_url, wire):
+    port = open_url("sim://esp300?speed=inf", baudrate=19200)
+    wire.transcript(port, transcript_pairs("driver_connect"))
+
+
+def test_transcript_of_the_commands_answered_at_rest(open_url, wire):
+    port = open_url("sim://esp300?speed=inf", baudrate=19200)
+    wire.transcript(port, transcript_pairs("at_rest"))
+    assert port.simulator.protocol_errors == []
+
+
+def test_transcript_of_the_commands_answered_in_motion(open_url, wire):
+    port = open_url("sim://esp300?speed=1", baudrate=19200)
+    wire.transcript(port, transcript_pairs("in_motion"))
+    sim = port.simulator
+    assert sim.aborts == 1 and not sim.motor_on(1) and not sim.motor_on(2)
+
+
+def test_abort_with_an_axis_prefix_aborts_every_axis(fake_clock):
+    sim = ESP300Simulator(clock=fake_clock)
+    exchange(sim, b"1PA10;2PA-10\r\n")
+    fake_clock.advance(1.0)
+    assert exchange(sim, b"1AB\r\n") == b""  # InstrumentKit's abort_motion sends 1AB
+    fake_clock.advance(5.0)
+    assert sim.axis_position(1) == pytest.approx(4.375)
+    assert sim.axis_position(2) == pytest.approx(-4.375)
+    assert exchange(sim, b"2PA0\r\n") == b""
+    assert drain_errors(sim) == [213]  # motors are off after an abort
+
+
+def test_dp_is_the_instantaneous_desired_position(fake_clock):
+    sim = ESP300Simulator(clock=fake_clock)
+    exchange(sim, b"1PA10\r\n")
+    fake_clock.advance(1.0)
+    assert exchange(sim, b"1DP?\r\n") == b"4.37500\r\n"
+    assert exchange(sim, b"1PA?\r\n") == b"10.00000\r\n"  # the destination is PA?'s
+
+
+def test_define_home_during_a_move_is_refused(fake_clock):
+    sim = ESP300Simulator(clock=fake_clock)
+    exchange(sim, b"1PA10\r\n")
+    fake_clock.advance(1.0)
+    assert exchange(sim, b"1DH0\r\n") == b""
+    assert drain_errors(sim) == [27]
+    fake_clock.advance(5.0)
+    assert exchange(sim, b"1TP?;1DH?\r\n") == b"10.00000\r\n0.00000\r\n"
+
+
+def test_vu_below_va_refuses_the_next_move():
+    sim = ESP300Simulator(speed=math.inf)
+    assert exchange(sim, b"1VU2;1VU?;1PA5\r\n") == b"2.00000\r\n"
+    assert drain_errors(sim) == [110]
+    assert exchange(sim, b"1VA3\r\n") == b""
+    assert drain_errors(sim) == [110]
+    exchange(sim, b"1VA2;1PA5\r\n")
+    assert drain_errors(sim) == [] and sim.axis_position(1) == 5.0
+
+
+def test_mv_stops_at_the_software_limit_with_its_error(fake_clock):
+    sim = ESP300Simulator(clock=fake_clock)
+    exchange(sim, b"1SR2;1MV+\r\n")
+    fake_clock.advance(0.5)
+    assert exchange(sim, b"1MV?\r\n") == b"0\r\n"
+    fake_clock.advance(10.0)
+    assert exchange(sim, b"1MV?;1TP?\r\n") == b"1\r\n2.00000\r\n"
+    assert drain_errors(sim) == [106]
+
+
+def test_mv_and_mt_stop_at_the_hardware_limit(fake_clock):
+    sim = ESP300Simulator(clock=fake_clock)
+    sim.axes[1].right_hardware_limit = 3.0
+    sim.axes[2].left_hardware_limit = -3.0
+    exchange(sim, b"1MV+;2SL-5;2MT-\r\n")
+    fake_clock.advance(0.5)
+    assert exchange(sim, b"1MV?;2MT?\r\n") == b"0\r\n0\r\n"
+    fake_clock.advance(10.0)
+    assert exchange(sim, b"1TP?;2TP?;2MT?\r\n") == b"3.00000\r\n-3.00000\r\n1\r\n"
+    assert drain_errors(sim) == [104]  # MV hit the switch; MT went there on purpose
+
+
+def test_wp_holds_later_commands_until_the_position_is_reached(fake_clock):
+    # VA 5, AC 20: 0.625 covered in the 0.25 s ramp, then 5 units/s: 5.0 is passed at 1.125 s.
+    sim = ESP300Simulator(clock=fake_clock)
+    assert exchange(sim, b"1PA10;1WP5;1TP?\r\n") == b""
+    fake_clock.advance(1.12)
+    assert sim.read_to_host() == b"" and sim.holding
+    fake_clock.advance(0.005 + 1e-9)
+    assert sim.read_to_host() == b"5.00000\r\n" and not sim.holding
+
+
+def test_wp_for_a_position_the_axis_never_reaches_holds_for_good(fake_clock):
+    sim = ESP300Simulator(clock=fake_clock)
+    assert exchange(sim, b"1PA2;1WP5;VE?\r\n") == b""
+    fake_clock.advance(3600.0)
+    assert sim.read_to_host() == b"" and sim.holding
+    assert sim.axis_position(1) == 2.0
+
+
+def test_reset_loses_commands_while_the_controller_restarts(fake_clock):
+    sim = ESP300Simulator(clock=fake_clock, reset_time=5.0)
+    exchange(sim, b"1VU50;1PA10;2MF\r\n")
+    fake_clock.advance(1.0)
+    sim.queue_error(7)
+    assert exchange(sim, b"RS;VE?\r\n") == b""
+    assert not sim.is_moving(1) and sim.resets == 1
+    fake_clock.advance(4.9)
+    assert exchange(sim, b"VE?\r\n") == b""  # still booting: lost, not queued
+    fake_clock.advance(0.2)
+    assert exchange(sim, b"VE?;1TP?;1VU?;2MO?;TE?\r\n") == (
+        IDN + b"0.00000\r\n200.00000\r\n1\r\n0\r\n"
+    )
+
+
+def test_stage_identity_options(open_url, wire):
+    port = open_url("sim://esp300?stage_models=Unknown&stage_serials=SN1,SN2,SN3")
+    wire.transcript(port, [(b"1ID?\r\n", b"Unknown, SN1\r\n"), (b"3ID?\r\n", b"Unknown, SN3\r\n")])
+    with pytest.raises(ValueError, match="one per axis"):
+        ESP300Simulator(stage_serials=("SN1", "SN2"))
+
+
+def _serve(*args: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daqbridge", "sim", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ready, _, _ = select.select([proc.stdout], [], [], 30)
+    if not ready:
+        proc.kill()
+        pytest.fail(f"no ready line; stderr: {proc.communicate(timeout=10)[1]}")
+    return proc, proc.stdout.readline()
+
+
+def test_cli_sim_serve_answers_the_new_commands_on_a_pty(tmp_path, wire):
+    link = tmp_path / "esp"
+    proc, line = _serve("esp300", "--speed", "inf", "--link", str(link))
+    try:
+        assert line == f"esp300 ready on {link}\n"
+        with serial.Serial(str(link), 19200, timeout=5) as port:
+            wire.transcript(port, transcript_pairs("at_rest"))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert proc.returncode == 0, err
