@@ -8,7 +8,14 @@ What the real laser does that shapes this driver (INSTRUMENTS.md, "MaiTai"):
   waits for a reply to a set command.
 * Tuning takes seconds and ``WAVELENGTH`` only sets a target: the move is complete when the
   read-back wavelength has reached the target and stays there, so the driver polls it (updating
-  the readback, so progress bars move) instead of trusting the command.
+  the readback, so progress bars move) instead of trusting the command. The laser answers
+  ``WAVELENGTH?`` with the last commanded value and ``READ:WAVELENGTH?`` (``READ:WAV?``) with
+  where it is: the readback is always the latter; the former only confirms, right after the
+  command, that the laser took it (a target it refused fails the move at once, with what
+  ``SYSTEM:ERR?`` says, instead of after ``tune_timeout``).
+* Units differ in tuning range (690-1040 nm, 710-990 nm, older 750-850 nm): the laser's own
+  ``WAVELENGTH:MIN?``/``MAX?`` are read at connect and the move limits are their intersection
+  with the profile's ``wavelength_limits``.
 * The shutter can silently ignore ``SHUTTER 1`` (front-panel/local mode, open interlock): every
   shutter change is verified with ``SHUTTER?`` and a refusal is a clear InstrumentFault.
 * ``ON`` is ignored until the warm-up reaches 100 %: emission is refused up front with the
@@ -29,6 +36,7 @@ import math
 import re
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from ophyd import Component as Cpt
@@ -57,7 +65,13 @@ from daqbridge.errors import (
 )
 from daqbridge.runtime.resources import SerialPortPool, SharedSerialPort, default_pool
 
-__all__ = ["MaiTaiLaser", "MaiTaiWavelength", "TUNING_RANGE_NM", "REPLY_TERMINATORS"]
+__all__ = [
+    "MaiTaiDiagnostics",
+    "MaiTaiLaser",
+    "MaiTaiWavelength",
+    "TUNING_RANGE_NM",
+    "REPLY_TERMINATORS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +87,14 @@ unit), then the interval grows to ``poll_interval``."""
 
 _QUANTITY = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-z%]*)$")
 _INTEGER = re.compile(r"^[+]?\d+$")
+_DIODE_READING = re.compile(r"^([+-]?\d+(?:\.\d*)?)\s*([AC])([12])$")
+"""``21.0A1`` / ``26.0C2``: the diode's number follows the unit (a Mai Tai BB)."""
+_SHG_STATUS = re.compile(r"^(-?\d+)S$")
+_ERROR_CODE = re.compile(r"^([+-]?\d+)e?$")
+"""``PLASER:ERRCODE?``: ``0``; some HP firmware is reported to append an ``e``."""
+_SYSTEM_ERROR = re.compile(r"^([+-]?\d+)\s*,?\s*(.*)$")
+_PUMP_MODES = ("POW", "PPOW", "PCUR")
+_ERROR_QUEUE_DEPTH = 16
 
 
 def _parse_quantity(text: str, unit: str, *, what: str, instrument: str, resource: str) -> float:
@@ -103,6 +125,28 @@ def _format_nm(nm: float) -> str:
     return str(int(round(nm))) if abs(nm - round(nm)) < 1e-9 else f"{nm:.1f}"
 
 
+@dataclass(frozen=True)
+class MaiTaiDiagnostics:
+    """The pump laser and modelocker state, as Spectra-Physics service asks for it."""
+
+    mode: str
+    """``POW`` (IR power regulated), ``PPOW`` (pump power) or ``PCUR`` (pump current)."""
+    pump_setpoint_w: float
+    pump_power_w: float
+    pump_current_pct: float
+    diode_current_a: tuple[float, float]
+    diode_temperature_c: tuple[float, float]
+    shg_status: int
+    """``0`` settled, ``1`` heating, ``2`` cooling (``3`` settling on some units); < 0 a fault."""
+    rf_phase_pct: float
+    modelocker_enabled: bool
+    pump_error_code: int
+    history: tuple[int, ...]
+    """The power supply's last status codes, most recent first."""
+    watchdog_s: float
+    """0: disabled; otherwise the laser turns its pump off after this long without a command."""
+
+
 class MaiTaiWavelength(Device, PositionerBase):
     """The laser's wavelength as a positioner (nm); part of :class:`MaiTaiLaser`.
 
@@ -130,7 +174,7 @@ class MaiTaiWavelength(Device, PositionerBase):
 
     @property
     def limits(self) -> tuple[float, float]:
-        return self.laser.wavelength_limits
+        return self.laser.tuning_limits
 
     @property
     def precision(self) -> int:
@@ -140,8 +184,27 @@ class MaiTaiWavelength(Device, PositionerBase):
         return {"setpoint": self.setpoint.get(), "readback": self.readback.get()}
 
     def check_value(self, value: Any, **kwargs: Any) -> None:
+        laser = self.laser
+        nm = check_number(value, instrument=laser.name, what="wavelength (nm)")
         low, high = self.limits
-        check_number(value, instrument=self.laser.name, what="wavelength (nm)", low=low, high=high)
+        if low <= nm <= high:
+            return
+        plo, phi = laser.wavelength_limits
+        own = laser.laser_wavelength_limits
+        reports = (
+            f"the laser reports {own[0]:g}-{own[1]:g} nm (WAVELENGTH:MIN?/MAX?) and "
+            if own is not None
+            else ""
+        )
+        raise ValueRejected(
+            f"wavelength {nm:g} nm is outside what {laser.name} may tune: {reports}the profile "
+            f"allows {plo:g}-{phi:g} nm.",
+            instrument=laser.name,
+            resource=laser.port.url,
+            value=value,
+            limit=(low, high),
+            fix=f"choose a wavelength between {low:g} and {high:g} nm.",
+        )
 
     def move(
         self,
@@ -222,6 +285,7 @@ class MaiTaiWavelength(Device, PositionerBase):
             if gen != self._move_gen or status.done or self._halt.is_set():
                 return  # stopped or replaced before it started: send nothing
             laser._io(laser._command, f"WAVELENGTH {_format_nm(target)}")
+            laser._io(laser._confirm_target, target)
             deadline = time.monotonic() + laser.tune_timeout
             readings: list[float] = []
             for delay in _delays(laser.poll_interval):
@@ -331,6 +395,8 @@ class MaiTaiLaser(Device):
             )
         self.port = port
         self.wavelength_limits = _check_limits(wavelength_limits, name)
+        """What the profile lets plans request (the lab's optics)."""
+        self._laser_limits: tuple[float, float] | None = None
         if not isinstance(reply_terminator, str) or reply_terminator.upper() not in (
             REPLY_TERMINATORS
         ):
@@ -369,8 +435,7 @@ class MaiTaiLaser(Device):
             getattr(self, attr)._source = f"{name} (MaiTai) on {port.url}: {command}"
         self.wavelength.readback._source = f"{name} (MaiTai) on {port.url}: READ:WAV?"
         self.wavelength.setpoint._source = f"{name} (MaiTai) on {port.url}: WAVELENGTH"
-        self.wavelength.setpoint._limits = self.wavelength_limits
-        self.wavelength.readback._limits = self.wavelength_limits
+        self._publish_limits()
 
     # --- construction helpers ----------------------------------------------------------------
 
@@ -421,6 +486,40 @@ class MaiTaiLaser(Device):
     @property
     def is_connected(self) -> bool:
         return self._connected
+
+    @property
+    def laser_wavelength_limits(self) -> tuple[float, float] | None:
+        """The unit's own tuning range (``WAVELENGTH:MIN?``/``MAX?``), read at connect."""
+        return self._laser_limits
+
+    @property
+    def tuning_limits(self) -> tuple[float, float]:
+        """What a move may request: the profile's limits inside the laser's own range."""
+        if self._laser_limits is None:
+            return self.wavelength_limits
+        return (
+            max(self.wavelength_limits[0], self._laser_limits[0]),
+            min(self.wavelength_limits[1], self._laser_limits[1]),
+        )
+
+    def diagnostics(self, timeout: float | None = None) -> MaiTaiDiagnostics:
+        """Read the pump laser and modelocker state (queries only: nothing is changed)."""
+        self._require_connected("read the diagnostics")
+        return self._worker.call(
+            self._diagnostics_io,
+            timeout=timeout or 20 * (self.reply_timeout + self.write_delay) + self.lease_timeout,
+            resource=self.port.url,
+        )
+
+    def read_errors(self, timeout: float | None = None) -> list[tuple[int, str]]:
+        """Empty the laser's ``SYSTEM:ERR?`` queue: (code, text) pairs, oldest first."""
+        self._require_connected("read the error queue")
+        return self._worker.call(
+            self._drain_errors,
+            timeout=timeout
+            or _ERROR_QUEUE_DEPTH * (self.reply_timeout + self.write_delay) + self.lease_timeout,
+            resource=self.port.url,
+        )
 
     def close(self) -> None:
         """Stop the worker threads (the port belongs to the pool and stays open)."""
@@ -499,13 +598,149 @@ class MaiTaiLaser(Device):
         self._connected = False
         with self.port.lease(self.name, self.lease_timeout) as lease:
             self._identify(lease)
+        self._read_laser_limits()
         self._read_config()
         self.shutter.update(self._read_shutter())
         self.power.update(self._read_power())
-        nm = self._read_wavelength()
-        self.wavelength.setpoint.update(nm)
+        # Connecting mid-tune: the setpoint is where the laser is going, the readback where it is.
+        self.wavelength.setpoint.update(self._quantity("WAVELENGTH?", "nm", "commanded wavelength"))
+        self._read_wavelength()
         self._config_stale = False
         self._connected = True
+
+    def _read_laser_limits(self) -> None:
+        low = self._quantity("WAVELENGTH:MIN?", "nm", "shortest wavelength")
+        high = self._quantity("WAVELENGTH:MAX?", "nm", "longest wavelength")
+        if not low < high:
+            raise ReplyError(
+                f"the laser's tuning range {low:g}-{high:g} nm (WAVELENGTH:MIN?/MAX?) is empty",
+                instrument=self.name,
+                resource=self.port.url,
+                fix="check the cable and baud rate; connect again.",
+            )
+        plo, phi = self.wavelength_limits
+        if high < plo or low > phi or max(low, plo) >= min(high, phi):
+            raise ConfigError(
+                f"the profile's wavelength_limits [{plo:g}, {phi:g}] nm lie outside this laser's "
+                f"own tuning range {low:g}-{high:g} nm (WAVELENGTH:MIN?/MAX?).",
+                key="wavelength_limits",
+                instrument=self.name,
+                fix=f"set wavelength_limits inside [{low:g}, {high:g}] in the profile, or check "
+                "that the port is the right laser's.",
+            )
+        self._laser_limits = (low, high)
+        self._publish_limits()
+
+    def _publish_limits(self) -> None:
+        # describe() reports these, and plans (wavelength scans) take their bounds from them.
+        self.wavelength.setpoint._limits = self.tuning_limits
+        self.wavelength.readback._limits = self.tuning_limits
+
+    def _confirm_target(self, target: float) -> None:
+        # The laser answers WAVELENGTH? with the last target it accepted: a refused or lost
+        # command shows here at once, where polling READ:WAV? would only time out.
+        commanded = self._quantity("WAVELENGTH?", "nm", "commanded wavelength")
+        if abs(commanded - target) <= 0.5 + 1e-9:  # it answers in whole nanometres
+            return
+        errors = self._drain_errors()
+        said = "; ".join(f"{code}, {text}" for code, text in errors) or "nothing"
+        raise InstrumentFault(
+            f"MaiTai did not take WAVELENGTH {_format_nm(target)}: WAVELENGTH? still answers "
+            f"{commanded:g} nm (SYSTEM:ERR? reports {said}).",
+            instrument=self.name,
+            resource=self.port.url,
+            code=errors[0][0] if errors else None,
+            fix="check that the laser is in remote control and warmed up, and that the target is "
+            "inside its tuning range; then move again.",
+        )
+
+    def _drain_errors(self) -> list[tuple[int, str]]:
+        errors: list[tuple[int, str]] = []
+        for _ in range(_ERROR_QUEUE_DEPTH):
+            reply = self._query("SYSTEM:ERR?")
+            m = _SYSTEM_ERROR.match(reply)
+            if m is None:
+                raise ReplyError(
+                    "the SYSTEM:ERR? reply is not an error code and text",
+                    reply=reply,
+                    instrument=self.name,
+                    resource=self.port.url,
+                    fix="check the cable and baud rate; the next query resends.",
+                )
+            code = int(m.group(1))
+            if code == 0:
+                break
+            errors.append((code, m.group(2).strip()))
+        return errors
+
+    def _diagnostics_io(self) -> MaiTaiDiagnostics:
+        mode = self._query("MODE?").upper()
+        if mode not in _PUMP_MODES:
+            raise self._bad_reply("MODE?", mode, "one of POW, PPOW, PCUR")
+        return MaiTaiDiagnostics(
+            mode=mode,
+            pump_setpoint_w=self._quantity("PLASER:POWER?", "W", "pump setpoint"),
+            pump_power_w=self._quantity("READ:PLASER:POWER?", "W", "pump power"),
+            pump_current_pct=self._quantity("READ:PLASER:PCURRENT?", "%", "pump current"),
+            diode_current_a=(
+                self._diode_reading(1, "CURRENT", "A"),
+                self._diode_reading(2, "CURRENT", "A"),
+            ),
+            diode_temperature_c=(
+                self._diode_reading(1, "TEMPERATURE", "C"),
+                self._diode_reading(2, "TEMPERATURE", "C"),
+            ),
+            shg_status=self._shg_status(),
+            rf_phase_pct=self._quantity("CONTROL:PHASE?", "%", "RF phase"),
+            modelocker_enabled=self._flag("CONTROL:MLENABLE?"),
+            pump_error_code=self._pump_error_code(),
+            history=self._history(),
+            watchdog_s=self._quantity("TIMER:WATCHDOG?", "", "watchdog"),
+        )
+
+    def _bad_reply(self, query: str, reply: str, expected: str) -> ReplyError:
+        return ReplyError(
+            f"the {query} reply is not {expected}",
+            reply=reply,
+            instrument=self.name,
+            resource=self.port.url,
+            fix="check the cable and baud rate; the next query resends.",
+        )
+
+    def _diode_reading(self, diode: int, what: str, unit: str) -> float:
+        query = f"READ:PLASER:DIODE{diode}:{what}?"
+        reply = self._query(query)
+        m = _DIODE_READING.match(reply)
+        if m is None or m.group(2) != unit or int(m.group(3)) != diode:
+            raise self._bad_reply(query, reply, f"a number ending in {unit}{diode}")
+        return float(m.group(1))
+
+    def _shg_status(self) -> int:
+        reply = self._query("READ:PLASER:SHGS?")
+        m = _SHG_STATUS.match(reply)
+        if m is None:
+            raise self._bad_reply("READ:PLASER:SHGS?", reply, "a status such as 0S")
+        return int(m.group(1))
+
+    def _flag(self, query: str) -> bool:
+        reply = self._query(query)
+        if reply not in ("0", "1"):
+            raise self._bad_reply(query, reply, "0 or 1")
+        return reply == "1"
+
+    def _pump_error_code(self) -> int:
+        reply = self._query("PLASER:ERRCODE?")
+        m = _ERROR_CODE.match(reply)
+        if m is None:
+            raise self._bad_reply("PLASER:ERRCODE?", reply, "an error code")
+        return int(m.group(1))
+
+    def _history(self) -> tuple[int, ...]:
+        reply = self._query("PLASER:HISTORY?")
+        codes = reply.split()
+        if not codes or not all(c.isdigit() and len(c) <= 3 for c in codes):
+            raise self._bad_reply("PLASER:HISTORY?", reply, "a list of status codes")
+        return tuple(int(c) for c in codes)
 
     def _identify(self, lease: Any) -> None:
         reply = self._exchange_in(lease, "*IDN?")

@@ -9,11 +9,13 @@ import os
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import bluesky.plan_stubs as bps
 import bluesky.plans as bp
 import event_model
 import pytest
+import yaml
 from bluesky import RunEngine
 from bluesky.protocols import (
     Configurable,
@@ -26,7 +28,7 @@ from bluesky.protocols import (
 )
 from bluesky.utils import FailedStatus
 
-from daqbridge.devices.maitai import MaiTaiLaser, _parse_quantity
+from daqbridge.devices.maitai import MaiTaiDiagnostics, MaiTaiLaser, _parse_quantity
 from daqbridge.errors import (
     ConfigError,
     IdentityMismatch,
@@ -41,6 +43,34 @@ from daqbridge.runtime.resources import SerialPortPool
 from daqbridge.sim import serve_pty, unregister
 
 FAST = {"write_delay": 0.0, "reply_timeout": 0.5, "poll_interval": 0.01}
+TRANSCRIPTS = Path(__file__).parents[1] / "transcripts" / "maitai.yaml"
+
+
+def pairs_of(section: str) -> list[tuple[str, str | None]]:
+    """(sent, reply) lines of one section of tests/transcripts/maitai.yaml, terminators removed:
+    the pairs the simulator tests check the simulator against."""
+    exchanges = yaml.safe_load(TRANSCRIPTS.read_text())[section]["exchanges"]
+    return [(sent.strip(), None if reply is None else reply.strip()) for sent, reply in exchanges]
+
+
+def replies(*sections: str) -> dict[str, bytes | None]:
+    """What a transcript peer answers: each line of the sections, as the laser replied to it."""
+    answers: dict[str, bytes | None] = {}
+    for section in sections:
+        for sent, reply in pairs_of(section):
+            answers[sent] = None if reply is None else reply.encode() + b"\n"
+    return answers
+
+
+CONNECT_QUERIES = [sent for sent, _ in pairs_of("connect")]
+
+
+class InOrder(dict):
+    """Replies for a peer whose answer to one line changes: a list is answered one per query."""
+
+    def get(self, key, default=None):
+        value = super().get(key, default)
+        return value.pop(0) if isinstance(value, list) else value
 
 
 def wait_until(predicate, timeout=5.0, interval=0.005):
@@ -216,15 +246,17 @@ def test_wavelength_outside_profile_limits_is_refused_before_sending(laser_on_pt
 
 
 def test_stop_halts_tuning_and_closes_shutter(laser_on_pty):
-    server, laser = laser_on_pty({"speed": 1})  # 50 nm/s: a 300 nm tune takes 6 s
+    # 5 nm/s: the 200 nm tune takes 40 s, far longer than a loaded machine can stall the test
+    # between seeing the tune under way and stopping it.
+    server, laser = laser_on_pty({"speed": 1, "tuning_rate_nm_s": 5})
     sim = server.simulator
     laser.open_shutter(timeout=5)
     status = laser.wavelength.set(1000)
-    assert wait_until(lambda: 805 < (laser.wavelength.position or 0) < 990, 5)
+    assert wait_until(lambda: 805 < (laser.wavelength.position or 0) < 990, 30)
     laser.stop()
     with pytest.raises(InstrumentError, match="stopped"):
         status.wait(5)
-    assert wait_until(lambda: not sim.is_tuning(), 5)
+    assert wait_until(lambda: not sim.is_tuning(), 30)
     assert sim.wavelength_nm() < 990
     assert wait_until(lambda: laser.shutter.get() == 0, 5)
     assert sim.status_byte() & 4 == 0  # the simulator's shutter-open bit
@@ -232,12 +264,12 @@ def test_stop_halts_tuning_and_closes_shutter(laser_on_pty):
 
 
 def test_abort_during_tune_stops_it(laser_on_pty, RE):
-    server, laser = laser_on_pty({"speed": 1})
+    server, laser = laser_on_pty({"speed": 1, "tuning_rate_nm_s": 5})  # a 40 s tune, as above
     sim = server.simulator
 
     def plan():
         yield from bps.abs_set(laser.wavelength, 1000, group="tune")
-        for _ in range(500):  # until the tune is visibly under way (bounded)
+        for _ in range(3000):  # until the tune is visibly under way (bounded)
             if (laser.wavelength.position or 0) > 805:
                 break
             yield from bps.sleep(0.01)
@@ -246,7 +278,7 @@ def test_abort_during_tune_stops_it(laser_on_pty, RE):
     with pytest.raises(RuntimeError, match="operator abort"):
         RE(plan())
     # The tune was halted where it was, not left running to 1000 nm.
-    assert wait_until(lambda: not sim.is_tuning() and sim.target_wavelength_nm() < 990, 5)
+    assert wait_until(lambda: not sim.is_tuning() and sim.target_wavelength_nm() < 990, 30)
 
 
 # --- shutter and emission -----------------------------------------------------------------------
@@ -407,3 +439,114 @@ def test_bad_configuration_is_refused(pool):
     with pytest.raises(InstrumentError, match="not connected"):
         laser.wavelength.set(800)
     laser.close()
+
+
+# --- the laser's own range, commanded vs actual wavelength, diagnostics (issue 14) ---------------
+# Pinned to tests/transcripts/maitai.yaml: the peer answers exactly what the simulator answers.
+
+
+def connect_to(transcript_peer, pool, **laser_options):
+    return MaiTaiLaser.from_url(
+        transcript_peer.path, pool=pool, flow_control="none", **{**FAST, **laser_options}
+    )
+
+
+def test_connect_transcript(transcript, pool):
+    peer = transcript(replies("connect"))
+    laser = connect_to(peer, pool)
+    try:
+        assert peer.received == CONNECT_QUERIES
+        assert laser.laser_wavelength_limits == (690.0, 1040.0)
+        assert laser.wavelength.setpoint.get() == 820.0
+        assert laser.wavelength.position == 820.0
+    finally:
+        laser.close()
+
+
+def test_connect_while_tuning_reports_the_actual_wavelength(transcript, pool):
+    peer = transcript(replies("connect_while_tuning"))  # WAVELENGTH? 900nm, READ:WAV? 820nm
+    laser = connect_to(peer, pool)
+    try:
+        assert laser.wavelength.position == 820.0  # measured: READ:WAVELENGTH?
+        assert laser.wavelength.setpoint.get() == 900.0  # commanded: WAVELENGTH?
+        assert laser.read()["maitai_wavelength"]["value"] == 820.0
+    finally:
+        laser.close()
+
+
+def test_target_outside_the_lasers_own_range_is_refused_naming_both_limits(transcript, pool):
+    peer = transcript(replies("narrow_unit"))  # WAVELENGTH:MIN? 710nm, MAX? 990nm
+    laser = connect_to(peer, pool)  # the profile allows 690-1040 nm
+    try:
+        sent = len(peer.received)
+        with pytest.raises(ValueRejected) as err:
+            laser.wavelength.set(1000)
+        text = str(err.value)
+        assert "maitai" in text and peer.path in text
+        assert "710-990 nm (WAVELENGTH:MIN?/MAX?)" in text and "profile allows 690-1040 nm" in text
+        assert len(peer.received) == sent  # refused before anything was sent
+        assert laser.wavelength.limits == (710.0, 990.0)
+        limits = laser.describe()["maitai_wavelength"]["limits"]["control"]
+        assert limits == {"low": 710.0, "high": 990.0}
+    finally:
+        laser.close()
+
+
+def test_profile_limits_outside_the_lasers_range_fail_at_connect(transcript, pool):
+    peer = transcript(replies("narrow_unit"))
+    with pytest.raises(ConfigError) as err:
+        connect_to(peer, pool, wavelength_limits=(1000, 1040))
+    assert "wavelength_limits [1000, 1040]" in str(err.value)
+    assert "710-990 nm" in str(err.value)
+
+
+@pytest.mark.parametrize(("section", "on"), [("diagnostics_off", False), ("diagnostics_on", True)])
+def test_diagnostics_transcript(transcript, pool, section, on):
+    peer = transcript(replies("connect", section))
+    laser = connect_to(peer, pool)
+    try:
+        diagnostics = laser.diagnostics()
+        asked = peer.received[len(CONNECT_QUERIES) :]
+        assert asked == [q for q, _ in pairs_of(section) if q != "SYSTEM:ERR?"]
+    finally:
+        laser.close()
+    assert diagnostics == MaiTaiDiagnostics(
+        mode="POW",
+        pump_setpoint_w=13.43,
+        pump_power_w=13.43 if on else 0.0,
+        pump_current_pct=75.0 if on else 0.0,
+        diode_current_a=(21.0, 22.0) if on else (0.0, 0.0),
+        diode_temperature_c=(26.0, 27.0),
+        shg_status=0,
+        rf_phase_pct=50.0,
+        modelocker_enabled=on,
+        pump_error_code=0,
+        history=((1,) if on else (0,)) + (0,) * 15,
+        watchdog_s=0.0,
+    )
+
+
+def test_read_errors_empties_the_queue_in_order(transcript, pool):
+    peer = transcript(replies("connect"))
+    in_order = [reply.encode() + b"\n" for sent, reply in pairs_of("errors") if "ERR?" in sent]
+    peer.replies = InOrder({**peer.replies, "SYSTEM:ERR?": in_order})
+    laser = connect_to(peer, pool)
+    try:
+        errors = laser.read_errors()
+    finally:
+        laser.close()
+    exe, cmd = (130, "EXE_ERR"), (129, "CMD_ERR")
+    assert errors == [exe, cmd, exe, cmd, exe]
+    assert peer.received[len(CONNECT_QUERIES) :] == ["SYSTEM:ERR?"] * 6
+
+
+def test_a_target_the_laser_refuses_fails_at_once_with_its_error(laser_on_pty):
+    server, laser = laser_on_pty()  # the laser said 690-1040 nm at connect ...
+    server.simulator.wavelength_max_nm = 950  # ... and now refuses above 950 nm (EXE_ERR)
+    status = laser.wavelength.set(1000)
+    with pytest.raises(InstrumentFault) as err:
+        status.wait(10)  # tune_timeout is 60 s: only the WAVELENGTH? check ends it this soon
+    text = str(err.value)
+    assert "did not take WAVELENGTH 1000" in text and "130, EXE_ERR" in text
+    assert server.path in text
+    assert err.value.code == 130

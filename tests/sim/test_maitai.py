@@ -7,10 +7,17 @@ costs no real time; two tests run on the real clock with a speed factor, one ove
 from __future__ import annotations
 
 import math
+import select
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 import serial
+import yaml
 
 from daqbridge.errors import ConfigError
 from daqbridge.sim import create_simulator, serve_pty
@@ -18,6 +25,20 @@ from daqbridge.sim._core import Faults
 from daqbridge.sim.maitai import IDN, MaiTaiSimulator
 
 IDN_LINE = IDN.encode() + b"\n"
+TRANSCRIPTS = Path(__file__).parents[1] / "transcripts" / "maitai.yaml"
+
+
+def transcript(section: str) -> tuple[dict, list[tuple[bytes, bytes | None]]]:
+    """(simulator options, (sent, reply) pairs) of one section of tests/transcripts/maitai.yaml,
+    the pairs the driver tests replay too."""
+    data = yaml.safe_load(TRANSCRIPTS.read_text())[section]
+    pairs = [(s.encode(), None if r is None else r.encode()) for s, r in data["exchanges"]]
+    return data["simulator"], pairs
+
+
+def sim_url(options: dict) -> str:
+    # reply_latency=0: replies are due at once, so the transcript needs no waiting of its own.
+    return "sim://maitai?" + urlencode({**options, "reply_latency": 0})
 
 
 class ManualClock:
@@ -179,13 +200,14 @@ def test_wavelength_slews_then_settles_and_power_dips_while_tuning():
     assert ask(sim, clock, b"READ:POWER?\n", wait=0) == b"3.000W\n"
     assert ask(sim, clock, b"WAV 900\n", wait=0) == b""
     clock.advance(1.0)  # half way at 50 nm/s
-    assert ask(sim, clock, b"WAV?\n", wait=0) == b"850nm\n"
+    assert ask(sim, clock, b"READ:WAV?\n", wait=0) == b"850nm\n"
+    assert ask(sim, clock, b"WAV?\n", wait=0) == b"900nm\n"  # the commanded value
     stb = int(ask(sim, clock, b"*STB?\n", wait=0))
     assert stb & 16 and not stb & 2  # tuning, so not modelocked
     tuning_power = sim.output_power_w()
     assert tuning_power == pytest.approx(0.2 * 3.0 * sim.gain(850))
     clock.advance(1.0)
-    assert ask(sim, clock, b"WAV?\n", wait=0) == b"900nm\n"
+    assert ask(sim, clock, b"READ:WAV?\n", wait=0) == b"900nm\n"
     assert not sim.is_tuning()
     settled_900 = sim.output_power_w()
     assert tuning_power < settled_900 < settled_800
@@ -370,7 +392,7 @@ def test_settling_on_the_real_clock_with_a_speed_factor():
     seen = []
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        sim.write_from_host(b"WAV?\n")
+        sim.write_from_host(b"READ:WAV?\n")
         reply = sim.wait_output(2.0)
         assert reply.endswith(b"nm\n")
         seen.append(int(reply[:-3]))
@@ -397,3 +419,162 @@ def test_over_a_pty_with_pyserial():
             assert int(link.readline()) & 16  # tuning
         assert port.simulator.output_power_w() > 0
         assert port.errors == []
+
+
+# --- the manual's whole command set (issue 14), pinned to tests/transcripts/maitai.yaml ---------
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        "connect",
+        "narrow_unit",
+        "connect_while_tuning",
+        "diagnostics_off",
+        "diagnostics_on",
+        "settings",
+        "errors",
+    ],
+)
+def test_transcript(section, open_url, wire):
+    options, pairs = transcript(section)
+    port = open_url(sim_url(options))
+    wire.transcript(port, pairs, terminator=b"\n")
+
+
+def test_commanded_and_actual_wavelength_while_tuning():
+    sim, clock = make(warmed_up=True, wavelength_nm=820, tuning_rate_nm_s=50, reply_latency=0)
+    ask(sim, clock, b"WAVELENGTH 920\n", wait=1.0)  # half way
+    assert ask(sim, clock, b"WAVELENGTH?\n", wait=0) == b"920nm\n"
+    assert ask(sim, clock, b"READ:WAVELENGTH?\n", wait=0) == b"870nm\n"
+
+
+def test_watchdog_turns_the_pump_off_when_the_host_goes_quiet():
+    sim, clock = ready(reply_latency=0)
+    assert ask(sim, clock, b"TIMER:WATCHDOG 3\n", wait=0) == b""
+    clock.advance(2.5)
+    assert int(ask(sim, clock, b"*STB?\n", wait=0)) & 1  # a query in time keeps it on
+    clock.advance(2.5)
+    assert int(ask(sim, clock, b"*STB?\n", wait=0)) & 1
+    clock.advance(3.5)  # silence longer than the watchdog
+    assert int(ask(sim, clock, b"*STB?\n", wait=0)) & 1 == 0
+    assert ask(sim, clock, b"READ:POWER?\n", wait=0) == b"0.00000W\n"
+    assert sim.watchdog_trips == 1
+    assert ask(sim, clock, b"PLASER:HISTORY?\n", wait=0).startswith(b"000 001 ")
+
+
+def test_watchdog_option_and_zero_disables_it():
+    sim, clock = make(warmed_up=True, emission_on=True, watchdog_s=3, reply_latency=0)
+    assert ask(sim, clock, b"TIMER:WATCHDOG?\n", wait=0) == b"3.00\n"
+    assert ask(sim, clock, b"TIMER:WATCHDOG 0\n", wait=0) == b""
+    clock.advance(3600)
+    assert int(ask(sim, clock, b"*STB?\n", wait=0)) & 1
+
+
+def test_unknown_commands_do_not_feed_the_watchdog():
+    sim, clock = make(warmed_up=True, emission_on=True, watchdog_s=3, reply_latency=0)
+    for _ in range(4):
+        clock.advance(1.0)
+        assert ask(sim, clock, b"NOT:A:COMMAND\n", wait=0) == b""
+    assert sim.status_byte() & 1 == 0
+
+
+def test_save_survives_a_power_cycle_and_unsaved_changes_do_not():
+    sim, clock = make(warmed_up=True, speed=math.inf, reply_latency=0)
+    for command in (b"MODE PPOW\n", b"PLASER:POWER 9.5\n", b"SAVE\n"):
+        assert ask(sim, clock, command) == b""
+    ask(sim, clock, b"WAVELENGTH 900\n")  # resets the pump to 13.43 W; not saved
+    sim.power_cycle()
+    assert ask(sim, clock, b"MODE?\n") == b"PPOW\n"
+    assert ask(sim, clock, b"PLASER:POWER?\n") == b"9.50W\n"
+    assert ask(sim, clock, b"WAVELENGTH?\n") == b"800nm\n"
+    assert ask(sim, clock, b"READ:WAV?\n") == b"800nm\n"
+
+
+def test_pump_power_sets_the_output_only_without_ir_power_regulation():
+    sim, clock = ready(speed=math.inf, reply_latency=0)
+    assert ask(sim, clock, b"READ:POWER?\n") == b"3.000W\n"
+    ask(sim, clock, b"PLASER:POWER 6.715\n")  # half the factory pump power
+    assert ask(sim, clock, b"READ:POWER?\n") == b"3.000W\n"  # MODE POW regulates the output
+    ask(sim, clock, b"MODE PPOW\n")
+    assert ask(sim, clock, b"READ:POWER?\n") == b"1.500W\n"
+    ask(sim, clock, b"MODE PCUR\n")
+    ask(sim, clock, b"PLASER:PCURRENT 30\n")
+    assert ask(sim, clock, b"READ:PLASER:POWER?\n") == b"5.37W\n"
+    assert ask(sim, clock, b"READ:PLASER:DIODE2:CURRENT?\n") == b"8.8A2\n"
+
+
+def test_modelocker_disabled_means_not_modelocked():
+    sim, clock = ready(reply_latency=0)
+    assert int(ask(sim, clock, b"*STB?\n")) & 2
+    ask(sim, clock, b"CONTROL:MLENABLE 0\n")
+    assert int(ask(sim, clock, b"*STB?\n")) & 2 == 0
+    ask(sim, clock, b"OFF\n")
+    ask(sim, clock, b"ON\n")  # the pump coming on enables the modelocker again
+    assert ask(sim, clock, b"CONTROL:MLENABLE?\n") == b"1\n"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"CONTROL:MLENABLE 2\n", b"TIMER:WATCHDOG soon\n", b"SYSTEM:ERR? 1\n", b"DIODE1?\n"],
+)
+def test_malformed_new_commands_are_silent_command_errors(line):
+    sim, clock = make(warmed_up=True, reply_latency=0)
+    assert ask(sim, clock, line) == b""
+    assert len(sim.protocol_errors) == 1
+    assert sim.errors() == [(129, "CMD_ERR")]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"CONTROL:PHASE 120\n",
+        b"PLASER:PCURRENT -1\n",
+        b"TIMER:WATCHDOG -3\n",
+        b"SYST:COMM:SER:BAUD 1234\n",
+    ],
+)
+def test_out_of_range_values_are_silent_execution_errors(line):
+    sim, clock = make(warmed_up=True, reply_latency=0)
+    assert ask(sim, clock, line) == b""
+    assert sim.errors() == [(130, "EXE_ERR")]
+    assert ask(sim, clock, b"SYSTEM:ERR?\n") == b"130, EXE_ERR\n"
+    assert sim.protocol_errors == []
+
+
+def test_error_queue_keeps_its_oldest_sixteen():
+    sim, clock = make(warmed_up=True, reply_latency=0)
+    ask(sim, clock, b"WAV 2000\n")
+    for _ in range(20):
+        ask(sim, clock, b"BOGUS\n")
+    assert sim.errors() == [(130, "EXE_ERR")] + [(129, "CMD_ERR")] * 15
+
+
+def test_bad_wavelength_range_options_are_config_errors():
+    with pytest.raises(ConfigError, match="wavelength_min_nm"):
+        MaiTaiSimulator(wavelength_min_nm=900, wavelength_max_nm=800)
+    with pytest.raises(ConfigError, match="wavelength_nm"):
+        MaiTaiSimulator(wavelength_min_nm=850, wavelength_max_nm=900)  # 800 nm start is outside
+
+
+def test_cli_serve_answers_the_new_commands_over_a_pty(wire):
+    options, pairs = transcript("narrow_unit")
+    argv = [sys.executable, "-m", "daqbridge", "sim", "serve", "maitai", "-o", "reply_latency=0"]
+    for key, value in options.items():
+        argv += ["-o", f"{key}={value}"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready_to_read, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready_to_read, "daqbridge sim serve printed no ready line"
+        kind, _, path = proc.stdout.readline().strip().partition(" ready on ")
+        assert kind == "maitai"
+        with serial.Serial(path, 9600, timeout=5) as port:
+            wire.transcript(port, pairs, terminator=b"\n")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert proc.returncode == 0, err
