@@ -19,6 +19,13 @@ Why it is built this way:
 * The frames of one point go into the file together, after the last one arrives: a failed or
   stopped point leaves nothing behind, so point ``i`` is always rows ``i*n .. i*n+n-1`` and the
   StreamDatum indices stay true.
+* A frame file that cannot be created or written (disk full, a read-only directory) is a
+  :class:`FrameFileError`, never a camera fault: the message names the file or directory, the OS
+  error and the free space, and the fix is about the disk, not the cable. ``connect()`` proves
+  the frames directory writable, so a read-only one stops the start-up, not the first run. A
+  failed write fails its point (the run stops there) and the file keeps the points before it;
+  ``close()`` raises for every file left incomplete this way, so the runtime's shutdown report
+  is not clean.
 * ``read()`` gives per-point statistics (sum, max) as ordinary readings; the image itself is only
   described (``external: "STREAM:"``) and reaches the catalog through the StreamResource and
   StreamDatum documents of ``collect_asset_docs``, like ophyd-async's HDF writer.
@@ -38,10 +45,21 @@ import numpy as np
 from event_model import ComposeStreamResourceBundle, compose_stream_resource
 from ophyd import Component as Cpt
 from ophyd import Device, Kind
-from ophyd.status import Status
+from ophyd.status import DeviceStatus, Status, StatusBase
 
-from daqbridge.devices._base import InstrumentSignal, InstrumentWorker, check_number
-from daqbridge.devices._hdf5 import FRAMES_DATASET, FrameWriter
+from daqbridge.devices._base import (
+    InstrumentSignal,
+    InstrumentWorker,
+    check_number,
+    fail_status,
+    finish_status,
+)
+from daqbridge.devices._hdf5 import (
+    FRAMES_DATASET,
+    FrameFileError,
+    FrameWriter,
+    check_frames_dir,
+)
 from daqbridge.devices.pvcam_backend import CameraBackend, ExposureMode, ImageStatus, Roi
 from daqbridge.errors import (
     DaqbridgeError,
@@ -114,6 +132,25 @@ class _Readback(InstrumentSignal):
             value=value,
             fix="set exposure, roi, binning, trigger_mode or frames_per_point instead.",
         )
+
+
+class _PointStatus(DeviceStatus):
+    """The status of one point, whose text carries the point's error.
+
+    bluesky closes a run whose trigger failed with ``reason=str(FailedStatus(status))``, i.e.
+    this text; ophyd's own says only "success=False", so the stop document hid the camera's first
+    failure (a full disk, with the file and the free space) behind a status repr.
+    """
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.done and not self.success:
+            error = self.exception(timeout=0)
+            if error is not None:
+                return f"{text}: {error}"
+        return text
+
+    __repr__ = __str__
 
 
 class PvcamCamera(Device):
@@ -197,6 +234,7 @@ class PvcamCamera(Device):
         self._bundle: ComposeStreamResourceBundle | None = None
         self._announced = 0  # indices already covered by StreamDatum documents
         self._points = 0  # points (indices) whose frames are in the file
+        self._incomplete: list[FrameFileError] = []  # files closed after a failed write
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -206,6 +244,7 @@ class PvcamCamera(Device):
         Runs on the worker thread; call it at start-up, not inside a plan.
         """
         first = self._applied is False
+        check_frames_dir(self.frames_dir, instrument=self.name)
         info = self._worker.call(self._open_camera, timeout=timeout)
         self._info = info
         self.camera_name.update(info.name)
@@ -282,18 +321,43 @@ class PvcamCamera(Device):
             self.connect(timeout=timeout)
 
     def close(self) -> None:
-        """Stop, close the run's file, release the camera and the worker. Safe to call twice."""
+        """Stop, close the run's file, release the camera and the worker. Safe to call twice.
+
+        Raises FrameFileError, once everything is closed, if a frame file of this session was
+        left incomplete by a failed write: the shutdown must not look clean when a run's frames
+        are missing.
+        """
         self.stop()
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        writer, self._writer = self._writer, None
         try:
-            self._worker.call(self.backend.close, timeout=10.0)
-        except InstrumentError:
-            pass  # already closed: the worker is gone
+            if writer is not None:
+                writer.close()
+        except FrameFileError:
+            pass  # kept, and reported below with the others
         finally:
-            self._info = None
-            self._worker.shutdown(wait=False)
+            self._keep_if_incomplete(writer)
+            try:
+                self._worker.call(self.backend.close, timeout=10.0)
+            except InstrumentError:
+                pass  # already closed: the worker is gone
+            finally:
+                self._info = None
+                self._worker.shutdown(wait=False)
+        incomplete, self._incomplete = self._incomplete, []
+        if incomplete:
+            last = incomplete[-1]
+            files = ", ".join(e.path for e in incomplete)
+            raise FrameFileError(
+                f"the frame file {last.path} of this session is incomplete: {last.what}"
+                if len(incomplete) == 1
+                else f"{len(incomplete)} frame files of this session are incomplete ({files}); "
+                f"the last: {last.what}",
+                path=last.path,
+                os_errno=last.os_errno,
+                free_bytes=last.free_bytes,
+                instrument=self.name,
+                fix=last.fix,
+            )
 
     def destroy(self) -> None:
         self.close()
@@ -498,15 +562,33 @@ class PvcamCamera(Device):
         return staged
 
     def unstage(self) -> list[object]:
-        """Close the run's file; waits for a point still being acquired (stop() ends it)."""
+        """Close the run's file; waits for a point still being acquired (stop() ends it).
+
+        After a failed write (the point that met it failed the run already) the file is only
+        closed; a failure first met here (the last flush) is raised.
+        """
         writer, self._writer = self._writer, None
-        if writer is not None:
-            try:
-                self._worker.call(writer.close, timeout=self.timeout + self._point_seconds() + 5)
-            except InstrumentError:
-                self.stop()
-                writer.close()
-        return super().unstage()
+        try:
+            if writer is not None:
+                try:
+                    self._worker.call(
+                        writer.close, timeout=self.timeout + self._point_seconds() + 5
+                    )
+                except FrameFileError:
+                    raise
+                except InstrumentError:
+                    # The worker is stuck in a point, or gone (closed): end it, close from here.
+                    self.stop()
+                    writer.close()
+        finally:
+            self._keep_if_incomplete(writer)
+            unstaged = super().unstage()
+        return unstaged
+
+    def _keep_if_incomplete(self, writer: FrameWriter | None) -> None:
+        """Remember a file closed after a failed write, for close() to report."""
+        if writer is not None and writer.failure is not None:
+            self._incomplete.append(writer.failure)
 
     @property
     def file_path(self) -> Path | None:
@@ -515,7 +597,7 @@ class PvcamCamera(Device):
 
     # --- Triggerable / Stoppable --------------------------------------------------------------
 
-    def trigger(self) -> Status:
+    def trigger(self) -> StatusBase:
         """Acquire one point (``frames_per_point`` frames) on the worker; never blocks the loop."""
         writer = self._writer
         if writer is None:
@@ -528,7 +610,18 @@ class PvcamCamera(Device):
             )
         settings = self.settings()
         self._abort.clear()
-        return self._worker.status(lambda: self._acquire(writer, settings), obj=self)
+        point = _PointStatus(self)
+        work = self._worker.status(lambda: self._acquire(writer, settings), obj=self)
+
+        def settle(done: StatusBase) -> None:
+            error = done.exception(timeout=0)
+            if error is None:
+                finish_status(point)
+            else:
+                fail_status(point, error)
+
+        work.add_callback(settle)
+        return point
 
     def stop(self, *, success: bool = False) -> None:
         """Abort the acquisition now; the point's status fails, its frames are discarded."""
@@ -577,8 +670,7 @@ class PvcamCamera(Device):
             b.halt()
         finally:
             self._acquiring.clear()
-        for frame in frames:
-            writer.append(frame.data, timestamp=frame.timestamp, frame_number=frame.frame_number)
+        writer.append_many((f.data, f.timestamp, f.frame_number) for f in frames)
         writer.flush()
         self._points += 1
         stamp = frames[-1].timestamp

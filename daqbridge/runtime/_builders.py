@@ -445,8 +445,7 @@ def build_pvcam(inst: PvcamInstrument, ctx: BuildContext) -> NativeInstrument:
     else:
         load_backend = driver_class("pvcam", "daqbridge.devices.pvcam_backend", "load_backend")
         backend = load_backend("pvcam")
-    frames = ctx.frames_dir(inst)
-    frames.mkdir(parents=True, exist_ok=True)
+    frames = ctx.frames_dir(inst)  # created and proven writable by the camera's connect()
     roi = None if s.roi is None else [s.roi.s1, s.roi.s2, s.roi.p1, s.roi.p2]
     camera = construct(
         cls,

@@ -1,7 +1,9 @@
-"""FrameWriter: structure first, then SWMR; batches flushed; a SIGKILL keeps every flushed frame."""
+"""FrameWriter: structure first, then SWMR; batches flushed; a SIGKILL keeps every flushed frame;
+a full disk or a read-only directory is a clear error and leaves a cleanly closed file."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -19,9 +21,11 @@ from daqbridge.devices._hdf5 import (
     FRAME_NUMBER_DATASET,
     FRAMES_DATASET,
     TIMESTAMP_DATASET,
+    FrameFileError,
     FrameWriter,
 )
 from daqbridge.errors import InstrumentError
+from tests.devices.small_disk import MIB, small_disk
 
 
 def frame(value: int, shape=(6, 8)) -> np.ndarray:
@@ -183,3 +187,127 @@ def test_sigkill_mid_run_keeps_every_flushed_frame(tmp_path):
         for i in range(flushed):
             assert (data[i] == i).all(), f"frame {i} damaged"
             assert numbers[i] == i
+
+
+# --- a full disk, a read-only directory (a real tmpfs; skipped where it cannot be mounted) -------
+
+BIG = (256, 256)  # 128 KiB frames: a 1 MiB disk holds a handful
+BIG_BYTES = BIG[0] * BIG[1] * 2
+PAGE = os.sysconf("SC_PAGE_SIZE")  # tmpfs allocates pages: a frame may need one more
+
+
+def test_disk_full_fails_the_first_write_naming_the_file_and_free_space(tmp_path):
+    # No flush inside the loop: the write itself must fail, not a later flush or a destructor.
+    with small_disk(tmp_path / "disk", MIB) as disk:
+        writer = FrameWriter(
+            disk / "run.h5", BIG, flush_every=1000, flush_interval=3600, instrument="cam1"
+        )
+        try:
+            with pytest.raises(FrameFileError) as info:
+                for i in range(4 * MIB // BIG_BYTES):
+                    writer.append(frame(i, BIG), frame_number=i)
+            kept = writer.frames_written
+        finally:
+            writer.close()
+    err = info.value
+    assert err.os_errno == errno.ENOSPC
+    assert err.free_bytes is not None and err.free_bytes < BIG_BYTES + PAGE
+    message = str(err)
+    assert f"'cam1' on {disk / 'run.h5'}]" in message
+    assert f"writing frame {kept + 1} to the frame file failed: No space left on device" in message
+    assert f"free of 1.0 MiB on {disk}" in message
+    assert "pvcam.frames_dir" in err.fix
+
+
+FILLING_WRITER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from daqbridge.devices._hdf5 import FrameWriter
+    from daqbridge.errors import InstrumentError
+
+    writer = FrameWriter(sys.argv[1], (256, 256), flush_every=1000, flush_interval=3600)
+    for i in range(int(sys.argv[2])):
+        try:
+            writer.append(np.full((256, 256), i, dtype=np.uint16), frame_number=i)
+        except InstrumentError:
+            break
+    print(writer.frames_written, flush=True)
+    writer.close()
+    """
+)
+
+
+def test_after_a_failed_write_close_releases_the_file_and_the_process_exits_cleanly(tmp_path):
+    # In a child process, because what went wrong was libhdf5 crashing at interpreter exit on
+    # handles left open with data it could not write (a segfault is a return code here).
+    with small_disk(tmp_path / "disk", MIB) as disk:
+        path = disk / "run.h5"
+        child = subprocess.run(
+            [sys.executable, "-c", FILLING_WRITER, str(path), str(4 * MIB // BIG_BYTES)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert (child.returncode, "Exception ignored" in child.stderr) == (0, False), child.stderr
+        kept = int(child.stdout)
+        with h5py.File(path, "r") as f:  # plain open: closed cleanly, no SWMR flag left
+            data = f[FRAMES_DATASET][:]
+            numbers = f[FRAME_NUMBER_DATASET][:]
+    assert 0 < kept < 4 * MIB // BIG_BYTES
+    assert data.shape[0] == kept
+    assert [int(data[i].min()) for i in range(kept)] == list(range(kept))
+    assert [int(data[i].max()) for i in range(kept)] == list(range(kept))
+    assert list(numbers) == list(range(kept))
+
+
+def test_a_batch_that_does_not_fit_leaves_none_of_its_frames(tmp_path):
+    # A camera point is a batch: point i must stay rows 3i..3i+2 in the file.
+    with small_disk(tmp_path / "disk", MIB) as disk:
+        path = disk / "run.h5"
+        writer = FrameWriter(path, BIG, flush_every=1, flush_interval=3600)
+        points = 0
+        with pytest.raises(FrameFileError):
+            for p in range(4 * MIB // (3 * BIG_BYTES)):
+                writer.append_many([(frame(p, BIG), None, 3 * p + k) for k in range(3)])
+                points += 1
+        with pytest.raises(FrameFileError, match="takes no more frames after a failed write"):
+            writer.append(frame(0, BIG))
+        writer.close()
+        with h5py.File(path, "r") as f:
+            numbers = f[FRAME_NUMBER_DATASET][:]
+            rows = f[FRAMES_DATASET].shape[0]
+    assert rows == len(numbers) == 3 * points
+    assert list(numbers) == list(range(3 * points))
+
+
+@pytest.mark.parametrize("subdir", ["", "frames"], ids=["existing-dir", "missing-dir"])
+def test_read_only_directory_says_not_writable_not_the_instrument(tmp_path, subdir):
+    with small_disk(tmp_path / "ro", MIB, read_only=True) as disk:
+        directory = disk / subdir if subdir else disk
+        with pytest.raises(FrameFileError) as info:
+            FrameWriter(directory / "run.h5", (6, 8), instrument="cam1")
+    err = info.value
+    message = str(err)
+    assert err.os_errno == errno.EROFS
+    assert f"the frames directory {directory} is not writable: Read-only file system" in message
+    assert "The camera is not at fault" in message
+    assert "pvcam.frames_dir" in err.fix and str(directory) in err.fix
+    assert "power" not in message and "cable" not in message
+
+
+def test_a_full_disk_at_creation_says_so_and_leaves_no_file(tmp_path):
+    with small_disk(tmp_path / "disk", MIB) as disk:
+        with open(disk / "filler", "wb", buffering=0) as filler:
+            with pytest.raises(OSError) as full:
+                while True:
+                    filler.write(bytes(PAGE))
+        assert full.value.errno == errno.ENOSPC
+        with pytest.raises(FrameFileError) as info:
+            FrameWriter(disk / "run.h5", (6, 8), instrument="cam1")
+        left = sorted(p.name for p in disk.iterdir())
+    message = str(info.value)
+    assert f"the frames directory {disk} has no room: No space left on device" in message
+    assert f"0 bytes free of 1.0 MiB on {disk}" in message
+    assert "power" not in message and "cable" not in message
+    assert left == ["filler"]  # no half-made frame file

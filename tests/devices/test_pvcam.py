@@ -7,7 +7,10 @@ seconds; the long-exposure tests run at real speed only where the wait is the po
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import math
+import os
 import time
 import warnings
 
@@ -25,14 +28,16 @@ from bluesky.protocols import (
     Triggerable,
     WritesStreamAssets,
 )
+from bluesky.utils import FailedStatus
 from event_model import DocumentNames, schema_validators
 from ophyd.sim import SynAxis
 
-from daqbridge.devices._hdf5 import FRAME_NUMBER_DATASET, FRAMES_DATASET
+from daqbridge.devices._hdf5 import FRAME_NUMBER_DATASET, FRAMES_DATASET, FrameFileError
 from daqbridge.devices.pvcam import PvcamCamera
 from daqbridge.devices.pvcam_backend import ExposureMode
 from daqbridge.errors import IdentityMismatch, InstrumentError, InstrumentFault, ValueRejected
 from daqbridge.sim.pvcam import SimulatedCameraBackend
+from tests.devices.small_disk import MIB, small_disk
 
 SENSOR = (64, 48)  # (width, height): frames are (48, 64)
 
@@ -480,3 +485,91 @@ def test_misuse_before_connect_or_stage(make_cam):
     cam.close()
     cam.close()  # twice is fine
     assert not cam.connected
+
+
+# --- the frame file: a full disk, a read-only directory (a real tmpfs) --------------------------
+
+BIG_SENSOR = (256, 256)  # 128 KiB frames: a 1 MiB disk holds a handful of points
+BIG_FRAME_BYTES = 256 * 256 * 2
+PAGE = os.sysconf("SC_PAGE_SIZE")  # tmpfs allocates pages: a frame may need one more
+
+
+def chain_of(exc: BaseException | None) -> list[BaseException]:
+    found = []
+    while exc is not None and exc not in found:
+        found.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return found
+
+
+def test_the_stop_document_names_the_failed_point(make_cam, RE):
+    cam = make_cam()
+    cam.backend.fail_next_readout()
+    with pytest.raises(FailedStatus):
+        RE(bp.count([cam], num=3))
+    (stop,) = of(RE.docs, "stop")
+    assert stop["exit_status"] == "fail"
+    assert "[instrument 'cam' on pvcam-sim://PrimeBSI]" in stop["reason"]
+    assert "readout of frame 1 of 1 failed (READOUT_FAILED)" in stop["reason"]
+
+
+def test_read_only_frames_dir_is_refused_at_connect_not_blamed_on_the_camera(make_cam, tmp_path):
+    with small_disk(tmp_path / "ro", MIB, read_only=True) as disk:
+        cam = make_cam(frames_dir=disk / "frames", connect=False)
+        with pytest.raises(FrameFileError) as info:
+            cam.connect()
+    message = str(info.value)
+    assert info.value.os_errno == errno.EROFS
+    assert f"'cam' on {disk / 'frames'}]" in message
+    directory = disk / "frames"
+    assert f"the frames directory {directory} is not writable: Read-only file system" in message
+    assert "pvcam.frames_dir" in info.value.fix
+    assert "power" not in message and "cable" not in message
+    assert not cam.backend.is_open  # refused before the camera (exclusive) was taken
+
+
+def test_disk_full_stops_the_run_at_the_first_failed_point(tmp_path, RE):
+    points = 4 * MIB // BIG_FRAME_BYTES
+    with small_disk(tmp_path / "disk", MIB) as disk:
+        backend = SimulatedCameraBackend(sensor_size=BIG_SENSOR, speed=50.0)
+        cam = PvcamCamera("cam", backend, frames_dir=disk, exposure_ms=5, camera="PrimeBSI")
+        try:
+            cam.connect()
+            with pytest.raises(FailedStatus) as info:
+                RE(bp.count([cam], num=points))
+            (path,) = disk.glob("cam_*.h5")
+            with h5py.File(path, "r") as f:  # unstaged: closed, opens without swmr
+                sums = [int(frame.sum(dtype=np.int64)) for frame in f[FRAMES_DATASET][:]]
+        finally:
+            with contextlib.suppress(FrameFileError):
+                cam.close()  # it reports the incomplete file: the next test's subject
+    errors = [e for e in chain_of(info.value) if isinstance(e, FrameFileError)]
+    assert errors, f"no FrameFileError in {chain_of(info.value)!r}"
+    error = errors[0]
+    events = of(RE.docs, "event")
+    assert 0 < len(events) < points
+    assert sums == [e["data"]["cam_sum"] for e in events]  # every point before it, intact
+    assert (error.path, error.os_errno) == (str(path), errno.ENOSPC)
+    assert f"writing frame {len(events) + 1} to the frame file failed: No space" in str(error)
+    assert error.free_bytes is not None and error.free_bytes < BIG_FRAME_BYTES + PAGE
+    assert f"free of 1.0 MiB on {disk}" in str(error)
+
+
+def test_close_reports_a_frame_file_left_incomplete_once(tmp_path, RE):
+    with small_disk(tmp_path / "disk", MIB) as disk:
+        backend = SimulatedCameraBackend(sensor_size=BIG_SENSOR, speed=50.0)
+        cam = PvcamCamera("cam", backend, frames_dir=disk, exposure_ms=5, camera="PrimeBSI")
+        try:
+            cam.connect()
+            with contextlib.suppress(Exception):
+                RE(bp.count([cam], num=4 * MIB // BIG_FRAME_BYTES))
+            (path,) = disk.glob("cam_*.h5")
+            with pytest.raises(FrameFileError) as info:
+                cam.close()
+            cam.close()  # reported once: a second close is quiet
+        finally:
+            with contextlib.suppress(FrameFileError):
+                cam.close()
+    message = str(info.value)
+    assert f"the frame file {path} of this session is incomplete: writing frame" in message
+    assert "No space left on device" in message
