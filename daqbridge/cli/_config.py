@@ -2,7 +2,10 @@
 
 ``check`` is what a scientist runs after editing the profile: it prints every problem at once
 (file, line, key, fix), not only the first, and for a good profile the table of what will start
-where, so a port typed into the wrong entry is visible before the lab runs.
+where, so a port typed into the wrong entry is visible before the lab runs. It also checks this
+machine as start-up will use it: the serial ports exist, and the data directory (and any
+camera's frames directory) is a directory this user can write or create; ``--no-port-check``
+skips both, for a profile written for another machine.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument(
         "--no-port-check",
         action="store_true",
-        help="do not check that serial ports exist (checking a profile for another machine)",
+        help="do not check that serial ports exist nor that the data directory is writable "
+        "(checking a profile for another machine)",
     )
     check.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 1)")
     check.set_defaults(func=_check)
@@ -138,7 +142,7 @@ def summary(profile, *, port_check: bool = True) -> str:
         f"{len(profile.device_ids())} device(s); stacks: native "
         f"{'on' if stacks.native else 'OFF'}, legacy {'on' if stacks.legacy else 'OFF'}; "
         f"simulation {'on, speed ' + format(sim.speed, 'g') if sim.enabled else 'off'}"
-        f"{'' if port_check else '; ports not checked'}."
+        f"{'' if port_check else '; ports not checked, nor the data directory'}."
     )
     rows = [("id", "driver", "stack", "hardware", "devices")]
     for inst in profile.instruments:

@@ -15,6 +15,9 @@ Why it is built this way:
   the plan generator is advanced to its first message (:func:`prime`), which runs the plan's own
   argument checks. A bad argument is a :class:`~daqbridge.errors.PlanArgumentError` before any
   motor moves and before any run is opened.
+* Nothing typed is unbounded: pauses, numbers of points, the memory a plan's trajectory takes,
+  nesting and run metadata meet the limits of :mod:`daqbridge.plans._checks` (the same ones the
+  plans apply to themselves), and metadata is checked as the run start document will take it.
 * The checks run twice in ``daqbridge run``: first against the profile's device ids
   (:class:`DeviceRef` placeholders, milliseconds after the command is typed), then against the
   started devices. A typo never costs the lab's start-up time.
@@ -33,6 +36,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daqbridge.errors import DaqbridgeError, PlanArgumentError
+from daqbridge.plans._checks import (
+    MAX_NESTING,
+    plan_error,
+    require_delay,
+    require_points,
+)
+from daqbridge.plans._metadata import check_metadata
 
 
 class UnknownPlan(PlanArgumentError):
@@ -347,9 +357,13 @@ def parse_value(
             value = json.loads(text)
         except json.JSONDecodeError as exc:
             raise PlanArgumentError(
-                f"{where}: {token!r} is not a valid JSON array ({exc.msg} at character {exc.pos}).",
+                f"{where}: {_clip(token)!r} is not a valid JSON array ({exc.msg} at character "
+                f"{exc.pos}).",
                 fix='write it like [1, 2.5, 3] or ["sim_meter", "sim_dmm"], or as 1,2.5,3.',
             ) from None
+        except RecursionError:
+            raise _too_deep(where, token) from None
+        _check_depth(value, where, token)
         return _from_json(value, devices, where, token)
     if text.startswith("{"):
         if not allow_mapping:
@@ -361,9 +375,12 @@ def parse_value(
             value = json.loads(text)
         except json.JSONDecodeError as exc:
             raise PlanArgumentError(
-                f"{where}: {token!r} is not a valid JSON object ({exc.msg}).",
+                f"{where}: {_clip(token)!r} is not a valid JSON object ({exc.msg}).",
                 fix='write it like {"sample": "A1", "temperature": 295}.',
             ) from None
+        except RecursionError:
+            raise _too_deep(where, token) from None
+        _check_depth(value, where, token)
         if not isinstance(value, dict):
             raise PlanArgumentError(f"{where}: {token!r} is not a JSON object.", fix=RULES + ".")
         return value
@@ -378,6 +395,34 @@ def parse_value(
             )
         return [_scalar(p, devices, f"{where} item {i + 1}") for i, p in enumerate(parts)]
     return _scalar(text, devices, where)
+
+
+def _clip(token: str, size: int = 60) -> str:
+    """A word as shown in a message: a 100 kB argument must not become a 100 kB message."""
+    return token if len(token) <= size else token[: size - 3] + "..."
+
+
+def _too_deep(where: str, token: str) -> PlanArgumentError:
+    return PlanArgumentError(
+        f"{where}: {_clip(token)!r} is nested more than {MAX_NESTING} levels deep.",
+        fix="write lists of numbers or device ids, like [1, 2, 3] or [[0, 1], [2, 3]].",
+    )
+
+
+def _check_depth(value: Any, where: str, token: str) -> None:
+    """Refuse nesting beyond MAX_NESTING before anything recurses into ``value``."""
+    level = [value]
+    for _ in range(MAX_NESTING):
+        level = [
+            item
+            for node in level
+            if isinstance(node, list | dict)
+            for item in (node.values() if isinstance(node, dict) else node)
+        ]
+        if not level:
+            return
+    if any(isinstance(node, list | dict) for node in level):
+        raise _too_deep(where, token)
 
 
 def _scalar(text: str, devices: Mapping[str, Any], where: str) -> Any:
@@ -587,13 +632,14 @@ def build_plan_call(
             fix=f"write {spec.usage()}.",
         )
 
-    # 3. Metadata.
-    run_md = dict(keywords.pop("md", None) or {})
-    run_md.update(md or {})
+    # 3. Metadata, checked as the start document will take it: the RunEngine builds that
+    # document only at open_run, after start-up and staging.
+    run_md = check_metadata(spec.name, keywords.pop("md", None), argument="md")
+    run_md.update(check_metadata(spec.name, md, argument="--md"))
     if run_md:
         if "md" not in params:
             raise _usage_error(spec, f"{spec.name}() takes no run metadata (md).")
-        keywords["md"] = run_md
+        keywords["md"] = check_metadata(spec.name, run_md)  # both together: the size bound
 
     # 4. The layout's own structure, then the signature.
     head = [dets] if spec.takes_detectors else []
@@ -606,6 +652,8 @@ def build_plan_call(
     except TypeError as exc:
         raise _usage_error(spec, f"{spec.name}(): {exc}.") from None
     _check_annotations(spec, bound)
+    if spec.layout == "fixed" and spec.source == "bluesky":
+        _fixed_points(spec, bound)
     _check_real_devices(spec, dets, bound)
     return PlanCall(spec, tuple(bound.args), dict(bound.kwargs))
 
@@ -638,7 +686,7 @@ def _count(spec: PlanSpec, value: Any, what: str) -> int:
         raise _usage_error(spec, f"{what} must be a whole number, got {value!r}.")
     if value < 1:
         raise _usage_error(spec, f"{what} must be at least 1, got {value!r}.")
-    return int(value)
+    return require_points(spec.name, what, int(value))
 
 
 def _whole(spec: PlanSpec, value: Any, what: str) -> int:
@@ -713,6 +761,27 @@ def _check_groups(
             f"{', '.join(str(n) for n in lengths)} points.",
             fix="give every motor as many positions, or use list_grid_scan for a grid.",
         )
+    # The whole trajectory is built before the run opens: its size is the bound that matters.
+    motors = len(rest) // size
+    if layout == "scan":
+        require_points(spec.name, "num", keywords["num"], axes=motors)
+    elif layout == "grid":
+        nums = [rest[g + 3] for g in range(0, len(rest), size)]
+        require_points(
+            spec.name,
+            " x ".join(f"NUM {n + 1}" for n in range(motors)),
+            math.prod(nums),
+            axes=motors,
+        )
+    elif spec.name in ("list_scan", "rel_list_scan"):
+        require_points(spec.name, "POINTS", lengths[0], axes=motors)
+    else:
+        require_points(
+            spec.name,
+            " x ".join(f"POINTS {n + 1}" for n in range(motors)),
+            math.prod(lengths),
+            axes=motors,
+        )
     return rest, keywords
 
 
@@ -728,7 +797,9 @@ def _check_annotations(spec: PlanSpec, bound: inspect.BoundArguments) -> None:
         if value is None and optional:
             continue
         what = f"{name}"
-        if base == "float":
+        if name in _DELAYS:
+            _check_delay(spec, bound, name, value)
+        elif base == "float":
             _number(spec, value, what)
         elif base == "int":
             if name == "num":
@@ -749,6 +820,81 @@ def _check_annotations(spec: PlanSpec, bound: inspect.BoundArguments) -> None:
                 )
             for v in value:
                 _number(spec, v, what)
+
+
+_DELAYS = frozenset({"delay", "settle_time"})
+"""Parameters that are pauses in seconds, whatever their annotation says (count's ``delay`` is
+``float | Iterable[float]``)."""
+
+
+def _check_delay(spec: PlanSpec, bound: inspect.BoundArguments, name: str, value: Any) -> None:
+    if not isinstance(value, list | tuple):
+        require_delay(spec.name, name, value)
+        return
+    for i, v in enumerate(value):
+        require_delay(spec.name, f"{name}[{i}]", v)
+    num = bound.arguments.get("num")
+    if isinstance(num, int) and len(value) < num - 1:
+        # bluesky's count finds this only when the list runs out, points into the run.
+        raise plan_error(
+            spec.name,
+            name,
+            value,
+            f"has {len(value)} pauses; {num} points need {num - 1}",
+            fix=f"give {num - 1} pauses (one between each two points), or one number for all.",
+        )
+
+
+def _fixed_points(spec: PlanSpec, bound: inspect.BoundArguments) -> None:
+    """Points of the plans whose trajectory follows from their numbers (spirals, adaptive
+    scans): estimated from bluesky's own formulas, before bluesky builds or walks it."""
+    a = bound.arguments
+    name = spec.name.removeprefix("rel_")
+    if name in ("spiral", "spiral_fermat"):
+        for key in ("dr", "nth" if name == "spiral" else "factor"):
+            if not a[key] > 0:
+                raise plan_error(
+                    spec.name,
+                    key,
+                    a[key],
+                    "must be > 0",
+                    limit="> 0",
+                    fix=f"pass a positive {key}.",
+                )
+        dr_y = a.get("dr_y")
+        if dr_y is not None and not dr_y > 0:
+            raise plan_error(
+                spec.name,
+                "dr_y",
+                dr_y,
+                "must be > 0",
+                limit="> 0",
+                fix="pass a positive dr_y, or leave it out.",
+            )
+        aspect = 1.0 if dr_y is None else dr_y / a["dr"]
+        half = math.hypot(a["x_range"] / 2, a["y_range"] / (2 * aspect))
+        if name == "spiral":
+            rings = 1 + half / a["dr"]
+            points = a["nth"] * (rings + 1) * (rings + 2) / 2  # every angle of every ring
+        else:
+            rings = 1.5 * half / (a["dr"] / a["factor"])
+            points = rings * rings  # float ** raises OverflowError; * gives inf
+        require_points(spec.name, "x_range, y_range, dr", points, axes=2)
+    elif name == "spiral_square":
+        require_points(spec.name, "x_num x y_num", a["x_num"] * a["y_num"], axes=2)
+    elif name == "adaptive_scan":
+        if not a["min_step"] > 0:
+            raise plan_error(
+                spec.name,
+                "min_step",
+                a["min_step"],
+                "must be > 0",
+                limit="> 0",
+                fix="pass the smallest step the scan may take, > 0.",
+            )
+        require_points(
+            spec.name, "(stop - start) / min_step", abs(a["stop"] - a["start"]) / a["min_step"] + 1
+        )
 
 
 def _check_real_devices(spec: PlanSpec, dets: list[Any], bound: inspect.BoundArguments) -> None:

@@ -18,17 +18,52 @@ from bluesky.protocols import Movable, Readable, Triggerable
 from daqbridge.errors import PlanArgumentError
 
 __all__ = [
+    "BYTES_PER_POINT_PER_AXIS",
+    "MAX_DELAY_S",
+    "MAX_NESTING",
+    "MAX_PLAN_MEMORY_BYTES",
+    "MAX_POINTS",
+    "max_points",
     "plan_error",
     "require_count",
+    "require_delay",
     "require_device",
     "require_movable",
     "require_number",
     "require_numbers",
+    "require_points",
     "require_positive",
     "require_range",
     "require_within",
     "positioner_limits",
+    "trajectory_bytes",
 ]
+
+# --- the bounds every plan argument meets -------------------------------------------------------
+# One home for them, so `daqbridge run` (before the lab starts) and the plans (before their first
+# message) refuse the same values with the same words; docs/plans.md ("Bounds") lists them.
+
+MAX_DELAY_S = 86_400.0
+"""Longest pause between points (count's ``delay``, ``settle_time``): one day. Anything longer
+is a typo (1e308 for 1e-3) or a job for a scheduler; a plan asleep for it holds the whole lab."""
+
+BYTES_PER_POINT_PER_AXIS = 800
+"""What a step plan holds per point and per motor before its run opens: bluesky builds the whole
+trajectory first, one dict per point. Measured with tracemalloc (bluesky 1.15, 50,000 points):
+scan 490 B for one motor, 990 for two, 1,940 for three, 4,110 for six; grid_scan 240-2,670 for
+two to four motors. 800 B per point and motor is above every one of them."""
+
+MAX_PLAN_MEMORY_BYTES = 800_000_000
+"""What one plan's trajectory may take: 800 MB, a tenth of an 8 GB lab PC that also runs the
+RunEngine, the catalog writer, the drivers and the plots."""
+
+MAX_POINTS = MAX_PLAN_MEMORY_BYTES // BYTES_PER_POINT_PER_AXIS
+"""Most points (events) in one run: 1,000,000, the memory bound for one motor. A count holds no
+trajectory but gets the same bound: the catalog serves a run's stream back as one table."""
+
+MAX_NESTING = 32
+"""Deepest nesting of lists and mappings in a plan argument or in run metadata. Far above any
+real use; below it, copying and validating a value can never exhaust Python's stack."""
 
 
 def plan_error(
@@ -78,8 +113,14 @@ def _looks_like_device(obj: Any) -> bool:
     return hasattr(obj, "read") or hasattr(obj, "set")
 
 
-def require_count(plan: str, argument: str, value: Any, *, minimum: int = 1) -> int:
-    """A whole number >= ``minimum`` (numbers of points, frames); True/False are refused."""
+def require_count(
+    plan: str, argument: str, value: Any, *, minimum: int = 1, maximum: int = MAX_POINTS
+) -> int:
+    """A whole number from ``minimum`` to ``maximum`` (points, frames); True/False are refused.
+
+    The maximum defaults to :data:`MAX_POINTS`: a count is a number of points somewhere, and 1e9
+    typed for 1e3 must fail here, not after gigabytes were allocated.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         real = isinstance(value, numbers.Real) and not isinstance(value, bool)
         if real and math.isfinite(value) and float(value).is_integer():
@@ -100,6 +141,15 @@ def require_count(plan: str, argument: str, value: Any, *, minimum: int = 1) -> 
             f"is below the minimum {minimum}",
             limit=f">= {minimum}",
             fix=f"pass an integer >= {minimum}.",
+        )
+    if value > maximum:
+        raise plan_error(
+            plan,
+            argument,
+            value,
+            f"is above the maximum {maximum:,}",
+            limit=f"{minimum:,} to {maximum:,}",
+            fix=f"pass at most {maximum:,}, or split the measurement into several runs.",
         )
     return int(value)
 
@@ -128,6 +178,82 @@ def require_positive(plan: str, argument: str, value: Any, *, allow_zero: bool =
             fix=f"pass a number {bound}.",
         )
     return number
+
+
+def require_delay(plan: str, argument: str, value: Any) -> float:
+    """A pause in seconds, from 0 to :data:`MAX_DELAY_S` (a day)."""
+    number = require_number(plan, argument, value)
+    limit = f"0 to {MAX_DELAY_S:g} s"
+    if number < 0:
+        raise plan_error(
+            plan,
+            argument,
+            value,
+            "must be >= 0 (a pause cannot be negative)",
+            limit=limit,
+            fix="pass 0 for no pause, or a number of seconds.",
+        )
+    if number > MAX_DELAY_S:
+        raise plan_error(
+            plan,
+            argument,
+            value,
+            f"is longer than one day ({MAX_DELAY_S:g} s)",
+            limit=limit,
+            fix="pass the pause in seconds (1e-3 is a millisecond); for waits of days, "
+            "schedule separate runs.",
+        )
+    return number
+
+
+def trajectory_bytes(points: int, axes: int = 1) -> int:
+    """Upper estimate of what a plan of ``points`` points on ``axes`` motors holds before its
+    run (see :data:`BYTES_PER_POINT_PER_AXIS`); a count (no motor) is costed as one axis."""
+    return int(points) * max(int(axes), 1) * BYTES_PER_POINT_PER_AXIS
+
+
+def max_points(axes: int = 1) -> int:
+    """Most points a plan on ``axes`` motors may have: :data:`MAX_POINTS` for one motor, less
+    for more motors, as each holds its own positions."""
+    return MAX_PLAN_MEMORY_BYTES // (max(int(axes), 1) * BYTES_PER_POINT_PER_AXIS)
+
+
+def require_points(plan: str, argument: str, points: Any, *, axes: int = 1) -> int:
+    """A plan's total number of points (``num``, a grid's product, a spiral's estimate) within
+    :data:`MAX_POINTS` and, for its ``axes`` motors, within :data:`MAX_PLAN_MEMORY_BYTES`."""
+    if isinstance(points, float):  # an estimate (a spiral's): shown as whole points
+        points = math.ceil(points) if points < 1e15 else points
+    most = max_points(axes)
+    if points <= most:
+        return int(points)
+    motors = f" on {axes} motors" if axes > 1 else ""
+    needs = (
+        f"about {_bytes_text(trajectory_bytes(int(points), axes))}"
+        if points < 1e15
+        else "more memory than any computer has"
+    )
+    raise plan_error(
+        plan,
+        argument,
+        points,
+        f"makes {_points_text(points)} points{motors}; the plan would hold {needs} before its run "
+        f"opens ({BYTES_PER_POINT_PER_AXIS} B per point and motor)",
+        limit=f"at most {most:,} points{motors}, {_bytes_text(MAX_PLAN_MEMORY_BYTES)}",
+        fix=f"use at most {most:,} points, or split the measurement into several runs.",
+    )
+
+
+def _points_text(points: float) -> str:
+    if points < 1e15:
+        return f"{int(points):,}"
+    return f"{float(points):.3g}" if points < 1e300 else "more than 1e300"
+
+
+def _bytes_text(n: int) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:,.3g} {unit}"
+    return f"{n} B"
 
 
 def require_numbers(plan: str, argument: str, values: Any, *, minimum: int = 1) -> list[float]:

@@ -18,6 +18,7 @@ from daqbridge.plans._checks import (
     plan_error,
     positioner_limits,
     require_device,
+    require_points,
     require_range,
     require_within,
 )
@@ -59,6 +60,7 @@ def raster(
         raise plan_error(PLAN, "snake", snake, "must be True or False", fix="pass a bool.")
     x0, x1, nx = require_range(PLAN, "x_range", x_range)
     y0, y1, ny = require_range(PLAN, "y_range", y_range)
+    require_points(PLAN, "x_range[2] x y_range[2]", nx * ny, axes=2)
     for arg, axis, values in (("x_range", stage_x, (x0, x1)), ("y_range", stage_y, (y0, y1))):
         limits = positioner_limits(axis)
         for value in values:

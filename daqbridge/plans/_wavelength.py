@@ -25,8 +25,8 @@ from bluesky.protocols import Movable, Readable
 from daqbridge.plans._capabilities import Companions, laser_controls, meter_controls
 from daqbridge.plans._checks import (
     require_count,
+    require_delay,
     require_number,
-    require_positive,
     require_within,
 )
 from daqbridge.plans._metadata import device_name, start_metadata
@@ -64,7 +64,7 @@ def wavelength_scan(
         start = require_number(PLAN, "start", start)
         stop = require_number(PLAN, "stop", stop)
         num = require_count(PLAN, "num", num)
-        settle_time = require_positive(PLAN, "settle_time", settle_time, allow_zero=True)
+        settle_time = require_delay(PLAN, "settle_time", settle_time)
         for arg, value in (("start", start), ("stop", stop)):
             require_within(
                 PLAN,

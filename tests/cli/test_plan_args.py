@@ -21,6 +21,13 @@ from daqbridge.cli._plan_args import (
     resolve_plan,
 )
 from daqbridge.errors import PlanArgumentError
+from daqbridge.plans._checks import (
+    MAX_DELAY_S,
+    MAX_PLAN_MEMORY_BYTES,
+    MAX_POINTS,
+    max_points,
+    trajectory_bytes,
+)
 
 DEVICES = {
     "det": det,
@@ -315,3 +322,127 @@ def test_a_primed_plan_passes_replies_and_exceptions_through(RE):
     evs = events(collect(RE, call.make()))
     assert [e["data"]["stage"] for e in evs] == pytest.approx([-1, 0, 1])
     assert stage.position == pytest.approx(0)  # rel_scan's reset_positions ran: replies got back
+
+
+# --- bounds (docs/plans.md, "Bounds"): the same limits as the plans, before the lab starts -----
+
+
+def refusal(plan, words, detectors=(), md=None):
+    """The text of the PlanArgumentError that reading ``words`` raises."""
+    with pytest.raises(PlanArgumentError) as info:
+        build_plan_call(resolve_plan(plan), words, DEVICES, detectors=detectors, md=md)
+    return str(info.value)
+
+
+def test_delays_are_bounded_from_zero_to_a_day(RE):
+    day = f"{MAX_DELAY_S:g}"
+    for word, shown in (
+        ("1e308", "1e+308"),
+        ("86400.5", "86400.5"),
+        ("-1", "-1"),
+        ("-1e-9", "-1e-09"),
+    ):
+        text = refusal("count", ["det", "2", word])
+        assert f"count(): delay={shown} " in text, text
+        assert f"(limit: 0 to {day} s)" in text, text
+    assert "delay[1]=-0.5" in refusal("count", ["det", "3", "delay=0.1,-0.5"])
+    text = refusal("count", ["det", "4", "delay=0.1,0.2"])
+    assert "has 2 pauses; 4 points need 3" in text
+    # the lab's own plans: settle_time is a pause too, refused from the profile's ids alone
+    refs = {k: DeviceRef(k) for k in ("sim_laser", "sim_meter")}
+    with pytest.raises(PlanArgumentError, match=r"settle_time=1e\+308 is longer than one day"):
+        build_plan_call(
+            resolve_plan("wavelength_scan"),
+            ["sim_laser", "sim_meter", "750", "760", "2", "settle_time=1e308"],
+            refs,
+        )
+    # the bounds themselves are allowed, and run
+    call = build_plan_call(resolve_plan("count"), ["det", "2", "0"], DEVICES)
+    assert len(events(collect(RE, call.make()))) == 2
+    build_plan_call(resolve_plan("count"), ["det", "2", day], DEVICES)
+
+
+def test_numbers_of_points_are_bounded_by_memory():
+    assert MAX_POINTS == 1_000_000 == max_points(1)
+    assert trajectory_bytes(MAX_POINTS, 1) == MAX_PLAN_MEMORY_BYTES
+    build_plan_call(resolve_plan("count"), ["det", str(MAX_POINTS)], DEVICES)  # the bound itself
+    text = refusal("count", ["det", str(MAX_POINTS + 1)])
+    assert "1,000,001 points" in text and "at most 1,000,000 points, 800 MB" in text
+    text = refusal("scan", ["motor", "0", "1", "1e9"], ["det"])
+    assert "1,000,000,000 points" in text and "800 GB" in text
+    # two motors hold two positions per point: half as many points
+    two = max_points(2)
+    build_plan_call(
+        resolve_plan("scan"),
+        ["motor1", "0", "1", "motor2", "0", "1", str(two)],
+        DEVICES,
+        detectors=["det"],
+    )
+    text = refusal("scan", ["motor1", "0", "1", "motor2", "0", "1", str(two + 1)], ["det"])
+    assert f"at most {two:,} points on 2 motors" in text
+    # a grid's points are the product of its NUMs, each of which is small
+    text = refusal("grid_scan", ["motor1", "0", "1", "1000", "motor2", "0", "1", "1000"], ["det"])
+    assert "NUM 1 x NUM 2=1000000 makes 1,000,000 points on 2 motors" in text
+    # spirals: the points follow from the ring spacing, estimated before bluesky builds them
+    text = refusal("spiral", ["motor1", "motor2", "0", "0", "10", "10", "1e-6", "6"], ["det"])
+    assert "spiral(): x_range, y_range, dr=" in text and "on 2 motors" in text
+    assert "dr=0" in refusal("spiral", ["motor1", "motor2", "0", "0", "1", "1", "0", "6"], ["det"])
+    text = refusal(
+        "adaptive_scan", ["'det'", "motor", "0", "1", "1e-9", "0.1", "0.1", "false"], ["det"]
+    )
+    assert "(stop - start) / min_step" in text
+
+
+def test_the_memory_estimate_is_above_what_bluesky_allocates():
+    """``trajectory_bytes`` is the bound's premise: if a bluesky release builds its trajectory
+    bigger, this fails and BYTES_PER_POINT_PER_AXIS must be measured again."""
+    import tracemalloc
+
+    import bluesky.plans as bp
+
+    num = 5_000
+    plans = {
+        1: lambda: bp.scan([det], motor, 0, 1, num=num),
+        2: lambda: bp.scan([det], motor1, 0, 1, motor2, 0, 1, num=num),
+        3: lambda: bp.scan([det], motor, 0, 1, motor1, 0, 1, motor2, 0, 1, num=num),
+    }
+    for axes, make in plans.items():
+        tracemalloc.start()
+        try:
+            plan = make()
+            msg = next(plan)
+            while msg.command != "trigger":  # past open_run and the first move: all built
+                msg = plan.send(None)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        plan.close()
+        assert peak <= trajectory_bytes(num, axes), (axes, peak / num)
+
+
+def test_metadata_is_checked_as_the_start_document_takes_it(RE):
+    spec = resolve_plan("count")
+    for word, expected in (
+        ("md=5", "count(): md=5 is int, not a mapping"),
+        ("md=1e18", "count(): md=1e+18 is float, not a mapping"),
+        ('md={"uid": "abc"}', "md['uid']='abc' sets 'uid', which the RunEngine writes itself"),
+        ('md={"x": NaN}', "md['x']=nan is not a finite number"),
+        ('md={"scan_id": "x"}', "does not fit the run start document"),
+        ("md=" + "[" * 5000 + "]" * 5000, "nested more than 32 levels deep"),
+        ("md=" + '{"a": ' * 40 + "1" + "}" * 40, "nested more than 32 levels deep"),
+    ):
+        with pytest.raises(PlanArgumentError) as info:
+            build_plan_call(spec, ["det", word], DEVICES)
+        assert expected in str(info.value), str(info.value)
+    for key, value in (("uid", "abc"), ("time", "nan")):
+        with pytest.raises(PlanArgumentError, match=rf"--md\['{key}'\]"):
+            build_plan_call(spec, ["det"], DEVICES, md=parse_md([f"{key}={value}"]))
+    # a plan argument nested beyond any use is a message too, not a RecursionError
+    with pytest.raises(PlanArgumentError, match="nested more than 32 levels"):
+        parse_value("[" * 5000 + "]" * 5000, DEVICES)
+    # good metadata reaches the start document as given
+    call = build_plan_call(
+        spec, ["det", 'md={"sample": "A1", "tags": ["x", 2]}'], DEVICES, md={"operator": "kb"}
+    )
+    start = next(doc for name, doc in collect(RE, call.make()) if name == "start")
+    assert (start["sample"], start["tags"], start["operator"]) == ("A1", ["x", 2], "kb")

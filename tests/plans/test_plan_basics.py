@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import pickle
+import re
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,10 +17,15 @@ from ophyd.sim import det, motor
 from daqbridge.errors import PlanArgumentError
 from daqbridge.plans import PLANS, device_stack, device_stacks, raster, wavelength_scan
 from daqbridge.plans._checks import (
+    MAX_DELAY_S,
+    MAX_POINTS,
+    max_points,
     plan_error,
     positioner_limits,
     require_count,
+    require_delay,
     require_numbers,
+    require_points,
     require_range,
 )
 from daqbridge.plans._metadata import jsonable, start_metadata
@@ -124,3 +132,112 @@ def test_raster_runs_with_plain_ophyd_sim_devices() -> None:
     start = next(d for n, d in docs if n == "start")
     assert start["daqbridge_devices"] == {"det": "native", "motor2": "native", "motor1": "native"}
     assert sum(1 for n, _ in docs if n == "event") == 4
+
+
+# --- bounds and run metadata (docs/plans.md, "Bounds") ------------------------------------------
+
+
+def test_the_bounds_of_the_checks() -> None:
+    day = f"{MAX_DELAY_S:g}"
+    assert require_delay("p", "delay", 0) == 0.0
+    assert require_delay("p", "delay", MAX_DELAY_S) == MAX_DELAY_S
+    for value, words in (
+        (-1, ["p(): delay=-1 must be >= 0", f"(limit: 0 to {day} s)"]),
+        (MAX_DELAY_S + 1, ["is longer than one day", f"(limit: 0 to {day} s)"]),
+        (1e308, ["delay=1e+308 is longer than one day"]),
+        (float("nan"), ["must be finite"]),
+    ):
+        with pytest.raises(PlanArgumentError) as info:
+            require_delay("p", "delay", value)
+        for word in words:
+            assert word in str(info.value), str(info.value)
+    assert require_count("p", "num", MAX_POINTS) == MAX_POINTS
+    with pytest.raises(PlanArgumentError, match="num=1000001 is above the maximum 1,000,000"):
+        require_count("p", "num", MAX_POINTS + 1)
+    with pytest.raises(PlanArgumentError, match="num=1000000000000000000 is above the maximum"):
+        require_count("p", "num", 1e18)
+    assert require_points("p", "num", max_points(3), axes=3) == max_points(3)
+    with pytest.raises(PlanArgumentError) as info:
+        require_points("p", "num", max_points(3) + 1, axes=3)
+    assert f"at most {max_points(3):,} points on 3 motors, 800 MB" in str(info.value)
+    assert info.value.limit == f"at most {max_points(3):,} points on 3 motors, 800 MB"
+
+
+def test_run_metadata_is_refused_before_the_first_message() -> None:
+    from ophyd.sim import motor1, motor2
+
+    deep: dict = {}
+    node = deep
+    for _ in range(5000):  # deeper than Python's stack: must be a message, not RecursionError
+        node["a"] = {}
+        node = node["a"]
+    RE = RunEngine({})
+    names: list[str] = []
+    RE.subscribe(lambda name, doc: names.append(name))
+    for md, words in (
+        (5, ["raster(): md=5 is int, not a mapping of run metadata"]),
+        (1e18, ["md=1e+18 is float"]),
+        ({"uid": "abc"}, ["md['uid']='abc' sets 'uid', which the RunEngine writes itself"]),
+        ({"time": float("nan")}, ["md['time']=nan is not a finite number"]),
+        ({"scan_id": "x"}, ["md['scan_id']='x' does not fit the run start document"]),
+        ({"sample": [1, 2]}, ["md['sample']", "does not fit the run start document"]),
+        ({"probe": object()}, ["is of type object, which the catalog cannot store"]),
+        (deep, ["is nested more than 32 levels deep"]),
+        ({"notes": "x" * 1_000_001}, ["more than the 1,000,000 a start document may carry"]),
+    ):
+        with pytest.raises(PlanArgumentError) as info:
+            RE(raster(motor1, motor2, det, (0, 1, 2), (0, 1, 2), md=md))
+        for word in words:
+            assert word in str(info.value), str(info.value)
+    assert names == []  # no run was opened, nothing moved
+    # numpy values are metadata too, recorded as plain numbers and lists
+    RE(
+        raster(
+            motor1,
+            motor2,
+            det,
+            (0, 1, 2),
+            (0, 1, 2),
+            md={"gain": np.float32(2), "roi": np.arange(3)},
+        )
+    )
+    assert names[0] == "start"
+
+
+def test_start_metadata_returns_the_callers_keys_as_json() -> None:
+    md = start_metadata("p", {}, detectors=[det], md={"n": np.int64(3), "xs": (1.5, np.float64(2))})
+    assert md["n"] == 3 and type(md["n"]) is int and md["xs"] == [1.5, 2.0]
+    json.dumps(md)
+
+
+def test_raster_points_are_bounded_before_bluesky_builds_the_grid() -> None:
+    from ophyd.sim import motor1, motor2
+
+    side = math.isqrt(max_points(2)) + 1  # each axis small, the grid above the bound
+    RE = RunEngine({})
+    names: list[str] = []
+    RE.subscribe(lambda name, doc: names.append(name))
+    with pytest.raises(PlanArgumentError) as info:
+        RE(raster(motor1, motor2, det, (0, 1, side), (0, 1, side), snake=False))
+    assert f"x_range[2] x y_range[2]={side * side} makes {side * side:,} points on 2 motors" in str(
+        info.value
+    )
+    assert names == []
+
+
+LASER_SETS = re.compile(r"^\s*(WAV\w*|SHUT\w*)\s+\S", re.IGNORECASE)
+
+
+def test_settle_time_is_bounded_before_the_laser_is_touched(runtime: Any, docs: Any) -> None:
+    laser_sim = runtime.simulation.simulator("sim_laser")
+    before = len(laser_sim.received_lines)
+    with pytest.raises(PlanArgumentError) as info:
+        runtime.RE(
+            wavelength_scan(
+                runtime["sim_laser"], runtime["sim_meter"], 750, 760, 2, settle_time=1e308
+            )
+        )
+    assert "wavelength_scan(): settle_time=1e+308 is longer than one day" in str(info.value)
+    assert "(limit: 0 to 86400 s)" in str(info.value)
+    assert [line for line in laser_sim.received_lines[before:] if LASER_SETS.match(line)] == []
+    assert docs.of("start") == []

@@ -41,6 +41,12 @@ ProfileSource = str | os.PathLike | Mapping[str, Any] | None
 
 _TOML_POS_RE = re.compile(r"\(at line (\d+), column (\d+)\)")
 
+MAX_NESTING = 16
+"""Deepest nesting of arrays and tables a profile may have. The models' deepest key has five
+levels (``instruments[0].esp300.axes[1].name``). tomllib recurses once per level, so a few
+hundred levels end in a RecursionError; and everything after parsing (pydantic, messages, the
+migration's writer) walks the data again."""
+
 # Keys people bring from the legacy format or other tools, and where they went.
 _RENAMED: dict[str, str] = {
     "baudrate": "baud_rate",
@@ -175,9 +181,12 @@ def _read_file(path: Path) -> str:
 
 
 def parse_toml(text: str, file: str = "<string>") -> dict[str, Any]:
-    """TOML text -> dict, syntax errors as ConfigError at ``file:line:column``."""
+    """TOML text -> dict, syntax errors as ConfigError at ``file:line:column``; nesting deeper
+    than :data:`MAX_NESTING` is an error too (``nesting``), not a RecursionError."""
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
+    except RecursionError:
+        raise ProfileInvalid([_nesting_issue(file, None, _deepest_line(text))]) from None
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         m = _TOML_POS_RE.search(message)
@@ -204,6 +213,48 @@ def parse_toml(text: str, file: str = "<string>") -> dict[str, Any]:
             line=line,
         )
         raise ProfileInvalid([issue]) from None
+    deep = _too_deep(data)
+    if deep is not None:
+        line = locate_key(text, deep)
+        raise ProfileInvalid([_nesting_issue(file, format_key(deep), line)])
+    return data
+
+
+def _too_deep(data: Mapping[str, Any]) -> list | None:
+    """The key path of the first value nested deeper than MAX_NESTING, found without
+    recursion (the data may be as deep as the parser could go)."""
+    level: list[tuple[list, Any]] = [([], data)]
+    for _ in range(MAX_NESTING):
+        children: list[tuple[list, Any]] = []
+        for path, node in level:
+            if isinstance(node, Mapping):
+                children.extend(([*path, k], v) for k, v in node.items())
+            elif isinstance(node, list):
+                children.extend(([*path, i], v) for i, v in enumerate(node))
+        if not children:
+            return None
+        level = children
+    return next((path for path, node in level if isinstance(node, Mapping | list)), None)
+
+
+def _nesting_issue(file: str, key: str | None, line: int | None) -> Issue:
+    return Issue(
+        "error",
+        "nesting",
+        f"arrays or tables are nested more than {MAX_NESTING} levels deep; no profile key "
+        "nests that deep.",
+        "remove the extra brackets: values are numbers, strings, booleans, arrays of them, or "
+        "the tables docs/profile.md lists.",
+        key=key,
+        file=file,
+        line=line,
+    )
+
+
+def _deepest_line(text: str) -> int | None:
+    """Best effort: the line with the most opening brackets (tomllib gave up without one)."""
+    counts = [line.count("[") + line.count("{") for line in text.splitlines()]
+    return counts.index(max(counts)) + 1 if counts and max(counts) else None
 
 
 def _toml_fix(what: str) -> str:

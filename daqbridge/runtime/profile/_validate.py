@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,10 @@ Severity = Literal["error", "warning"]
 
 RULES: dict[str, tuple[Severity, str]] = {
     "toml-syntax": ("error", "The file is not valid TOML; reported at line:column."),
+    "nesting": (
+        "error",
+        "Arrays or tables nested deeper than any profile key (16 levels); reported, not a crash.",
+    ),
     "unknown-key": ("error", "A key the table does not have; the nearest known key is suggested."),
     "missing-key": ("error", "A required key or table is absent."),
     "unknown-driver": ("error", "`driver` is not one of the known drivers (nearest suggested)."),
@@ -77,6 +82,11 @@ RULES: dict[str, tuple[Severity, str]] = {
         "Camera frames inside the catalog's or write-ahead log's dirs.",
     ),
     "data-dir": ("error", "The data directory cannot be resolved (no home directory for `~`)."),
+    "data-dir-unwritable": (
+        "error",
+        "The data directory (or a camera's frames directory) is not a directory, cannot be "
+        "created, or is not writable; checked on this machine, with the ports.",
+    ),
     "coupling-unknown": ("error", "A coupling names an id that is not an instrument."),
     "coupling-kind": ("error", "A power coupling not from a maitai to a newport1830c."),
     "coupling-real": ("error", "A coupling on real hardware (couplings join simulators)."),
@@ -550,6 +560,7 @@ class _Checker:
 
     def data_dirs(self) -> None:
         try:
+            data = self.profile.data_path()
             reserved = self.profile.reserved_dirs()
             cams = [
                 (i, inst, self.profile.frames_path(inst))
@@ -565,6 +576,8 @@ class _Checker:
                 "lab.data_dir",
             )
             return
+        if self.cache is not None:  # on this machine: the same occasion as the port check
+            self.writable_dirs(data, cams)
         for n, (i, inst, path) in enumerate(cams):
             key = f"instruments[{i}].pvcam.frames_dir"
             for r in reserved:
@@ -595,6 +608,43 @@ class _Checker:
                         inst,
                         resource=str(path),
                     )
+
+    def writable_dirs(self, data: Path, cams: list[tuple[int, PvcamInstrument, Path]]) -> None:
+        """The directories start-up writes into, checked before any port opens: a data_dir
+        of /dev/null otherwise surfaces as a camera that "cannot write its frames", which
+        sends people to the camera's cable."""
+        from_env = bool(os.environ.get("DAQBRIDGE_DATA"))
+        problem = writable_dir_problem(data)
+        if problem is not None:
+            source = "DAQBRIDGE_DATA" if from_env else "lab.data_dir"
+            self.add(
+                "error",
+                "data-dir-unwritable",
+                f"the data directory {data} (from {source}) {problem}; the catalog, the "
+                "write-ahead log and the camera frames go there.",
+                "set DAQBRIDGE_DATA to a directory this user can write, or unset it to use "
+                "lab.data_dir"
+                if from_env
+                else "set lab.data_dir to a directory this user can write (it is created if "
+                'missing), e.g. data_dir = "~/daqbridge-data".',
+                "lab.data_dir",
+                resource=str(data),
+            )
+        for i, inst, path in cams:
+            if problem is not None and _overlap(path, data):
+                continue  # said once, for the data directory
+            cam_problem = writable_dir_problem(path)
+            if cam_problem is not None:
+                self.add(
+                    "error",
+                    "data-dir-unwritable",
+                    f"the frames directory of {inst.id!r}, {path}, {cam_problem}.",
+                    "set pvcam.frames_dir to a directory this user can write (it is created "
+                    "if missing), or remove the key to use frames/<id> under data_dir.",
+                    f"instruments[{i}].pvcam.frames_dir",
+                    inst,
+                    resource=str(path),
+                )
 
     # --- couplings ------------------------------------------------------------------------
 
@@ -733,6 +783,48 @@ class _Checker:
                 'write catalog_api_key = "env:TILED_API_KEY" and set that variable instead.',
                 "lab.catalog_api_key",
             )
+
+
+_KINDS = (
+    (stat.S_ISREG, "a regular file"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _kind(mode: int) -> str:
+    return next((text for test, text in _KINDS if test(mode)), "not a directory")
+
+
+def writable_dir_problem(path: Path) -> str | None:
+    """Why ``path`` cannot serve as a directory this process writes into, or None.
+
+    It must be a writable directory, or not exist yet under a writable directory (start-up
+    creates it). Nothing is created here: `config check` only looks.
+    """
+    try:
+        if path.is_symlink() and not path.exists():
+            return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+        if path.exists():
+            mode = path.stat().st_mode
+            if not stat.S_ISDIR(mode):
+                return f"is {_kind(mode)}, not a directory"
+            if not os.access(path, os.W_OK | os.X_OK):
+                return "is a directory this user cannot write to"
+            return None
+        ancestor = path.parent
+        while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        mode = ancestor.stat().st_mode
+        if not stat.S_ISDIR(mode):
+            return f"cannot be created: {ancestor} is {_kind(mode)}, not a directory"
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            return f"does not exist and cannot be created: {ancestor} is not writable for this user"
+        return None
+    except OSError as exc:
+        return f"cannot be checked: {exc.strerror or exc}"
 
 
 def _overlap(a: Path, b: Path) -> bool:
