@@ -46,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--seed", type=int, help="seed of the random faults and noise")
     serve.add_argument("--port", type=int, help="TCP port for scpi (default: a free port)")
     serve.add_argument(
+        "--personality", help="scpi: the instrument to answer as (generic, 34401a, keithley2000)"
+    )
+    serve.add_argument(
         "--option",
         "-o",
         action="append",
@@ -81,6 +84,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         ("drop_probability", args.drop_probability),
         ("garble_probability", args.garble_probability),
         ("seed", args.seed),
+        ("personality", args.personality),
     ):
         if value is not None:
             options[key] = value if key != "addresses" else str(value)

@@ -17,6 +17,11 @@ Why it is built this way (INSTRUMENTS.md, "Generic SCPI instrument over VISA"):
   same lease: SCPI set commands are silent, so the error queue is the only way to learn the
   instrument refused a value. A refusal fails the status with the instrument's own text.
 * ``+9.9E37`` is SCPI's overload value, never a measurement: it raises :class:`InstrumentFault`.
+* Text signals (``dtype = "str"``) follow IEEE 488.2 string data, as real meters do (34401A
+  User's Guide p. 159): a reply such as ``"VOLT"`` (``FUNC?``) loses its quotes, and a quote
+  inside a value sent in a quoted command (``DISP:TEXT "{value}"``) is doubled, and undoubled
+  on the way back. Sent as it is, the instrument would end the string early and refuse the rest.
+  The transcripts of both simulator personalities pin this (tests/transcripts/scpi_*.yaml).
 """
 
 from __future__ import annotations
@@ -385,6 +390,11 @@ class ScpiInstrument(Device):
             )
         if spec.dtype == "str":
             text = check_wire_text(value, instrument=self.name, what=what)
+            quote = _enclosing_quote(spec.command)
+            if quote:
+                # IEEE 488.2 string data: the delimiter inside the string is sent twice, or
+                # the instrument ends the string early and refuses the rest of the line.
+                text = text.replace(quote, quote * 2)
         elif spec.dtype == "int":
             text = str(
                 check_number(
@@ -455,9 +465,7 @@ class ScpiInstrument(Device):
         spec = sig.spec
         reply = lease.query(spec.query, self.timeout).strip()
         if spec.dtype == "str":
-            if len(reply) >= 2 and reply[0] == reply[-1] == '"':
-                return reply[1:-1]
-            return reply
+            return _unquoted(reply)
         try:
             number = float(reply)
         except ValueError:
@@ -581,6 +589,21 @@ class ScpiInstrument(Device):
     def destroy(self) -> None:
         self.close()
         super().destroy()
+
+
+def _enclosing_quote(command: str) -> str | None:
+    """The quote around ``{value}`` in ``FUNC "{value}"`` (None when the value is bare)."""
+    at = command.index("{value}")
+    before, after = command[at - 1 : at], command[at + len("{value}") : at + len("{value}") + 1]
+    return before if before and before == after and before in "\"'" else None
+
+
+def _unquoted(reply: str) -> str:
+    """String response data as the text it stands for: outer quotes off, doubled ones single."""
+    if len(reply) >= 2 and reply[0] == reply[-1] and reply[0] in "\"'":
+        quote = reply[0]
+        return reply[1:-1].replace(quote * 2, quote)
+    return reply
 
 
 def _as_dtype(value: Any, spec: ScpiSignalSpec) -> Any:

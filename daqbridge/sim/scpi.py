@@ -1,4 +1,4 @@
-"""A generic SCPI instrument (a DMM with a built-in voltage source) over raw TCP sockets.
+"""SCPI DMMs over raw TCP sockets: a generic meter with a source, a 34401A, a Keithley 2000.
 
 The instrument is a source-measure unit wired in loopback: ``MEAS:VOLT:DC?`` reads back what
 ``SOUR:VOLT`` drives when ``OUTP ON`` (zero when off), plus seeded Gaussian noise. That gives
@@ -23,9 +23,83 @@ What it reproduces from real SCPI instruments (INSTRUMENTS.md, "Generic SCPI ins
 Not modelled: ``-410 Query INTERRUPTED`` (a socket transport cannot tell whether the previous
 reply was read), service requests on a bus, trigger sources other than immediate.
 
-The model is transport-free and thread-safe; ``serve_tcp`` puts it behind a LF-terminated socket
-server (``TCPIP0::127.0.0.1::<port>::SOCKET``), several client connections sharing one model as
-on a real instrument with several sockets. Simulators never share protocol code with drivers.
+Personalities (``personality=``; the default, ``generic``, is the meter above)
+-------------------------------------------------------------------------------
+Drivers that other people wrote for real DMMs must work unchanged against the simulator, so it
+can also answer as two real meters. A personality is a DMM, not a source: it measures what the
+``input_*`` options put on its terminals (``input_voltage``, ``input_ac_voltage``,
+``input_current``, ``input_resistance`` (1 kOhm), ``input_frequency``, ``temperature``; all
+changeable while it runs), and ``SOUR``/``OUTP`` are unknown headers there, as on the real ones.
+Noise is ``noise`` x range / 10 (``noise`` V rms on the 10 V range).
+
+``34401a``, an HP/Agilent 34401A. Sources:
+[UG] Agilent 34401A User's Guide (34401-90004), ch. 4 "Remote Interface Reference" (MEASure?,
+CONFigure, CONFigure? and its example ``"VOLT +1.000000E+01,+3.000000E-06"``, FUNCtion, READ?
+vs INITiate/FETCh?, string parameters and output formats p. 159) and ch. 5 "Error Messages";
+https://manualshive.com/en/manual/hp/34401a/162633?page=159,
+https://manualsdump.com/en/manuals/agilent_technologies-34401a/203890/123.
+[TV] Keysight Truevolt Operating and Service Guide, *IDN? in 34401A emulation
+(``HEWLETT-PACKARD,34401A,...``), https://www.easymanua.ls/keysight/truevolt-series/manual?p=269.
+[SUM] vinayshanbhag/SCPI README.md, the 34401A command summary. [QC] QCoDeS
+qcodes/instrument_drivers/agilent/_Agilent_344xxA.py (NPLC 0.02/0.2/1/10/100 and the resolution
+factors 1e-4..3e-7 x range; ROUT:TERM?, DISP:TEXT, SENS:VOLT:DC:RANG). [EX] Exopy HQC legacy
+drivers (FUNCtion "..." then FUNCtion? compared with what was sent).
+
+- ``*IDN?`` -> ``HEWLETT-PACKARD,34401A,0,11-5-2`` ([UG]: serial field always 0; [TV]).
+- ``FUNC?`` -> the short name, ``:DC`` omitted: ``"VOLT"``, ``"VOLT:AC"``, ``"CURR"``, ``"RES"``,
+  ... (``FUNC "VOLT:DC"`` reads back ``"VOLT"``: a driver comparing with what it sent fails, as
+  it does on the real meter). ``FUNC`` takes a quoted string (either quote [UG]); unquoted text
+  queues -104. ``CONF?`` -> ``"VOLT <range>,<resolution>"`` in ``+1.000000E+01`` form, resolution
+  = factor(NPLC) x range [QC]; ``"CONT"`` and ``"DIOD"`` alone (fixed range). Settings queries
+  (``RANG?``, ``NPLC?``, ``RES?``, ``TRIG:COUN?``, ``TRIG:DEL?``) use the same ``+d.dddddd E``
+  form as CONF?, readings the 8-decimal ``SD.DDDDDDDDESDD`` form [UG p. 159].
+- ``CONF:<func> [range[,resolution]]`` and ``MEAS:<func>? [range[,resolution]]`` (DEF =
+  autorange; a resolution picks the fastest NPLC that reaches it); they preset the trigger
+  system (source IMM, counts 1, auto delay). ``NPLC`` only 0.02, 0.2, 1, 10, 100 (else -222).
+- ``READ?`` stores nothing ([UG]: "readings are not stored ... when using READ?");
+  ``INIT`` stores up to 512 readings (more: ``+531,"Insufficient memory"``), ``FETC?`` sends
+  them, with nothing stored ``-230,"Data stale"``; ``TRIG:SOUR BUS`` + ``READ?`` is
+  ``-214,"Trigger deadlock"``, ``*TRG`` without a waiting INIT ``-211,"Trigger ignored"``.
+- ``SYST:ERR?``: ``+0,"No error"``, ``-113,"Undefined header"``; 20 entries, then
+  ``-350,"Too many errors"`` [UG ch. 5]. Also ZERO:AUTO, INP:IMP:AUTO, ROUT:TERM? (``FRON``),
+  DISP ON|OFF, DISP:TEXT "..." (12 characters; a quote inside doubled, [UG p. 159]),
+  DISP:TEXT:CLE, SYST:BEEP[:STAT], SYST:LOC|REM|RWL, DATA:POIN?, TRIG:DEL[:AUTO], SAMP:COUN.
+
+``keithley2000``, a Keithley 2000. Sources:
+[UG] Keithley Model 2000 Multimeter User's Manual (2000-900-01 Rev. J): *IDN? p. 4-43
+(https://www.easymanua.ls/keithley/2000/manual?p=129), command path rules p. 4-37 (p=123),
+:SYSTem:VERSion? ``1991.0`` and :SYSTem:ERRor? (10 entries, "0, No error") p. 5-63
+(http://38.142.81.21:8001/manual/keithley/2000-e/user-manual-english/page-194.html).
+[MQ] Keithley 2182A User's Manual, appendix H "Measurement Queries" (the same trigger model):
+FETCh? without a reading -230, READ? = ABORt + INITiate + FETCh? and always a new reading.
+[CAT] instrument-catalog.warehack.ing/instruments/keithley-2000 (a captured *IDN?).
+[PM] pymeasure pymeasure/instruments/keithley/keithley2000.py (``:CONF?``/``:CONF:%s``,
+``:READ?``, ``:SENS:VOLT:RANG:AUTO 0;:SENS:VOLT:RANG %g``, ranges 0-1010 V, NPLC 0.01-10,
+reset string). [EX] Exopy HQC legacy drivers ("The Keithley returns "VOLT:DC"", FETCh?).
+
+- ``*IDN?`` -> ``KEITHLEY INSTRUMENTS INC.,MODEL 2000,1234567,A08 /A02`` ([CAT]). [UG] prints
+  the format with a space after each comma; [CAT] and the Keithley manuals of later models do
+  not. Chosen: no spaces, so a driver that splits on ``", "`` fails here as it would on a meter.
+- ``:FUNC?`` and ``:CONF?`` -> ``"VOLT:DC"`` ([EX], [PM]). ``:CONF:<func>`` and
+  ``:MEAS:<func>?`` take no range or resolution ([UG] signal oriented commands): a 34401A-style
+  ``MEAS:VOLT:DC? 10,0.001`` queues -108 and gets no reading. ``:MEAS?`` alone measures the
+  present function. CONF resets that function's range, NPLC (1), digits and reference.
+- Continuous initiation is on after power-on and ``:SYST:PRES`` (the meter free-runs, so
+  ``:FETC?`` always has a fresh reading, [EX]), off after ``*RST``; ``:INIT`` while it is on is
+  ``-213,"Init ignored"``. ``:READ?`` always returns a new reading [MQ].
+- ``SYST:ERR?`` (and ``:STAT:QUE?``): ``0,"No error"`` without the sign the 34401A prints
+  ([UG]: "0, No error"); 10 entries, then ``-350,"Queue overflow"``. Keithley words -222
+  ``"Parameter data out of range"``. Also :SENS:<func>:DIG, :REF, :REF:STAT, :REF:ACQ,
+  :SYST:AZER, :SYST:BEEP, :STAT:PRES, :STAT:QUE:CLE, :FORM[:DATA] ASC, :FORM:ELEM READ,
+  :DISP:ENAB, :DISP:TEXT:DATA/STAT, :ABOR, TEMP (``temperature``).
+
+Where no source gives a reply form, the simulator picks the stricter one and says so: the
+``+1.000000E+01`` form of Keithley settings, ``+3`` for ``SAMP:COUN?`` and ``DATA:POIN?``,
+``+1.000000E+00`` for ``TRIG:COUN?`` (INF is allowed, so a driver must parse a float), the
+34401A's ``1992.0`` for ``SYST:VERS?``, and the CONF? of the 34401A's ac and frequency functions
+(range and 1e-6 x range, the layout of the manual's dc example). Not modelled: ratio, math
+(CALC), the reading buffer (TRAC), binary formats and the units/channel elements (refused with
+-224), a scanner card, the 34401A's RS-232 specifics (SYST:REM first, CR LF replies).
 """
 
 from __future__ import annotations
@@ -49,6 +123,8 @@ from daqbridge.sim._core import Faults
 
 __all__ = [
     "SCPI_ERRORS",
+    "PERSONALITIES",
+    "SCPI_SIM_PERSONALITY_RESOURCES",
     "SCPI_SIM_RESOURCES",
     "SCPI_SIM_YAML",
     "ScpiInstrumentModel",
@@ -70,7 +146,13 @@ SCPI_SIM_RESOURCES: tuple[str, str] = (
     "TCPIP0::192.168.1.100::5025::SOCKET",
     "GPIB0::20::INSTR",
 )
-"""The two instruments defined in ``SCPI_SIM_YAML`` (serials SIM0001 and SIM0002)."""
+"""The two generic instruments defined in ``SCPI_SIM_YAML`` (serials SIM0001 and SIM0002)."""
+
+SCPI_SIM_PERSONALITY_RESOURCES: dict[str, str] = {
+    "34401a": "GPIB0::22::INSTR",
+    "keithley2000": "GPIB0::16::INSTR",
+}
+"""One ``SCPI_SIM_YAML`` resource per personality, at the instrument's factory GPIB address."""
 
 SCPI_ERRORS: dict[int, str] = {
     0: "No error",
@@ -80,6 +162,10 @@ SCPI_ERRORS: dict[int, str] = {
     -108: "Parameter not allowed",
     -109: "Missing parameter",
     -113: "Undefined header",
+    -151: "Invalid string data",
+    -211: "Trigger ignored",
+    -213: "Init ignored",
+    -214: "Trigger deadlock",
     -221: "Settings conflict",
     -222: "Data out of range",
     -223: "Too much data",
@@ -184,8 +270,24 @@ def _split_units(line: str) -> list[str]:
 
 
 def _split_params(text: str) -> list[str]:
+    """Split parameters on ``,`` outside quoted strings (``DISP:TEXT "A,B"`` is one)."""
     text = text.strip()
-    return [p.strip() for p in text.split(",")] if text else []
+    if not text:
+        return []
+    params, buf, quote = [], [], None
+    for ch in text:
+        if quote:
+            if ch == quote:
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+        elif ch == ",":
+            params.append("".join(buf).strip())
+            buf = []
+            continue
+        buf.append(ch)
+    params.append("".join(buf).strip())
+    return params
 
 
 _NUMBER = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([a-zA-Z]*)$")
@@ -200,18 +302,47 @@ class ScpiInstrumentModel:
     the serial simulators) and returns the byte chunks to send with their delays.
     """
 
+    personality: str = "generic"
+    """Which instrument this model answers as (see :data:`PERSONALITIES`)."""
+    _IDENTITY: tuple[str, str, str, str] = ("DAQBRIDGE-SIM", "SCPI-DMM", "SIM0001", "1.0")
+    _ERROR_QUEUE: int = _ERROR_QUEUE_SIZE
+    _ERROR_TEXT: dict[int, str] = {}
+    """This instrument's wording of an error, where it differs from :data:`SCPI_ERRORS`."""
+
+    def __new__(
+        cls, *args: Any, personality: str = "generic", **options: Any
+    ) -> ScpiInstrumentModel:
+        # ScpiInstrumentModel(personality="34401a") is how serve_tcp, the CLI and profiles ask
+        # for an instrument; the answer is the model of that instrument.
+        if cls is ScpiInstrumentModel:
+            cls = _personality_class(personality)
+        return super().__new__(cls)
+
     def __init__(
         self,
         *,
-        manufacturer: str = "DAQBRIDGE-SIM",
-        model: str = "SCPI-DMM",
-        serial: str = "SIM0001",
-        firmware: str = "1.0",
+        personality: str = "generic",
+        manufacturer: str | None = None,
+        model: str | None = None,
+        serial: str | None = None,
+        firmware: str | None = None,
         noise: float = 1e-5,
-        source_limit: float = 10.0,
         seed: int | None = 0,
         faults: Faults | None = None,
+        **options: Any,
     ) -> None:
+        if _personality_class(personality) is not type(self):
+            raise ConfigError(
+                f"SCPI simulator personality {personality!r} does not match "
+                f"{type(self).__name__} (a {self.personality} model).",
+                key="personality",
+                fix="build ScpiInstrumentModel(personality=...) instead of a model class.",
+            )
+        given = (manufacturer, model, serial, firmware)
+        manufacturer, model, serial, firmware = (
+            default if part is None else part
+            for part, default in zip(given, self._IDENTITY, strict=True)
+        )
         for label, part in (
             ("manufacturer", manufacturer),
             ("model", model),
@@ -225,17 +356,12 @@ class ScpiInstrumentModel:
                     fix="give a non-empty text without ',' or line breaks.",
                 )
         noise = _option("noise", noise, float)
-        source_limit = _option("source_limit", source_limit, float)
         seed = None if seed is None else _option("seed", seed, int)
         if not noise >= 0:
-            raise ConfigError(f"noise must be >= 0 V rms, got {noise!r}.", key="noise")
-        if not source_limit > 0:
-            raise ConfigError(
-                f"source_limit must be > 0 V, got {source_limit!r}.", key="source_limit"
-            )
+            raise ConfigError(f"noise must be >= 0, got {noise!r}.", key="noise")
+        self._options(options)
         self.identity = f"{manufacturer},{model},{serial},{firmware}"
         self.noise = float(noise)
-        self.source_limit = float(source_limit)
         self.faults = faults or Faults(seed=seed)
         self.lock = threading.RLock()
         self._rng = random.Random(seed)
@@ -246,6 +372,16 @@ class ScpiInstrumentModel:
         self._mav = False
         self._commands = self._command_table()
         self.power_cycle()
+
+    def _options(self, options: dict[str, Any]) -> None:
+        """Take this instrument's own options (the generic meter: its source's limit)."""
+        source_limit = _option("source_limit", options.pop("source_limit", 10.0), float)
+        _no_other_options(self.personality, options, ["source_limit"])
+        if not source_limit > 0:
+            raise ConfigError(
+                f"source_limit must be > 0 V, got {source_limit!r}.", key="source_limit"
+            )
+        self.source_limit = float(source_limit)
 
     # --- state ---------------------------------------------------------------------------
 
@@ -284,13 +420,19 @@ class ScpiInstrumentModel:
     def queue_error(self, code: int, message: str | None = None) -> None:
         """Queue an error as the instrument would (sets the matching ESR bit)."""
         with self.lock:
-            text = message or SCPI_ERRORS.get(code, "Device-specific error")
-            if len(self.errors) >= _ERROR_QUEUE_SIZE:
+            text = message or self._error_text(code)
+            if len(self.errors) >= self._ERROR_QUEUE:
                 self.errors.pop()
-                self.errors.append((-350, SCPI_ERRORS[-350]))
+                self.errors.append((-350, self._error_text(-350)))
             else:
                 self.errors.append((code, text))
             self.esr |= _esr_bit(code)
+
+    def _error_text(self, code: int) -> str:
+        return self._ERROR_TEXT.get(code) or SCPI_ERRORS.get(code, "Device-specific error")
+
+    def _error_reply(self, code: int, text: str) -> str:
+        return f'{code:+d},"{text}"'
 
     def measure(self) -> float:
         """One DC voltage reading: the source output in loopback, plus noise, or overload."""
@@ -524,8 +666,8 @@ class ScpiInstrumentModel:
 
     def _q_error(self, params: list[str]) -> str:
         self._no_params(params)
-        code, text = self.errors.popleft() if self.errors else (0, SCPI_ERRORS[0])
-        return f'{code:+d},"{text}"'
+        code, text = self.errors.popleft() if self.errors else (0, self._error_text(0))
+        return self._error_reply(code, text)
 
     def _apply_range(self, text: str) -> None:
         key = text.upper()
@@ -634,6 +776,886 @@ class ScpiInstrumentModel:
     def _q_read(self, params: list[str]) -> str:
         self._c_initiate(params)
         return self._q_fetch([])
+
+
+# --- DMM personalities ----------------------------------------------------------------------------
+
+
+def _setting(value: float) -> str:
+    """A setting as these DMMs print it (``CONF?``, ``RANG?``, ``NPLC?``): ``+1.000000E+01``."""
+    return f"{_OVERLOAD if math.isinf(value) else value:+.6E}"
+
+
+def _quoted(text: str) -> str:
+    """IEEE 488.2 string response data: in double quotes, an inner quote doubled."""
+    return '"' + text.replace('"', '""') + '"'
+
+
+def _string(text: str) -> str:
+    """The content of a quoted string parameter; a doubled quote inside stands for one."""
+    if len(text) < 2 or text[0] not in "\"'" or text[-1] != text[0]:
+        raise _ScpiError(-104)  # character data where the manual asks for a quoted string
+    quote, body = text[0], text[1:-1]
+    if quote in body.replace(quote * 2, ""):
+        raise _ScpiError(-151)
+    return body.replace(quote * 2, quote)
+
+
+def _no_other_options(personality: str, options: dict[str, Any], valid: list[str]) -> None:
+    if options:
+        names = ", ".join(sorted(options))
+        raise ConfigError(
+            f"the {personality} SCPI simulator has no option {names}; its own options: "
+            f"{', '.join(valid)} (besides manufacturer, model, serial, firmware, noise, seed "
+            "and the fault switches).",
+            key=sorted(options)[0],
+            fix="see docs/simulators.md for the options of each personality.",
+        )
+
+
+@dataclass(frozen=True)
+class _Function:
+    """One measurement function of a DMM: its SCPI node and what it measures with."""
+
+    key: str
+    header: str
+    ranges: tuple[float, ...] = ()
+    nplc: bool = False
+    suffixes: tuple[tuple[str, float], ...] = (("", 1.0),)
+
+
+_V = (("", 1.0), ("V", 1.0), ("MV", 1e-3), ("UV", 1e-6), ("KV", 1e3))
+_A = (("", 1.0), ("A", 1.0), ("MA", 1e-3), ("UA", 1e-6))
+_OHM = (("", 1.0), ("OHM", 1.0), ("KOHM", 1e3), ("MOHM", 1e6))
+_DMM_FUNCTIONS: dict[str, _Function] = {
+    f.key: f
+    for f in (
+        _Function("VOLT", "VOLTage[:DC]", (0.1, 1.0, 10.0, 100.0, 1000.0), True, _V),
+        _Function("VOLT:AC", "VOLTage:AC", (0.1, 1.0, 10.0, 100.0, 750.0), False, _V),
+        _Function("CURR", "CURRent[:DC]", (0.01, 0.1, 1.0, 3.0), True, _A),
+        _Function("CURR:AC", "CURRent:AC", (1.0, 3.0), False, _A),
+        _Function("RES", "RESistance", (100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8), True, _OHM),
+        _Function("FRES", "FRESistance", (100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8), True, _OHM),
+        _Function("FREQ", "FREQuency"),
+        _Function("PER", "PERiod"),
+        _Function("CONT", "CONTinuity"),
+        _Function("DIOD", "DIODe"),
+        _Function("TEMP", "TEMPerature"),
+    )
+}
+_FIXED_RANGE = {"CONT": 1000.0, "DIOD": 1.0}
+"""Continuity reads on the 1 kOhm range, the diode test on the 1 V range (34401A manual)."""
+_FUNCTION_PATTERNS = {key: _compile(f.header) for key, f in _DMM_FUNCTIONS.items()}
+_SOURCES = {"IMM": "IMMediate", "BUS": "BUS", "EXT": "EXTernal", "TIM": "TIMer", "MAN": "MANual"}
+_READING_MEMORY = 512
+"""Readings a 34401A stores after INITiate (manual: "up to 512 readings")."""
+
+
+class _DmmModel(ScpiInstrumentModel):
+    """What the 34401A and the Keithley 2000 share: functions, ranges, trigger system.
+
+    A DMM measures what is connected to its inputs, so its readings come from the ``input_*``
+    options (changeable while it runs: ``model.input_voltage = 2.5``), not from a source.
+    """
+
+    _FUNCTION_NAMES: dict[str, str] = {}
+    """Function key -> the name ``FUNC?`` replies (without quotes)."""
+    _NPLC_DEFAULT = 10.0
+    _SOURCES_ALLOWED: tuple[str, ...] = ("IMM", "BUS", "EXT")
+    _TRIGGER_COUNT_MAX = 50_000
+    _SAMPLE_COUNT_MAX = 50_000
+    _TRIGGER_DELAY_MAX = 3600.0
+    _RANGE_OVER_TOP = 1.0
+    """A range value up to this times the top range still selects the top range."""
+    _VERSION = "1992.0"
+    _INPUTS = {
+        "input_voltage": 0.0,
+        "input_ac_voltage": 0.0,
+        "input_current": 0.0,
+        "input_resistance": 1000.0,
+        "input_frequency": 0.0,
+        "temperature": 23.0,
+    }
+
+    def _options(self, options: dict[str, Any]) -> None:
+        for name, default in self._INPUTS.items():
+            value = _option(name, options.pop(name, default), float)
+            if not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}.", key=name)
+            setattr(self, name, value)
+        if self.input_resistance < 0 or self.input_frequency < 0 or self.input_ac_voltage < 0:
+            raise ConfigError(
+                "input_resistance, input_frequency and input_ac_voltage must be >= 0.",
+                key="input_resistance",
+            )
+        _no_other_options(self.personality, options, list(self._INPUTS))
+
+    @property
+    def functions(self) -> dict[str, _Function]:
+        return {k: _DMM_FUNCTIONS[k] for k in self._FUNCTION_NAMES}
+
+    # --- state ------------------------------------------------------------------------------
+
+    def _reset_settings(self) -> None:
+        self.function = "VOLT"
+        self.autorange = {k: True for k, f in self.functions.items() if f.ranges}
+        self.fixed_range = {k: f.ranges[-1] for k, f in self.functions.items() if f.ranges}
+        self.nplc = {k: self._NPLC_DEFAULT for k, f in self.functions.items() if f.nplc}
+        self._preset_trigger()
+        self._readings = None
+        self._armed = False
+
+    def _preset_trigger(self) -> None:
+        self.trigger_source = "IMM"
+        self.trigger_count: float = 1
+        self.sample_count = 1
+        self.trigger_delay = 0.0
+        self.trigger_delay_auto = True
+
+    # --- measurement ---------------------------------------------------------------------------
+
+    def _true_value(self, key: str) -> float:
+        if key == "VOLT":
+            return self.input_voltage
+        if key == "VOLT:AC":
+            return self.input_ac_voltage
+        if key == "CURR":
+            return self.input_current
+        if key in ("RES", "FRES", "CONT"):
+            return self.input_resistance
+        if key == "DIOD":
+            return 1e-3 * self.input_resistance  # the 1 mA test current through the input
+        if key == "FREQ":
+            return self.input_frequency if self.input_ac_voltage > 0 else 0.0
+        if key == "PER":
+            on = self.input_ac_voltage > 0 and self.input_frequency > 0
+            return 1.0 / self.input_frequency if on else 0.0  # no signal: 0 (34401A manual)
+        if key == "TEMP":
+            return self.temperature
+        return 0.0  # CURR:AC: nothing AC flows
+
+    def effective_range(self, key: str) -> float:
+        """The range a reading of ``key`` uses now (fixed, or picked by autorange)."""
+        if key in _FIXED_RANGE:
+            return _FIXED_RANGE[key]
+        f = _DMM_FUNCTIONS[key]
+        if not f.ranges:
+            return 0.0
+        if not self.autorange[key]:
+            return self.fixed_range[key]
+        level = abs(self._true_value(key))
+        return next((r for r in f.ranges if level <= r), f.ranges[-1])
+
+    def measure(self) -> float:
+        """One reading of the present function (overload ``+9.9E37`` beyond 120 % of range)."""
+        with self.lock:
+            key = self.function
+            value = self._true_value(key)
+            span = self.effective_range(key)
+            if span:
+                value += self._rng.gauss(0.0, self.noise) * span / 10 if self.noise else 0.0
+                if abs(value) > span * _OVERRANGE:
+                    return _OVERLOAD
+            elif key == "TEMP" and self.noise:
+                value += self._rng.gauss(0.0, self.noise)
+            return self._relative(key, value)
+
+    def _relative(self, key: str, value: float) -> float:
+        return value
+
+    def _take_readings(self) -> list[float]:
+        if math.isinf(self.trigger_count):
+            raise _ScpiError(-221)  # endless readings cannot be one response
+        return [self.measure() for _ in range(int(self.trigger_count) * self.sample_count)]
+
+    def _format_readings(self, readings: list[float]) -> str:
+        return ",".join(_nr3(v) for v in readings)
+
+    # --- command table -------------------------------------------------------------------------
+
+    def _command_table(self) -> list[_Command]:
+        def q(pattern: str, fn: Callable[[list[str]], str | None]) -> _Command:
+            return _Command(_compile(pattern), True, fn)
+
+        def c(pattern: str, fn: Callable[[list[str]], str | None]) -> _Command:
+            return _Command(_compile(pattern), False, fn)
+
+        table = [
+            q("*IDN", self._q_idn),
+            c("*RST", self._c_rst),
+            c("*CLS", self._c_cls),
+            c("*OPC", self._c_opc),
+            q("*OPC", self._q_opc),
+            c("*WAI", self._no_params),
+            q("*TST", lambda p: self._no_params(p) or "+0"),
+            q("*STB", self._q_stb),
+            q("*ESR", self._q_esr),
+            c("*ESE", self._c_ese),
+            q("*ESE", lambda p: self._no_params(p) or str(self.ese)),
+            c("*SRE", self._c_sre),
+            q("*SRE", lambda p: self._no_params(p) or str(self.sre)),
+            c("*TRG", self._c_trg),
+            q("SYSTem:ERRor[:NEXT]", self._q_error),
+            q("SYSTem:VERSion", lambda p: self._no_params(p) or self._VERSION),
+            q("CONFigure", lambda p: self._no_params(p) or self._q_conf()),
+            c("[SENSe:]FUNCtion[:ON]", self._c_function),
+            q("[SENSe:]FUNCtion[:ON]", lambda p: self._no_params(p) or self._q_function()),
+            c("INITiate[:IMMediate]", self._c_init),
+            q("FETCh", self._q_fetch),
+            q("READ", self._q_read),
+            c("TRIGger:SOURce", self._c_trigger_source),
+            q("TRIGger:SOURce", lambda p: self._no_params(p) or self.trigger_source),
+            c("TRIGger:COUNt", self._c_trigger_count),
+            q(
+                "TRIGger:COUNt",
+                lambda p: (
+                    self._q_limit(p, 1, self._TRIGGER_COUNT_MAX) or _setting(self.trigger_count)
+                ),
+            ),
+            c("TRIGger:DELay", self._c_trigger_delay),
+            q(
+                "TRIGger:DELay",
+                lambda p: (
+                    self._q_limit(p, 0.0, self._TRIGGER_DELAY_MAX) or _setting(self.trigger_delay)
+                ),
+            ),
+            c("TRIGger:DELay:AUTO", self._c_trigger_delay_auto),
+            q(
+                "TRIGger:DELay:AUTO",
+                lambda p: self._no_params(p) or self._flag(self.trigger_delay_auto),
+            ),
+            c("SAMPle:COUNt", self._c_sample_count),
+            q(
+                "SAMPle:COUNt",
+                lambda p: (
+                    self._q_limit(p, 1, self._SAMPLE_COUNT_MAX, integer=True)
+                    or f"{self.sample_count:+d}"
+                ),
+            ),
+        ]
+        for key, f in self.functions.items():
+            table += [
+                q(f"MEASure:{f.header}", lambda p, k=key: self._q_measure_function(k, p)),
+                c(f"CONFigure:{f.header}", lambda p, k=key: self._c_configure_function(k, p)),
+            ]
+            if f.ranges:
+                node = f"[SENSe:]{f.header}:RANGe"
+                table += [
+                    c(f"{node}[:UPPer]", lambda p, k=key: self._c_range_of(k, p)),
+                    q(f"{node}[:UPPer]", lambda p, k=key: self._q_range_of(k, p)),
+                    c(f"{node}:AUTO", lambda p, k=key: self._c_autorange_of(k, p)),
+                    q(
+                        f"{node}:AUTO",
+                        lambda p, k=key: self._no_params(p) or self._flag(self.autorange[k]),
+                    ),
+                ]
+            if f.nplc:
+                node = f"[SENSe:]{f.header}:NPLCycles"
+                table += [
+                    c(node, lambda p, k=key: self._c_nplc(k, p)),
+                    q(node, lambda p, k=key: self._q_nplc(k, p)),
+                ]
+        return table + self._model_commands(q, c)
+
+    def _model_commands(self, q: Callable[..., _Command], c: Callable[..., _Command]) -> list:
+        return []
+
+    # --- handlers ------------------------------------------------------------------------------
+
+    def _function_of(self, text: str) -> str:
+        name = _string(text)
+        for key in self.functions:
+            if _FUNCTION_PATTERNS[key].fullmatch(name.strip().lstrip(":")):
+                return key
+        raise _ScpiError(-224)
+
+    def _c_function(self, params: list[str]) -> None:
+        key = self._function_of(self._one(params))
+        if key != self.function:
+            self._readings = None  # a reading of another function is stale
+        self.function = key
+
+    def _q_function(self) -> str:
+        return _quoted(self._FUNCTION_NAMES[self.function])
+
+    def _q_conf(self) -> str:
+        return _quoted(self._FUNCTION_NAMES[self.function])
+
+    def _number_of(self, key: str, text: str) -> float:
+        return self._number(text, suffixes=dict(_DMM_FUNCTIONS[key].suffixes))
+
+    def _range_value(self, key: str, text: str, *, default_is_auto: bool) -> float | None:
+        """A range parameter -> the range it selects; None for autorange (DEF, AUTO)."""
+        ranges = _DMM_FUNCTIONS[key].ranges
+        word = text.upper()
+        if word in ("MIN", "MINIMUM"):
+            return ranges[0]
+        if word in ("MAX", "MAXIMUM"):
+            return ranges[-1]
+        if word in ("DEF", "DEFAULT", "AUTO") and default_is_auto:
+            return None
+        value = abs(self._number_of(key, text))
+        if value > ranges[-1] * self._RANGE_OVER_TOP:
+            raise _ScpiError(-222)
+        # A DMM picks the smallest range that holds the expected value.
+        return next((r for r in ranges if value <= r), ranges[-1])
+
+    def _c_range_of(self, key: str, params: list[str]) -> None:
+        chosen = self._range_value(key, self._one(params), default_is_auto=False)
+        self.fixed_range[key] = chosen
+        self.autorange[key] = False
+        self._readings = None
+
+    def _q_range_of(self, key: str, params: list[str]) -> str:
+        if params:
+            return _setting(self._range_value(key, self._one(params), default_is_auto=False))
+        return _setting(self.effective_range(key))
+
+    def _c_autorange_of(self, key: str, params: list[str]) -> None:
+        on = self._boolean(self._one(params))
+        if not on:
+            # Autorange off keeps the range it was on, as the front panel shows.
+            self.fixed_range[key] = self.effective_range(key)
+        self.autorange[key] = on
+
+    def _c_nplc(self, key: str, params: list[str]) -> None:
+        raise NotImplementedError
+
+    def _q_nplc(self, key: str, params: list[str]) -> str:
+        raise NotImplementedError
+
+    def _q_limit(self, params: list[str], low: float, high: float, *, integer: bool = False) -> str:
+        """``<query>? MIN|MAX``: the limit; no parameter: '' so the caller's value follows."""
+        if not params:
+            return ""
+        word = self._one(params).upper()
+        if word in ("MIN", "MINIMUM", "MAX", "MAXIMUM"):
+            value = low if word.startswith("MIN") else high
+            return f"{int(value):+d}" if integer else _setting(value)
+        raise _ScpiError(-224)
+
+    def _c_configure_function(self, key: str, params: list[str]) -> None:
+        raise NotImplementedError
+
+    def _q_measure_function(self, key: str, params: list[str]) -> str | None:
+        self._c_configure_function(key, params)
+        return self._q_read([])
+
+    def _c_trigger_source(self, params: list[str]) -> None:
+        word = self._one(params).upper()
+        for short, long in _SOURCES.items():
+            if short in self._SOURCES_ALLOWED and word in (short, long.upper()):
+                self.trigger_source = short
+                self._armed = False
+                return
+        raise _ScpiError(-224)
+
+    def _c_trigger_count(self, params: list[str]) -> None:
+        text = self._one(params)
+        if text.upper() in ("INF", "INFINITY"):
+            self.trigger_count = math.inf
+            return
+        self.trigger_count = self._integer(
+            text,
+            1,
+            self._TRIGGER_COUNT_MAX,
+            special={"MIN": 1, "MAX": self._TRIGGER_COUNT_MAX, "DEF": 1},
+        )
+
+    def _c_sample_count(self, params: list[str]) -> None:
+        self.sample_count = self._integer(
+            self._one(params),
+            1,
+            self._SAMPLE_COUNT_MAX,
+            special={"MIN": 1, "MAX": self._SAMPLE_COUNT_MAX, "DEF": 1},
+        )
+
+    def _c_trigger_delay(self, params: list[str]) -> None:
+        text = self._one(params)
+        word = text.upper()
+        if word in ("MIN", "MINIMUM", "DEF", "DEFAULT"):
+            value = 0.0
+        elif word in ("MAX", "MAXIMUM"):
+            value = self._TRIGGER_DELAY_MAX
+        else:
+            value = self._number(text, suffixes={"": 1.0, "S": 1.0, "MS": 1e-3})
+            if not 0 <= value <= self._TRIGGER_DELAY_MAX:
+                raise _ScpiError(-222)
+        self.trigger_delay = value
+        self.trigger_delay_auto = False  # a delay given by number switches the auto delay off
+
+    def _c_trigger_delay_auto(self, params: list[str]) -> None:
+        self.trigger_delay_auto = self._boolean(self._one(params))
+
+    def _c_init(self, params: list[str]) -> None:
+        self._no_params(params)
+        if self.trigger_source != "IMM" and self.trigger_source != "TIM":
+            self._armed = True  # waiting for *TRG (BUS) or a trigger a simulator never gets
+            self._readings = None
+            return
+        self._readings = self._take_readings()
+
+    def _c_trg(self, params: list[str]) -> None:
+        self._no_params(params)
+        if not (self._armed and self.trigger_source == "BUS"):
+            raise _ScpiError(-211)
+        self._armed = False
+        self._readings = self._take_readings()
+
+    def _q_fetch(self, params: list[str]) -> str | None:
+        self._no_params(params)
+        if self._armed:
+            return None  # the meter holds the query until its readings exist
+        if self._readings is None:
+            raise _ScpiError(-230)
+        return self._format_readings(self._readings)
+
+    def _q_read(self, params: list[str]) -> str | None:
+        self._no_params(params)
+        if self.trigger_source == "BUS":
+            raise _ScpiError(-214)  # READ? would wait for a *TRG it can never receive
+        if self.trigger_source in ("EXT", "MAN"):
+            return None  # waits for a trigger that never reaches a simulator
+        return self._format_readings(self._take_readings())
+
+
+class Hp34401aModel(_DmmModel):
+    """An HP/Agilent 34401A: ``FUNC?`` -> ``"VOLT"``, ``CONF?`` -> ``"VOLT <range>,<res>"``."""
+
+    personality = "34401a"
+    _IDENTITY = ("HEWLETT-PACKARD", "34401A", "0", "11-5-2")
+    _ERROR_QUEUE = 20
+    _ERROR_TEXT = {-230: "Data stale", -350: "Too many errors", 531: "Insufficient memory"}
+    _FUNCTION_NAMES = {
+        "VOLT": "VOLT",
+        "VOLT:AC": "VOLT:AC",
+        "CURR": "CURR",
+        "CURR:AC": "CURR:AC",
+        "RES": "RES",
+        "FRES": "FRES",
+        "FREQ": "FREQ",
+        "PER": "PER",
+        "CONT": "CONT",
+        "DIOD": "DIOD",
+    }
+    _NPLC_STEPS = {0.02: 1e-4, 0.2: 1e-5, 1.0: 3e-6, 10.0: 1e-6, 100.0: 3e-7}
+    """Integration time (power line cycles) -> resolution as a fraction of the range."""
+
+    def _reset_settings(self) -> None:
+        super()._reset_settings()
+        self.autozero = True
+        self.input_impedance_auto = False
+        self.display_on = True
+        self.display_text = ""
+        self.beeper = True
+
+    def _model_commands(self, q: Callable[..., _Command], c: Callable[..., _Command]) -> list:
+        table = []
+        for key, f in self.functions.items():
+            if f.nplc or key in ("VOLT:AC", "CURR:AC"):
+                node = f"[SENSe:]{f.header}:RESolution"
+                table += [
+                    c(node, lambda p, k=key: self._c_resolution(k, p)),
+                    q(node, lambda p, k=key: self._no_params(p) or _setting(self._resolution(k))),
+                ]
+        return table + [
+            c("[SENSe:]ZERO:AUTO", self._c_autozero),
+            q("[SENSe:]ZERO:AUTO", lambda p: self._no_params(p) or self._flag(self.autozero)),
+            c("INPut:IMPedance:AUTO", self._c_impedance),
+            q(
+                "INPut:IMPedance:AUTO",
+                lambda p: self._no_params(p) or self._flag(self.input_impedance_auto),
+            ),
+            q("ROUTe:TERMinals", lambda p: self._no_params(p) or "FRON"),
+            c("DISPlay[:WINDow][:STATe]", self._c_display),
+            q(
+                "DISPlay[:WINDow][:STATe]",
+                lambda p: self._no_params(p) or self._flag(self.display_on),
+            ),
+            c("DISPlay[:WINDow]:TEXT[:DATA]", self._c_display_text),
+            q(
+                "DISPlay[:WINDow]:TEXT[:DATA]",
+                lambda p: self._no_params(p) or _quoted(self.display_text),
+            ),
+            c("DISPlay[:WINDow]:TEXT:CLEar", self._c_display_clear),
+            c("SYSTem:BEEPer[:IMMediate]", self._no_params),
+            c("SYSTem:BEEPer:STATe", self._c_beeper),
+            q("SYSTem:BEEPer:STATe", lambda p: self._no_params(p) or self._flag(self.beeper)),
+            c("SYSTem:LOCal", self._no_params),
+            c("SYSTem:REMote", self._no_params),
+            c("SYSTem:RWLock", self._no_params),
+            q("DATA:POINts", lambda p: self._no_params(p) or f"{len(self._readings or []):+d}"),
+        ]
+
+    def _resolution(self, key: str) -> float:
+        span = self.effective_range(key)
+        if key in self.nplc:
+            return self._NPLC_STEPS[self.nplc[key]] * span
+        return 1e-6 * span  # ac and frequency: fixed at 6 1/2 digits (manual, MEASure:VOLT:AC?)
+
+    def _nplc_for_resolution(self, key: str, text: str) -> float:
+        word = text.upper()
+        if word in ("MIN", "MINIMUM"):
+            return max(self._NPLC_STEPS)  # best resolution: the longest integration
+        if word in ("MAX", "MAXIMUM"):
+            return min(self._NPLC_STEPS)
+        if word in ("DEF", "DEFAULT"):
+            return self._NPLC_DEFAULT
+        wanted = abs(self._number_of(key, text))
+        span = self.effective_range(key)
+        fitting = [n for n, f in self._NPLC_STEPS.items() if f * span <= wanted * (1 + 1e-9)]
+        if not fitting:
+            raise _ScpiError(-222)  # finer than 100 PLC can resolve on this range
+        return min(fitting)  # the fastest integration that resolves it
+
+    def _c_resolution(self, key: str, params: list[str]) -> None:
+        nplc = self._nplc_for_resolution(key, self._one(params))
+        if key in self.nplc:
+            self.nplc[key] = nplc
+
+    def _c_nplc(self, key: str, params: list[str]) -> None:
+        text = self._one(params)
+        word = text.upper()
+        if word in ("MIN", "MINIMUM"):
+            value = min(self._NPLC_STEPS)
+        elif word in ("MAX", "MAXIMUM"):
+            value = max(self._NPLC_STEPS)
+        else:
+            number = self._number(text)
+            value = next((n for n in self._NPLC_STEPS if math.isclose(n, number)), None)
+            if value is None:
+                raise _ScpiError(-222)  # the manual lists 0.02, 0.2, 1, 10, 100 only
+        self.nplc[key] = value
+
+    def _q_nplc(self, key: str, params: list[str]) -> str:
+        return self._q_limit(params, min(self._NPLC_STEPS), max(self._NPLC_STEPS)) or _setting(
+            self.nplc[key]
+        )
+
+    def _q_conf(self) -> str:
+        key = self.function
+        name = self._FUNCTION_NAMES[key]
+        if key in _FIXED_RANGE:
+            return _quoted(name)
+        span = self.effective_range(key) if _DMM_FUNCTIONS[key].ranges else 10.0
+        resolution = self._resolution(key) if _DMM_FUNCTIONS[key].ranges else 1e-6 * span
+        return _quoted(f"{name} {_setting(span)},{_setting(resolution)}")
+
+    def _c_configure_function(self, key: str, params: list[str]) -> None:
+        f = _DMM_FUNCTIONS[key]
+        if len(params) > 2 or (params and not f.ranges and key in _FIXED_RANGE):
+            raise _ScpiError(-108)
+        self.function = key
+        if f.ranges:
+            chosen = (
+                None
+                if not params or not params[0]
+                else self._range_value(key, params[0], default_is_auto=True)
+            )
+            self.autorange[key] = chosen is None
+            if chosen is not None:
+                self.fixed_range[key] = chosen
+            if f.nplc:
+                self.nplc[key] = (
+                    self._nplc_for_resolution(key, params[1])
+                    if len(params) == 2 and params[1]
+                    else self._NPLC_DEFAULT
+                )
+        self._preset_trigger()  # CONFigure presets the trigger system (manual, chapter 4)
+        self._readings = None
+        self._armed = False
+
+    def _c_init(self, params: list[str]) -> None:
+        if self.trigger_count * self.sample_count > _READING_MEMORY:
+            self._no_params(params)
+            raise _ScpiError(531)
+        super()._c_init(params)
+
+    def _c_autozero(self, params: list[str]) -> None:
+        word = self._one(params).upper()
+        self.autozero = False if word == "ONCE" else self._boolean(word)
+
+    def _c_impedance(self, params: list[str]) -> None:
+        self.input_impedance_auto = self._boolean(self._one(params))
+
+    def _c_display(self, params: list[str]) -> None:
+        self.display_on = self._boolean(self._one(params))
+
+    def _c_display_text(self, params: list[str]) -> None:
+        self.display_text = _string(self._one(params))[:12]  # the display shows 12 characters
+
+    def _c_display_clear(self, params: list[str]) -> None:
+        self._no_params(params)
+        self.display_text = ""
+
+    def _c_beeper(self, params: list[str]) -> None:
+        self.beeper = self._boolean(self._one(params))
+
+
+class Keithley2000Model(_DmmModel):
+    """A Keithley 2000: ``FUNC?``/``CONF?`` -> ``"VOLT:DC"``, free-running at power-on."""
+
+    personality = "keithley2000"
+    _IDENTITY = ("KEITHLEY INSTRUMENTS INC.", "MODEL 2000", "1234567", "A08 /A02")
+    _ERROR_QUEUE = 10
+    _ERROR_TEXT = {-222: "Parameter data out of range"}
+    _FUNCTION_NAMES = {
+        "VOLT": "VOLT:DC",
+        "VOLT:AC": "VOLT:AC",
+        "CURR": "CURR:DC",
+        "CURR:AC": "CURR:AC",
+        "RES": "RES",
+        "FRES": "FRES",
+        "FREQ": "FREQ",
+        "PER": "PER",
+        "TEMP": "TEMP",
+        "DIOD": "DIOD",
+        "CONT": "CONT",
+    }
+    _NPLC_DEFAULT = 1.0
+    _NPLC_LIMITS = (0.01, 10.0)
+    _SOURCES_ALLOWED = ("IMM", "TIM", "MAN", "BUS", "EXT")
+    _TRIGGER_COUNT_MAX = 9999
+    _SAMPLE_COUNT_MAX = 1024
+    _TRIGGER_DELAY_MAX = 999999.999
+    _RANGE_OVER_TOP = 1.01  # "0 to 1010" selects the 1000 V range (manual, pymeasure)
+    _VERSION = "1991.0"
+
+    def _error_reply(self, code: int, text: str) -> str:
+        return f'{code:d},"{text}"'  # 0,"No error": no sign, unlike the 34401A
+
+    def power_cycle(self) -> None:
+        with self.lock:
+            super().power_cycle()
+            self.init_continuous = True  # the front panel free-runs after power-on
+
+    def _reset_settings(self) -> None:
+        super()._reset_settings()
+        self.init_continuous = False  # *RST leaves the meter idle (SYST:PRES: free-running)
+        self.digits = {k: 7 for k in self.functions if k not in _FIXED_RANGE}
+        self.reference = {k: 0.0 for k, f in self.functions.items() if f.ranges}
+        self.reference_on = {k: False for k in self.reference}
+        self.autozero = True
+        self.display_on = True
+        self.display_text = ""
+        self.display_text_on = False
+        self.beeper = True
+        for key in ("VOLT:AC", "CURR:AC", "TEMP"):  # integration time of these too
+            self.nplc[key] = self._NPLC_DEFAULT
+
+    def _relative(self, key: str, value: float) -> float:
+        if value != _OVERLOAD and self.reference_on.get(key):
+            return value - self.reference[key]
+        return value
+
+    def _model_commands(self, q: Callable[..., _Command], c: Callable[..., _Command]) -> list:
+        table = [
+            q("MEASure", lambda p: self._q_measure_function(self.function, p)),
+            c("INITiate:CONTinuous", self._c_init_continuous),
+            q(
+                "INITiate:CONTinuous",
+                lambda p: self._no_params(p) or self._flag(self.init_continuous),
+            ),
+            c("ABORt", self._c_abort),
+            c("SYSTem:PRESet", self._c_preset),
+            c("STATus:PRESet", self._no_params),
+            q("STATus:QUEue[:NEXT]", self._q_error),
+            c("STATus:QUEue:CLEar", self._c_queue_clear),
+            c("FORMat[:DATA]", self._c_format),
+            q("FORMat[:DATA]", lambda p: self._no_params(p) or "ASC"),
+            c("FORMat:ELEMents", self._c_elements),
+            q("FORMat:ELEMents", lambda p: self._no_params(p) or "READ"),
+            c("SYSTem:BEEPer[:STATe]", self._c_beeper),
+            q("SYSTem:BEEPer[:STATe]", lambda p: self._no_params(p) or self._flag(self.beeper)),
+            c("SYSTem:AZERo[:STATe]", self._c_autozero),
+            q("SYSTem:AZERo[:STATe]", lambda p: self._no_params(p) or self._flag(self.autozero)),
+            c("SYSTem:LOCal", self._no_params),
+            c("SYSTem:REMote", self._no_params),
+            c("SYSTem:RWLock", self._no_params),
+            c("DISPlay[:WINDow]:TEXT:DATA", self._c_display_text),
+            q(
+                "DISPlay[:WINDow]:TEXT:DATA",
+                lambda p: self._no_params(p) or _quoted(self.display_text),
+            ),
+            c("DISPlay[:WINDow]:TEXT:STATe", self._c_display_text_state),
+            q(
+                "DISPlay[:WINDow]:TEXT:STATe",
+                lambda p: self._no_params(p) or self._flag(self.display_text_on),
+            ),
+            c("DISPlay:ENABle", self._c_display),
+            q("DISPlay:ENABle", lambda p: self._no_params(p) or self._flag(self.display_on)),
+        ]
+        for key, f in self.functions.items():
+            if key not in _FIXED_RANGE:
+                node = f"[SENSe:]{f.header}:DIGits"
+                table += [
+                    c(node, lambda p, k=key: self._c_digits(k, p)),
+                    q(node, lambda p, k=key: self._no_params(p) or str(self.digits[k])),
+                ]
+            if f.ranges:
+                node = f"[SENSe:]{f.header}:REFerence"
+                table += [
+                    c(node, lambda p, k=key: self._c_reference(k, p)),
+                    q(node, lambda p, k=key: self._no_params(p) or _setting(self.reference[k])),
+                    c(f"{node}:STATe", lambda p, k=key: self._c_reference_state(k, p)),
+                    q(
+                        f"{node}:STATe",
+                        lambda p, k=key: self._no_params(p) or self._flag(self.reference_on[k]),
+                    ),
+                    c(f"{node}:ACQuire", lambda p, k=key: self._c_reference_acquire(k, p)),
+                ]
+            if key in ("VOLT:AC", "CURR:AC", "TEMP"):
+                node = f"[SENSe:]{f.header}:NPLCycles"
+                table += [
+                    c(node, lambda p, k=key: self._c_nplc(k, p)),
+                    q(node, lambda p, k=key: self._q_nplc(k, p)),
+                ]
+        return table
+
+    def _c_nplc(self, key: str, params: list[str]) -> None:
+        low, high = self._NPLC_LIMITS
+        text = self._one(params)
+        word = text.upper()
+        if word in ("MIN", "MINIMUM"):
+            value = low
+        elif word in ("MAX", "MAXIMUM"):
+            value = high
+        elif word in ("DEF", "DEFAULT"):
+            value = self._NPLC_DEFAULT
+        else:
+            value = self._number(text)
+            if not low <= value <= high:
+                raise _ScpiError(-222)
+        self.nplc[key] = value
+
+    def _q_nplc(self, key: str, params: list[str]) -> str:
+        low, high = self._NPLC_LIMITS
+        return self._q_limit(params, low, high) or _setting(self.nplc[key])
+
+    def _c_configure_function(self, key: str, params: list[str]) -> None:
+        if params:
+            raise _ScpiError(-108)  # :CONFigure:<function> takes no range or resolution
+        self.function = key
+        # The function's own controls go back to their *RST values (manual, :CONFigure).
+        if key in self.autorange:
+            self.autorange[key] = True
+        if key in self.nplc:
+            self.nplc[key] = self._NPLC_DEFAULT
+        if key in self.reference_on:
+            self.reference_on[key] = False
+        if key in self.digits:
+            self.digits[key] = 7
+        self._preset_trigger()
+        self._readings = None
+        self._armed = False
+
+    def _c_init(self, params: list[str]) -> None:
+        self._no_params(params)
+        if self.init_continuous:
+            raise _ScpiError(-213)  # already initiated: the meter is free-running
+        super()._c_init(params)
+
+    def _q_fetch(self, params: list[str]) -> str | None:
+        self._no_params(params)
+        if self.init_continuous and not self._armed:
+            return _nr3(self.measure())  # free-running: the latest reading is always fresh
+        return super()._q_fetch(params)
+
+    def _q_read(self, params: list[str]) -> str | None:
+        # READ? aborts, initiates and fetches, so it always returns a new reading.
+        reply = super()._q_read(params)
+        if reply is not None:
+            self._readings = [float(v) for v in reply.split(",")]
+        return reply
+
+    def _c_init_continuous(self, params: list[str]) -> None:
+        self.init_continuous = self._boolean(self._one(params))
+        self._armed = False
+
+    def _c_abort(self, params: list[str]) -> None:
+        self._no_params(params)
+        self._armed = False
+
+    def _c_preset(self, params: list[str]) -> None:
+        self._no_params(params)
+        self._reset_settings()
+        self.init_continuous = True
+
+    def _c_queue_clear(self, params: list[str]) -> None:
+        self._no_params(params)
+        self.errors.clear()
+
+    def _c_format(self, params: list[str]) -> None:
+        if self._one(params).upper() not in ("ASC", "ASCII"):
+            raise _ScpiError(-224)  # binary reading formats are not modelled
+
+    def _c_elements(self, params: list[str]) -> None:
+        if [p.upper() for p in params] not in (["READ"], ["READING"]):
+            raise _ScpiError(-224)  # channel and units elements are not modelled
+
+    def _c_beeper(self, params: list[str]) -> None:
+        self.beeper = self._boolean(self._one(params))
+
+    def _c_autozero(self, params: list[str]) -> None:
+        self.autozero = self._boolean(self._one(params))
+
+    def _c_display(self, params: list[str]) -> None:
+        self.display_on = self._boolean(self._one(params))
+
+    def _c_display_text(self, params: list[str]) -> None:
+        self.display_text = _string(self._one(params))[:12]
+
+    def _c_display_text_state(self, params: list[str]) -> None:
+        self.display_text_on = self._boolean(self._one(params))
+
+    def _c_digits(self, key: str, params: list[str]) -> None:
+        text = self._one(params)
+        self.digits[key] = self._integer(text, 4, 7, special={"MIN": 4, "MAX": 7, "DEF": 7})
+
+    def _c_reference(self, key: str, params: list[str]) -> None:
+        value = self._number_of(key, self._one(params))
+        if abs(value) > _DMM_FUNCTIONS[key].ranges[-1] * self._RANGE_OVER_TOP:
+            raise _ScpiError(-222)
+        self.reference[key] = value
+
+    def _c_reference_state(self, key: str, params: list[str]) -> None:
+        self.reference_on[key] = self._boolean(self._one(params))
+
+    def _c_reference_acquire(self, key: str, params: list[str]) -> None:
+        self._no_params(params)
+        if self.function == key:
+            saved, self.reference_on[key] = self.reference_on[key], False
+            self.reference[key] = self.measure()
+            self.reference_on[key] = saved
+
+
+PERSONALITIES: tuple[str, ...] = ("generic", "34401a", "keithley2000")
+"""The instruments the SCPI simulator can be: ``personality=`` of the model, ``serve_tcp``,
+``daqbridge sim serve scpi --personality``, and a profile's ``sim.options``."""
+
+_PERSONALITY_ALIASES = {
+    "generic": ScpiInstrumentModel,
+    "34401a": Hp34401aModel,
+    "hp34401a": Hp34401aModel,
+    "agilent34401a": Hp34401aModel,
+    "keysight34401a": Hp34401aModel,
+    "keithley2000": Keithley2000Model,
+    "2000": Keithley2000Model,
+}
+
+
+def _personality_class(personality: Any) -> type[ScpiInstrumentModel]:
+    key = str(personality).strip().lower().replace(" ", "").replace("-", "").replace("_", "")
+    cls = _PERSONALITY_ALIASES.get(key)
+    if cls is None:
+        raise ConfigError(
+            f"the SCPI simulator has no personality {personality!r}; known: "
+            f"{', '.join(PERSONALITIES)}.",
+            key="personality",
+            fix="use personality = '34401a' (HP/Agilent 34401A), 'keithley2000' (Keithley "
+            "2000) or 'generic' (the default DMM with a source).",
+        )
+    return cls
 
 
 # --- TCP transport ------------------------------------------------------------------------------

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from pathlib import Path
 
 import bluesky.plan_stubs as bps
 import bluesky.plans as bp
 import pytest
+import yaml
 from bluesky.protocols import Configurable, Movable, Readable, Triggerable
 from bluesky.utils import FailedStatus
 
@@ -20,7 +22,12 @@ from daqbridge.errors import (
     ReplyError,
     ValueRejected,
 )
-from daqbridge.sim.scpi import SCPI_SIM_RESOURCES, SCPI_SIM_YAML, serve_tcp
+from daqbridge.sim.scpi import (
+    SCPI_SIM_PERSONALITY_RESOURCES,
+    SCPI_SIM_RESOURCES,
+    SCPI_SIM_YAML,
+    serve_tcp,
+)
 
 SIGNALS = [
     {"name": "voltage", "query": "MEAS:VOLT:DC?", "units": "V", "kind": "hinted"},
@@ -343,3 +350,214 @@ def test_a_late_reply_never_becomes_the_next_reading(dmm):
     assert d.voltage.get() == pytest.approx(3.0, abs=1e-6)
     assert d.source.get() == pytest.approx(3.0, abs=1e-6)
     assert d.session.stale_discarded >= 1
+
+
+# --- the 34401A and Keithley 2000 personalities (issue 14) ---------------------------------------
+# Pinned to tests/transcripts/scpi_34401a.yaml and scpi_keithley2000.yaml: the transcript peer
+# answers exactly what the simulator answers to the same lines (tests/sim/test_scpi.py).
+
+TRANSCRIPTS = Path(__file__).parents[1] / "transcripts"
+
+SIGNALS_34401A = [
+    {"name": "voltage", "query": "READ?", "units": "V", "kind": "hinted"},
+    {
+        "name": "function",
+        "query": "FUNC?",
+        "command": 'FUNC "{value}"',
+        "dtype": "str",
+        "kind": "config",
+    },
+    {"name": "setup", "query": "CONF?", "dtype": "str", "kind": "config"},
+    {
+        "name": "vrange",
+        "query": "VOLT:DC:RANG?",
+        "command": "VOLT:DC:RANG {value}",
+        "units": "V",
+        "kind": "config",
+    },
+    {"name": "nplc", "query": "VOLT:DC:NPLC?", "command": "VOLT:DC:NPLC {value}", "kind": "config"},
+    {
+        "name": "display",
+        "query": "DISP:TEXT?",
+        "command": 'DISP:TEXT "{value}"',
+        "dtype": "str",
+        "kind": "config",
+    },
+]
+
+SIGNALS_KEITHLEY2000 = [
+    {"name": "voltage", "query": ":READ?", "units": "V", "kind": "hinted"},
+    {
+        "name": "function",
+        "query": ":SENS:FUNC?",
+        "command": ":SENS:FUNC '{value}'",
+        "dtype": "str",
+        "kind": "config",
+    },
+    {
+        "name": "vrange",
+        "query": ":SENS:VOLT:DC:RANG?",
+        "command": ":SENS:VOLT:DC:RANG {value}",
+        "units": "V",
+        "kind": "config",
+    },
+    {
+        "name": "nplc",
+        "query": ":SENS:VOLT:DC:NPLC?",
+        "command": ":SENS:VOLT:DC:NPLC {value}",
+        "kind": "config",
+    },
+    {"name": "continuous", "query": ":INIT:CONT?", "dtype": "int", "kind": "config"},
+    # Written for the generic meter (it has a source); a Keithley 2000 has none.
+    {"name": "source", "command": "SOUR:VOLT {value}", "units": "V", "low": -10.0, "high": 10.0},
+]
+
+
+def personality_section(personality: str, name: str) -> tuple[dict, list[tuple[str, str | None]]]:
+    """(simulator options, (sent, reply) lines without terminators) of one transcript section."""
+    data = yaml.safe_load((TRANSCRIPTS / f"scpi_{personality}.yaml").read_text())[name]
+    pairs = [
+        (sent.strip(), None if reply is None else reply.rstrip("\n"))
+        for sent, reply in data["exchanges"]
+    ]
+    return data["simulator"], pairs
+
+
+class InOrder(dict):
+    """Peer replies for lines answered differently over time: one list entry per time asked."""
+
+    def get(self, key, default=None):
+        replies = super().get(key)
+        return replies.pop(0) if replies else default
+
+
+def in_order(pairs: list[tuple[str, str | None]]) -> InOrder:
+    answers = InOrder()
+    for sent, reply in pairs:
+        answers.setdefault(sent, []).append(None if reply is None else reply.encode() + b"\n")
+    return answers
+
+
+def test_34401a_driver_follows_the_shared_transcript(visa_manager, transcript):
+    _, pairs = personality_section("34401a", "driver_connect")
+    peer = transcript({})
+    peer.replies = in_order(pairs)  # the peer copies a mapping into a plain dict
+    session = visa_manager.session(f"ASRL{peer.path}::INSTR", backend="@py")
+    d = ScpiInstrument(
+        session, signals=SIGNALS_34401A, name="hp", expected_idn="34401A", timeout=1.0
+    )
+    try:
+        d.connect()
+        conf = d.read_configuration()
+        assert conf["hp_function"]["value"] == "VOLT"  # the meter's name, quotes removed
+        assert conf["hp_setup"]["value"] == "VOLT +1.000000E+01,+1.000000E-05"
+        assert conf["hp_nplc"]["value"] == 10.0 and conf["hp_display"]["value"] == ""
+        assert d.voltage.get() == 1.5
+        d.function.set("VOLT:AC").wait(5)
+        assert d.function.get() == "VOLT:AC"
+        # A quote inside a string parameter is sent twice and read back once (IEEE 488.2).
+        d.display.set('SAY "HI"').wait(5)
+        assert d.display.get() == 'SAY "HI"'
+        with pytest.raises(InstrumentFault) as err:
+            d.nplc.set(3).wait(5)  # the 34401A integrates over 0.02, 0.2, 1, 10 or 100 PLC
+        assert err.value.code == -222 and '"Data out of range"' in str(err.value)
+        assert peer.received == [sent for sent, _ in pairs]  # every pair, in order
+    finally:
+        d.close()
+
+
+def test_keithley2000_driver_follows_the_shared_transcript(visa_manager, transcript):
+    _, pairs = personality_section("keithley2000", "driver_connect")
+    peer = transcript({})
+    peer.replies = in_order(pairs)  # the peer copies a mapping into a plain dict
+    session = visa_manager.session(f"ASRL{peer.path}::INSTR", backend="@py")
+    d = ScpiInstrument(
+        session, signals=SIGNALS_KEITHLEY2000, name="k2000", expected_idn="MODEL 2000", timeout=1.0
+    )
+    try:
+        assert d.connect().startswith("KEITHLEY INSTRUMENTS INC.,MODEL 2000,")
+        conf = d.read_configuration()
+        assert conf["k2000_function"]["value"] == "VOLT:DC"
+        assert conf["k2000_continuous"]["value"] == 1 and conf["k2000_nplc"]["value"] == 1.0
+        d.function.set("RES").wait(5)
+        d.trigger().wait(5)
+        assert d.function.get() == "RES" and d.voltage.get() == 1000.0
+        with pytest.raises(InstrumentFault) as err:
+            d.source.set(1.0).wait(5)  # a generic-meter signal: the Keithley does not know it
+        assert err.value.code == -113 and '"Undefined header"' in str(err.value)
+        assert peer.received == [sent for sent, _ in pairs]
+    finally:
+        d.close()
+
+
+PROFILE_SIGNALS = {
+    "34401a": ("34401A", SIGNALS_34401A),
+    "keithley2000": ("MODEL 2000", SIGNALS_KEITHLEY2000[:-1]),
+}
+
+
+@pytest.mark.parametrize("personality", sorted(PROFILE_SIGNALS))
+def test_profile_signals_read_real_values_from_each_personality(dmm, RE, docs, personality):
+    from daqbridge.runtime.profile._models import ScpiSignal
+
+    idn, signals = PROFILE_SIGNALS[personality]
+    specs = [ScpiSignal(**s) for s in signals]
+    server, d = dmm(
+        name="meter",
+        signals=specs,
+        expected_idn=idn,
+        personality=personality,
+        input_voltage=2.5,
+        input_resistance=4700.0,
+    )
+    d.connect()
+    RE(bp.count([d], 2))
+    server.model.input_voltage = -1.25  # the signal at the meter's input changes
+    RE(bp.count([d], 1))
+    docs.validate()
+    assert [e["data"]["meter_voltage"] for e in docs.events()] == [2.5, 2.5, -1.25]
+    conf = docs.of("descriptor")[0]["configuration"]["meter"]["data"]
+    assert conf["meter_vrange"] == 10.0 and conf["meter_function"] in ("VOLT", "VOLT:DC")
+    RE(bps.mv(d.function, "RES"))
+    d.trigger().wait(5)
+    assert d.voltage.get() == 4700.0 and d.function.get() == "RES"
+    RE(bps.mv(d.vrange, 1.0, d.function, "VOLT:DC"))
+    with pytest.raises(InstrumentFault, match="overload"):
+        d.trigger().wait(5)  # -1.25 V on the fixed 1 V range
+    assert d.errors() == []
+
+
+def test_pyvisa_sim_personalities_read_through_the_driver(visa_manager):
+    backend = f"{SCPI_SIM_YAML}@sim"
+    hp = ScpiInstrument(
+        visa_manager.session(SCPI_SIM_PERSONALITY_RESOURCES["34401a"], backend=backend),
+        signals=SIGNALS_34401A[:3],
+        name="hp",
+        expected_idn="34401A",
+        timeout=0.5,
+    )
+    k2000 = ScpiInstrument(
+        visa_manager.session(SCPI_SIM_PERSONALITY_RESOURCES["keithley2000"], backend=backend),
+        # pyvisa-sim stores the function as sent: double quotes, as the Keithley replies.
+        signals=[
+            SIGNALS_KEITHLEY2000[0],
+            {**SIGNALS_KEITHLEY2000[1], "command": ':SENS:FUNC "{value}"'},
+        ],
+        name="k2000",
+        expected_idn="MODEL 2000",
+        timeout=0.5,
+    )
+    try:
+        hp.connect()
+        k2000.connect()
+        assert hp.read_signals() == {
+            "voltage": 1.23456789,
+            "function": "VOLT",
+            "setup": "VOLT +1.000000E+01,+1.000000E-05",
+        }
+        hp.function.set("VOLT:AC").wait(5)
+        k2000.function.set("RES").wait(5)
+        assert (hp.function.get(), k2000.function.get()) == ("VOLT:AC", "RES")
+    finally:
+        hp.close()
+        k2000.close()

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import re
+import select
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import pyvisa
+import serial
+import yaml
 
 from daqbridge.errors import ConfigError
 from daqbridge.sim import Faults
 from daqbridge.sim.scpi import (
+    PERSONALITIES,
+    SCPI_SIM_PERSONALITY_RESOURCES,
     SCPI_SIM_RESOURCES,
     SCPI_SIM_YAML,
     ScpiInstrumentModel,
@@ -455,3 +464,174 @@ def test_yaml_output_and_unknown_header(sim_rm):
     a.write("FOO")
     assert_silent(a)
     assert a.query("SYST:ERR?") == '-100,"Command error"'
+
+
+# --- the 34401A and Keithley 2000 personalities (issue 14) ---------------------------------------
+# Pinned to tests/transcripts/scpi_34401a.yaml and scpi_keithley2000.yaml, the same pairs the
+# driver tests replay (tests/devices/test_scpi.py).
+
+TRANSCRIPTS = Path(__file__).parents[1] / "transcripts"
+
+
+def personality_sections(personality: str) -> dict:
+    return yaml.safe_load((TRANSCRIPTS / f"scpi_{personality}.yaml").read_text())
+
+
+def personality_section(personality: str, name: str) -> tuple[dict, list[tuple[bytes, bytes]]]:
+    """(simulator options, exact (sent, reply) byte pairs) of one transcript section."""
+    data = personality_sections(personality)[name]
+    pairs = [
+        (sent.encode(), None if reply is None else reply.encode())
+        for sent, reply in data["exchanges"]
+    ]
+    return data["simulator"], pairs
+
+
+SECTIONS = [
+    (personality, name)
+    for personality in ("34401a", "keithley2000")
+    for name in personality_sections(personality)
+]
+
+
+@pytest.fixture
+def open_socket():
+    """Open ``socket://`` ports with plain pyserial (byte-exact, no VISA in between)."""
+    ports = []
+
+    def _open(port: int):
+        conn = serial.serial_for_url(f"socket://127.0.0.1:{port}", timeout=5)
+        ports.append(conn)
+        return conn
+
+    yield _open
+    for conn in ports:
+        conn.close()
+
+
+@pytest.mark.parametrize(("personality", "section"), SECTIONS)
+def test_personality_answers_its_transcript(personality, section, open_socket, wire):
+    options, pairs = personality_section(personality, section)
+    with serve_tcp(**options) as srv:
+        wire.transcript(open_socket(srv.port), pairs, terminator=b"\n")
+
+
+def test_personalities_are_known_and_the_default_stays_generic():
+    assert PERSONALITIES == ("generic", "34401a", "keithley2000")
+    assert type(ScpiInstrumentModel()) is ScpiInstrumentModel
+    assert ScpiInstrumentModel().identity == IDN
+    for name, idn in (
+        ("34401a", "HEWLETT-PACKARD,34401A,0,11-5-2"),
+        ("HP34401A", "HEWLETT-PACKARD,34401A,0,11-5-2"),
+        ("keithley2000", "KEITHLEY INSTRUMENTS INC.,MODEL 2000,1234567,A08 /A02"),
+    ):
+        model = ScpiInstrumentModel(personality=name)
+        assert model.identity == idn and isinstance(model, ScpiInstrumentModel)
+    assert ScpiInstrumentModel(personality="34401a", serial="MY41000001").identity.split(",")[
+        2
+    ] == ("MY41000001")
+
+
+def test_bad_personality_and_foreign_options_are_config_errors():
+    with pytest.raises(ConfigError, match="no personality 'fluke8846a'.*34401a, keithley2000"):
+        ScpiInstrumentModel(personality="fluke8846a")
+    with pytest.raises(ConfigError, match="34401a SCPI simulator has no option source_limit"):
+        ScpiInstrumentModel(personality="34401a", source_limit=5)  # a 34401A has no source
+    with pytest.raises(ConfigError, match="generic SCPI simulator has no option input_voltage"):
+        ScpiInstrumentModel(input_voltage=1.0)  # the generic meter reads its own source
+    with pytest.raises(ConfigError, match="input_voltage must be a float"):
+        with serve_tcp(personality="keithley2000", input_voltage="high"):
+            pass
+
+
+def test_a_generic_profile_fails_loudly_on_a_real_dmm():
+    """What the generic meter answers, a 34401A refuses: a driver tested only against the generic
+    meter must not pass against a 34401A by accident."""
+    generic, hp = ScpiInstrumentModel(noise=0), ScpiInstrumentModel(personality="34401a")
+    for line in ("SOUR:VOLT 1", "OUTP ON", "SYST:ERR:COUN?", "MEAS?"):
+        generic.execute(line)
+        assert hp.execute(line) is None
+    assert [code for code, _ in hp.errors] == [-113, -113, -113, -113]
+    assert generic.execute("FUNC?") is None and generic.errors[-1][0] == -113
+
+
+def test_inputs_can_change_while_the_meter_runs(open_socket, wire):
+    with serve_tcp(personality="keithley2000", noise=0, input_voltage=0.5) as srv:
+        port = open_socket(srv.port)
+        assert wire.query(port, b":READ?\n", b"\n") == b"+5.00000000E-01\n"
+        srv.model.input_voltage = -12.5
+        assert wire.query(port, b":READ?\n", b"\n") == b"-1.25000000E+01\n"
+        assert wire.query(port, b":SENS:VOLT:DC:RANG?\n", b"\n") == b"+1.000000E+02\n"
+
+
+def test_noise_scales_with_the_range_and_is_seeded():
+    readings = []
+    for _ in range(2):
+        model = ScpiInstrumentModel(personality="34401a", noise=1e-3, seed=5, input_voltage=5.0)
+        readings.append([float(model.execute("READ?")) for _ in range(20)])
+    assert readings[0] == readings[1]  # the same seed, the same noise
+    assert len(set(readings[0])) > 1 and all(abs(r - 5.0) < 0.01 for r in readings[0])
+
+
+@pytest.mark.parametrize(
+    ("personality", "size", "last"),
+    [("34401a", 20, (-350, "Too many errors")), ("keithley2000", 10, (-350, "Queue overflow"))],
+)
+def test_error_queue_depth_and_overflow_of_each_personality(personality, size, last):
+    model = ScpiInstrumentModel(personality=personality)
+    for _ in range(size + 5):
+        model.execute("BOGUS")
+    assert len(model.errors) == size and model.errors[-1] == last
+
+
+@pytest.mark.parametrize("personality", sorted(SCPI_SIM_PERSONALITY_RESOURCES))
+def test_yaml_personalities(sim_rm, personality):
+    meter = _open_sim(sim_rm, SCPI_SIM_PERSONALITY_RESOURCES[personality])
+    options, pairs = personality_section(personality, "identity_and_errors")
+    idn, no_error = pairs[0][1].decode().strip(), pairs[1][1].decode().strip()
+    assert meter.query("*IDN?") == idn
+    assert meter.query("SYST:ERR?") == no_error
+    function = "FUNC" if personality == "34401a" else ":SENS:FUNC"
+    first = "VOLT" if personality == "34401a" else "VOLT:DC"
+    assert meter.query(f"{function}?") == f'"{first}"'
+    meter.write(f'{function} "RES"')
+    assert_silent(meter)
+    assert meter.query(f"{function}?") == '"RES"'
+    meter.write("FOO:BAR 1")
+    assert_silent(meter)
+    assert meter.query("SYST:ERR?") == '-113,"Undefined header"'
+    assert meter.query("SYST:ERR?") == no_error
+
+
+def test_cli_serves_a_personality_that_answers_its_transcript(open_socket, wire):
+    options, pairs = personality_section("34401a", "functions")
+    argv = [sys.executable, "-m", "daqbridge", "sim", "serve", "scpi"]
+    argv += ["--personality", options.pop("personality")]
+    for key, value in options.items():
+        argv += ["-o", f"{key}={value}"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, "daqbridge sim serve printed no ready line"
+        kind, _, address = proc.stdout.readline().strip().partition(" ready on ")
+        assert kind == "scpi"
+        _, host, port, _ = address.split("::")
+        wire.transcript(open_socket(int(port)), pairs, terminator=b"\n")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert proc.returncode == 0, err
+
+
+@pytest.mark.parametrize("personality", ["34401a", "keithley2000"])
+def test_autorange_off_stays_on_the_range_autorange_chose(personality):
+    model = ScpiInstrumentModel(personality=personality, noise=0, input_voltage=1.5)
+    assert model.execute("VOLT:DC:RANG?") == "+1.000000E+01"  # autorange: 1.5 V needs 10 V
+    model.execute("VOLT:DC:RANG:AUTO OFF")
+    assert model.execute("VOLT:DC:RANG?") == "+1.000000E+01"
+    model.input_voltage = 150.0
+    assert model.execute("READ?") == "+9.90000000E+37"  # fixed now: no move to 1000 V

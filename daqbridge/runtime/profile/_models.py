@@ -544,6 +544,11 @@ class ScpiSignal(Section):
     kind: Literal["hinted", "normal", "config"] = Field(
         "normal", description="ophyd Kind: hinted (plotted), normal (read), config (once per run)."
     )
+    dtype: Literal["float", "int", "str"] = Field(
+        "float",
+        description='Type of the value: float, int, or str (text such as FUNC? -> "VOLT"; '
+        "the quotes are removed).",
+    )
 
     @field_validator("query", "command")
     @classmethod
