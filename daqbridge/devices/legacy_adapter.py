@@ -10,6 +10,15 @@ Why it is built this way:
   dtypes and hints in the descriptor. The ``set``/``position`` part is mixed in only when the
   instrument has a settable parameter, so ``isinstance(dev, bluesky.protocols.Movable)`` is true
   exactly when a plan can move it.
+* Every component shows only what the instrument reported (issue 18): a component of a settable
+  parameter is a :class:`LegacySetting` whose ``set``/``put`` commands the instrument (set, then
+  query the read-back; done only when the read-back is within tolerance of the target) and then
+  holds the read-back, never the commanded value; a measured channel is a :class:`LegacySignal`
+  that refuses ``put``/``set`` (:class:`ReadOnlyChannel`) instead of caching a number nobody
+  measured. ``bps.mv(laser.shutter, 0)`` therefore closes the shutter or fails saying it did not.
+* Components are fed by the distributor as measurements arrive, so ``.get()`` is never older
+  than the instrument's last poll (issue 12), without a ``trigger()``. A value older than the one
+  shown (a poll taken before a set's read-back but delivered after it) is not applied.
 * Nothing blocks the RunEngine's loop: commands go to the instrument's legacy worker with
   ``LegacyRuntime.submit_future`` and their results finish the ophyd status from that worker
   (a done-callback, never a wait), so the only extra cost over the legacy call itself is one
@@ -35,7 +44,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -44,6 +53,7 @@ import numpy as np
 from ophyd import Component as Cpt
 from ophyd import Device, Kind
 from ophyd.status import DeviceStatus, StatusBase
+from ophyd.utils import ReadOnlyError
 
 from daqbridge.devices._base import (
     InstrumentSignal,
@@ -69,7 +79,14 @@ from daqbridge.legacy import (
     ParameterInfo,
 )
 
-__all__ = ["SUB_READINGS", "LegacyDevice", "LegacySignal", "SetNotConfirmed"]
+__all__ = [
+    "SUB_READINGS",
+    "LegacyDevice",
+    "LegacySetting",
+    "LegacySignal",
+    "ReadOnlyChannel",
+    "SetNotConfirmed",
+]
 
 log = logging.getLogger("daqbridge.devices.legacy_adapter")
 
@@ -79,9 +96,18 @@ SUB_READINGS = "readings"
 
 _NUMPY_DTYPES = {"number": "<f8", "integer": "<i8", "boolean": "|b1"}
 
+READBACK_INTERVAL_S = 0.05
+"""Pause between read-backs of a set that is not yet within tolerance (``settle_timeout``)."""
+
 
 class SetNotConfirmed(InstrumentError):
     """The legacy driver accepted a set, but the instrument's read-back does not show the value."""
+
+
+class ReadOnlyChannel(InstrumentError, ReadOnlyError):
+    """A put/set on something the instrument measures (power, warm-up): there is nothing to
+    command, and storing the value would record a number the instrument never reported.
+    Also an ophyd ``ReadOnlyError``, for code that checks writability the ophyd way."""
 
 
 # --- deadlines ---------------------------------------------------------------------------------
@@ -161,18 +187,29 @@ def _error_of(result: CommandResult, instrument: str, what: str) -> DaqbridgeErr
 
 
 class LegacySignal(InstrumentSignal):
-    """A channel or setting of a legacy instrument, described from its ChannelInfo/ParameterInfo.
+    """A measured channel (or a read-only setting) of a legacy instrument, described from its
+    ChannelInfo/ParameterInfo. Read-only: ``put``/``set`` raise :class:`ReadOnlyChannel`.
 
     The description never depends on the current value (a channel starts as NaN before its first
     measurement; ophyd would then guess its dtype), only on what the instrument declares.
     """
 
     def __init__(
-        self, *, data_type: str = "number", data_shape: tuple[int, ...] = (), **kwargs: Any
+        self,
+        *,
+        data_type: str = "number",
+        data_shape: tuple[int, ...] = (),
+        parameter: str = "",
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._data_type = data_type
         self._data_shape = tuple(data_shape)
+        self.parameter = parameter or self.attr_name
+        """The instrument's own name of this channel or parameter."""
+        self._metadata.update(write_access=self.writable)
+
+    writable = False
 
     def describe(self) -> dict[str, dict[str, Any]]:
         entry: dict[str, Any] = {
@@ -188,9 +225,78 @@ class LegacySignal(InstrumentSignal):
             entry["units"] = self._units
         if self._precision is not None:
             entry["precision"] = self._precision
-        if self._limits is not None:
-            entry["limits"] = {"control": {"low": self._limits[0], "high": self._limits[1]}}
+        limits = self._control_limits()
+        if limits is not None:
+            entry["limits"] = {"control": {"low": limits[0], "high": limits[1]}}
         return {self.name: entry}
+
+    def _control_limits(self) -> tuple[float, float] | None:
+        return self._limits
+
+    def put(self, value: Any, *, force: bool = False, **kwargs: Any) -> None:
+        """``force=True`` is how the device stores what the instrument reported; anything else
+        would pass a value off as a measurement, so it is refused."""
+        if force:
+            super().put(value, force=True, **kwargs)
+            return
+        raise self._refusal(value)
+
+    def set(self, value: Any, **kwargs: Any) -> StatusBase:
+        raise self._refusal(value)
+
+    def _refusal(self, value: Any) -> ReadOnlyChannel:
+        device = self.parent
+        instrument = getattr(device, "instrument_id", None) or "?"
+        settable = getattr(device, "settable_parameters", None) or []
+        return ReadOnlyChannel(
+            f"{self.name} ({self.parameter!r} of legacy instrument {instrument!r}) is measured "
+            f"by the instrument and cannot be set (asked to set it to {value!r}).",
+            instrument=getattr(device, "name", None) or self.name,
+            resource=f"legacy:{instrument}",
+            fix=(
+                f"set one of its settable parameters instead ({', '.join(settable)})"
+                if settable
+                else "this instrument has no settable parameter here; read the channel instead"
+            )
+            + ".",
+        )
+
+
+class LegacySetting(LegacySignal):
+    """A settable parameter of a legacy instrument as a read-write signal.
+
+    ``set(value)`` commands the instrument through the legacy runtime (set, then read back) and
+    the status finishes only when the instrument reports the target within tolerance; it fails
+    with the instrument's own error, or :class:`SetNotConfirmed`, otherwise. The signal then
+    holds what the instrument reported. ``put(value)`` is ``set(value)`` waited for.
+    """
+
+    writable = True
+
+    def set(self, value: Any, *, timeout: float | None = None, **kwargs: Any) -> StatusBase:
+        return self.parent._set_parameter(self.parameter, value, obj=self, timeout=timeout)
+
+    def put(
+        self, value: Any, *, force: bool = False, timeout: float | None = None, **kwargs: Any
+    ) -> None:
+        if force:
+            super().put(value, force=True, **kwargs)
+            return
+        self.set(value, timeout=timeout).wait()  # the status carries its own deadline
+
+    def check_value(self, value: Any) -> Any:
+        """Validate against the parameter's limits or choices before anything is sent."""
+        return self.parent._check_parameter(self.parameter, value)
+
+    def _control_limits(self) -> tuple[float, float] | None:
+        parent = self.parent
+        if parent is None or not hasattr(parent, "parameter_limits"):
+            return self._limits
+        return parent.parameter_limits(self.parameter)
+
+    def stop(self, *, success: bool = False) -> None:
+        """A long set (a wavelength tune) is interrupted on the instrument, as for the device."""
+        self.parent.stop(success=success)
 
 
 def _initial_value(dtype: str, shape: tuple[int, ...]) -> Any:
@@ -271,6 +377,7 @@ class _Layout:
     settable: ParameterInfo | None
     settable_attr: str | None  # the component holding the settable's read-back
     main: str  # the hinted channel
+    parameters: dict[str, ParameterInfo]  # everything the instrument declares settable/queryable
 
     @classmethod
     def build(
@@ -393,18 +500,26 @@ class _Layout:
             settable=settable_info,
             settable_attr=settable_attr,
             main=main,
+            parameters=params,
         )
+
+    def is_setting(self, name: str) -> bool:
+        info = self.parameters.get(name)
+        return info is not None and info.settable
 
     def components(self) -> dict[str, Cpt]:
         cpts: dict[str, Cpt] = {}
         for ch, info in self.channels.items():
+            setting = self.parameters.get(ch) if self.is_setting(ch) else None
             cpts[self.channel_attrs[ch]] = Cpt(
-                LegacySignal,
+                LegacySetting if setting is not None else LegacySignal,
                 kind=Kind.hinted if ch == self.main else Kind.normal,
                 value=_initial_value(info.dtype, info.shape),
                 data_type=info.dtype,
                 data_shape=info.shape,
+                parameter=ch,
                 units=info.unit or None,
+                limits=setting.limits if setting is not None else None,
                 source=f"legacy:{self.instrument_id}/{ch}",
                 doc=info.doc or f"channel {ch} of legacy instrument {self.instrument_id}",
             )
@@ -412,10 +527,11 @@ class _Layout:
         if s is not None and s.name not in self.channels:
             assert self.settable_attr is not None
             cpts[self.settable_attr] = Cpt(
-                LegacySignal,
+                LegacySetting,
                 kind=Kind.hinted,
                 value=_initial_value(s.dtype, ()),
                 data_type=s.dtype,
+                parameter=s.name,
                 units=s.unit or None,
                 limits=s.limits,
                 source=f"legacy:{self.instrument_id}/{s.name}",
@@ -423,16 +539,41 @@ class _Layout:
             )
         for p, info in self.config.items():
             cpts[self.config_attrs[p]] = Cpt(
-                LegacySignal,
+                LegacySetting if info.settable else LegacySignal,
                 kind=Kind.config,
                 value=_initial_value(info.dtype, ()),
                 data_type=info.dtype,
+                parameter=p,
                 units=info.unit or None,
                 limits=info.limits,
                 source=f"legacy:{self.instrument_id}/{p}",
                 doc=info.doc or f"setting {p} of legacy instrument {self.instrument_id}",
             )
         return cpts
+
+
+def _tolerances(
+    tolerance: Any, layout: _Layout, name: str
+) -> tuple[float | None, dict[str, float]]:
+    """``tolerance`` as (one for every parameter, per parameter); each checked to be >= 0."""
+    if tolerance is None:
+        return None, {}
+    if not isinstance(tolerance, Mapping):
+        return check_number(tolerance, instrument=name, what="tolerance", low=0.0), {}
+    unknown = [p for p in tolerance if not layout.is_setting(p)]
+    if unknown:
+        settable = sorted(p for p, i in layout.parameters.items() if i.settable)
+        raise ConfigError(
+            f"tolerance names {unknown}, which are not settable parameters of "
+            f"{layout.instrument_id!r} (settable: {settable or 'none'}).",
+            instrument=name,
+            key="tolerance",
+            fix="give tolerances only for settable parameters, e.g. {'wavelength': 1.0}.",
+        )
+    return None, {
+        p: check_number(v, instrument=name, what=f"tolerance of {p}", low=0.0)
+        for p, v in tolerance.items()
+    }
 
 
 # --- the device --------------------------------------------------------------------------------
@@ -447,9 +588,16 @@ class LegacyDevice(Device):
     ``read_mode='latest'``: the latest published measurement of each channel, no traffic.
     ``settable`` names the parameter ``set()`` changes (default: the one read channel that is
     settable, if exactly one; ``False``: never movable). ``channels`` selects what is read (e.g.
-    one Elliptec mount ``['position_2']``). ``tolerance`` is how far a numeric read-back may be from
-    the target (default 1e-4 of the parameter's limit span). ``timeout`` bounds every command;
-    ``set_timeout`` a set and its read-back (moves can be long).
+    one Elliptec mount ``['position_2']``). Every settable parameter among the components is a
+    :class:`LegacySetting` (``bps.mv(laser.shutter, 0)``), whatever ``settable`` says.
+    ``tolerance`` is how far a numeric read-back may be from the target: one number for every
+    parameter, or ``{parameter: number}`` (default 1e-4 of the parameter's limit span; a laser
+    that reports whole nm needs ``{"wavelength": 1.0}``). ``<parameter>_limits`` set on the
+    device (the runtime sets ``wavelength_limits`` from the lab profile) narrow the driver's
+    limits. ``timeout`` bounds every command; ``set_timeout`` a set and its read-back (moves can
+    be long). A read-back not yet within tolerance is asked again (every ``READBACK_INTERVAL_S``)
+    for up to ``settle_timeout`` seconds before the set fails: a driver may call a move done a
+    moment before the instrument reports it settled (the MaiTai driver, within 1 nm).
     """
 
     _legacy_layout: _Layout | None = None
@@ -490,7 +638,8 @@ class LegacyDevice(Device):
         configuration: list[str] | None = None,
         timeout: float = 10.0,
         set_timeout: float | None = None,
-        tolerance: float | None = None,
+        tolerance: float | Mapping[str, float] | None = None,
+        settle_timeout: float = 1.0,
         stop_command: str | None = None,
         queue_size: int = 1000,
         **kwargs: Any,
@@ -512,10 +661,9 @@ class LegacyDevice(Device):
             if set_timeout is None
             else check_number(set_timeout, instrument=name, what="set_timeout (s)", low=1e-3)
         )
-        self._tolerance = (
-            None
-            if tolerance is None
-            else check_number(tolerance, instrument=name, what="tolerance", low=0.0)
+        self._tolerance, self._tolerances = _tolerances(tolerance, layout, name)
+        self._settle_timeout = check_number(
+            settle_timeout, instrument=name, what="settle_timeout (s)", low=0.0
         )
         super().__init__("", name=name, **kwargs)
         self.legacy_runtime = legacy_runtime
@@ -528,6 +676,12 @@ class LegacyDevice(Device):
         self._settable_signal = (
             getattr(self, layout.settable_attr) if layout.settable_attr else None
         )
+        # Instrument name -> the component showing it (a channel, the settable, a setting).
+        self._shown: dict[str, LegacySignal] = {**self._signals, **self._config_signals}
+        if layout.settable is not None and self._settable_signal is not None:
+            self._shown.setdefault(layout.settable.name, self._settable_signal)
+        self._shown_at: dict[str, float] = {}
+        self._show_lock = threading.RLock()
         # queryable channels are asked in 'fresh' mode; the others wait for the stream
         params = legacy_runtime.instruments[instrument_id].parameters()
         self._queried = [c for c in layout.channels if c in params and params[c].queryable]
@@ -570,6 +724,11 @@ class LegacyDevice(Device):
         return s.name if s is not None else None
 
     @property
+    def settable_parameters(self) -> list[str]:
+        """The parameters among the components that ``bps.mv`` can set (LegacySetting)."""
+        return [n for n, sig in self._shown.items() if isinstance(sig, LegacySetting)]
+
+    @property
     def dropped(self) -> int:
         """Measurements discarded because this device's stream queue was full."""
         return self._subscription.dropped
@@ -607,21 +766,32 @@ class LegacyDevice(Device):
                     "LegacyRuntime.health() says what went wrong.",
                 )
             time.sleep(0.01)
-        for p in self._setting_names():
+        settings = set(self._config_signals)
+        if self._layout.settable is not None:
+            settings.add(self._layout.settable.name)
+        for p in self._queried_at_start():
             result = self.legacy_runtime.submit(
                 self.instrument_id, Command.query(p), timeout=max(0.1, deadline - time.monotonic())
             )
-            if not result.ok:
+            if result.ok:
+                self._store_setting(p, result.value)
+            elif p in settings:
                 raise _error_of(result, self.instrument_id, f"reading {p} at connect")
-            self._store_setting(p, result.value)
+            else:  # a channel: its next poll or trigger reports it; no reason to refuse to start
+                log.info("%s: reading %s at connect failed: %s", self.name, p, result.message)
         self._connected = True
 
-    def _setting_names(self) -> list[str]:
-        names = list(self._config_signals)
-        s = self._layout.settable
-        if s is not None and s.queryable and s.name not in names:
-            names.append(s.name)
-        return names
+    def _queried_at_start(self) -> list[str]:
+        """Everything shown that the instrument can be asked for, so no component shows its
+        placeholder (a shutter 0 that nobody measured) once the device is connected. The
+        settings come last: whoever waits for them has every answer."""
+        params = self._layout.parameters
+        names = [
+            n
+            for n in self._shown
+            if n not in self._config_signals and n in params and params[n].queryable
+        ]
+        return names + [n for n in self._config_signals if n not in names]
 
     def _refresh_settings_async(self) -> None:
         """Ask for the settings without waiting, so configuration is filled in even when nobody
@@ -638,7 +808,7 @@ class LegacyDevice(Device):
             else:
                 log.debug("%s: reading %s failed: %s", self.name, name, result.message)
 
-        for p in self._setting_names():
+        for p in self._queried_at_start():
             fut = self.legacy_runtime.submit_future(self.instrument_id, Command.query(p))
             fut.add_done_callback(lambda f, p=p: store(p, f))
 
@@ -701,7 +871,7 @@ class LegacyDevice(Device):
                 )
             )
             return
-        self._signals[channel].update(value, timestamp=time.time())
+        self._show(channel, value, time.time())
         op.one_done()
 
     def _apply_latest(self) -> None:
@@ -721,25 +891,39 @@ class LegacyDevice(Device):
                 m.value,
             )
             value = m.value
-        self._signals[m.channel].update(value, timestamp=m.timestamp)
+        self._show(m.channel, value, m.timestamp)
         return True
 
     def _store_setting(self, name: str, value: Any) -> None:
-        sig = self._config_signals.get(name)
-        if sig is None and self._layout.settable is not None and name == self._layout.settable.name:
-            sig = self._settable_signal
+        """Show a value the instrument answered to a query (or a set) just now."""
+        sig = self._shown.get(name)
         if sig is None:
             return
         try:
             value = _coerce(value, sig._data_type)
         except ValueError:
             value = str(value)
-        sig.update(value, timestamp=time.time())
+        self._show(name, value, time.time())
+
+    def _show(self, name: str, value: Any, timestamp: float) -> None:
+        """The one place a component's value changes: only to something the instrument
+        reported, and never back to an older report (a poll taken before a set's read-back
+        can be delivered after it). The lock covers the update so two reports cannot cross."""
+        sig = self._shown.get(name)
+        if sig is None:
+            return
+        with self._show_lock:
+            if timestamp < self._shown_at.get(name, -math.inf):
+                return
+            self._shown_at[name] = timestamp
+            sig.update(value, timestamp=timestamp)
 
     # --- the measurement stream ------------------------------------------------------------
 
     def _on_measurement(self, m: Measurement) -> None:
-        """Runs on the distributor's delivery thread of this device."""
+        """Runs on the distributor's delivery thread of this device. The component is updated
+        first, so a trigger this measurement completes reads it."""
+        self._store_measurement(m)
         done: list[_StreamWaiter] = []
         with self._lock:
             self._latest[m.channel] = m
@@ -752,8 +936,6 @@ class LegacyDevice(Device):
             for w in done:
                 self._waiters.remove(w)
         for w in done:
-            for got in w.got:
-                self._store_measurement(got)
             w.op.one_done(len(w.got))
         if self._monitors:
             self._monitor_measurement(m)
@@ -852,6 +1034,166 @@ class LegacyDevice(Device):
                 raise _error_of(result, self.instrument_id, f"query {p}")
             self._store_setting(p, result.value)
 
+    # --- setting parameters -------------------------------------------------------------------
+
+    def parameter_limits(self, name: str) -> tuple[float, float] | None:
+        """The driver's limits of ``name``, narrowed by ``<name>_limits`` on this device."""
+        info = self._layout.parameters.get(name)
+        limits = info.limits if info is not None else None
+        # The instance dict, not getattr: a miss through ophyd's Device.__getattr__ costs 1 us
+        # on every set, and the runtime sets these as plain attributes.
+        narrowed = self.__dict__.get(f"{name}_limits")
+        if narrowed is not None:
+            low, high = (float(v) for v in narrowed)
+            if limits is not None:
+                low, high = max(low, limits[0]), min(high, limits[1])
+            limits = (low, high)
+        return limits
+
+    def _check_parameter(self, name: str, value: Any) -> Any:
+        """Validate against the parameter's ParameterInfo before anything is sent."""
+        info = self._layout.parameters[name]
+        what = f"{info.name}{f' ({info.unit})' if info.unit else ''}"
+        if info.choices is not None:
+            if value not in info.choices:
+                raise ValueRejected(
+                    f"{what} = {value!r} is not one of {list(info.choices)}.",
+                    instrument=self.name,
+                    value=value,
+                    limit=info.choices,
+                    fix=f"choose one of {list(info.choices)}.",
+                )
+            return value
+        if info.dtype in ("number", "integer"):
+            low, high = self.parameter_limits(name) or (None, None)
+            return check_number(
+                value,
+                instrument=self.name,
+                what=what,
+                low=low,
+                high=high,
+                integer=info.dtype == "integer",
+            )
+        if info.dtype == "boolean":
+            if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+                return bool(value)
+            raise ValueRejected(
+                f"{what} must be true or false, got {value!r}.", instrument=self.name, value=value
+            )
+        if info.dtype == "string":
+            return check_wire_text(value, instrument=self.name, what=what)
+        return value
+
+    def _set_parameter(
+        self, name: str, value: Any, *, obj: Any, timeout: float | None = None
+    ) -> StatusBase:
+        """Command ``name`` on the instrument; the status of ``obj`` finishes when the
+        instrument reports the target. Values are validated before anything is sent."""
+        target = self._check_parameter(name, value)
+        info = self._layout.parameters[name]
+        status = DeviceStatus(obj)
+        what = f"set {info.name}={target!r}"
+        op = _Operation(self, status, 1, what)
+        fut = self.legacy_runtime.submit_future(self.instrument_id, Command.set(info.name, target))
+        op.futures.append(fut)
+        fut.add_done_callback(lambda f: self._set_done(op, info, target, f))
+        op.arm(self._set_timeout if timeout is None else timeout)
+        return status
+
+    def _set_done(self, op: _Operation, info: ParameterInfo, target: Any, fut: Future) -> None:
+        if op.done:
+            return
+        try:
+            result = fut.result()
+        except CancelledError:
+            return
+        if not result.ok:
+            # The instrument may have done part of it (a move stopped half way): show what it
+            # reports now before the status fails, so a plan's next read is the truth.
+            self._fail_after_readback(
+                op, info, _error_of(result, self.instrument_id, f"set {info.name}={target!r}")
+            )
+            return
+        if not info.queryable:
+            # Nothing to read back: the driver's own confirmation is the only report. Without
+            # one the component keeps the instrument's last report, never the commanded value.
+            if result.value is not None:
+                self._store_setting(info.name, result.value)
+            op.one_done()
+            return
+        op.settle_until = time.monotonic() + self._settle_timeout
+        self._ask_readback(op, info, target)
+
+    def _ask_readback(self, op: _Operation, info: ParameterInfo, target: Any) -> None:
+        if op.done:
+            return
+        query = self.legacy_runtime.submit_future(self.instrument_id, Command.query(info.name))
+        op.futures.append(query)
+        query.add_done_callback(lambda f: self._readback_done(op, info, target, f))
+
+    def _fail_after_readback(self, op: _Operation, info: ParameterInfo, error: Any) -> None:
+        if not info.queryable:
+            op.fail(error)
+            return
+
+        def show_then_fail(fut: Future) -> None:
+            try:
+                result = fut.result()
+            except CancelledError:
+                result = None
+            if result is not None and result.ok:
+                self._store_setting(info.name, result.value)
+            op.fail(error)
+
+        query = self.legacy_runtime.submit_future(self.instrument_id, Command.query(info.name))
+        op.futures.append(query)
+        query.add_done_callback(show_then_fail)
+
+    def _readback_done(self, op: _Operation, info: ParameterInfo, target: Any, fut: Future) -> None:
+        result = op.result_of(fut, f"read-back of {info.name}")
+        if result is None:
+            return
+        got = result.value
+        note = f" ({result.message})" if result.message else ""
+        self._store_setting(info.name, got)  # what the instrument reports, reached or not
+        if not self._matches(info, target, got):
+            if time.monotonic() + READBACK_INTERVAL_S <= op.settle_until:
+                # Asked again from the shared deadline thread: no thread, no wait on a worker.
+                _DEADLINES.schedule(
+                    READBACK_INTERVAL_S, lambda: self._ask_readback(op, info, target)
+                )
+                return
+            op.fail(
+                SetNotConfirmed(
+                    f"set {info.name} to {target!r}{info.unit and ' ' + info.unit}, but the "
+                    f"instrument reports {got!r}{note}",
+                    instrument=self.name,
+                    resource=f"legacy:{self.instrument_id}",
+                    fix="the instrument may be in local mode, interlocked or unable to reach the "
+                    f"value; check it, or give the adapter a tolerance for {info.name!r} if the "
+                    "difference is expected (the instrument's resolution).",
+                )
+            )
+            return
+        op.one_done()
+
+    def _matches(self, info: ParameterInfo, target: Any, got: Any) -> bool:
+        if info.dtype in ("number", "integer") and info.choices is None:
+            try:
+                got_f, target_f = float(got), float(target)
+            except (TypeError, ValueError):
+                return False
+            tol = self._tolerances.get(info.name, self._tolerance)
+            if tol is None:
+                if info.dtype == "integer":
+                    tol = 0.0
+                elif info.limits is not None:
+                    tol = 1e-4 * (info.limits[1] - info.limits[0])
+                else:
+                    tol = 1e-6 * max(abs(target_f), 1e-12)
+            return abs(got_f - target_f) <= tol
+        return bool(got == target)
+
     # --- stopping ----------------------------------------------------------------------------
 
     def stop(self, *, success: bool = False) -> None:
@@ -890,107 +1232,16 @@ class _Movable:
 
     def check_value(self: Any, value: Any) -> Any:
         """Validate against the parameter's ParameterInfo before anything is sent."""
-        info: ParameterInfo = self._layout.settable
-        what = f"{info.name}{f' ({info.unit})' if info.unit else ''}"
-        if info.choices is not None:
-            if value not in info.choices:
-                raise ValueRejected(
-                    f"{what} = {value!r} is not one of {list(info.choices)}.",
-                    instrument=self.name,
-                    value=value,
-                    limit=info.choices,
-                    fix=f"choose one of {list(info.choices)}.",
-                )
-            return value
-        if info.dtype in ("number", "integer"):
-            low, high = info.limits if info.limits is not None else (None, None)
-            return check_number(
-                value,
-                instrument=self.name,
-                what=what,
-                low=low,
-                high=high,
-                integer=info.dtype == "integer",
-            )
-        if info.dtype == "boolean":
-            if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
-                return bool(value)
-            raise ValueRejected(
-                f"{what} must be true or false, got {value!r}.", instrument=self.name, value=value
-            )
-        if info.dtype == "string":
-            return check_wire_text(value, instrument=self.name, what=what)
-        return value
+        return self._check_parameter(self._layout.settable.name, value)
 
     def set(self: Any, value: Any, *, timeout: float | None = None, **kwargs: Any) -> StatusBase:
         """Set the parameter on the legacy worker; the status finishes when the instrument has
         confirmed it (result ok and, if it can be queried, the read-back matches)."""
-        target = self.check_value(value)
-        info: ParameterInfo = self._layout.settable
-        status = DeviceStatus(self)
-        op = _Operation(self, status, 1, f"set {info.name}={target!r}")
-        fut = self.legacy_runtime.submit_future(self.instrument_id, Command.set(info.name, target))
-        op.futures.append(fut)
-        fut.add_done_callback(lambda f: self._set_done(op, info, target, f))
-        op.arm(self._set_timeout if timeout is None else timeout)
-        return status
-
-    def _set_done(self: Any, op: _Operation, info: ParameterInfo, target: Any, fut: Future) -> None:
-        result = op.result_of(fut, f"set {info.name}={target!r}")
-        if result is None:
-            return
-        if not info.queryable:
-            self._store_setting(info.name, target if result.value is None else result.value)
-            op.one_done()
-            return
-        query = self.legacy_runtime.submit_future(self.instrument_id, Command.query(info.name))
-        op.futures.append(query)
-        query.add_done_callback(lambda f: self._readback_done(op, info, target, f))
-
-    def _readback_done(
-        self: Any, op: _Operation, info: ParameterInfo, target: Any, fut: Future
-    ) -> None:
-        result = op.result_of(fut, f"read-back of {info.name}")
-        if result is None:
-            return
-        got = result.value
-        note = f" ({result.message})" if result.message else ""
-        if not self._matches(info, target, got):
-            op.fail(
-                SetNotConfirmed(
-                    f"set {info.name} to {target!r}{info.unit and ' ' + info.unit}, but the "
-                    f"instrument reports {got!r}{note}",
-                    instrument=self.name,
-                    resource=f"legacy:{self.instrument_id}",
-                    fix="the instrument may be in local mode, interlocked or unable to reach the "
-                    "value; check it, or widen the adapter's tolerance if the difference is "
-                    "expected.",
-                )
-            )
-            return
-        self._store_setting(info.name, got)
-        op.one_done()
-
-    def _matches(self: Any, info: ParameterInfo, target: Any, got: Any) -> bool:
-        if info.dtype in ("number", "integer") and info.choices is None:
-            try:
-                got_f, target_f = float(got), float(target)
-            except (TypeError, ValueError):
-                return False
-            tol = self._tolerance
-            if tol is None:
-                if info.dtype == "integer":
-                    tol = 0.0
-                elif info.limits is not None:
-                    tol = 1e-4 * (info.limits[1] - info.limits[0])
-                else:
-                    tol = 1e-6 * max(abs(target_f), 1e-12)
-            return abs(got_f - target_f) <= tol
-        return bool(got == target)
+        return self._set_parameter(self._layout.settable.name, value, obj=self, timeout=timeout)
 
     @property
     def position(self: Any) -> Any:
-        """The last confirmed (or read) value of the settable parameter."""
+        """The last value of the settable parameter the instrument reported."""
         return self._settable_signal.get()
 
     def locate(self: Any) -> dict[str, Any]:
@@ -1004,7 +1255,17 @@ class _Movable:
 class _Operation:
     """Counts the parts of one trigger/set, fails it once, and keeps its deadline."""
 
-    __slots__ = ("device", "status", "remaining", "what", "futures", "done", "_lock", "_deadline")
+    __slots__ = (
+        "device",
+        "status",
+        "remaining",
+        "what",
+        "futures",
+        "done",
+        "settle_until",
+        "_lock",
+        "_deadline",
+    )
 
     def __init__(self, device: LegacyDevice, status: StatusBase, parts: int, what: str) -> None:
         self.device = device
@@ -1013,6 +1274,7 @@ class _Operation:
         self.what = what
         self.futures: list[Future] = []
         self.done = parts == 0
+        self.settle_until = 0.0
         self._lock = threading.Lock()
         self._deadline: int | None = None
         if self.done:

@@ -8,11 +8,12 @@ reports when it settled", "a shutter that is read back") and this module finds t
 
 * native devices: components by attribute (``laser.wavelength``, ``laser.shutter``,
   ``meter.wavelength``) that are bluesky ``Movable`` and really command the instrument;
-* legacy devices: the instrument's settable parameters (``parameters()``). A LegacyDevice moves
-  only ONE parameter (its ``settable``), and its other components are read-backs whose ``set``
-  would only change the cached value, never the instrument. So for every other parameter the
-  plan gets a small companion LegacyDevice that sets exactly that parameter through the legacy
-  runtime, with the adapter's read-back confirmation. Companions are closed when the plan ends.
+* legacy devices: the instrument's settable parameters (``parameters()``). Each one the device
+  shows is a ``LegacySetting`` component that commands the instrument and holds its read-back
+  (``laser.shutter``, ``meter.wavelength``), so plans move those directly. Only where a plan
+  needs a read-back tolerance the device was not built with (the MaiTai reports whole nm) does
+  it get a small companion LegacyDevice with that tolerance, closed when the plan ends. A
+  read-only legacy component is never taken for something a plan can move.
 
 Anything missing is a :class:`PlanArgumentError` naming the plan, the argument and what the
 device lacks, raised before the first message.
@@ -63,13 +64,26 @@ def is_legacy_device(obj: Any) -> bool:
     return cls is not None and isinstance(obj, cls)
 
 
-def _is_cached_legacy_signal(obj: Any) -> bool:
-    """A LegacySignal stores values; its ``set`` never reaches the instrument."""
+def _is_read_only_legacy_signal(obj: Any) -> bool:
+    """A measured legacy channel: it has a ``set`` (ophyd's Signal API) that only refuses."""
     try:
-        from daqbridge.devices.legacy_adapter import LegacySignal
+        from daqbridge.devices.legacy_adapter import LegacySetting, LegacySignal
     except Exception:  # noqa: BLE001
         return False
-    return isinstance(obj, LegacySignal)
+    return isinstance(obj, LegacySignal) and not isinstance(obj, LegacySetting)
+
+
+def _legacy_setting(dev: Any, parameter: str) -> Any | None:
+    """The component of ``dev`` that sets ``parameter`` on the instrument, if it shows one."""
+    try:
+        from daqbridge.devices.legacy_adapter import LegacySetting
+    except Exception:  # noqa: BLE001
+        return None
+    try:
+        sig = dev.signal_for(parameter)
+    except (AttributeError, KeyError):
+        return None
+    return sig if isinstance(sig, LegacySetting) else None
 
 
 def _legacy_parameters(dev: Any) -> dict[str, Any]:
@@ -109,8 +123,12 @@ def _legacy_setter(
     tolerance: float | None = None,
 ) -> Any:
     """A Movable that sets ``parameter`` of the legacy instrument behind ``dev``."""
-    if getattr(dev, "settable", None) == parameter and tolerance is None:
-        return dev
+    if tolerance is None:
+        if getattr(dev, "settable", None) == parameter:
+            return dev
+        setting = _legacy_setting(dev, parameter)
+        if setting is not None:
+            return setting
     cls = _legacy_device_class()
     assert cls is not None
     channels = _legacy_channels(dev)
@@ -144,7 +162,7 @@ def _intersect(*ranges: tuple[float, float] | None) -> tuple[float, float]:
 
 def _native_setter(dev: Any, attr: str) -> Any | None:
     obj = getattr(dev, attr, None)
-    if obj is None or not isinstance(obj, Movable) or _is_cached_legacy_signal(obj):
+    if obj is None or not isinstance(obj, Movable) or _is_read_only_legacy_signal(obj):
         return None
     return obj
 
@@ -250,9 +268,14 @@ def meter_controls(plan: str, argument: str, meter: Any, companions: Companions)
                 fix="pass the power meter (a Newport 1830-C).",
             )
         setter = _legacy_setter(meter, "wavelength", companions)
-        # The companion's read-back of the setting (the meter's own wavelength component is
-        # configuration, refreshed only between plans).
-        reading = None if setter is meter else setter.signal_for("wavelength")
+        # The setting's component holds the meter's read-back after every set; it is
+        # configuration of the meter, so the plan reads it as data at each point.
+        if setter is meter:
+            reading = None
+        elif is_legacy_device(setter):
+            reading = setter.signal_for("wavelength")
+        else:
+            reading = setter
         limits = _intersect(METER_WAVELENGTH_RANGE_NM, _legacy_limits(meter, "wavelength"))
         return MeterControls(meter, setter, reading, limits, companions)
     setter = _native_setter(meter, "wavelength")

@@ -11,8 +11,10 @@ import threading
 import pytest
 
 from daqbridge.runtime.catalog import open_catalog
+from daqbridge.sim import serve_pty
 
 from .conftest import (
+    Cli,
     child_env,
     daqbridge_argv,
     fresh_data_dir,
@@ -149,3 +151,74 @@ def test_ctrl_c_aborts_the_run_keeps_its_data_and_exits_130(cli_catalog_template
     assert 2 <= summary.events < 20  # what was measured is kept; the scan did not finish
     assert len(table["stage_x"]) == summary.events
     assert max(table["stage_x"].values) < 19  # it stopped on the way
+
+
+LASER_AND_METER = """
+[lab]
+name = "cli laser test {tag}"
+data_dir = "unused"
+
+[[instruments]]
+id = "sim_laser"
+driver = "maitai"
+stack = "legacy"
+port = "{laser}"
+polling_rate_hz = 1.0
+
+[[instruments]]
+id = "sim_meter"
+driver = "newport1830c"
+stack = "native"
+port = "{meter}"
+
+[instruments.newport1830c]
+wavelength_nm = 800
+range = 0
+units = "W"
+attenuator = true
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_list_scan_of_the_legacy_laser_wavelength_tunes_the_laser(cli_catalog_template, tmp_path):
+    """Issue 18: `list_scan sim_laser.wavelength 760,790 --detector sim_meter` recorded 760 and
+    790 while the laser stayed at 800 nm. The laser and the meter here are the lab's simulators,
+    served by this test on ptys (the laser on the legacy stack, as in the embedded lab), so the
+    test can ask them afterwards what really happened."""
+    with (
+        serve_pty("maitai", warmed_up=True, emission_on=True, shutter_open=True, speed=20) as laser,
+        serve_pty("newport1830c", noise=0, speed=20) as meter,
+    ):
+        beam = laser.simulator
+        meter.simulator.optical_input = lambda: 0.5 * beam.output_power_w()
+        profile = tmp_path / "laser_lab.toml"
+        profile.write_text(
+            LASER_AND_METER.format(tag=unique("laser"), laser=laser.path, meter=meter.path)
+        )
+        data = fresh_data_dir(cli_catalog_template, tmp_path / "data")
+        argv = daqbridge_argv(
+            "run",
+            "list_scan",
+            "sim_laser.wavelength",
+            "760,790",
+            "--detector",
+            "sim_meter",
+            "--profile",
+            str(profile),
+        )
+        code, out, err = Cli(argv, child_env(data), cwd=tmp_path).result()
+        assert code == 0, out + err
+        assert "Traceback" not in err
+        # the laser was told, in this order, and is where the last point left it
+        tunes = [line for line in beam.received_lines if line.upper().startswith("WAVELENGTH ")]
+        assert tunes == ["WAVELENGTH 760", "WAVELENGTH 790"], beam.received_lines
+        assert beam.wavelength_nm() == 790.0
+    (uid,) = UID.findall(out)
+    summary, table, _ = the_run(data, uid)
+    assert summary.exit_status == "success" and summary.events == 2
+    recorded = list(table["sim_laser_wavelength"].values)
+    assert recorded == [760.0, 790.0]
+    # the meter saw the laser's gain curve at the recorded wavelengths, not a flat 800 nm
+    expected = [0.5 * beam.peak_power_w * beam.gain(nm) for nm in recorded]
+    assert list(table["sim_meter_power"].values) == pytest.approx(expected, rel=1e-2)

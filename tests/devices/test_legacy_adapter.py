@@ -25,7 +25,7 @@ from bluesky.protocols import (
 )
 from bluesky.utils import FailedStatus
 
-from daqbridge.devices.legacy_adapter import LegacyDevice, SetNotConfirmed
+from daqbridge.devices.legacy_adapter import LegacyDevice, ReadOnlyChannel, SetNotConfirmed
 from daqbridge.errors import ConfigError, InstrumentFault, InstrumentTimeout, ValueRejected
 from daqbridge.legacy import (
     ChannelInfo,
@@ -64,6 +64,8 @@ class Rotator(LegacyInstrument):
         self.fail_queries = 0  # the next N queries fail with the instrument's error
         self.query_delay = 0.0  # seconds each query takes (a slow legacy call)
         self.move_time = 0.0
+        self.lag_reads = 0  # queries after a set that still report the old angle (settling)
+        self._lagging: list[float] = []
         self.stops = 0
         self._stop = threading.Event()
         self.moving = threading.Event()
@@ -107,6 +109,7 @@ class Rotator(LegacyInstrument):
                     )
             finally:
                 self.moving.clear()
+            self._lagging = [self.angle] * self.lag_reads
             self.angle = float(command.value) + self.slip
             return CommandResult.success(self.angle)
         if command.kind == "set" and command.name == "speed":
@@ -125,6 +128,8 @@ class Rotator(LegacyInstrument):
                     )
                 )
             if command.name == "angle":
+                if self._lagging:
+                    return CommandResult.success(self._lagging.pop())
                 return CommandResult.success(self.angle)
             if command.name == "speed":
                 return CommandResult.success(self.speed)
@@ -265,6 +270,21 @@ def test_set_not_reached_fails_with_what_the_instrument_reports(rotator_runtime)
     dev.close(), tolerant.close()
 
 
+def test_a_read_back_still_settling_is_asked_again_until_it_reports_the_target(
+    rotator_runtime,
+):
+    rt, rot = rotator_runtime(rate=0)
+    dev = LegacyDevice(rt, "rot")
+    dev.connect()
+    rot.lag_reads = 2  # the driver says done; the next two read-backs still say 0 deg
+    st = dev.set(30.0)
+    st.wait(10)
+    assert st.success and dev.position == 30.0
+    asked = [c.name for c in rot.commands if c.kind == "query"]
+    assert asked[-3:] == ["angle"] * 3  # two early read-backs, then the settled one
+    dev.close()
+
+
 def test_refused_set_fails_the_status_with_the_instruments_message(rotator_runtime, RE):
     rt, rot = rotator_runtime()
     dev = LegacyDevice(rt, "rot")
@@ -397,6 +417,8 @@ def test_bad_construction_is_a_clear_config_error(rotator_runtime):
         LegacyDevice(rt, "rot", read_mode="sometimes")
     with pytest.raises(ConfigError, match="needs a LegacyRuntime"):
         LegacyDevice(object(), "rot")
+    with pytest.raises(ConfigError, match=r"tolerance names \['temperature'\]"):
+        LegacyDevice(rt, "rot", tolerance={"temperature": 0.1})
 
 
 # --- real legacy drivers on simulators ---------------------------------------------------------
@@ -498,3 +520,126 @@ polling_rate_hz = 0
             native.close(), legacy_meter.close(), stage.close()
         finally:
             rt.stop(5)
+
+
+# --- every parameter of a legacy instrument, set on the instrument (issue 18 item 1, issue 12) --
+#
+# The legacy MaiTai has two settable parameters, so its adapter has no single ``set()``: each
+# settable channel is its own read-write signal. These tests ask the MaiTai simulator (its own
+# state, not what the adapter believes) what really happened.
+
+
+@pytest.fixture
+def legacy_laser(serial_pool):
+    """The legacy MaiTai driver on a simulated laser (warm, emitting, shutter open) on a pty,
+    wrapped whole as ``sim_laser`` the way the runtime wraps it (no ``settable``)."""
+    with serve_pty(
+        "maitai", warmed_up=True, emission_on=True, shutter_open=True, speed=20
+    ) as server:
+        rt = _legacy_runtime(
+            serial_pool,
+            f"""
+[instruments.laser]
+type = "maitai"
+port = "{server.path}"
+polling_rate_hz = 20
+readback_timeout_s = 0.3
+""",
+        )
+        laser = LegacyDevice(rt, "laser", name="sim_laser")
+        try:
+            laser.connect()
+            yield laser, server.simulator, rt
+        finally:
+            laser.close()
+            rt.stop(5)
+
+
+def read_in_plan(RE, obj):
+    """``bps.rd(obj)`` inside a plan, as a scientist would write it."""
+    got = []
+
+    def plan():
+        got.append((yield from bps.rd(obj)))
+
+    RE(plan())
+    return got[0]
+
+
+def test_moving_the_shutter_commands_the_laser_and_reads_back_what_it_reports(legacy_laser, RE):
+    laser, sim, rt = legacy_laser
+    assert laser.settable is None  # two settable parameters: no device-level set()
+    RE(bps.mv(laser.shutter, 0))
+    assert sim.shutter_open is False  # the laser itself closed it
+    assert read_in_plan(RE, laser.shutter) == 0
+    assert rt.submit("laser", Command.query("shutter"), timeout=5).value == 0
+    RE(bps.mv(laser.shutter, 1))
+    assert sim.shutter_open is True
+    assert read_in_plan(RE, laser.shutter) == 1
+
+
+def test_a_shutter_command_the_laser_ignores_fails_and_records_what_it_reports(legacy_laser, RE):
+    laser, sim, _ = legacy_laser
+    sim.set_local_mode(True)  # front panel: SHUTTER 0 is accepted and ignored
+    with pytest.raises(FailedStatus) as info:
+        RE(bps.mv(laser.shutter, 0))
+    err = info.value.args[0].exception()
+    assert isinstance(err, InstrumentFault), err
+    text = str(err)
+    assert "'laser'" in text and "shutter did not close" in text and "Fix:" in text, text
+    assert sim.shutter_open is True
+    assert read_in_plan(RE, laser.shutter) == 1  # the beam is NOT blocked, and we say so
+
+
+def test_tuning_records_the_lasers_read_back_not_the_command(legacy_laser, RE, docs):
+    laser, sim, _ = legacy_laser
+    RE(bp.list_scan([], laser.wavelength, [760, 790]))
+    docs.validate()
+    assert [e["data"]["sim_laser_wavelength"] for e in docs.events()] == [760.0, 790.0]
+    assert sim.wavelength_nm() == 790.0
+    # The laser reports whole nm: 760.4 is reported as 760, which the default tolerance
+    # (1e-4 of the 690-1040 nm span) does not accept, so nothing claims 760.4 was reached.
+    with pytest.raises(FailedStatus) as info:
+        RE(bps.mv(laser.wavelength, 760.4))
+    err = info.value.args[0].exception()
+    assert isinstance(err, SetNotConfirmed), err
+    assert "wavelength" in str(err) and "instrument reports 760" in str(err), err
+    assert read_in_plan(RE, laser.wavelength) == 760.0
+
+
+def test_a_per_parameter_tolerance_keeps_the_reported_value(legacy_laser, RE):
+    laser, sim, rt = legacy_laser
+    tolerant = LegacyDevice(rt, "laser", name="tolerant", tolerance={"wavelength": 1.0})
+    try:
+        RE(bps.mv(tolerant.wavelength, 760.4))
+        assert sim.target_wavelength_nm() == 760.4
+        assert read_in_plan(RE, tolerant.wavelength) == 760.0  # what the laser said
+    finally:
+        tolerant.close()
+
+
+def test_measured_channels_refuse_put_and_set(legacy_laser, RE):
+    laser, _, rt = legacy_laser
+    before = laser.power.get()
+    for attempt in (lambda: laser.power.put(0.0), lambda: laser.power.set(0.0)):
+        with pytest.raises(ReadOnlyChannel) as info:
+            attempt()
+        text = str(info.value)
+        assert "sim_laser_power" in text and "laser" in text and "Fix:" in text, text
+        assert "shutter" in text and "wavelength" in text, text  # what can be set instead
+    with pytest.raises(ReadOnlyChannel):
+        RE(bps.mv(laser.warmup, 50))
+    # the laser's state is static here, so the component still shows exactly its report
+    assert laser.power.get() == before == rt.submit("laser", Command.query("power"), 5).value
+
+
+def test_get_follows_the_instrument_without_a_trigger(legacy_laser):
+    laser, sim, rt = legacy_laser
+    assert wait_until(lambda: laser.shutter.get() == 1)
+    # someone else (legacy code, the front panel) closes the shutter
+    assert rt.submit("laser", Command.set("shutter", 0), timeout=5).ok
+    assert sim.shutter_open is False
+    assert wait_until(lambda: laser.shutter.get() == 0)  # the next poll says so, no trigger()
+    with sim.lock:
+        sim.shutter_open = True  # opened at the front panel: only a poll can tell
+    assert wait_until(lambda: laser.shutter.get() == 1)

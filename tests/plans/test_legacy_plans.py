@@ -1,4 +1,5 @@
-"""shadow_compare and record_legacy on the shadowed power meter of the simulated lab."""
+"""shadow_compare and record_legacy on the shadowed power meter of the simulated lab, and the
+legacy laser's components moved in plans (checked against the laser simulator's own state)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from bluesky import plan_stubs as bps
 
-from daqbridge.errors import PlanArgumentError
+from daqbridge.errors import PlanArgumentError, ValueRejected
 from daqbridge.legacy import Command
-from daqbridge.plans import record_legacy, shadow_compare
+from daqbridge.plans import record_legacy, shadow_compare, wavelength_scan
 from daqbridge.runtime._shadow import ShadowReport
-from tests.plans.support import catalog_run, wait_for
+from tests.plans.support import catalog_run, shutter_open, wait_for
 
 
 @pytest.fixture
@@ -119,3 +121,52 @@ def test_record_legacy_bad_arguments(
     for word in words:
         assert word in str(info.value), str(info.value)
     assert docs.of("start") == []
+
+
+# --- the legacy laser's own components tell the truth (issue 18 item 1, issue 12) ------------
+
+
+def _rd(runtime: Any, obj: Any) -> Any:
+    got: list[Any] = []
+
+    def plan() -> Any:
+        got.append((yield from bps.rd(obj)))
+
+    runtime.RE(plan())
+    return got[0]
+
+
+def test_mv_of_the_legacy_laser_shutter_moves_the_laser(runtime: Any) -> None:
+    laser = runtime["sim_laser"]
+    was = int(shutter_open(runtime))
+    try:
+        runtime.RE(bps.mv(laser.shutter, 0))
+        assert not shutter_open(runtime)  # the simulated laser's own state
+        assert _rd(runtime, laser.shutter) == 0
+        runtime.RE(bps.mv(laser.shutter, 1))
+        assert shutter_open(runtime)
+        assert _rd(runtime, laser.shutter) == 1
+    finally:
+        assert runtime.legacy.submit("sim_laser", Command.set("shutter", was), timeout=10).ok
+
+
+def test_after_a_wavelength_scan_the_laser_shutter_reads_closed_without_trigger(
+    runtime: Any, docs: Any
+) -> None:
+    laser = runtime["sim_laser"]
+    runtime.RE(wavelength_scan(laser, runtime["sim_meter"], 780, 800, 2))
+    assert all(e["data"]["sim_laser_shutter"] == 1 for e in docs.events())  # open while measuring
+    assert not shutter_open(runtime)  # the scan's finally clause closed it on the laser
+    assert wait_for(lambda: laser.shutter.get() == 0)  # and the component says so, no trigger
+
+
+def test_the_legacy_laser_wavelength_keeps_the_profiles_limits(runtime: Any) -> None:
+    """sim.toml narrows the MaiTai to 700-1000 nm (the lab's optics), as for the native laser."""
+    laser = runtime["sim_laser"]
+    sim = runtime.simulation.simulator("sim_laser")
+    before = sim.target_wavelength_nm()
+    with pytest.raises(ValueRejected, match=r"1020 is outside the limits \[700.0, 1000.0\]"):
+        runtime.RE(bps.mv(laser.wavelength, 1020))
+    assert sim.target_wavelength_nm() == before  # nothing was sent
+    limits = laser.wavelength.describe()["sim_laser_wavelength"]["limits"]["control"]
+    assert (limits["low"], limits["high"]) == (700.0, 1000.0)
