@@ -21,6 +21,7 @@ import abc
 import enum
 import math
 import numbers
+import re
 import threading
 import time
 from collections import deque
@@ -74,14 +75,24 @@ class ExposureMode(enum.IntEnum):
 
 
 class ImageStatus(enum.IntEnum):
-    """PVCAM image status (``pl_exp_check_status``). FRAME_AVAILABLE is READOUT_COMPLETE's alias."""
+    """PVCAM image status: every value ``pl_exp_check_status`` can report (PL_IMAGE_STATUSES).
+
+    pvcam.h's names are all members (READOUT_NOT_ACTIVE is NOT_ACTIVE's alias, FRAME_AVAILABLE
+    READOUT_COMPLETE's: "all frames of a sequence" or "at least one frame in a live ring").
+    ACQUISITION_IN_PROGRESS is what PVCAM 2.x drivers report while an acquisition runs (between
+    frames); PVCAM 3.x's header calls it deprecated and unused, but a camera on an older driver
+    still sends it, so it is a status like the others, never an error. MAX_CAMERA_STATUS (6)
+    only marks the end of the C enum; no camera reports it, so it is not a member.
+    """
 
     NOT_ACTIVE = 0
+    READOUT_NOT_ACTIVE = 0
     EXPOSURE_IN_PROGRESS = 1
     READOUT_IN_PROGRESS = 2
     READOUT_COMPLETE = 3
     FRAME_AVAILABLE = 3
     READOUT_FAILED = 4
+    ACQUISITION_IN_PROGRESS = 5
 
 
 def _text(exc: BaseException) -> str:
@@ -544,15 +555,10 @@ class CameraBackend(abc.ABC):
 _SDK_LOCK = threading.Lock()
 _SDK_USERS = 0
 
-_STATUS_NAMES = {
-    "READOUT_NOT_ACTIVE": ImageStatus.NOT_ACTIVE,
-    "EXPOSURE_IN_PROGRESS": ImageStatus.EXPOSURE_IN_PROGRESS,
-    "READOUT_IN_PROGRESS": ImageStatus.READOUT_IN_PROGRESS,
-    "READOUT_COMPLETE": ImageStatus.READOUT_COMPLETE,
-    "FRAME_AVAILABLE": ImageStatus.READOUT_COMPLETE,
-    "READOUT_FAILED": ImageStatus.READOUT_FAILED,
-    "ACQUISITION_IN_PROGRESS": ImageStatus.EXPOSURE_IN_PROGRESS,
-}
+# pyvcam's check_frame_status() returns pvcam.h's status names as strings, except that it
+# raises ValueError("Unrecognized frame status (N).") for a value outside its switch (older
+# versions: without "(N)"); see _status_from_sdk.
+_UNRECOGNISED_STATUS = re.compile(r"unrecognized frame status(?:\s*\((-?\d+)\))?", re.I)
 
 _NOT_INSTALLED = (
     "pyvcam / PVCAM SDK not installed: use the simulated backend or install the Photometrics "
@@ -568,8 +574,17 @@ class PyVcamBackend(CameraBackend):
 
     Known differences from the simulated backend: ``stalled`` is always False (pyvcam's live
     queue drops its oldest frame instead of stalling; the loss shows up in ``frames_dropped``,
-    counted from gaps in the frame counter), and ``status()`` is pyvcam's
-    ``check_frame_status()`` mapped onto :class:`ImageStatus`.
+    counted from gaps in the frame counter), and ``status()`` is what the camera's driver
+    reports through pyvcam's ``check_frame_status()``: a PVCAM 3.x driver never sends
+    ACQUISITION_IN_PROGRESS, a 2.x driver does (see :meth:`_status_from_sdk` for how every
+    answer, including pyvcam's exceptions, maps onto :class:`ImageStatus`).
+
+    Errors from the SDK never reach the caller raw: a failed readout is an
+    :class:`InstrumentFault` with code READOUT_FAILED (4), whether pyvcam says "readout failed"
+    or PVCAM fails the status check (PV_FAIL); anything else is an :class:`InstrumentError`
+    naming the camera. ``close()`` closes the camera and releases the SDK even when ending the
+    acquisition or closing fails. Tested against a fake pyvcam with the real API surface
+    (tests/devices/fake_pyvcam).
     """
 
     kind = "pvcam"
@@ -715,7 +730,10 @@ class PyVcamBackend(CameraBackend):
                 return
             try:
                 if self._acquiring:
-                    self._finish()
+                    try:
+                        self._finish()
+                    except InstrumentError:
+                        pass  # the camera is closed next whatever the acquisition's state
                 cam.close()
             except RuntimeError:
                 pass  # closing must always release the SDK; the camera is unusable anyway
@@ -963,22 +981,29 @@ class PyVcamBackend(CameraBackend):
                 ) from exc
             self._acquiring = True
 
+    def _readout_failed(self, exc: BaseException) -> InstrumentFault:
+        self._failed = True
+        return InstrumentFault(
+            f"PVCAM readout failed: {_text(exc)}.",
+            code=int(ImageStatus.READOUT_FAILED),
+            instrument=self.instrument,
+            resource=self.resource,
+            fix="restart the acquisition; if it repeats, check the cable and trigger.",
+        )
+
     def _grab(self, timeout_ms: int) -> Frame | None:
         try:
             frame, _fps, count = self._cam.poll_frame(timeout_ms=timeout_ms)
         except RuntimeError as exc:
             text = str(exc).lower()
-            if "readout failed" in text:
-                self._failed = True
-                raise InstrumentFault(
-                    f"PVCAM readout failed: {_text(exc)}.",
-                    code="READOUT_FAILED",
-                    instrument=self.instrument,
-                    resource=self.resource,
-                    fix="restart the acquisition; if it repeats, check the cable and trigger.",
-                ) from exc
-            if "timeout" in text or "aborted" in text:
-                return None
+            if "readout failed" in text:  # "Frame readout failed." (pyvcam 2.x: "get_frame() ...")
+                raise self._readout_failed(exc) from exc
+            if "timeout" in text or "aborted" in text or "not active" in text:
+                return None  # nothing came in time, or nothing more will come
+            # Anything else is PVCAM's own error text (PV_FAIL). PVCAM 3.x fails
+            # pl_exp_check_status exactly when a readout failed: ask it before blaming the SDK.
+            if self._status_from_sdk(self._cam) is ImageStatus.READOUT_FAILED:
+                raise self._readout_failed(exc) from exc
             raise self._sdk_error("polling a frame failed", exc, "check the camera.") from exc
         data = frame["pixel_data"]
         if isinstance(data, list):  # several ROIs: daqbridge sets exactly one
@@ -1005,31 +1030,76 @@ class PyVcamBackend(CameraBackend):
             return ImageStatus.READOUT_FAILED
         if not self._acquiring:
             return ImageStatus.NOT_ACTIVE
+        return self._status_from_sdk(cam)
+
+    def _status_from_sdk(self, cam: Any) -> ImageStatus:
+        """What pyvcam's ``check_frame_status()`` means, for every answer PVCAM can give.
+
+        - A status name: that status (FRAME_AVAILABLE is READOUT_COMPLETE's value).
+        - RuntimeError: pl_exp_check_status returned PV_FAIL, which PVCAM 3.x's pvcam.h defines
+          as READOUT_FAILED ("the function returns a PV_FAIL and pl_error_code is set").
+        - ValueError "Unrecognized frame status (N)": a value pyvcam's switch lacks. pvcam.h
+          defines one that a camera sends, ACQUISITION_IN_PROGRESS (5, PVCAM 2.x drivers); an
+          older pyvcam omits the number, and 5 is then the value PVCAM can have sent (a status
+          4 it failed to name still ends the next poll with "readout failed"). A number pvcam.h
+          does not define is an error naming it, never a guess.
+        """
         try:
-            return _STATUS_NAMES.get(str(cam.check_frame_status()), ImageStatus.NOT_ACTIVE)
-        except RuntimeError as exc:
-            raise self._sdk_error("reading the status failed", exc, "check the camera.") from exc
+            name = str(cam.check_frame_status())
+        except RuntimeError:
+            return ImageStatus.READOUT_FAILED
+        except ValueError as exc:
+            match = _UNRECOGNISED_STATUS.search(str(exc))
+            if match is None:
+                raise self._sdk_error("reading the status failed", exc, "check pyvcam.") from exc
+            value = int(match.group(1)) if match.group(1) else ImageStatus.ACQUISITION_IN_PROGRESS
+            try:
+                return ImageStatus(value)
+            except ValueError:
+                raise self._status_unknown(f"status {value}") from exc
+        try:
+            return ImageStatus[name]
+        except KeyError:
+            raise self._status_unknown(f"status {name!r}") from None
+
+    def _status_unknown(self, what: str) -> InstrumentError:
+        return InstrumentError(
+            f"PVCAM reported image {what}, which pvcam.h's PL_IMAGE_STATUSES does not define.",
+            instrument=self.instrument,
+            resource=self.resource,
+            fix="check that pyvcam matches the installed PVCAM version; report the value to "
+            "the daqbridge maintainers with both versions.",
+        )
 
     def _finish(self) -> None:
+        """End the acquisition. pyvcam raises RuntimeError or (for pl_exp_abort) ValueError."""
         try:
             self._cam.finish()
+        except (RuntimeError, ValueError) as exc:
+            raise self._sdk_error(
+                "ending the acquisition failed",
+                exc,
+                "close and reopen the camera; if it repeats, power-cycle it.",
+            ) from exc
         finally:
             self._acquiring = False
+            self._failed = False
 
     def halt(self) -> None:
         with self._lock:
             if self._cam is None or not self._acquiring:
                 return
-            # pyvcam frees its frame buffers in finish(): keep what was read out first.
-            for _ in range(max(1, self._setup.ring_frames if self._setup else 1) + 1):
-                try:
+            try:
+                # pyvcam frees its frame buffers in finish(): keep what was read out first.
+                for _ in range(max(1, self._setup.ring_frames if self._setup else 1) + 1):
                     frame = self._grab(0)
-                except InstrumentFault:
-                    break
-                if frame is None:
-                    break
-                self._pending.append(frame)
-            self._finish()
+                    if frame is None:
+                        break
+                    self._pending.append(frame)
+            except InstrumentError:
+                pass  # a failed readout ends the draining; the acquisition ends all the same
+            finally:
+                self._finish()
 
     def abort(self) -> None:
         with self._lock:

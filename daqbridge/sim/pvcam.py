@@ -9,11 +9,37 @@ a camera device has to cope with (INSTRUMENTS.md, "Photometrics PVCAM camera"):
   at 20 ms full frame). The sensor reads every row of the ROI whatever the binning (an sCMOS bins
   in its FPGA), so only the ROI height shortens readout. ``speed`` scales time (10 = ten times
   faster; ``math.inf`` = no waiting).
-- Status progression: NOT_ACTIVE -> EXPOSURE_IN_PROGRESS <-> READOUT_IN_PROGRESS -> (sequence)
-  READOUT_COMPLETE, or READOUT_FAILED after ``fail_next_readout()``; NOT_ACTIVE after halt/abort.
+- Status (``status()``, what ``pl_exp_check_status`` reports), every PL_IMAGE_STATUSES value:
+
+  ============================  =========================================================
+  READOUT_NOT_ACTIVE (0)        after ``setup()``, ``halt()``, ``abort()``
+  EXPOSURE_IN_PROGRESS (1)      started, no frame read out yet (exposing, or waiting for
+                                the first trigger)
+  READOUT_IN_PROGRESS (2)       a frame is being read out
+  READOUT_COMPLETE (3)          a sequence has all its frames (until halt/abort)
+  FRAME_AVAILABLE (3)           continuous: the ring holds frames not taken (also while
+                                STALLED on a full ring), except during a readout
+  READOUT_FAILED (4)            after a failed readout (``fail_next_readout()``)
+  ACQUISITION_IN_PROGRESS (5)   between frames: at least one frame read out (and, in
+                                continuous mode, all taken), exposing the next or waiting
+                                for its trigger
+  ============================  =========================================================
+
+  Sources, and where they disagree: PVCAM 3.x's pvcam.h (Photometrics/PyVCAM
+  ``pvcam-sdk/linux/include/pvcam.h``) documents 0-4 as above ("waiting for data, none has
+  arrived yet"; "data has started to arrive"; READOUT_FAILED comes with PV_FAIL) and calls
+  ACQUISITION_IN_PROGRESS "deprecated, not used by PVCAM"; PVCAM 2.x's pvcam.h (Roper
+  Scientific 2012, openspim/3rdpartypublic ``Photometrics/PVCAM/SDK/Headers/pvcam.h``) has
+  pl_exp_check_status report a RUNNING driver without new data as ACQUISITION_IN_PROGRESS.
+  pyvcam (Photometrics/PyVCAM ``src/pyvcam/pvcmodule.cpp``, ``check_frame_status``) names 0-4
+  (3 as FRAME_AVAILABLE in live mode, "at least one frame is available", ``camera.py``) and
+  raises ValueError for 5. The simulator sends 5 between frames, as a camera on a 2.x driver
+  does: a driver that knows only 3.x's values then fails at once here, not in the lab.
+  MAX_CAMERA_STATUS (6) ends the C enum and is never reported. The moments are pinned, for
+  this simulator and for ``PyVcamBackend`` alike, by ``tests/transcripts/pvcam.yaml``.
 - Continuous acquisition into a no-overwrite ring of ``ring_frames``: once the ring holds that
-  many frames the host has not taken, acquisition STALLS (``stalled`` is True, status stays
-  EXPOSURE_IN_PROGRESS, no frame is lost) and resumes, with a fresh exposure, when a frame is
+  many frames the host has not taken, acquisition STALLS (``stalled`` is True, status
+  FRAME_AVAILABLE, no frame is lost) and resumes, with a fresh exposure, when a frame is
   polled. A sequence buffers all its frames (as ``pl_exp_setup_seq`` does), so it never stalls.
 - Trigger modes: TIMED, VARIABLE_TIMED, INT_STROBE and EXT_TRIG_INTERNAL run free;
   TRIGGER_FIRST, TRIG_FIRST and SOFTWARE_FIRST wait for one trigger, then run free; the other
@@ -450,9 +476,17 @@ class SimulatedCameraBackend(CameraBackend):
         return Frame(data=self._render(run.setup, number), frame_number=number, timestamp=stamp)
 
     def status(self) -> ImageStatus:
+        """What ``pl_exp_check_status`` reports now (see the module docstring for when)."""
         self._require_open()
         with self._cond:
-            return self._phase
+            run, phase = self._run, self._phase
+            if phase is not ImageStatus.EXPOSURE_IN_PROGRESS or run is None:
+                return phase
+            if run.setup.continuous and self._ring:
+                return ImageStatus.FRAME_AVAILABLE
+            if run.produced:
+                return ImageStatus.ACQUISITION_IN_PROGRESS
+            return ImageStatus.EXPOSURE_IN_PROGRESS
 
     def _stop(self, *, discard: bool) -> None:
         with self._cond:

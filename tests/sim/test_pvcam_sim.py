@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib.util
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from daqbridge.devices.pvcam_backend import (
     CameraBackend,
@@ -21,6 +23,9 @@ from daqbridge.errors import ConfigError, InstrumentError, InstrumentFault, Valu
 from daqbridge.sim.pvcam import FULL_FRAME_READOUT_S, SimulatedCameraBackend
 
 SMALL = Roi(0, 63, 0, 63)  # cheap frames for timing tests
+TRANSCRIPT = yaml.safe_load(
+    (Path(__file__).parents[1] / "transcripts" / "pvcam.yaml").read_text(encoding="utf-8")
+)
 
 
 @pytest.fixture
@@ -81,8 +86,53 @@ def test_prime_bsi_parameters(make_cam):
 def test_constants_match_pvcam():
     assert ExposureMode.TIMED == 0 and ExposureMode.INT_STROBE == 6
     assert ExposureMode.EXT_TRIG_INTERNAL == 1792 and ExposureMode.SOFTWARE_EDGE == 3072
-    assert [int(s) for s in ImageStatus] == [0, 1, 2, 3, 4]
     assert ImageStatus.FRAME_AVAILABLE is ImageStatus.READOUT_COMPLETE
+
+
+def test_image_status_has_every_value_of_pvcam_h():
+    statuses = TRANSCRIPT["statuses"]
+    assert {name: int(ImageStatus[name]) for name in statuses} == statuses
+    assert sorted({int(s) for s in ImageStatus}) == sorted(set(statuses.values()))
+
+
+def _run_timeline(cam: SimulatedCameraBackend, timeline: dict) -> list[tuple[str, str]]:
+    """Play one timeline of tests/transcripts/pvcam.yaml; returns (action, status) as seen."""
+    s = timeline["setup"]
+    seen = []
+    for action, expected in timeline["steps"]:
+        if action == "setup":
+            cam.setup(
+                SMALL,
+                (1, 1),
+                s.get("exposure", 10),
+                ExposureMode[s["exposure_mode"]],
+                s["n_frames"],
+                s["continuous"],
+                s.get("ring_frames", 4),
+            )
+            if timeline.get("fail_readout"):
+                cam.fail_next_readout()
+        elif action == "take frame":
+            assert cam.poll_frame(5.0) is not None
+        elif action == "trigger":
+            cam.sw_trigger()
+        else:
+            getattr(cam, action)()
+        wait_for(lambda expected=expected: cam.status() is ImageStatus[expected])
+        seen.append((action, cam.status().name))
+    return seen
+
+
+@pytest.mark.parametrize("name", sorted(TRANSCRIPT["timelines"]))
+def test_status_timelines(make_cam, name):
+    """Every PVCAM status at the moment a camera reports it (tests/transcripts/pvcam.yaml)."""
+    timeline = TRANSCRIPT["timelines"][name]
+    if timeline.get("slow_readout"):
+        cam = make_cam(speed=1.0, full_frame_readout_s=3600.0)
+    else:
+        cam = make_cam(speed=math.inf)
+    expected = [(a, ImageStatus[st].name) for a, st in timeline["steps"]]
+    assert _run_timeline(cam, timeline) == expected
 
 
 def test_parameters_need_an_open_camera():
@@ -295,7 +345,7 @@ def test_ring_stalls_when_not_drained_and_resumes(make_cam):
     cam.start()
     assert wait_for(lambda: cam.stalled)
     assert cam.frames_waiting == 3
-    assert cam.status() == ImageStatus.EXPOSURE_IN_PROGRESS
+    assert cam.status() == ImageStatus.FRAME_AVAILABLE  # the camera waits, frames wait too
     time.sleep(0.1)
     assert cam.frames_waiting == 3 and cam.stalled  # no progress, nothing overwritten
     numbers = [cam.poll_frame(1.0).frame_number]
@@ -313,7 +363,11 @@ def test_continuous_mode_until_halt(make_cam):
     cam.start()
     frames = drain(cam, 20, timeout=10)
     assert [f.frame_number for f in frames] == list(range(1, 21))
-    assert cam.status() in (ImageStatus.EXPOSURE_IN_PROGRESS, ImageStatus.READOUT_IN_PROGRESS)
+    assert cam.status() in (
+        ImageStatus.ACQUISITION_IN_PROGRESS,  # between frames, the ring drained
+        ImageStatus.READOUT_IN_PROGRESS,
+        ImageStatus.FRAME_AVAILABLE,  # the next frame already landed
+    )
     assert cam.acquiring
     assert wait_for(lambda: cam.frames_waiting >= 1)
     cam.halt()
