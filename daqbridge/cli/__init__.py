@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, str] = {
     "status": "_status",
     "shadow": "_shadow",
     "ioc": "_ioc",
+    "migration": "_migration",
 }
 
 

@@ -1,4 +1,5 @@
-"""``daqbridge config``: check a lab profile, migrate a legacy file, print the key reference.
+"""``daqbridge config``: check a lab profile, migrate a legacy file, switch an instrument's stack,
+print the key reference.
 
 ``check`` is what a scientist runs after editing the profile: it prints every problem at once
 (file, line, key, fix), not only the first, and for a good profile the table of what will start
@@ -6,11 +7,16 @@ where, so a port typed into the wrong entry is visible before the lab runs. It a
 machine as start-up will use it: the serial ports exist, and the data directory (and any
 camera's frames directory) is a directory this user can write or create; ``--no-port-check``
 skips both, for a profile written for another machine.
+
+``switch`` moves one instrument between the legacy, shadow and native stacks by editing its
+entry's ``stack`` key in place (comments and settings kept, so switching back restores the file);
+``daqbridge migration status`` says beforehand what changes.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -60,6 +66,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     migrate.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     migrate.add_argument("--lab-name", help="[lab] name of the new profile")
     migrate.set_defaults(func=_migrate)
+
+    switch = sub.add_parser(
+        "switch",
+        help="move an instrument to the legacy, shadow or native stack",
+        description="Set the stack of one instrument in the profile, editing only that key: "
+        "comments, key order and the settings only one stack reads stay, so switching back "
+        "gives the same file. The result is checked before the file is replaced. An Elliptec "
+        "bus switches with all its mounts. See `daqbridge migration status` first.",
+    )
+    switch.add_argument("instrument", metavar="ID", help="instrument id (the [[instruments]] id)")
+    switch.add_argument("--stack", required=True, metavar="STACK", help="legacy, shadow or native")
+    switch.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="profile to edit (default: $DAQBRIDGE_PROFILE)",
+    )
+    switch.add_argument(
+        "--dry-run", action="store_true", help="check and show the switch, write nothing"
+    )
+    switch.set_defaults(func=_switch)
 
     reference = sub.add_parser(
         "reference",
@@ -204,6 +230,31 @@ def _migrate(args: argparse.Namespace) -> int:
         file=report,
     )
     return EXIT_PROBLEMS
+
+
+# --- switch -------------------------------------------------------------------------------------
+
+PROFILE_ENV = "DAQBRIDGE_PROFILE"
+
+
+def _switch(args: argparse.Namespace) -> int:
+    from daqbridge.runtime.profile import switch_stack
+
+    path = args.profile or os.environ.get(PROFILE_ENV, "").strip()
+    if not path:
+        raise ConfigError(
+            "no profile to edit",
+            key="--profile",
+            fix=f"give --profile FILE or set ${PROFILE_ENV}; the embedded simulated lab is part "
+            "of the installed package and is not edited (copy profiles/sim.toml to change it).",
+        )
+    result = switch_stack(path, args.instrument, args.stack.strip().lower(), write=not args.dry_run)
+    print(result.format())
+    if result.changed:
+        if args.dry_run:
+            print("dry run: nothing written.")
+        print(f"what changes at the switch: daqbridge migration status --profile {result.path}")
+    return EXIT_OK
 
 
 # --- reference ----------------------------------------------------------------------------------

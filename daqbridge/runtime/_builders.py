@@ -565,29 +565,9 @@ def legacy_type(inst: InstrumentBase, overrides: Mapping[str, str] | None = None
 
 
 def _legacy_options(inst: InstrumentBase) -> dict[str, Any]:
-    """The legacy driver's per-type keys, from the profile entry."""
-    if isinstance(inst, Newport1830cInstrument):
-        s = inst.newport1830c
-        return {
-            "wavelength_nm": s.wavelength_nm,
-            "units": s.units,
-            "range": s.range,
-            "filter": s.filter,
-            "attenuator": s.attenuator,
-            "timeout_s": inst.timeout,
-        }
-    if isinstance(inst, MaiTaiInstrument):
-        return {
-            "terminator": inst.maitai.reply_terminator,
-            "xonxoff": inst.flow_control == "xonxoff",
-            "timeout_s": inst.timeout,
-        }
-    if isinstance(inst, ElliptecInstrument):
-        return {
-            "device_addresses": [a.address for a in inst.elliptec.addresses],
-            "timeout_s": inst.timeout,
-        }
-    return {}
+    """The legacy driver's per-type keys, from the profile entry (mapped keys and its
+    ``legacy`` table: ``SerialInstrument.legacy_options``, the inverse of ``config migrate``)."""
+    return inst.legacy_options() if isinstance(inst, SerialInstrument) else {}
 
 
 def build_legacy(

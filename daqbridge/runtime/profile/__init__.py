@@ -3,6 +3,8 @@
 Load it with :func:`load_profile` (None loads the embedded simulated lab); every error is a
 ConfigError naming the file, the key and the fix, raised before any port is opened. The reference
 of every key is docs/profile.md, generated from the models by :func:`profile_reference_markdown`.
+:func:`switch_stack` moves an instrument between the stacks (``daqbridge config switch``), and
+:func:`run_provenance` is what every run records about the profile it ran with.
 """
 
 from daqbridge.runtime.profile._load import (
@@ -23,7 +25,9 @@ from daqbridge.runtime.profile._migrate import (
 )
 from daqbridge.runtime.profile._models import (
     DRIVERS,
+    LEGACY_DRIVER_TYPES,
     LEGACY_DRIVERS,
+    LEGACY_KEYS,
     LEGACY_TWIN_SUFFIX,
     SERIAL_DRIVERS,
     SIM_PORT,
@@ -41,6 +45,8 @@ from daqbridge.runtime.profile._models import (
     Instrument,
     InstrumentBase,
     LabSettings,
+    LegacyKey,
+    LegacyRuntimeSettings,
     MaiTaiInstrument,
     MaiTaiSettings,
     Newport1830cInstrument,
@@ -60,11 +66,14 @@ from daqbridge.runtime.profile._models import (
     StackSettings,
     is_simulated_port,
     is_url_port,
+    legacy_options_model,
 )
+from daqbridge.runtime.profile._provenance import profile_sha256, run_provenance
 from daqbridge.runtime.profile._reference import (
     profile_reference_markdown,
     update_reference_doc,
 )
+from daqbridge.runtime.profile._switch import StackSwitch, switch_stack
 from daqbridge.runtime.profile._validate import (
     Issue,
     PathExists,
@@ -78,6 +87,8 @@ from daqbridge.runtime.profile._validate import (
 __all__ = [
     "DRIVERS",
     "LEGACY_DRIVERS",
+    "LEGACY_DRIVER_TYPES",
+    "LEGACY_KEYS",
     "LEGACY_TWIN_SUFFIX",
     "SERIAL_DRIVERS",
     "SIM_PORT",
@@ -97,6 +108,8 @@ __all__ = [
     "Issue",
     "LabSettings",
     "LegacyEntry",
+    "LegacyKey",
+    "LegacyRuntimeSettings",
     "MaiTaiInstrument",
     "MaiTaiSettings",
     "Migration",
@@ -119,12 +132,14 @@ __all__ = [
     "SimSettings",
     "SimulationSettings",
     "StackSettings",
+    "StackSwitch",
     "check_profile",
     "dumps_toml",
     "ensure_valid",
     "format_key",
     "is_simulated_port",
     "is_url_port",
+    "legacy_options_model",
     "load_profile",
     "migrate_legacy",
     "parse_legacy",
@@ -132,7 +147,10 @@ __all__ = [
     "parse_toml",
     "profile_from_dict",
     "profile_reference_markdown",
+    "profile_sha256",
     "raise_for_issues",
+    "run_provenance",
+    "switch_stack",
     "update_reference_doc",
     "validate_profile",
 ]

@@ -6,6 +6,14 @@ optional ``[runtime]`` table. Migration writes the same instruments as ``[[instr
 with ``stack = "legacy"``, so nothing changes behaviour until the lab moves an instrument to the
 native stack on purpose.
 
+"Nothing changes" is checked key by key against the legacy driver's own options model: a key
+the profile says in its own words (``LEGACY_KEYS``: ``timeout_s`` is ``timeout``, ``xonxoff`` is
+``flow_control``) is written there; any other key of that model goes to the entry's ``legacy``
+table, which the runtime hands back to the legacy driver; where the legacy driver's default
+differs from the profile's (the MaiTai's 2 s reply timeout and no flow control), the legacy value
+is written out and reported. A key no model knows is dropped, and every dropped key has a line in
+the report saying why.
+
 What cannot be decided mechanically is reported, never guessed: an ESP300 axis without limits
 gets no invented limits (a wrong limit drives a stage into its end stop), an unknown type is
 written commented out, two instruments on one port keep the first. The written profile is then
@@ -17,8 +25,6 @@ old files the legacy runtime might no longer accept (types whose driver was remo
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -26,8 +32,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomlkit
+from pydantic import BaseModel
+from tomlkit.items import Array, InlineTable, Table
+
 from daqbridge.errors import ConfigError
-from daqbridge.runtime.profile._models import ESP300_UNIT_CODES
+from daqbridge.runtime.profile._models import (
+    ESP300_UNIT_CODES,
+    INSTRUMENT_CLASSES,
+    LEGACY_KEYS,
+    LegacyRuntimeSettings,
+    ShutdownDeadlines,
+    legacy_options_model,
+)
 
 # legacy type -> profile driver
 LEGACY_TYPES: dict[str, str] = {
@@ -83,6 +100,8 @@ class Migration:
     """What was done that a reviewer should know about (merges, renamed ids, defaults)."""
     problems: list[str] = field(default_factory=list)
     """What the profile checker reports on the written profile (empty when it loads)."""
+    dropped: list[str] = field(default_factory=list)
+    """Legacy keys (and tables) not carried into the profile; each has a line in decisions."""
 
     @property
     def complete(self) -> bool:
@@ -162,6 +181,7 @@ class _Converter:
         self.legacy = legacy
         self.decisions: list[str] = []
         self.notes: list[str] = []
+        self.dropped: list[str] = []
         self.entries: list[tuple[list[str], dict[str, Any]]] = []
         self.commented: list[tuple[list[str], dict[str, Any]]] = []
         self.used_ids: set[str] = set()
@@ -172,11 +192,16 @@ class _Converter:
     def note(self, key: str, text: str) -> None:
         self.notes.append(f"{key}: {text}")
 
+    def drop(self, key: str, why: str) -> None:
+        self.dropped.append(key)
+        self.decide(key, f"{why}; it was not migrated.")
+
     def run(self) -> None:
         by_port: dict[Any, dict[str, Any]] = {}
         for inst in self.legacy.instruments:
             if "_not_a_table" in inst.options:
-                self.decide(inst.key, "is not a table; it was left out. Rewrite it by hand.")
+                self.dropped.append(inst.key)
+                self.decide(inst.key, "is not a table; it was not migrated. Rewrite it by hand.")
                 continue
             driver = LEGACY_TYPES.get(str(inst.type).lower()) if inst.type is not None else None
             if driver is None:
@@ -189,8 +214,10 @@ class _Converter:
                     'port = "" and must be given the real port.',
                 )
             entry = self._common(inst, driver)
-            convert = getattr(self, f"_{driver}")
-            convert(inst, entry)
+            if driver in LEGACY_KEYS:
+                self._with_legacy_driver(inst, entry)
+            else:
+                self._esp300(inst, entry)
             shared = by_port.get(inst.port) if isinstance(inst.port, str) else None
             if shared is not None:
                 self._shared_port(inst, entry, shared)
@@ -208,6 +235,7 @@ class _Converter:
     def _unknown_type(self, inst: LegacyEntry) -> None:
         known = sorted({v for v in LEGACY_TYPES.values()})
         said = "has no type" if inst.type is None else f"type {inst.type!r} has no profile driver"
+        self.dropped.append(inst.key)
         self.decide(
             f"{inst.key}.type",
             f"{said} (known: {', '.join(known)}); it is written commented out. Describe it as a "
@@ -241,77 +269,80 @@ class _Converter:
             "stack": "legacy",
             "port": inst.port if isinstance(inst.port, str) else "",
         }
-        if inst.baud_rate is not None:
-            entry["baud_rate"] = inst.baud_rate
+        baud = inst.baud_rate
+        if baud is None:
+            baud = _legacy_default_baud(driver)
+            profile_baud = INSTRUMENT_CLASSES[driver].model_fields["baud_rate"].default
+            if baud is not None and baud != profile_baud:
+                self.note(
+                    f"{inst.key}.baud_rate",
+                    f"not set: the legacy driver's default {baud} is written out (the "
+                    f"profile's default is {profile_baud}).",
+                )
+            else:
+                baud = None
+        if baud is not None:
+            entry["baud_rate"] = baud
         if inst.polling_rate_hz is not None:
             entry["polling_rate_hz"] = _number(inst.polling_rate_hz)
         return entry
 
-    def _leftovers(self, inst: LegacyEntry, used: set[str]) -> None:
-        for key in inst.options:
-            if key not in used:
-                self.decide(
-                    f"{inst.key}.{key}",
-                    "has no place in the profile; it was not migrated. Check whether the "
-                    "driver still needs it (docs/profile.md lists the keys of each driver).",
+    # --- drivers that have a legacy twin: every key of its options model is accounted for -----
+
+    def _with_legacy_driver(self, inst: LegacyEntry, entry: dict[str, Any]) -> None:
+        driver = entry["driver"]
+        options, extra = _canonical_options(driver, inst.options)
+        model = legacy_options_model(driver)
+        known = set(model.model_fields) if model is not None else set()
+        mapped = {k.option: k for k in LEGACY_KEYS[driver]}
+        table: dict[str, Any] = {}
+        for name, value in options.items():
+            if name in mapped:
+                if name != "device_addresses":  # the bus's list has its own conversion
+                    _put(entry, mapped[name].path, mapped[name].to_profile(value))
+            elif name in known:
+                table[name] = _number(value) if _is_float_field(model, name) else value
+            else:
+                self.drop(
+                    f"{inst.key}.{name}",
+                    f"the legacy {inst.type} driver has no key {name!r} (its keys: "
+                    f"{', '.join(sorted(known)) or 'none registered'}), nor has the profile",
                 )
-
-    # --- per type -----------------------------------------------------------------------------
-
-    def _newport1830c(self, inst: LegacyEntry, entry: dict[str, Any]) -> None:
-        o, table = inst.options, {}
-        if "wavelength_nm" in o:
-            table["wavelength_nm"] = o["wavelength_nm"]
-        elif "wavelength" in o:
-            table["wavelength_nm"] = o["wavelength"]
-        if "range" in o:
-            table["range"] = o["range"]
-        if "filter" in o:
-            f = o["filter"]
-            table["filter"] = _FILTERS.get(f, f) if not isinstance(f, bool) else f
-        if "units" in o:
-            u = o["units"]
-            table["units"] = _UNITS_1830.get(u, u) if not isinstance(u, bool) else u
-        if "attenuator" in o:
-            a = o["attenuator"]
-            table["attenuator"] = bool(a) if a in (0, 1) and not isinstance(a, float) else a
+        for path, value in extra.items():
+            _put(entry, path, value)
+        for name, key in mapped.items():
+            if name in options or model is None or name not in model.model_fields:
+                continue
+            info = model.model_fields[name]
+            if info.is_required():
+                continue
+            ours, theirs = key.to_profile(info.default), _profile_default(driver, key.path)
+            if ours is not None and ours != theirs:
+                _put(entry, key.path, ours)
+                self.note(
+                    f"{inst.key}.{name}",
+                    f"not set: the legacy driver's default {info.default!r} is written out as "
+                    f"{key.key} = {ours!r} (the profile's default, {theirs!r}, would change "
+                    "how the instrument runs).",
+                )
+        if driver == "elliptec":
+            self._elliptec(inst, entry, options, extra)
         if table:
-            entry["newport1830c"] = table
-        self._leftovers(
-            inst, {"wavelength_nm", "wavelength", "range", "filter", "units", "attenuator"}
-        )
+            entry["legacy"] = table
+            self.note(
+                inst.key,
+                f"{', '.join(table)}: kept in the entry's legacy table (read only by the legacy "
+                "driver; they stay in the file when the instrument is switched).",
+            )
 
-    def _maitai(self, inst: LegacyEntry, entry: dict[str, Any]) -> None:
-        o, table = inst.options, {}
-        if "wavelength_limits" in o:
-            table["wavelength_limits"] = o["wavelength_limits"]
-        elif "wavelength_min" in o or "wavelength_max" in o:
-            table["wavelength_limits"] = [
-                _number(o.get("wavelength_min", 690.0)),
-                _number(o.get("wavelength_max", 1040.0)),
-            ]
-        for key in ("reply_terminator", "terminator", "eol"):
-            if key in o:
-                t = o[key]
-                table["reply_terminator"] = _TERMINATORS.get(str(t).lower(), _TERMINATORS.get(t, t))
-                break
-        if table:
-            entry["maitai"] = table
-        self._leftovers(
-            inst,
-            {
-                "wavelength_limits",
-                "wavelength_min",
-                "wavelength_max",
-                "reply_terminator",
-                "terminator",
-                "eol",
-            },
-        )
-
-    def _elliptec(self, inst: LegacyEntry, entry: dict[str, Any]) -> None:
-        o = inst.options
-        raw = o.get("device_addresses", o.get("addresses", o.get("address")))
+    def _elliptec(
+        self,
+        inst: LegacyEntry,
+        entry: dict[str, Any],
+        options: dict[str, Any],
+        extra: dict[tuple[str, ...], Any],
+    ) -> None:
+        raw = options.get("device_addresses")
         if raw is None:
             self.decide(
                 f"{inst.key}.device_addresses",
@@ -321,22 +352,24 @@ class _Converter:
             raw = [0]
         if not isinstance(raw, list):
             raw = [raw]
-        names = o.get("names") if isinstance(o.get("names"), list) else None
+        names = inst.options.get("names") if isinstance(inst.options.get("names"), list) else None
         addresses = []
         for n, a in enumerate(raw):
             address = _hex(a)
             if address is None:
+                self.dropped.append(f"{inst.key}.device_addresses[{n}]")
                 self.decide(
                     f"{inst.key}.device_addresses[{n}]",
-                    f"{a!r} is not an Elliptec address (0-F); it was left out.",
+                    f"{a!r} is not an Elliptec address (0-F); it was not migrated.",
                 )
                 continue
             item: dict[str, Any] = {"address": address}
             if names is not None and n < len(names):
                 item["name"] = names[n]
             addresses.append(item)
-        entry["elliptec"] = {"addresses": addresses}
-        self._leftovers(inst, {"device_addresses", "addresses", "address", "names"})
+        entry.setdefault("elliptec", {})["addresses"] = addresses
+
+    # --- ESP300: no legacy driver is registered; the old file's own keys -------------------------
 
     def _esp300(self, inst: LegacyEntry, entry: dict[str, Any]) -> None:
         o = inst.options
@@ -375,7 +408,12 @@ class _Converter:
                 axis["low_limit"], axis["high_limit"] = _number(low), _number(high)
             axes.append(axis)
         entry["esp300"] = {"axes": axes}
-        self._leftovers(inst, {"axes", "num_axes"})
+        for key in o:
+            if key not in ("axes", "num_axes"):
+                self.drop(
+                    f"{inst.key}.{key}",
+                    "the profile has no such key for an ESP300 (docs/profile.md lists them)",
+                )
 
     # --- sharing --------------------------------------------------------------------------
 
@@ -398,6 +436,16 @@ class _Converter:
                 f"entry (one bus driver owns every address); device ids change to "
                 f"{first['id']}_<name>, and the bus keeps {first['id']!r}'s serial settings.",
             )
+            for key in sorted(set(entry) | set(first)):
+                if key in ("id", "elliptec") or entry.get(key) == first.get(key):
+                    continue
+                self.dropped.append(f"{inst.key}.{key}")
+                self.decide(
+                    f"{inst.key}.{key}",
+                    f"differs from {first['id']!r} on the same bus ({entry.get(key)!r} here, "
+                    f"{first.get(key)!r} there); one bus has one setting, {first['id']!r}'s "
+                    "was kept and this one was not migrated.",
+                )
             return
         self.decide(
             f"{inst.key}.port",
@@ -410,22 +458,113 @@ class _Converter:
 
     # --- runtime settings -----------------------------------------------------------------
 
-    def shutdown(self) -> dict[str, Any]:
+    def runtime_tables(self) -> dict[str, dict[str, Any]]:
+        """``[shutdown]`` and ``[legacy]`` from the legacy ``[runtime]`` table."""
+        from daqbridge.legacy import RuntimeSettings
+
         rt = self.legacy.runtime
-        out: dict[str, Any] = {}
-        stop = rt.get("stop_timeout_s")
-        if isinstance(stop, int | float) and not isinstance(stop, bool) and stop > 0:
-            out["legacy"] = float(stop)
+        shutdown: dict[str, Any] = {}
+        restarts: dict[str, Any] = {}
+        legacy_defaults = RuntimeSettings()
+        stop = rt.get("stop_timeout_s", legacy_defaults.stop_timeout_s)
+        if stop != ShutdownDeadlines.model_fields["legacy"].default or "stop_timeout_s" in rt:
+            shutdown["legacy"] = _number(stop)
             self.note("runtime.stop_timeout_s", "became [shutdown] legacy.")
-        for key in rt:
-            if key != "stop_timeout_s":
-                self.note(
+        for key, value in rt.items():
+            if key == "stop_timeout_s":
+                continue
+            if key in LegacyRuntimeSettings.model_fields:
+                restarts[key] = value if key == "max_restarts" else _number(value)
+                self.note(f"runtime.{key}", f"became [legacy] {key}.")
+            else:
+                self.drop(
                     f"runtime.{key}",
-                    "restart settings stay with the legacy runtime; not part of a profile.",
+                    f"the legacy [runtime] table has no key {key!r} (its keys: "
+                    f"{', '.join(['stop_timeout_s', *LegacyRuntimeSettings.model_fields])})",
                 )
         for key in self.legacy.other:
-            self.decide(key, "top-level table not known to the legacy format; not migrated.")
+            self.drop(key, "top-level table not known to the legacy format")
+        out = {}
+        if shutdown:
+            out["shutdown"] = shutdown
+        if restarts:
+            out["legacy"] = restarts
         return out
+
+
+def _legacy_default_baud(driver: str) -> int | None:
+    from daqbridge.legacy import registered_drivers
+    from daqbridge.runtime.profile._models import LEGACY_DRIVER_TYPES
+
+    spec = registered_drivers().get(LEGACY_DRIVER_TYPES.get(driver, ""))
+    return spec.default_baud_rate if spec is not None else None
+
+
+def _canonical_options(
+    driver: str, options: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[tuple[str, ...], Any]]:
+    """Older spellings of a legacy file as today's legacy option names (``wavelength`` ->
+    ``wavelength_nm``, ``filter = 2`` -> ``"medium"``), plus values that old files held and
+    only the profile keeps (the MaiTai's tuning limits), by profile key path."""
+    out = dict(options)
+    extra: dict[tuple[str, ...], Any] = {}
+    if driver == "newport1830c":
+        if "wavelength" in out:
+            value = out.pop("wavelength")
+            out.setdefault("wavelength_nm", value)
+        f = out.get("filter")
+        if isinstance(f, int) and not isinstance(f, bool):
+            out["filter"] = _FILTERS.get(f, f)
+        u = out.get("units")
+        if isinstance(u, int) and not isinstance(u, bool):
+            out["units"] = _UNITS_1830.get(u, u)
+        a = out.get("attenuator")
+        if isinstance(a, int) and not isinstance(a, bool) and a in (0, 1):
+            out["attenuator"] = bool(a)
+    elif driver == "maitai":
+        for alias in ("eol",):
+            if alias in out:
+                value = out.pop(alias)
+                out.setdefault("terminator", value)
+        t = out.get("terminator")
+        if isinstance(t, str):
+            out["terminator"] = _TERMINATORS.get(t.lower(), _TERMINATORS.get(t, t))
+        if "wavelength_limits" in out:
+            extra[("maitai", "wavelength_limits")] = out.pop("wavelength_limits")
+        if "wavelength_min" in out or "wavelength_max" in out:
+            extra[("maitai", "wavelength_limits")] = [
+                _number(out.pop("wavelength_min", 690.0)),
+                _number(out.pop("wavelength_max", 1040.0)),
+            ]
+    elif driver == "elliptec":
+        for alias in ("addresses", "address"):
+            if alias in out:
+                value = out.pop(alias)
+                out.setdefault("device_addresses", value)
+        out.pop("names", None)  # names the addresses; used with them
+    return out, extra
+
+
+def _put(entry: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    target = entry
+    for part in path[:-1]:
+        target = target.setdefault(part, {})
+    target[path[-1]] = value
+
+
+def _profile_default(driver: str, path: tuple[str, ...]) -> Any:
+    model: Any = INSTRUMENT_CLASSES[driver]
+    for part in path[:-1]:
+        model = model.model_fields[part].annotation
+    info = model.model_fields[path[-1]]
+    if info.default_factory is not None:
+        return info.default_factory()
+    return info.default
+
+
+def _is_float_field(model: type[BaseModel] | None, name: str) -> bool:
+    info = model.model_fields.get(name) if model is not None else None
+    return info is not None and "float" in str(info.annotation)
 
 
 def migrate_legacy(source: str | os.PathLike, *, lab_name: str | None = None) -> Migration:
@@ -433,12 +572,12 @@ def migrate_legacy(source: str | os.PathLike, *, lab_name: str | None = None) ->
     legacy = parse_legacy(source)
     conv = _Converter(legacy)
     conv.run()
-    shutdown = conv.shutdown()
+    tables = conv.runtime_tables()
     name = lab_name or (
         f"migrated from {Path(legacy.source).name}" if legacy.source != "<string>" else "lab"
     )
-    text = _render(legacy, conv, name, shutdown)
-    migration = Migration(legacy.source, text, conv.decisions, conv.notes)
+    text = _render(legacy, conv, name, tables)
+    migration = Migration(legacy.source, text, conv.decisions, conv.notes, dropped=conv.dropped)
     from daqbridge.runtime.profile._load import load_profile
     from daqbridge.runtime.profile._validate import ProfileInvalid
 
@@ -454,35 +593,48 @@ def migrate_legacy(source: str | os.PathLike, *, lab_name: str | None = None) ->
     return migration
 
 
-def _render(legacy: LegacyFile, conv: _Converter, name: str, shutdown: dict[str, Any]) -> str:
-    out = [
-        f"# daqbridge lab profile, migrated from {legacy.source}.",
-        '# Every instrument keeps running on the legacy stack (stack = "legacy"): switch one',
-        '# to "shadow" to compare its native driver with the legacy one, then to "native".',
-        "# Check it with `daqbridge config check FILE`; reference: docs/profile.md.",
-    ]
+def _render(
+    legacy: LegacyFile, conv: _Converter, name: str, tables: dict[str, dict[str, Any]]
+) -> str:
+    doc = tomlkit.document()
+    for line in (
+        f"daqbridge lab profile, migrated from {legacy.source}.",
+        'Every instrument keeps running on the legacy stack (stack = "legacy"): switch one',
+        'to "shadow" to compare its native driver with the legacy one, then to "native"',
+        "(`daqbridge config switch ID --stack shadow`; `daqbridge migration status` first).",
+        "Check it with `daqbridge config check FILE`; reference: docs/profile.md.",
+    ):
+        doc.add(tomlkit.comment(line))
     if conv.decisions:
-        out.append("#")
-        out.append("# Decisions left to a person (see also the migrate report):")
-        out.extend(f"#   - {d}" for d in conv.decisions)
-    out.append("")
+        doc.add(tomlkit.comment(""))
+        doc.add(tomlkit.comment("Decisions left to a person (see also the migrate report):"))
+        for d in conv.decisions:
+            doc.add(tomlkit.comment(f"  - {d}"))
+    doc.add(tomlkit.nl())
     top: dict[str, Any] = {
         "lab": {"name": name, "data_dir": "~/daqbridge-data"},
         "stacks": {"native": True, "legacy": True},
         "simulation": {"enabled": False},
+        **tables,
     }
-    if shutdown:
-        top["shutdown"] = shutdown
-    out.append(dumps_toml(top))
-    for comments, entry in conv.entries:
-        out.extend(f"# {c}" for c in comments)
-        out.append(dumps_toml({"instruments": [entry]}))
+    for key, value in top.items():
+        doc.add(key, _item(value, top_level=True))
+    if conv.entries:
+        entries = tomlkit.aot()
+        for comments, entry in conv.entries:
+            table = tomlkit.table()
+            for c in comments:
+                table.add(tomlkit.comment(c))
+            _fill(table, entry)
+            entries.append(table)
+        doc.add("instruments", entries)
+    text = tomlkit.dumps(doc).rstrip("\n") + "\n"
     for comments, entry in conv.commented:
-        out.extend(f"# {c}" for c in comments)
         block = dumps_toml({"instruments": [entry]})
-        out.extend(f"# {line}" if line else "#" for line in block.rstrip("\n").splitlines())
-        out.append("")
-    return "\n".join(out).rstrip("\n") + "\n"
+        lines = [f"# {c}" for c in comments]
+        lines += [f"# {line}" if line else "#" for line in block.rstrip("\n").splitlines()]
+        text += "\n" + "\n".join(lines) + "\n"
+    return text
 
 
 def _number(value: Any) -> Any:
@@ -508,71 +660,68 @@ def _esp_units(units: Any) -> Any:
     return units
 
 
-# --- a small TOML writer ------------------------------------------------------------------------
+# --- writing TOML (tomlkit: proper escaping, and the same library edits profiles) ----------------
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _key(key: Any) -> str:
-    text = str(key)
-    return text if _BARE_KEY.match(text) else _string(text)
-
-
-def _string(text: str) -> str:
-    # JSON string escapes are TOML basic-string escapes, except that TOML also forbids a raw DEL
-    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007F")
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return _string(value)
-    if isinstance(value, Mapping):
-        if not value:
-            return "{}"
-        return "{ " + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + " }"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+_INLINE_WIDTH = 60
+"""A nested table longer than this (as inline TOML) is written as a ``[section]``."""
 
 
 def _is_table_array(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
 
 
-def _table_body(table: Mapping[str, Any], path: list[str], lines: list[str]) -> None:
-    subtables = []
-    for key, value in table.items():
-        if isinstance(value, Mapping) and (not path or len(_value(value)) > 60):
-            subtables.append((key, value))
-        elif _is_table_array(value) and not path:
-            subtables.append((key, value))
-        elif _is_table_array(value):
-            lines.append(f"{_key(key)} = [")
-            lines.extend(f"    {_value(v)}," for v in value)
-            lines.append("]")
-        else:
-            lines.append(f"{_key(key)} = {_value(value)}")
-    for key, value in subtables:
-        sub = path + [_key(key)]
-        if isinstance(value, Mapping):
-            lines.append("")
-            lines.append(f"[{'.'.join(sub)}]")
-            _table_body(value, sub, lines)
-        else:
-            for item in value:
-                lines.append("")
-                lines.append(f"[[{'.'.join(sub)}]]")
-                _table_body(item, sub, lines)
+def _inline(value: Mapping[str, Any]) -> InlineTable:
+    table = tomlkit.inline_table()
+    for key, item in value.items():
+        table.append(key, _plain(item))
+    return table
+
+
+def _plain(value: Any) -> Any:
+    """A value inside an inline table or array: everything inline."""
+    if isinstance(value, Mapping):
+        return _inline(value)
+    if isinstance(value, list | tuple):
+        array = tomlkit.array()
+        array.extend(_plain(v) for v in value)
+        return array
+    return tomlkit.item(value)
+
+
+def _lines(value: list[Mapping[str, Any]]) -> Array:
+    """An array of tables inside a table: one inline table per line, as profiles are written."""
+    array = tomlkit.array()
+    array.extend(_inline(v) for v in value)
+    return array.multiline(True)
+
+
+def _item(value: Any, *, top_level: bool = False, sections: bool = False) -> Any:
+    if isinstance(value, Mapping):
+        if top_level or sections or len(_inline(value).as_string()) > _INLINE_WIDTH:
+            table = tomlkit.table()
+            _fill(table, value, sections=sections)
+            return table
+        return _inline(value)
+    if _is_table_array(value):
+        if top_level:
+            tables = tomlkit.aot()
+            for v in value:
+                table = tomlkit.table()
+                _fill(table, v)
+                tables.append(table)
+            return tables
+        return _lines(value)
+    return _plain(value)
+
+
+def _fill(table: Table, data: Mapping[str, Any], *, sections: bool = True) -> None:
+    """Plain keys first, then sub-tables: TOML puts every key after ``[a.b]`` inside it."""
+    plain = [(k, v) for k, v in data.items() if not isinstance(v, Mapping)]
+    nested = [(k, v) for k, v in data.items() if isinstance(v, Mapping)]
+    for key, value in plain:
+        table.add(key, _item(value))
+    for key, value in nested:
+        table.add(key, _item(value, sections=sections))
 
 
 def dumps_toml(data: Mapping[str, Any]) -> str:
@@ -582,6 +731,7 @@ def dumps_toml(data: Mapping[str, Any]) -> str:
     as ``[[arrays]]``, nested ones one inline table per line, the way profiles are written by
     hand. ``tomllib.loads(dumps_toml(d)) == d`` for such data.
     """
-    lines: list[str] = []
-    _table_body(data, [], lines)
-    return "\n".join(lines).lstrip("\n") + "\n"
+    doc = tomlkit.document()
+    for key, value in data.items():
+        doc.add(key, _item(value, top_level=True))
+    return tomlkit.dumps(doc).lstrip("\n")

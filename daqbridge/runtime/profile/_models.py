@@ -12,6 +12,7 @@ directories) live in ``_validate.py``; rules that need one table live here, next
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -27,6 +28,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -270,6 +272,57 @@ class ShutdownDeadlines(Section):
         return [(name, getattr(self, name)) for name in type(self).model_fields]
 
 
+def _legacy_runtime_default(name: str) -> Any:
+    """A default of the legacy stack's own ``[runtime]`` table, so both formats agree."""
+    from daqbridge.legacy import RuntimeSettings
+
+    return getattr(RuntimeSettings(), name)
+
+
+class LegacyRuntimeSettings(Section):
+    """``[legacy]``: how the legacy stack restarts a driver whose polling crashed.
+
+    The legacy configuration's ``[runtime]`` restart keys, with the same defaults; its
+    ``stop_timeout_s`` is ``[shutdown] legacy``.
+    """
+
+    restart_initial_s: Seconds = Field(
+        _legacy_runtime_default("restart_initial_s"),
+        description="Seconds before the first restart of a crashed driver; doubles per failure.",
+    )
+    restart_max_s: Seconds = Field(
+        _legacy_runtime_default("restart_max_s"),
+        description="Longest wait between two restarts.",
+    )
+    max_restarts: int | None = Field(
+        _legacy_runtime_default("max_restarts"),
+        ge=0,
+        description="Consecutive failures after which the driver is marked failed; unset: it "
+        "is restarted for ever.",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LegacyRuntimeSettings:
+        if self.restart_initial_s > self.restart_max_s:
+            raise bad(
+                f"restart_initial_s {self.restart_initial_s:g} exceeds restart_max_s "
+                f"{self.restart_max_s:g}",
+                "the first wait must not be longer than the longest one",
+                key="restart_initial_s",
+            )
+        return self
+
+    def restart_policy(self) -> Any:
+        """The ``daqbridge.legacy.RestartPolicy`` for ``LegacyRuntime(restart_policy=...)``."""
+        from daqbridge.legacy import RestartPolicy
+
+        return RestartPolicy(
+            initial_delay=self.restart_initial_s,
+            max_delay=self.restart_max_s,
+            max_restarts=self.max_restarts,
+        )
+
+
 # --- simulation wiring per instrument -----------------------------------------------------------
 
 
@@ -438,7 +491,9 @@ class Newport1830cSettings(Section):
     wavelength_nm: int | None = Field(
         None, ge=300, le=1100, description="Calibration wavelength (300-1100 nm); unset: keep."
     )
-    range: int = Field(0, ge=0, le=8, description="Range 1-8, or 0 for auto range.")
+    range: int | None = Field(
+        None, ge=0, le=8, description="Range 1-8, or 0 for auto range; unset: keep."
+    )
     filter: Literal["slow", "medium", "fast"] | None = Field(
         None, description="Averaging filter (`F1`-`F3`); unset: keep."
     )
@@ -691,6 +746,130 @@ class EpicsSettings(Section):
         return self
 
 
+# --- the legacy drivers' own keys -------------------------------------------------------------
+
+LEGACY_DRIVER_TYPES: dict[str, str] = {
+    "newport1830c": "newport_1830c",
+    "maitai": "maitai",
+    "elliptec": "elliptec",
+}
+"""Profile driver -> the legacy driver type (``daqbridge.legacy.register_driver``)."""
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True)
+class LegacyKey:
+    """One key of a legacy driver's options that the profile says in its own words.
+
+    ``path`` is where the entry keeps it (``("timeout",)``, ``("maitai", "reply_terminator")``);
+    ``to_profile`` turns a legacy value into the profile's TOML value, ``to_legacy`` the entry's
+    value back into the legacy driver's option. Every other key of the legacy options model is a
+    legacy-only setting, kept in the entry's ``legacy`` table.
+    """
+
+    option: str
+    path: tuple[str, ...]
+    to_profile: Any = _same
+    to_legacy: Any = _same
+
+    @property
+    def key(self) -> str:
+        return ".".join(self.path)
+
+
+LEGACY_KEYS: dict[str, tuple[LegacyKey, ...]] = {
+    "newport1830c": (
+        LegacyKey("wavelength_nm", ("newport1830c", "wavelength_nm")),
+        LegacyKey("units", ("newport1830c", "units")),
+        LegacyKey("range", ("newport1830c", "range")),
+        LegacyKey("filter", ("newport1830c", "filter")),
+        LegacyKey("attenuator", ("newport1830c", "attenuator")),
+        LegacyKey("timeout_s", ("timeout",)),
+    ),
+    "maitai": (
+        LegacyKey(
+            "terminator",
+            ("maitai", "reply_terminator"),
+            to_profile=lambda t: t.upper() if isinstance(t, str) else t,
+        ),
+        LegacyKey(
+            "xonxoff",
+            ("flow_control",),
+            to_profile=lambda on: ("xonxoff" if on else "none") if isinstance(on, bool) else on,
+            to_legacy=lambda flow: flow == "xonxoff",
+        ),
+        LegacyKey("timeout_s", ("timeout",)),
+    ),
+    "elliptec": (
+        LegacyKey(
+            "device_addresses",
+            ("elliptec", "addresses"),
+            to_profile=lambda addresses: [{"address": a} for a in addresses],
+            to_legacy=lambda addresses: [a.address for a in addresses],
+        ),
+        LegacyKey("timeout_s", ("timeout",)),
+    ),
+}
+"""Per profile driver: the legacy options with a profile equivalent. The runtime builds the
+legacy driver's options from them (``SerialInstrument.legacy_options``) and ``config migrate``
+goes the other way, so the two directions cannot disagree."""
+
+
+def legacy_options_model(driver: str) -> type[BaseModel] | None:
+    """The options model the legacy driver of ``driver`` registered (None: no legacy driver)."""
+    from daqbridge.legacy import registered_drivers
+
+    type_name = LEGACY_DRIVER_TYPES.get(driver)
+    spec = registered_drivers().get(type_name) if type_name else None
+    return spec.options if spec is not None else None
+
+
+def _legacy_only_table(driver: str, title: str) -> type[Section]:
+    """The ``legacy`` table of a driver: the legacy options the profile has no words for.
+
+    Derived from the options model the legacy driver registered, so its keys, bounds and
+    defaults are the legacy driver's own and a new legacy option needs no edit here.
+    """
+    model = legacy_options_model(driver)
+    mapped = {k.option for k in LEGACY_KEYS[driver]}
+    fields: dict[str, Any] = {}
+    if model is not None:
+        for name, info in model.model_fields.items():
+            if name not in mapped:
+                fields[name] = (info.annotation, copy.copy(info))
+    table = create_model(  # type: ignore[call-overload]
+        f"{title}LegacySettings", __base__=Section, __module__=__name__, **fields
+    )
+    table.__doc__ = (
+        f"``[instruments.legacy]`` of a {driver} entry: settings only its legacy driver reads."
+    )
+    return table
+
+
+def _legacy_only_description(table: type[Section]) -> str:
+    keys = ", ".join(
+        f"`{name}` ({'unset' if info.default is None else _plain_default(info.default)})"
+        for name, info in table.model_fields.items()
+    )
+    return (
+        "Settings only the legacy driver reads (legacy and shadow stacks); the native stack "
+        "ignores them, so they stay in the file on every stack and a switch back restores them. "
+        f"Keys (default): {keys}. Meanings: docs/legacy.md."
+    )
+
+
+def _plain_default(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else f"{value!r}"
+
+
+Newport1830cLegacySettings = _legacy_only_table("newport1830c", "Newport1830c")
+MaiTaiLegacySettings = _legacy_only_table("maitai", "MaiTai")
+ElliptecLegacySettings = _legacy_only_table("elliptec", "Elliptec")
+
+
 # --- instruments --------------------------------------------------------------------------------
 
 
@@ -851,6 +1030,21 @@ class SerialInstrument(InstrumentBase):
     def _simulator_defaults(self) -> dict[str, Any]:
         return {}
 
+    def legacy_options(self) -> dict[str, Any]:
+        """The options of this entry's legacy driver: the keys the profile says in its own
+        words (``LEGACY_KEYS``), then its ``legacy`` table as written. Keys left out take the
+        legacy driver's own defaults."""
+        options: dict[str, Any] = {}
+        for k in LEGACY_KEYS.get(self.driver, ()):
+            value: Any = self
+            for part in k.path:
+                value = getattr(value, part)
+            options[k.option] = k.to_legacy(value)
+        table = getattr(self, "legacy", None)
+        if isinstance(table, BaseModel):
+            options.update(table.model_dump(exclude_unset=True))
+        return options
+
 
 class Esp300Instrument(SerialInstrument):
     """Newport ESP300 motion controller, 1-3 axes on one RS-232 port."""
@@ -869,6 +1063,10 @@ class Newport1830cInstrument(SerialInstrument):
     driver: Literal["newport1830c"]
     newport1830c: Newport1830cSettings = Field(
         default_factory=Newport1830cSettings, description="Meter settings."
+    )
+    legacy: Newport1830cLegacySettings = Field(
+        default_factory=Newport1830cLegacySettings,
+        description=_legacy_only_description(Newport1830cLegacySettings),
     )
 
     @model_validator(mode="after")
@@ -891,6 +1089,10 @@ class MaiTaiInstrument(SerialInstrument):
     )
     timeout: float = Field(3.0, gt=0, le=600, description="Seconds to wait (replies take 2 s).")
     maitai: MaiTaiSettings = Field(default_factory=MaiTaiSettings, description="Laser settings.")
+    legacy: MaiTaiLegacySettings = Field(
+        default_factory=MaiTaiLegacySettings,
+        description=_legacy_only_description(MaiTaiLegacySettings),
+    )
 
     def _simulator_defaults(self) -> dict[str, Any]:
         return {"reply_terminator": self.maitai.reply_terminator}
@@ -901,6 +1103,10 @@ class ElliptecInstrument(SerialInstrument):
 
     driver: Literal["elliptec"]
     elliptec: ElliptecSettings = Field(description="The devices on the bus.")
+    legacy: ElliptecLegacySettings = Field(
+        default_factory=ElliptecLegacySettings,
+        description=_legacy_only_description(ElliptecLegacySettings),
+    )
 
     @model_validator(mode="after")
     def _no_rtscts(self) -> ElliptecInstrument:
@@ -1069,6 +1275,9 @@ class Profile(Section):
     )
     shutdown: ShutdownDeadlines = Field(
         default_factory=ShutdownDeadlines, description="`[shutdown]`"
+    )
+    legacy: LegacyRuntimeSettings = Field(
+        default_factory=LegacyRuntimeSettings, description="`[legacy]`"
     )
     instruments: list[Instrument] = Field(default_factory=list, description="`[[instruments]]`")
     couplings: list[Coupling] = Field(default_factory=list, description="`[[couplings]]`")

@@ -27,6 +27,7 @@ from daqbridge.runtime.profile._models import (
     Esp300Axis,
     InstrumentBase,
     LabSettings,
+    LegacyRuntimeSettings,
     PvcamRoi,
     ScpiSignal,
     ShutdownDeadlines,
@@ -144,6 +145,7 @@ def profile_reference_markdown() -> str:
     section("`[stacks]`", StackSettings)
     section("`[simulation]`", SimulationSettings)
     section("`[shutdown]`", ShutdownDeadlines)
+    section("`[legacy]`", LegacyRuntimeSettings)
     out.extend(["### `[[instruments]]`: keys of every entry", "", _doc(InstrumentBase), ""])
     out.extend(_table(InstrumentBase))
     out.append("")

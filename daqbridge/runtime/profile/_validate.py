@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from daqbridge.errors import ConfigError
 from daqbridge.runtime.profile._models import (
+    LEGACY_DRIVERS,
     SIM_PORT,
     SIM_TCP_RESOURCE,
     ElliptecInstrument,
@@ -95,7 +96,11 @@ RULES: dict[str, tuple[Severity, str]] = {
     "no-instruments": ("warning", "The profile has no instruments."),
     "stacks-off": ("warning", "Both stacks are switched off."),
     "stack-off": ("warning", "An instrument's stack is switched off; it (or its twin) won't run."),
-    "polling-ignored": ("warning", "`polling_rate_hz` on an instrument that runs only natively."),
+    "polling-ignored": (
+        "warning",
+        "`polling_rate_hz` on an instrument no legacy driver can run (on a native instrument "
+        "that has one it is kept for a switch back, and not reported).",
+    ),
     "api-key-unused": ("warning", "`catalog_api_key` without `catalog_uri`."),
     "api-key-in-file": ("warning", "An API key written in the file instead of `env:NAME`."),
 }
@@ -755,12 +760,15 @@ class _Checker:
                     inst,
                 )
             rate = getattr(inst, "polling_rate_hz", None)
-            if rate is not None and not inst.runs_legacy:
+            # On an instrument that can go back to its legacy driver, the rate is what a
+            # rollback needs: `config switch` keeps it, and it is not worth a warning.
+            if rate is not None and inst.driver not in LEGACY_DRIVERS:
                 self.add(
                     "warning",
                     "polling-ignored",
-                    f"polling_rate_hz is set on {inst.id!r}, which runs only natively.",
-                    "remove polling_rate_hz (native devices are read by plans, not polled).",
+                    f"polling_rate_hz is set on {inst.id!r}, which no legacy driver runs: "
+                    "native devices are read by plans, not polled.",
+                    "remove polling_rate_hz.",
                     f"instruments[{i}].polling_rate_hz",
                     inst,
                 )

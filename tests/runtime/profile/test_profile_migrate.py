@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from daqbridge.errors import ConfigError
+from daqbridge.legacy import build_instrument, parse_legacy_config, registered_drivers
+from daqbridge.runtime._builders import BuildContext, build_legacy
 from daqbridge.runtime.profile import dumps_toml, load_profile, migrate_legacy, parse_legacy
+from daqbridge.runtime.resources import SerialPortPool, VisaSessionManager
 from tests.runtime.profile.profile_support import sim_data
 
 LEGACY = """\
@@ -174,3 +180,124 @@ def test_dumps_toml_escapes_awkward_strings_and_keys():
         "list": [[1, 2], {"x": [True, False]}],
     }
     assert tomllib.loads(dumps_toml(data)) == data
+
+
+# --- issue 18.5: a migrated instrument behaves as it did on the legacy stack -------------------
+
+# Every option of each legacy driver, each set to a value other than its default (the test below
+# checks that against the driver's registered options model, so a new option cannot be missed).
+EVERY_OPTION: dict[str, dict[str, Any]] = {
+    "newport_1830c": {
+        "wavelength_nm": 633,
+        "units": "dBm",
+        "range": 5,
+        "filter": "fast",
+        "attenuator": True,
+        "timeout_s": 2.5,
+        "lease_timeout_s": 7.0,
+    },
+    "maitai": {
+        "terminator": "CRLF",
+        "xonxoff": True,
+        "wavelength_nm": 850.0,
+        "timeout_s": 4.0,
+        "command_gap_s": 0.1,
+        "settle_timeout_s": 45.0,
+        "settle_tolerance_nm": 0.5,
+        "readback_timeout_s": 2.0,
+        "lease_timeout_s": 8.0,
+    },
+    "elliptec": {
+        "device_addresses": [2, 11],
+        "timeout_s": 1.5,
+        "move_timeout_s": 30.0,
+        "command_spacing_s": 0.2,
+        "position_tolerance_deg": 0.1,
+        "lease_timeout_s": 6.0,
+    },
+}
+REQUIRED = {"elliptec": {"device_addresses": [2, 11]}}
+
+
+def _legacy_text(type_name: str, options: dict[str, Any], common: str = "") -> str:
+    lines = ["[instruments.dev]", f'type = "{type_name}"', 'port = "/dev/ttyS7"', common]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in options.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _resolved(instrument: Any) -> dict[str, Any]:
+    """What a legacy driver resolved from its options: every plain attribute (port settings,
+    timeouts, flow control, terminator, tolerances, the settings applied at connect)."""
+    plain = (bool, int, float, str, bytes, tuple, list, type(None))
+    return {k: v for k, v in vars(instrument).items() if isinstance(v, plain)}
+
+
+def _built_both_ways(text: str, tmp_path: Path) -> tuple[dict, float, dict, float]:
+    """(resolved, polling rate) of the legacy driver built from the legacy file, and from the
+    profile migrated from it, through the runtime's own builder."""
+    config = parse_legacy_config(text, source="legacy.toml")
+    (entry,) = config.instruments.values()
+    migration = migrate_legacy(text)
+    assert migration.problems == [], migration.problems
+    profile = load_profile(migration.profile_text)
+    (inst,) = profile.instruments
+    with SerialPortPool() as pool:  # nothing is opened: drivers open their port at connect
+        direct = build_instrument(entry, pool)
+        ctx = BuildContext(profile, pool, VisaSessionManager(), tmp_path)
+        via_profile, rate = build_legacy(inst, ctx)
+    return _resolved(direct), entry.polling_rate_hz, _resolved(via_profile), rate
+
+
+@pytest.mark.parametrize("type_name", sorted(EVERY_OPTION))
+def test_every_legacy_option_survives_migration(type_name, tmp_path):
+    options = EVERY_OPTION[type_name]
+    model = registered_drivers()[type_name].options
+    assert set(options) == set(model.model_fields)
+    assert all(options[k] != info.default for k, info in model.model_fields.items())
+    text = _legacy_text(type_name, options, "baud_rate = 19200\npolling_rate_hz = 3.5")
+    legacy, legacy_rate, migrated, migrated_rate = _built_both_ways(text, tmp_path)
+    assert migrated == legacy
+    assert migrated_rate == legacy_rate == 3.5
+
+
+@pytest.mark.parametrize("type_name", sorted(EVERY_OPTION))
+def test_legacy_defaults_survive_migration(type_name, tmp_path):
+    """Keys the legacy file leaves out mean the legacy driver's defaults; where the profile's
+    default differs (MaiTai: flow control, reply timeout) the migration writes it out."""
+    text = _legacy_text(type_name, REQUIRED.get(type_name, {}))
+    legacy, legacy_rate, migrated, migrated_rate = _built_both_ways(text, tmp_path)
+    assert migrated == legacy
+    assert migrated_rate == legacy_rate
+
+
+def test_maitai_defaults_are_written_out_and_reported():
+    migration = migrate_legacy(_legacy_text("maitai", {}))
+    entry = tomllib.loads(migration.profile_text)["instruments"][0]
+    assert (entry["flow_control"], entry["timeout"]) == ("none", 2.0)
+    assert any(n.startswith("instruments.dev.xonxoff:") for n in migration.notes)
+    assert any(n.startswith("instruments.dev.timeout_s:") for n in migration.notes)
+
+
+def test_restart_policy_and_stop_timeout_survive_migration():
+    text = (
+        "[runtime]\nrestart_initial_s = 0.3\nrestart_max_s = 9.0\nmax_restarts = 4\n"
+        "stop_timeout_s = 8.0\n" + _legacy_text("maitai", {})
+    )
+    legacy = parse_legacy_config(text)
+    migration = migrate_legacy(text)
+    profile = load_profile(migration.profile_text)
+    assert profile.legacy.restart_policy() == legacy.restart_policy()
+    assert profile.shutdown.legacy == legacy.runtime.stop_timeout_s
+
+
+def test_every_dropped_key_is_listed_with_why():
+    text = "[gui]\ntheme = 'dark'\n[runtime]\nrestart_jitter = 1\n" + _legacy_text(
+        "maitai", {"settle_tolerance_nm": 0.5, "beeper": True}
+    )
+    migration = migrate_legacy(text)
+    assert sorted(migration.dropped) == ["gui", "instruments.dev.beeper", "runtime.restart_jitter"]
+    for key in migration.dropped:
+        (line,) = [d for d in migration.decisions if d.startswith(f"{key}:")]
+        assert "not migrated" in line
+    entry = tomllib.loads(migration.profile_text)["instruments"][0]
+    assert entry["legacy"] == {"settle_tolerance_nm": 0.5}
