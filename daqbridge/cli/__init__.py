@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, str] = {
     "shadow": "_shadow",
     "ioc": "_ioc",
     "migration": "_migration",
+    "lab": "_lab",
 }
 
 
