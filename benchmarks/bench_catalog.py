@@ -17,6 +17,13 @@ other programs on the machine).
 (crash safe, slow: fewer events); (e) daqbridge's crash-safe writer at default settings, as the
 RunEngine sees it (judged against the 1.0 ms target on the larger of its wall and CPU figures);
 (e+) the same run measured until every event is in the catalog (``flush()``).
+
+The attack figures (issue 17; ``--attack`` prints only these) measure what short runs cost:
+back-to-back ``bp.count([det], 3)`` runs through the crash-safe writer, with the RunEngine held
+back by the writer's back-pressure (its time per run, the catalog's time per run until every run
+is in, the most logs open at once, how many start documents waited); and the start-up cost of a
+catalog with N runs a crash left in the log, recovered on the opening thread versus handed to
+the writer (``background_recovery``), and how long the background takes to finish them.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ TARGET_MS = 1.0  # crash-safe writer overhead per event, RunEngine side
 EVENTS = 1000
 EVENTS_BATCH1 = 40
 REPEATS = 4
+ATTACK_RUNS = 40  # short runs back to back
+ATTACK_PENDING = 10  # runs left in the log by a crash
 
 
 def _timed_run(RE, det, callback: Callable | None, events: int, after=None):
@@ -162,16 +171,153 @@ def run(events: int = EVENTS, events_batch1: int = EVENTS_BATCH1, repeats: int =
             "ok": stats.overflowed_runs == 0 and not stats.errors,
         }
     )
+    return rows + attack()
+
+
+def _pending_runs(wal_dir: Path, count: int) -> None:
+    """Logs of ``count`` 5-event runs whose process died before their stop document."""
+    import bluesky.plans as bp
+    from bluesky import RunEngine
+    from ophyd.sim import det
+
+    from daqbridge.runtime.catalog import WriteAheadLog
+
+    RE = RunEngine({}, context_managers=[])
+    docs: list[tuple[str, dict]] = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    for _ in range(count):
+        docs.clear()
+        RE(bp.count([det], 5))
+        log = WriteAheadLog(wal_dir)
+        for name, doc in docs[:-1]:
+            log.append(name, doc)
+        log.close()
+
+
+def attack(runs: int = ATTACK_RUNS, pending: int = ATTACK_PENDING) -> list[dict]:
+    """Short runs through the writer, and start-up with runs left by a crash; rows."""
+    import shutil
+
+    import bluesky.plans as bp
+    from bluesky import RunEngine
+    from ophyd.sim import det
+
+    from daqbridge.runtime.catalog import DATA_ENV, open_catalog
+    from daqbridge.runtime.catalog._writer import MAX_RUNS_BEHIND
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    os.environ.pop(DATA_ENV, None)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-catalog-attack-") as tmp:
+        template = Path(tmp) / "template"
+        open_catalog(template, recover=False).close()
+
+        data = Path(tmp) / "short-runs"
+        shutil.copytree(template, data, ignore=shutil.ignore_patterns("wal"))
+        with open_catalog(data) as catalog:
+            RE = RunEngine({}, context_managers=[])
+            RE.subscribe(catalog.writer)
+            RE(bp.count([det], 3))  # warm up
+            catalog.flush(timeout=300)
+            peak = {"logs": 0}
+
+            def watch(name, doc):
+                peak["logs"] = max(peak["logs"], len(catalog.writer.wal.open_runs))
+
+            RE.subscribe(watch)
+            c0, t0 = time.process_time(), time.perf_counter()
+            for _ in range(runs):
+                RE(bp.count([det], 3))
+            t1 = time.perf_counter()
+            catalog.flush(timeout=600)
+            c2, t2 = time.process_time(), time.perf_counter()
+            stats = catalog.writer.stats
+        k = 1000.0 / runs
+        rows += [
+            _row(
+                "short_runs_run_engine",
+                f"RunEngine time per short run ({runs} runs)",
+                (t1 - t0) * k,
+                "ms/run",
+            ),
+            _row(
+                "short_runs_until_in_catalog",
+                "time per run until every run is in the catalog",
+                (t2 - t0) * k,
+                "ms/run",
+            ),
+            _row(
+                "short_runs_cpu",
+                "process CPU per run (RunEngine + writer + server)",
+                (c2 - c0) * k,
+                "ms/run",
+            ),
+            _row(
+                "short_runs_peak_open_logs",
+                "most write-ahead logs open at once",
+                peak["logs"],
+                "logs",
+                target=MAX_RUNS_BEHIND + 1,
+                ok=peak["logs"] <= MAX_RUNS_BEHIND + 1,
+            ),
+            _row(
+                "short_runs_backpressure_waits",
+                "start documents that waited for the catalog",
+                stats.backpressure_waits,
+                "runs",
+            ),
+            _row(
+                "short_runs_backpressure_time",
+                "time they waited in all",
+                stats.backpressure_seconds,
+                "s",
+            ),
+        ]
+
+        for name, mode in (
+            ("opening", "on the opening thread"),
+            ("background", "in the background"),
+        ):
+            data = Path(tmp) / f"pending-{name}"
+            shutil.copytree(template, data, ignore=shutil.ignore_patterns("wal"))
+            _pending_runs(data / "wal", pending)
+            t0 = time.perf_counter()
+            catalog = open_catalog(data, background_recovery=name == "background")
+            t1 = time.perf_counter()
+            catalog.flush(timeout=600)
+            t2 = time.perf_counter()
+            recovered = len(catalog.recovered)
+            catalog.close()
+            rows += [
+                _row(
+                    f"recovery_{name}_open",
+                    f"open_catalog, {pending} pending runs, recovered {mode}",
+                    t1 - t0,
+                    "s",
+                ),
+                _row(
+                    f"recovery_{name}_until_recovered",
+                    f"  ... until all {recovered} are in the catalog",
+                    t2 - t0,
+                    "s",
+                ),
+            ]
     return rows
 
 
-def main() -> int:
-    rows = run()
-    print(
-        f"catalog writers: bp.count of ophyd.sim det, median of {REPEATS} rounds; overhead = "
-        "config minus RunEngine alone (paired per round)"
-    )
-    print(f"  {'configuration':48s} {'wall':>9} {'cpu':>9}")
+def _row(name, label, value, unit, *, target=None, ok=True) -> dict:
+    return {
+        "name": name,
+        "label": label,
+        "value": round(float(value), 3),
+        "unit": unit,
+        "target": target,
+        "ratio": round(value / target, 3) if target else None,
+        "ok": ok,
+    }
+
+
+def _print(rows: list[dict]) -> None:
     for row in rows:
         cpu = f"{row['cpu']:9.3f}" if "cpu" in row else " " * 9
         extra = ""
@@ -184,6 +330,20 @@ def main() -> int:
         if not row["ok"]:
             extra += "  NOT OK"
         print(f"  {row['label']:48s} {row['value']:9.3f} {cpu} {row['unit']}{extra}")
+
+
+def main() -> int:
+    if "--attack" in sys.argv[1:]:
+        print("catalog under attack: short runs and recovery of pending runs")
+        _print(attack())
+        return 0
+    rows = run()
+    print(
+        f"catalog writers: bp.count of ophyd.sim det, median of {REPEATS} rounds; overhead = "
+        "config minus RunEngine alone (paired per round)"
+    )
+    print(f"  {'configuration':48s} {'wall':>9} {'cpu':>9}")
+    _print(rows)
     return 0
 
 

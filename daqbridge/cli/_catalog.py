@@ -1,9 +1,10 @@
 """``daqbridge catalog``: list, show, export and recover runs without writing Python.
 
 ``list``, ``show`` and ``export`` open the catalog read-only, so they are safe to run while an
-experiment writes (they never create files, never recover). ``recover`` opens it writable and puts
-the runs a crash left in the write-ahead log into the catalog. Run ids may be a full uid, a unique
-prefix of 5+ characters, a scan id, or -1 for the latest run.
+experiment writes (they never create files, never recover); a catalog file another process keeps
+locked is reported with that process, never as a missing catalog. ``recover`` opens it writable
+and puts the runs a crash left in the write-ahead log into the catalog. Run ids may be a full uid,
+a unique prefix of 5+ characters, a scan id, or -1 for the latest run.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def _short(value: Any, width: int = 90) -> str:
 
 
 def _show(args: argparse.Namespace) -> int:
-    with _open(args, readonly=True) as catalog:
+    with _open(args, readonly=True) as catalog, catalog.reading():
         run = catalog[_run_key(args.run)]
         metadata = dict(run.metadata)
         start = metadata.get("start") or {}
@@ -185,7 +186,7 @@ def _rows_so_far(stream_node: Any) -> str:
 
 
 def _export(args: argparse.Namespace) -> int:
-    with _open(args, readonly=True) as catalog:
+    with _open(args, readonly=True) as catalog, catalog.reading():
         run = catalog[_run_key(args.run)]
         streams = list(run)
         if args.stream not in streams:

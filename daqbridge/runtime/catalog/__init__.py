@@ -11,12 +11,15 @@ See docs/catalog.md for the durability guarantees and the recovery rules.
 from ._catalog import Catalog, RunSummary, UnknownRun, open_catalog
 from ._embedded import DATA_ENV, default_data_dir, resolve_data_dir
 from ._recovery import RecoveredRun
+from ._sqlite import LOCK_TIMEOUT, CatalogLocked
 from ._wal import LogContents, WriteAheadLog, read_log
 from ._writer import CatalogWriter, WriterStats
 
 __all__ = [
     "DATA_ENV",
+    "LOCK_TIMEOUT",
     "Catalog",
+    "CatalogLocked",
     "CatalogWriter",
     "LogContents",
     "RecoveredRun",

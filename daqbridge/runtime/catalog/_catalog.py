@@ -8,29 +8,46 @@ Why it is built this way:
   the CLI and other processes pay nothing for it.
 * Opening a writable catalog first recovers the runs a crash left in the write-ahead log, so a
   scientist who restarts after a crash finds the interrupted scan in the catalog, marked
-  incomplete, without having to know that recovery exists.
+  incomplete, without having to know that recovery exists. A program that must start at once
+  (the runtime) hands them to the writer instead (``background_recovery``): N pending runs
+  would otherwise cost N replays of start-up time.
+* Reads page through Tiled (its server returns at most 300 nodes a request) and turn a lock
+  held by another process into ``CatalogLocked`` naming it (see ``_sqlite``).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import logging
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daqbridge.errors import CatalogError
+from daqbridge.errors import CatalogError, DaqbridgeError
 
-from ._embedded import embedded_client, remote_client, resolve_data_dir
-from ._recovery import IN_PROGRESS, RecoveredRun, recover_all
-from ._wal import WriteAheadLog, prune_done
-from ._writer import CatalogWriter
+from ._embedded import (
+    CATALOG_DB,
+    STORAGE_DB,
+    close_in_process,
+    embedded_client,
+    forget_exit_hook,
+    remote_client,
+    resolve_data_dir,
+)
+from ._recovery import RecoveredRun, recover_all, report
+from ._sqlite import LOCK_TIMEOUT, is_locked, locked_error
+from ._wal import WriteAheadLog, pending_logs, prune_done
+from ._writer import MAX_RUNS_BEHIND, CatalogWriter
 
 logger = logging.getLogger(__name__)
+
+#: Runs asked of Tiled in one request: its server refuses pages of more than 300.
+PAGE = 200
 
 
 class UnknownRun(CatalogError, KeyError):
@@ -93,6 +110,8 @@ class Catalog:
         readonly: bool = False,
         flush_interval: float = 1.0,
         max_queue: int = 10_000,
+        max_runs_behind: int = MAX_RUNS_BEHIND,
+        lock_timeout: float = LOCK_TIMEOUT,
     ) -> None:
         self._client = client
         self._context = context
@@ -103,12 +122,15 @@ class Catalog:
         self.readonly = readonly
         self._flush_interval = flush_interval
         self._max_queue = max_queue
+        self._max_runs_behind = max_runs_behind
+        self.lock_timeout = lock_timeout
         self._writer: CatalogWriter | None = None
         self._lock = threading.Lock()
         self._closed = False
-        #: What recovery did when the catalog was opened.
+        #: What recovery did when the catalog was opened (filled as it goes when it runs in
+        #: the background: ``flush()`` waits for it).
         self.recovered: list[RecoveredRun] = []
-        _register_exit_hook(self)
+        self._exit_hook = _register_exit_hook(self)
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -134,20 +156,28 @@ class Catalog:
                     WriteAheadLog(self.wal_dir),
                     flush_interval=self._flush_interval,
                     max_queue=self._max_queue,
+                    max_runs_behind=self._max_runs_behind,
+                    # The in-process server has no streaming cache; a Tiled server may.
+                    close_streams=self._context is None,
                 )
             return self._writer
 
     def flush(self, timeout: float = 30.0) -> None:
         """Block until every document received so far is in the catalog.
 
-        Raises ``CatalogError`` on timeout, or if runs could not be written (they stay in the
+        Also waits for the runs a background recovery still has to put in. Raises
+        ``CatalogError`` on timeout, or if runs could not be written (they stay in the
         write-ahead log). After ``close()`` there is nothing left to flush.
         """
         if self._writer is not None and not self._closed:
             self._writer.flush(timeout)
 
-    def recover(self) -> list[RecoveredRun]:
-        """Put every run left in the write-ahead log (by a crash) into the catalog."""
+    def recover(self, timeout: float = 300.0) -> list[RecoveredRun]:
+        """Put every run left in the write-ahead log (by a crash) into the catalog.
+
+        A background recovery started at open is finished first (within ``timeout``), so the
+        two never race for the same log.
+        """
         self._check_open()
         if self.readonly:
             raise CatalogError(
@@ -155,19 +185,24 @@ class Catalog:
                 resource=self.where,
                 fix="run 'daqbridge catalog recover' or open the catalog writable.",
             )
+        if self._writer is not None and self._writer.stats.recoveries_pending:
+            self._writer.flush(timeout)
         results = recover_all(self._client, self.wal_dir)
         for result in results:
-            if result.action != IN_PROGRESS:
-                logger.warning(
-                    "recovered run %s from %s: %s (%d events, exit_status %s) %s",
-                    result.uid,
-                    result.log.name,
-                    result.action,
-                    result.events,
-                    result.exit_status,
-                    result.note,
-                )
+            report(result)
         return results
+
+    def recover_in_background(self) -> int:
+        """Hand the runs left in the write-ahead log to the writer; returns how many.
+
+        They go into the catalog between live documents; ``recovered`` fills as they do, and
+        ``flush()`` waits for them.
+        """
+        self._check_open()
+        logs = pending_logs(self.wal_dir)
+        if logs:
+            self.writer.recover_in_background(logs, self.recovered.append)
+        return len(logs)
 
     def close(self, timeout: float = 30.0) -> None:
         """Write what is pending, stop the writer, close the in-process server."""
@@ -178,9 +213,11 @@ class Catalog:
             if self._writer is not None:
                 self._writer.close(timeout)
         finally:
+            forget_exit_hook(self._exit_hook)  # it would keep a closed catalog's hook forever
+            atexit.unregister(self._exit_hook)
             if self._context is not None:
                 try:
-                    self._context.close()
+                    close_in_process(self._context)
                 except Exception:  # closing a dead in-process app must not mask the real error
                     logger.debug("closing the Tiled context failed", exc_info=True)
 
@@ -201,20 +238,51 @@ class Catalog:
     def runs(self, limit: int | None = 20) -> list[RunSummary]:
         """Summaries of the most recent runs, newest first."""
         self._check_open()
-        if limit is None:
-            items = list(self._client.items())[::-1]
-        elif limit <= 0:
+        if limit is not None and limit <= 0:
             return []
-        else:
-            # Tiled slices from the end only backwards: [-1:-(n+1):-1] is the newest n.
-            items = list(self._client.items()[-1 : -(limit + 1) : -1])
+        with self.reading():
+            if limit is None:
+                items = list(self._client.items())[::-1]
+            else:
+                items = self._newest(limit)
         return [RunSummary.from_metadata(key, dict(node.metadata)) for key, node in items]
+
+    def _newest(self, limit: int) -> list[tuple[str, Any]]:
+        """The newest ``limit`` runs, a page at a time (Tiled's server caps a page at 300)."""
+        items: list[tuple[str, Any]] = []
+        while len(items) < limit:
+            size = min(PAGE, limit - len(items))
+            # Tiled slices from the end only backwards: [-1-k : -1-k-n : -1] skips the newest k.
+            first = -1 - len(items)
+            page = list(self._client.items()[first : first - size : -1])
+            items.extend(page)
+            if len(page) < size:
+                break
+        return items
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Turn a lock another process holds on a catalog file into ``CatalogLocked``.
+
+        Wrap reads made through ``client`` in it (``with catalog.reading(): ...``); the in-process
+        server raises the database driver's own error otherwise.
+        """
+        try:
+            yield
+        except DaqbridgeError:
+            raise
+        except Exception as exc:
+            if self._context is not None and is_locked(exc):
+                files = [self.data_dir / CATALOG_DB, self.data_dir / STORAGE_DB]
+                raise locked_error(files, self.lock_timeout) from None
+            raise
 
     def __getitem__(self, key: str | int) -> Any:
         """A run by full uid, unique uid prefix (5+ characters), scan id, or -1 for the latest."""
         self._check_open()
         try:
-            return self._client[key]
+            with self.reading():
+                return self._client[key]
         except (KeyError, ValueError, IndexError) as exc:
             why = exc.args[0] if exc.args else type(exc).__name__
             raise UnknownRun(
@@ -232,7 +300,8 @@ class Catalog:
         return True
 
     def __len__(self) -> int:
-        return len(self._client)
+        with self.reading():
+            return len(self._client)
 
     @property
     def where(self) -> str:
@@ -257,7 +326,7 @@ def _close_at_exit(ref: weakref.ref[Catalog]) -> None:
         catalog._close_at_exit()
 
 
-def _register_exit_hook(catalog: Catalog) -> None:
+def _register_exit_hook(catalog: Catalog) -> Callable[[], None]:
     """Close the catalog at interpreter exit while the in-process Tiled server still works.
 
     Plain ``atexit`` is too late: by then concurrent.futures has shut the thread pool that runs
@@ -274,6 +343,7 @@ def _register_exit_hook(catalog: Catalog) -> None:
         register(hook)
     except RuntimeError:
         atexit.register(hook)
+    return hook
 
 
 def open_catalog(
@@ -284,8 +354,11 @@ def open_catalog(
     readable_dirs: Sequence[str | Path] = (),
     readonly: bool = False,
     recover: bool = True,
+    background_recovery: bool = False,
     flush_interval: float = 1.0,
     max_queue: int = 10_000,
+    max_runs_behind: int = MAX_RUNS_BEHIND,
+    lock_timeout: float = LOCK_TIMEOUT,
     keep_done_logs_days: float = 7.0,
 ) -> Catalog:
     """Open (creating if needed) the lab's catalog.
@@ -295,7 +368,12 @@ def open_catalog(
     write-ahead log still lives in ``data_dir/wal``. ``readonly`` opens an existing catalog for
     reading from another process: no schema creation, no recovery, no writer. Unless ``recover``
     is False, runs a crash left in the write-ahead log are put into the catalog first
-    (``Catalog.recovered`` says what was done).
+    (``Catalog.recovered`` says what was done); with ``background_recovery`` the writer does it
+    after this returns, between live documents (``flush()`` waits for it).
+
+    ``max_runs_behind``: finished runs that may wait for the catalog before a new run waits
+    (back-pressure). ``lock_timeout``: seconds any access waits for another process's lock on
+    the catalog's SQLite files before ``CatalogLocked`` names that process.
     """
     directory = resolve_data_dir(data_dir)
     context = None
@@ -304,7 +382,9 @@ def open_catalog(
             (directory / "wal").mkdir(parents=True, exist_ok=True)
         client = remote_client(uri, api_key)
     else:
-        client, context = embedded_client(directory, readable_dirs, readonly=readonly)
+        client, context = embedded_client(
+            directory, readable_dirs, readonly=readonly, lock_timeout=lock_timeout
+        )
     catalog = Catalog(
         client,
         data_dir=directory,
@@ -313,9 +393,17 @@ def open_catalog(
         readonly=readonly,
         flush_interval=flush_interval,
         max_queue=max_queue,
+        max_runs_behind=max_runs_behind,
+        lock_timeout=lock_timeout,
     )
     if not readonly:
-        prune_done(catalog.wal_dir, keep_done_logs_days)
-        if recover:
-            catalog.recovered = catalog.recover()
+        try:
+            prune_done(catalog.wal_dir, keep_done_logs_days)
+            if recover and background_recovery:
+                catalog.recover_in_background()
+            elif recover:
+                catalog.recovered = catalog.recover()
+        except BaseException:
+            catalog.close()
+            raise
     return catalog

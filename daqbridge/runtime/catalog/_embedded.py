@@ -11,18 +11,27 @@ Why it is built this way:
   because opening a missing catalog through Tiled leaves an empty ``catalog.db`` behind.
 * Camera HDF5 files must be under a ``readable_storage`` directory or Tiled refuses to serve them:
   ``DIR/frames`` is always one, plus whatever directories the caller adds.
+* Every SQLite connection of the in-process server waits ``lock_timeout`` for another process's
+  lock, and a lock held longer is reported with its holder (see ``_sqlite``).
+* Closing must free the in-process app. Tiled registers its test client's ``__exit__`` as a
+  ``threading`` exit hook and never removes it, so every closed catalog stayed reachable from
+  ``threading`` with its whole FastAPI app (about 61,000 objects, 8 MB per open/close, measured);
+  FastAPI's memo caches then kept the app's dependency closures and their database engines.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from daqbridge.errors import CatalogError
+
+from ._sqlite import LOCK_TIMEOUT, describe, is_locked, locked_error, wait_for_locks
 
 #: Environment variable naming the data directory; it overrides the ``data_dir`` argument.
 DATA_ENV = "DAQBRIDGE_DATA"
@@ -55,29 +64,62 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     return chosen.expanduser().absolute()
 
 
-def is_initialized(db: Path) -> bool:
-    """True if ``db`` holds a Tiled catalog schema (read-only check, creates nothing)."""
+def is_initialized(db: Path, lock_timeout: float = LOCK_TIMEOUT) -> bool:
+    """True if ``db`` holds a Tiled catalog schema (read-only check, creates nothing).
+
+    Raises ``CatalogLocked`` if another process keeps the file locked for ``lock_timeout``: a
+    locked catalog is not a missing one, and taking it for one would start a schema migration
+    (a subprocess, about 3 s) that fails on the same lock.
+    """
     if not db.is_file() or db.stat().st_size == 0:
         return False
     try:
-        con = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
+        con = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=lock_timeout)
         try:
             row = con.execute(
                 "SELECT 1 FROM sqlite_master WHERE type='table' AND name='alembic_version'"
             ).fetchone()
         finally:
             con.close()
-    except sqlite3.Error:
-        return False
+    except sqlite3.Error as exc:
+        if is_locked(exc):
+            raise locked_error([db], lock_timeout) from None
+        raise CatalogError(
+            f"{db.name} cannot be read as a SQLite database: {describe(exc)}.",
+            resource=str(db),
+            fix="check that --data (or DAQBRIDGE_DATA) names a daqbridge data directory and that "
+            "the file is readable; if it is damaged, restore it from a backup.",
+        ) from None
     return row is not None
 
 
+def check_writable(data_dir: Path) -> None:
+    """Refuse a writable open of a directory this process cannot write, before any run starts.
+
+    Otherwise the first run would fail inside the write-ahead log, and ``catalog recover`` inside
+    an SQL INSERT.
+    """
+    for path in (data_dir, data_dir / "wal", data_dir / CATALOG_DB, data_dir / STORAGE_DB):
+        if path.exists() and not os.access(path, os.W_OK):
+            raise CatalogError(
+                f"the data directory is read-only here ({path} cannot be written).",
+                resource=str(data_dir),
+                fix="to read it, open it with open_catalog(..., readonly=True) or use "
+                "'daqbridge catalog list/show/export'; to record or recover runs, choose a "
+                "writable directory with --data or DAQBRIDGE_DATA.",
+            )
+
+
 def embedded_client(
-    data_dir: Path, readable_dirs: Sequence[str | Path] = (), *, readonly: bool = False
+    data_dir: Path,
+    readable_dirs: Sequence[str | Path] = (),
+    *,
+    readonly: bool = False,
+    lock_timeout: float = LOCK_TIMEOUT,
 ) -> tuple[Any, Any]:
     """A Tiled client (and its Context, to close) on the SQLite catalog in ``data_dir``."""
     db = data_dir / CATALOG_DB
-    initialized = is_initialized(db)
+    initialized = is_initialized(db, lock_timeout)
     if readonly and not initialized:
         raise CatalogError(
             f"there is no catalog in {data_dir} to read.",
@@ -96,10 +138,12 @@ def embedded_client(
                 resource=str(data_dir),
                 fix="choose a writable directory with --data or DAQBRIDGE_DATA.",
             ) from exc
+        check_writable(data_dir)
     from tiled.catalog import from_uri
     from tiled.client import Context, from_context
     from tiled.server.app import build_app
 
+    context = None
     try:
         adapter = from_uri(
             f"sqlite:///{db}",
@@ -108,22 +152,88 @@ def embedded_client(
             init_if_not_exists=not initialized,
             specs=CATALOG_SPECS,
         )
+        wait_for_locks(adapter.context.engine.sync_engine, lock_timeout)
         with warnings.catch_warnings():
             # starlette.testclient (which Tiled's in-process transport uses) warns about httpx.
             warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             context = Context.from_app(build_app(adapter))
+        _table_connections_wait(adapter, lock_timeout)
         client = from_context(context)
-    except CatalogError:
-        raise
     except Exception as exc:
+        if context is not None:
+            close_in_process(context)
+        if isinstance(exc, CatalogError):
+            raise
+        if is_locked(exc):
+            raise locked_error([db, data_dir / STORAGE_DB], lock_timeout) from None
         raise CatalogError(
-            f"cannot open the catalog: {type(exc).__name__}: {exc}.",
+            f"cannot open the catalog: {describe(exc)}.",
             resource=str(db),
-            fix="check that the directory is writable and the files are not damaged; a "
-            "half-created catalog.db from an interrupted first start can be deleted.",
-        ) from exc
+            fix="check that the data directory is writable and has free space; if catalog.db "
+            "was damaged, restore it from a backup.",
+        ) from None
     return client, context
+
+
+def _table_connections_wait(adapter: Any, lock_timeout: float) -> None:
+    """Give Tiled's table connections (ADBC, pooled per storage) the same busy timeout.
+
+    They are made by a SQLAlchemy pool on the storage object Tiled shares per file in this
+    process (``SQLStorage._connection_pool``, created on first use); the pool's ``connect``
+    event runs the pragma on each new connection. A storage Tiled cannot open (a read-only
+    directory: Tiled refuses to read tables there at all) is left alone.
+    """
+    for storage in getattr(adapter.context, "readable_storage", {}).values():
+        if not str(getattr(storage, "uri", "")).startswith("sqlite:"):
+            continue
+        try:
+            pool = storage._connection_pool
+        except Exception:  # noqa: BLE001 - reading its tables fails the same way, with a reason
+            continue
+        wait_for_locks(pool, lock_timeout)
+
+
+def close_in_process(context: Any) -> None:
+    """Close the in-process Tiled app so that nothing keeps it alive afterwards."""
+    client = getattr(context, "http_client", None)
+    try:
+        context.close()
+    finally:
+        if client is not None:
+            forget_exit_hook(client.__exit__)
+        _forget_dependency_memos()
+
+
+def forget_exit_hook(function: Callable[..., Any]) -> None:
+    """Remove ``function`` from ``threading``'s exit hooks (no public API removes one)."""
+    hooks = getattr(threading, "_threading_atexits", None)
+    if not isinstance(hooks, list):
+        return
+    for hook in list(hooks):
+        if hook == function or getattr(hook, "func", None) == function:
+            try:
+                hooks.remove(hook)
+            except ValueError:  # removed meanwhile
+                pass
+
+
+def _forget_dependency_memos() -> None:
+    """Clear FastAPI's memo of which dependency callables are coroutines or generators.
+
+    FastAPI 0.16x keeps it in lru_caches of 4,096 entries keyed by the callable; Tiled builds its
+    dependencies as closures per app, so the caches kept the closures of the last ~80 closed apps
+    and, through them, their database engines (+3,300 objects per open/close, measured). They
+    are pure memos: clearing them costs one inspection per dependency at the next request.
+    """
+    try:
+        from fastapi.dependencies import models
+    except ImportError:  # pragma: no cover - FastAPI comes with tiled[server]
+        return
+    for value in list(vars(models).values()):
+        clear = getattr(value, "cache_clear", None)
+        if callable(clear) and getattr(value, "__module__", None) == models.__name__:
+            clear()
 
 
 def remote_client(uri: str, api_key: str | None) -> Any:

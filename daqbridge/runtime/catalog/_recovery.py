@@ -15,10 +15,17 @@ Why it is built this way:
   reader (``daqbridge catalog list``, databroker, Tiled web UI) sees it as incomplete, while all
   events logged before the crash are there to read.
 * A log locked by a live process is a run being written right now: it is left alone.
+* The HDF5 files a recovered run announced (StreamResource/Resource documents) were written by
+  the process that died, in SWMR mode: their "open for writing" mark is cleared (``_swmr``), so
+  they open with plain ``h5py.File(path, "r")`` and in any HDF5 program, not only as SWMR
+  readers. Only logs claimed from a dead process get this; a live writer's files are its own.
+* A failure is summarised in one line (``_sqlite.describe``): SQLAlchemy's messages carry the
+  whole statement and its parameters, which a scientist running ``catalog recover`` cannot use.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -27,7 +34,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
+from ._sqlite import describe
+from ._swmr import clear_write_mark
 from ._wal import (
     BAD_SUFFIX,
     DONE_SUFFIX,
@@ -184,6 +194,53 @@ def _notes(contents: LogContents) -> list[str]:
     return notes
 
 
+def camera_files(contents: LogContents) -> list[Path]:
+    """The local HDF5 files the run's (stream) resource documents announced."""
+    files: dict[Path, None] = {}
+    for name, doc in contents.documents:
+        if name == "stream_resource" and "hdf5" in str(doc.get("mimetype", "")).lower():
+            uri = urlparse(str(doc.get("uri", "")))
+            if uri.scheme == "file":
+                files[Path(unquote(uri.path))] = None
+        elif name == "resource" and "HDF5" in str(doc.get("spec", "")).upper():
+            files[Path(str(doc.get("root", "")), str(doc.get("resource_path", "")))] = None
+    return list(files)
+
+
+def _release_camera_files(contents: LogContents) -> list[str]:
+    """Clear the write mark a killed SWMR writer left in the run's HDF5 files; notes."""
+    notes = []
+    for path in camera_files(contents):
+        if not path.is_file():
+            continue
+        try:
+            if clear_write_mark(path):
+                notes.append(f"{path.name}: HDF5 open-for-write mark cleared")
+        except (OSError, ValueError) as exc:
+            notes.append(
+                f"{path.name}: HDF5 write mark not cleared ({exc}); open it with "
+                "h5py.File(path, 'r', swmr=True)"
+            )
+    return notes
+
+
+def report(result: RecoveredRun) -> None:
+    """Log what recovery did with one run (nothing for a run another process is writing)."""
+    if result.action == IN_PROGRESS:
+        return
+    level = logging.ERROR if result.action == FAILED else logging.WARNING
+    logger.log(
+        level,
+        "recovered run %s from %s: %s (%d events, exit_status %s) %s",
+        result.uid,
+        result.log.name,
+        result.action,
+        result.events,
+        result.exit_status,
+        result.note,
+    )
+
+
 def recover_log(client: Any, path: Path) -> RecoveredRun:
     """Recover one log file, unless a live process holds it."""
     path = Path(path)
@@ -199,7 +256,14 @@ def recover_log(client: Any, path: Path) -> RecoveredRun:
                 note="a live process is writing this run",
             )
         contents = read_log(path)
-        return _recover_claimed(client, path, contents)
+        # The process that wrote this log is dead (its lock is gone), and so is the writer of
+        # the run's HDF5 files.
+        files = _release_camera_files(contents)
+        result = _recover_claimed(client, path, contents)
+    if files:
+        note = "; ".join(n for n in [result.note, *files] if n)
+        result = dataclasses.replace(result, note=note)
+    return result
 
 
 def recover_owned(client: Any, path: Path) -> RecoveredRun:
@@ -214,7 +278,12 @@ def _recover_claimed(
     notes = _notes(contents)
     start = contents.start
     if start is None or not start.get("uid"):
-        target = rename_log(path, BAD_SUFFIX) if rename else path
+        target = path
+        if rename:
+            try:
+                target = rename_log(path, BAD_SUFFIX)
+            except OSError as exc:
+                notes.append(f"log not renamed .bad ({exc.strerror or exc})")
         return RecoveredRun(
             uid=None,
             action=UNREADABLE,
@@ -227,16 +296,21 @@ def _recover_claimed(
     try:
         action, exit_status = replay(client, contents)
     except Exception as exc:  # any catalog failure: keep the log for the next attempt
-        logger.exception("recovery of run %s from %s failed", uid, path)
+        logger.debug("recovery of run %s from %s failed", uid, path, exc_info=True)
         return RecoveredRun(
             uid=uid,
             action=FAILED,
             exit_status=None,
             log=path,
-            note="; ".join([*notes, f"{type(exc).__name__}: {exc}"]),
+            note="; ".join([*notes, describe(exc)]),
             **fields,
         )
-    target = rename_log(path, DONE_SUFFIX) if rename else path
+    target = path
+    if rename:
+        try:
+            target = rename_log(path, DONE_SUFFIX)
+        except OSError as exc:  # in the catalog all the same; the next recovery finds it complete
+            notes.append(f"log not renamed .done ({exc.strerror or exc})")
     if action != ALREADY_COMPLETE and not fields["had_stop"]:
         notes.append("no stop document in the log: marked incomplete (exit_status 'fail')")
     return RecoveredRun(

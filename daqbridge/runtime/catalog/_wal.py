@@ -22,6 +22,8 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -149,8 +151,10 @@ class WriteAheadLog:
                 "live writer (Catalog.recover() imports logged runs).",
             )
         creating = self.directory / f".{uid}.{os.getpid()}.creating"
+        created = False
         try:
             fd = os.open(creating, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+            created = True
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 os.rename(creating, path)
@@ -158,11 +162,17 @@ class WriteAheadLog:
                 os.close(fd)
                 raise
         except OSError as exc:
-            creating.unlink(missing_ok=True)
+            if created:
+                # Best effort: where the log could not be written, removing it may fail too (a
+                # read-only file system refuses even the unlink), and that second error must
+                # not hide the first.
+                with contextlib.suppress(OSError):
+                    creating.unlink()
             raise CatalogError(
-                f"cannot create the write-ahead log of run {uid}: {exc}.",
+                f"cannot create the write-ahead log of run {uid}: {exc.strerror or exc}; the "
+                "run is not recorded.",
                 resource=str(path),
-                fix="free disk space or fix the permissions of the data directory.",
+                fix=_unwritable_fix(exc),
             ) from exc
         log = _RunLog(uid, path, fd)
         with self._guard:
@@ -204,6 +214,15 @@ class WriteAheadLog:
                 self._owner.pop(uid, None)
         log.linked.clear()
 
+    def holds(self, uid: str) -> bool:
+        """True while this log keeps the run's file open (and locked)."""
+        return uid in self._runs
+
+    @property
+    def waiting_runs(self) -> int:
+        """Runs whose stop document is logged but which are not yet safely in the catalog."""
+        return sum(1 for log in list(self._runs.values()) if log.stopped)
+
     @staticmethod
     def _write(log: _RunLog, line: bytes, name: str) -> None:
         view = memoryview(line)
@@ -214,10 +233,9 @@ class WriteAheadLog:
         except OSError as exc:
             raise CatalogError(
                 f"cannot append the {name} document of run {log.uid} to its write-ahead log: "
-                f"{exc}; the run is no longer crash safe.",
+                f"{exc.strerror or exc}; the run is no longer crash safe.",
                 resource=str(log.path),
-                fix="free disk space or fix the data directory, then check the run with "
-                "'daqbridge catalog show'.",
+                fix=_unwritable_fix(exc) + " Then check the run with 'daqbridge catalog show'.",
             ) from exc
 
     # --- catalog worker thread ----------------------------------------------------------------
@@ -302,6 +320,19 @@ class WriteAheadLog:
     @property
     def open_runs(self) -> list[str]:
         return list(self._runs)
+
+
+def _unwritable_fix(exc: OSError) -> str:
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (
+            "the data directory is read-only here: choose a writable one with --data or "
+            "DAQBRIDGE_DATA (or fix its permissions)."
+        )
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free disk space in the data directory."
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return "this process has too many files open: raise its limit (ulimit -n)."
+    return "check the data directory (disk, permissions)."
 
 
 # --- reading logs back (recovery, tools) --------------------------------------------------------

@@ -41,6 +41,13 @@ def test_list_shows_the_run(scanned, capsys):
     assert "scan" in line and "success" in line and line.rstrip().endswith(" 5")
 
 
+def test_list_limit_beyond_tiled_page_size(scanned, capsys):
+    """Tiled's server refuses pages of more than 300 nodes; the list pages through instead."""
+    directory, uid, _ = scanned
+    assert main(["catalog", "list", "--limit", "1000", "--data", str(directory)]) == 0
+    assert uid[:8] in capsys.readouterr().out
+
+
 def test_show_by_uid_prefix(scanned, capsys):
     directory, uid, _ = scanned
     assert main(["catalog", "show", uid[:8], "--data", str(directory)]) == 0

@@ -63,6 +63,21 @@ def test_runs_summaries_and_lookup_by_prefix(shared_catalog, RE):
     assert "fffff0000" not in shared_catalog
 
 
+def test_runs_are_paged_newest_first(data_dir, RE, monkeypatch):
+    from daqbridge.runtime.catalog import _catalog
+
+    with open_catalog(data_dir) as catalog:
+        RE.subscribe(catalog.writer)
+        uids = [RE(bp.count([det], 1))[0] for _ in range(3)]
+        catalog.flush(timeout=60)
+        monkeypatch.setattr(_catalog, "PAGE", 2)  # Tiled's cap is 300; page over 3 runs here
+        newest_first = uids[::-1]
+        assert [r.uid for r in catalog.runs(limit=3)] == newest_first
+        assert [r.uid for r in catalog.runs(limit=5)] == newest_first
+        assert [r.uid for r in catalog.runs(limit=2)] == newest_first[:2]
+        assert [r.uid for r in catalog.runs(limit=None)] == newest_first
+
+
 READER = """
 import json, sys
 from daqbridge.runtime.catalog import open_catalog
