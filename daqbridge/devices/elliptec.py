@@ -8,8 +8,10 @@ What the real bus does that shapes this driver (INSTRUMENTS.md, "Elliptec"):
   resources layer (:class:`~daqbridge.runtime.resources.SerialBus`) files each one under its
   address; a mount only ever reads its own inbox, so late packets never reach the wrong mount.
 * A move command replies only when the motion ends: ``set()`` sends ``ma`` and its status
-  finishes on the ``PO`` (checked against the target) or fails on a ``GS`` error, reported by
-  code and meaning. While moving, ``gp`` is polled so the readback (and progress bars) move.
+  finishes once a ``PO`` came and ``gs`` confirms the mount is idle (a late ``PO`` of an earlier
+  exchange looks just like the end), the final ``gp`` checked against the target, or fails on a
+  ``GS`` error, reported by code and meaning. While moving, ``gp`` is polled so the readback
+  (and progress bars) move.
 * Every error status is latched and repeated by the next ``gs``: after an error the driver reads
   ``gs`` once, so the stale code cannot be mistaken for a new failure later.
 * A move sent less than ~100 ms after the previous move to the same mount goes to 0: moves to one
@@ -59,6 +61,7 @@ from daqbridge.errors import (
     InstrumentError,
     InstrumentFault,
     InstrumentTimeout,
+    PortUnavailable,
     ReplyError,
     ValueRejected,
 )
@@ -423,12 +426,18 @@ class ElliptecMount(Device, PositionerBase):
     def check_value(self, value: Any, **kwargs: Any) -> None:
         low, high = self._soft_limits if self._soft_limits is not None else (None, None)
         deg = check_number(value, instrument=self.name, what="angle (deg)", low=low, high=high)
-        if self._scale is not None and abs(round(deg * self._scale)) >= 2**31:
+        # Compared as floats: a huge finite angle times the scale overflows to inf, which
+        # round() cannot turn into pulses.
+        if self._scale is not None and abs(deg * self._scale) >= 2**31 - 0.5:
             raise ValueRejected(
-                f"angle {deg!r} deg is beyond what a 32-bit Elliptec position can hold.",
+                f"angle {deg!r} deg cannot be sent to the mount at address {self.address}: it is "
+                f"beyond what its 32-bit position can hold (+/-{(2**31 - 1) / self._scale:.0f} "
+                "deg).",
                 instrument=self.name,
+                resource=self.resource,
                 value=value,
-                fix="use an angle within one revolution of home.",
+                limit=(-(2**31) / self._scale, (2**31 - 1) / self._scale),
+                fix="use an angle within one revolution (+/-360 deg) of home.",
             )
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -487,8 +496,10 @@ class ElliptecMount(Device, PositionerBase):
             thread = threading.Thread(
                 target=self._send_stop, name=f"daqbridge-{self.name}-stop", daemon=True
             )
-            self._stop_thread = thread
+            # Published only once started: a settle on the worker joins it, and joining a
+            # thread that has not started raises.
             thread.start()
+            self._stop_thread = thread
         status = self._status
         if status is not None and not status.done:
             self._reset_sub(self._SUB_REQ_DONE)
@@ -725,24 +736,25 @@ class ElliptecMount(Device, PositionerBase):
         self._unsettled = False
 
     def _await_end(self, status: MoveStatus, gen: int, target: float, pulses: int) -> None:
-        # Every gp poll and the end of the move each produce one PO, and a gp reply computed just
-        # before the end can arrive just after the end's PO: the packets cannot be told apart,
-        # but they can be counted. The move has ended once polls + 1 POs have arrived. Which of
-        # the last two was the end is ambiguous only when they arrived about one poll round trip
-        # apart; then the (idle) mount is asked once more.
+        # Every gp poll and the end of the move each produce one PO, and nothing tells them
+        # apart: a poll sent just before the end can take the end's PO for its reply while its
+        # own reply comes later (on a loaded host, later than the next poll: then every poll
+        # takes the previous poll's reply). A late PO of an earlier exchange (a reply that came
+        # after its timeout, the report of a stop) looks the same too. So POs only say "perhaps
+        # ended"; the mount decides. It answers in order, so when its reply to gs says it is
+        # idle, every PO it sent before has arrived: the end's PO is among them (or was lost),
+        # and the position it reports to a gp now is the final one.
         deadline = time.monotonic() + self.move_timeout
         tolerance = max(1, round(self.tolerance * self._scale))
         polls = 0
         seen = 0
-        polled_at = -math.inf
-        round_trip = 0.0
         last: int | None = None
         unchanged = 0
         while True:
             if gen != self._move_gen or self._stopping or status.done:
                 return  # replaced, stopped or given up: the next move settles the mount first
             try:
-                packet = self.endpoint.wait_for({"PO", "GS"}, timeout=self.poll_interval)
+                packet = self._wait_for_end(self.poll_interval)
             except InstrumentTimeout:
                 packet = None
             if packet is not None and self.router_kind(packet) == "GS":
@@ -759,39 +771,44 @@ class ElliptecMount(Device, PositionerBase):
                 self._store(last)
             else:
                 if time.monotonic() > deadline:
-                    raise InstrumentTimeout(
-                        f"mount at address {self.address} did not report the end of its move to "
-                        f"{target:g} deg within {self.move_timeout:g} s.",
-                        instrument=self.name,
-                        resource=self.resource,
-                        fix="check that the mount turns freely; raise move_timeout for slow "
-                        "velocities.",
-                    )
+                    raise self._end_timeout(target)
                 polls += 1
-                sent_at = time.monotonic()
                 now = self._poll_pulses(target)
-                polled_at = time.monotonic()
-                round_trip = max(round_trip, polled_at - sent_at)
                 if not seen:
-                    self._last_move_at = polled_at
+                    self._last_move_at = time.monotonic()
                 seen += 1
                 self._store(now)
                 unchanged = unchanged + 1 if now == last else 0
                 last = now
-            if seen < polls + 1:
-                if packet is None and unchanged >= 2:
-                    self._check_idle(target, last)
-                continue
-            # The move has ended.
+            if seen < polls + 1 and not (packet is None and unchanged >= 2):
+                continue  # moving, and no PO beyond the polls' replies yet
             if self._stopping or status.done:
                 return  # the PO of a stop (or of a move whose status already ended)
+            code = self._get_status()
+            if code == 0x09:
+                # Still moving: a PO beyond the polls' replies was not the end (a late one).
+                seen = min(seen, polls)
+                unchanged = 0
+                if time.monotonic() > deadline:
+                    raise self._end_timeout(target)
+                continue
+            if code != 0x00:
+                raise self._fault(code, f"at the end of its move to {target:g} deg")
+            # Idle: every PO sent before the GS is in (counted, or waiting in the inbox).
+            arrived = seen + len(self.endpoint.discard("PO"))
+            if arrived < polls + 1:
+                raise ReplyError(
+                    f"the end-of-move report (PO) from address {self.address} never arrived "
+                    f"although the mount is idle at {last / self._scale:.3f} deg (target "
+                    f"{target:g} deg): a reply was lost or garbled on the line.",
+                    instrument=self.name,
+                    resource=self.resource,
+                    fix="check the cable and that only one program drives this bus; the next "
+                    "move starts clean.",
+                )
             self._unsettled = False
-            ambiguous = polls > 0 and (
-                packet is None or time.monotonic() - polled_at < max(3 * round_trip, 0.02)
-            )
-            if ambiguous or abs(last - pulses) > tolerance:
-                last = self._read_pulses()  # idle now: this reply is unambiguous
-                self._store(last)
+            last = self._read_pulses()  # idle, nothing in flight: this reply is the position
+            self._store(last)
             if abs(last - pulses) > tolerance:
                 raise InstrumentFault(
                     f"mount at address {self.address} ended its move at "
@@ -805,21 +822,13 @@ class ElliptecMount(Device, PositionerBase):
             self.last_status = 0x00
             return
 
-    def _check_idle(self, target: float, now: int) -> None:
-        # The position stopped changing but no PO arrived: ask the mount whether it still moves.
-        code = self._get_status()
-        if code == 0x09:
-            return
-        if code != 0x00:
-            raise self._fault(code, f"while moving to {target:g} deg")
-        raise ReplyError(
-            f"the end-of-move report (PO) from address {self.address} never arrived although "
-            f"the mount is idle at {now / self._scale:.3f} deg (target {target:g} deg): a "
-            "reply was lost or garbled on the line.",
+    def _end_timeout(self, target: float) -> InstrumentTimeout:
+        return InstrumentTimeout(
+            f"mount at address {self.address} did not report the end of its move to "
+            f"{target:g} deg within {self.move_timeout:g} s.",
             instrument=self.name,
             resource=self.resource,
-            fix="check the cable and that only one program drives this bus; the next move "
-            "starts clean.",
+            fix="check that the mount turns freely; raise move_timeout for slow velocities.",
         )
 
     def _poll_pulses(self, target: float) -> int:
@@ -860,10 +869,27 @@ class ElliptecMount(Device, PositionerBase):
     def router_kind(packet: bytes) -> str:
         return packet[1:3].decode("ascii", errors="replace")
 
-    def _send(self, body: str) -> None:
-        self.endpoint.send(
-            f"{self.address}{body}".encode("ascii"), owner=self.name, timeout=self.lease_timeout
+    def _port_lost(self, exc: PortUnavailable) -> PortUnavailable:
+        # The bus knows the port, not which mount was using it: name the mount and its address.
+        if exc.instrument is not None:
+            return exc
+        return PortUnavailable(
+            self.resource, exc.reason, pid=exc.pid, fix=exc.fix, instrument=self.name
         )
+
+    def _send(self, body: str) -> None:
+        try:
+            self.endpoint.send(
+                f"{self.address}{body}".encode("ascii"), owner=self.name, timeout=self.lease_timeout
+            )
+        except PortUnavailable as exc:
+            raise self._port_lost(exc) from exc
+
+    def _wait_for_end(self, timeout: float) -> bytes:
+        try:
+            return self.endpoint.wait_for({"PO", "GS"}, timeout=timeout)
+        except PortUnavailable as exc:
+            raise self._port_lost(exc) from exc
 
     def _transact(self, command: str, data: str = "", *, expect: str) -> bytes:
         packet = f"{self.address}{command}{data}".encode("ascii")
@@ -871,6 +897,8 @@ class ElliptecMount(Device, PositionerBase):
             return self.endpoint.transact(
                 packet, expect=expect, timeout=self.reply_timeout, owner=self.name
             )
+        except PortUnavailable as exc:
+            raise self._port_lost(exc) from exc
         except InstrumentTimeout as exc:
             raise InstrumentTimeout(
                 f"mount at address {self.address} did not answer {packet.decode()!r} with "

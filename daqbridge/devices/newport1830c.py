@@ -45,7 +45,7 @@ from daqbridge.errors import (
 )
 from daqbridge.runtime.resources import SerialLease, SerialPortPool, SharedSerialPort, default_pool
 
-__all__ = ["FILTERS", "Newport1830C"]
+__all__ = ["FILTERS", "MAX_READING_W", "Newport1830C"]
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,16 @@ _WAVELENGTH_REPLY = re.compile(r"\d{3,4}")
 _FAULT_WORDS = ("OVER", "UNDER", "SAT", "ERR")
 _MAX_ECHO_LINES = 3
 """Lines skipped as echoes per query: the command itself plus commands written just before."""
+MAX_READING_W = 25.0
+"""The most the meter can display, either sign: the top range R8 (25 mW) with the attenuator in
+(x1000). Above its range the meter answers OVER, so a larger number (an exponent that overflows a
+float, the 9.91E37 "not a number" of SCPI instruments) did not come from a working 1830-C."""
 
 
 class _MeterSetting(InstrumentSignal):
     """A meter setting: validated here, written and read back on the meter's worker."""
+
+    writable = True
 
     def __init__(self, *, setting: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -418,7 +424,18 @@ class Newport1830C(Device):
             if word in upper:
                 raise self._range_fault(word, reply)
         if _POWER.fullmatch(reply):
-            return float(reply)
+            watts = float(reply)
+            if math.isfinite(watts) and abs(watts) <= MAX_READING_W:
+                return watts
+            raise ReplyError(
+                f"reply to 'D?' is not a reading the meter can give: beyond +/-{MAX_READING_W:g} W "
+                "(R8 with the attenuator in; above its range the meter answers OVER)",
+                reply=reply,
+                instrument=self.name,
+                resource=self.port.url,
+                fix="line noise, or another instrument or program on the port; the next reading "
+                "drains the line. If it repeats, check that a 1830-C is on this port.",
+            )
         raise ReplyError(
             "reply to 'D?' is not a power reading",
             reply=reply,

@@ -31,6 +31,7 @@ from daqbridge.legacy._command import Command, CommandResult
 from daqbridge.legacy._config import InstrumentConfig, register_driver
 from daqbridge.legacy._instrument import LegacyInstrument
 from daqbridge.legacy._measurement import ChannelInfo, Measurement, ParameterInfo
+from daqbridge.legacy._serial_line import naming_port_loss
 
 STATUS_TEXT = {
     0x00: "ok",
@@ -241,8 +242,9 @@ class ElliptecBus(LegacyInstrument):
                 instrument=self.instrument_id,
                 fix="build the runtime with LegacyRuntime.from_config(config, SerialPortPool()).",
             )
-        shared = self._pool.open(self.port_name, baudrate=self.baud_rate, rtscts=False)
-        self._bus = shared.bus(ElliptecRouter(), timeout=self.lease_timeout_s)
+        with naming_port_loss(self.instrument_id):
+            shared = self._pool.open(self.port_name, baudrate=self.baud_rate, rtscts=False)
+            self._bus = shared.bus(ElliptecRouter(), timeout=self.lease_timeout_s)
         mounts: dict[str, _Mount] = {}
         for address in self.addresses:
             # No discard() of old inbox packets, here or anywhere: another driver may share this
@@ -274,12 +276,13 @@ class ElliptecBus(LegacyInstrument):
         if not mounts:
             return False
         self._stop_requested.set()
-        for mount in mounts:
-            mount.endpoint.send(
-                f"{mount.address}st".encode(),
-                owner=self.instrument_id,
-                timeout=self.lease_timeout_s,
-            )
+        with naming_port_loss(self.instrument_id):
+            for mount in mounts:
+                mount.endpoint.send(
+                    f"{mount.address}st".encode(),
+                    owner=self.instrument_id,
+                    timeout=self.lease_timeout_s,
+                )
         return True
 
     # --- data -----------------------------------------------------------------------------
@@ -356,17 +359,32 @@ class ElliptecBus(LegacyInstrument):
 
     def _motion(self, mount: _Mount, text: str, target_deg: float | None) -> CommandResult:
         self._stop_requested.clear()
+        expected = 0.0 if target_deg is None else target_deg
         try:
             packet = self._transact(mount, text, expect={"PO", "GS"}, timeout=self.move_timeout_s)
             deadline = time.monotonic() + self.move_timeout_s
-            # GS 00 / 09 (busy) may precede the PO on some firmware: keep waiting for the end.
-            while packet[1:3] == b"GS":
-                code = self._status_code(mount, packet)
-                if code not in (_STATUS_OK, _STATUS_BUSY):
-                    return CommandResult.failure(self._fault(mount, code, text))
-                packet = mount.endpoint.wait_for(
-                    {"PO", "GS"}, max(0.0, deadline - time.monotonic())
-                )
+            while True:
+                if packet[1:3] == b"GS":
+                    # GS 00 / 09 (busy) may precede the PO on some firmware: keep waiting.
+                    code = self._status_code(mount, packet)
+                    if code not in (_STATUS_OK, _STATUS_BUSY):
+                        return CommandResult.failure(self._fault(mount, code, text))
+                elif abs(self._decode(mount, packet) - expected) <= self.tolerance_deg:
+                    break
+                else:
+                    # Short of the target: the end of this move (stopped, blocked), or a late PO
+                    # of an earlier exchange, which looks the same? The mount answers in order,
+                    # so busy means a late one; idle means the move ended, and gp says where.
+                    code = self._status_code(mount, self._transact(mount, "gs", expect="GS"))
+                    if code not in (_STATUS_OK, _STATUS_BUSY):
+                        return CommandResult.failure(self._fault(mount, code, text))
+                    if code == _STATUS_OK:
+                        packet = self._transact(mount, "gp", expect="PO")
+                        break
+                with naming_port_loss(self.instrument_id):
+                    packet = mount.endpoint.wait_for(
+                        {"PO", "GS"}, max(0.0, deadline - time.monotonic())
+                    )
         finally:
             mount.last_command_at = time.monotonic()
         position = self._decode(mount, packet)
@@ -382,7 +400,6 @@ class ElliptecBus(LegacyInstrument):
                     fix="repeat the move if the stop was not intended.",
                 )
             )
-        expected = 0.0 if target_deg is None else target_deg
         if target_deg is not None and abs(position - expected) > self.tolerance_deg:
             return CommandResult.failure(
                 InstrumentFault(
@@ -405,12 +422,13 @@ class ElliptecBus(LegacyInstrument):
         if wait > 0:
             time.sleep(wait)
         try:
-            return mount.endpoint.transact(
-                f"{mount.address}{text}".encode("ascii"),
-                expect=expect,
-                timeout=self.timeout_s if timeout is None else timeout,
-                owner=self.instrument_id,
-            )
+            with naming_port_loss(self.instrument_id):
+                return mount.endpoint.transact(
+                    f"{mount.address}{text}".encode("ascii"),
+                    expect=expect,
+                    timeout=self.timeout_s if timeout is None else timeout,
+                    owner=self.instrument_id,
+                )
         finally:
             mount.last_command_at = time.monotonic()
 

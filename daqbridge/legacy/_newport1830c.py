@@ -19,7 +19,7 @@ from daqbridge.legacy._command import Command, CommandResult
 from daqbridge.legacy._config import InstrumentConfig, register_driver
 from daqbridge.legacy._instrument import LegacyInstrument
 from daqbridge.legacy._measurement import ChannelInfo, Measurement, ParameterInfo
-from daqbridge.legacy._serial_line import SerialLine, connected_line
+from daqbridge.legacy._serial_line import SerialLine, connected_line, naming_port_loss
 
 UNITS = {"W": 1, "dBm": 2, "dB": 3, "REL": 4}
 FILTERS = {"slow": 1, "medium": 2, "fast": 3}
@@ -27,6 +27,21 @@ _UNIT_BY_CODE = {v: k for k, v in UNITS.items()}
 _FILTER_BY_CODE = {v: k for k, v in FILTERS.items()}
 _NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 _OUT_OF_RANGE = ("OVER", "UNDER", "SAT", "ERR")
+
+# What the meter can display: at most 25 W (the top range R8, 25 mW, with the attenuator in,
+# x1000) and at least 2.5e-13 W (R1's resolution, full scale / 10000); beyond that it answers
+# OVER or UNDER. A number outside these bounds (an exponent that overflows a float, the 9.91E37
+# "not a number" of SCPI instruments) did not come from a working 1830-C. dBm and dB are rounded
+# outward by half of their last displayed digit (0.01).
+_MAX_W, _MIN_STEP_W = 25.0, 2.5e-13
+_DB_SPAN = 10 * math.log10(_MAX_W / _MIN_STEP_W)
+READING_LIMITS: dict[str, tuple[float, float]] = {
+    "W": (-_MAX_W, _MAX_W),
+    "dBm": (10 * math.log10(_MIN_STEP_W / 1e-3) - 0.005, 10 * math.log10(_MAX_W / 1e-3) + 0.005),
+    "dB": (-_DB_SPAN - 0.005, _DB_SPAN + 0.005),
+    "REL": (-_MAX_W / _MIN_STEP_W, _MAX_W / _MIN_STEP_W),
+}
+"""Per unit, the (lowest, highest) number a ``D?`` reply can hold."""
 
 
 def parse_reading(reply: str) -> tuple[float, str | None]:
@@ -128,7 +143,8 @@ class Newport1830C(LegacyInstrument):
                 instrument=self.instrument_id,
                 fix="build the runtime with LegacyRuntime.from_config(config, SerialPortPool()).",
             )
-        shared = self._pool.open(self.port_name, baudrate=self.baud_rate, rtscts=False)
+        with naming_port_loss(self.instrument_id):
+            shared = self._pool.open(self.port_name, baudrate=self.baud_rate, rtscts=False)
         self._line = SerialLine(
             self.instrument_id,
             shared,
@@ -178,6 +194,18 @@ class Newport1830C(LegacyInstrument):
                 resource=self.port_name,
                 fix="line noise or a second program on the port; the runtime retries.",
             ) from None
+        low, high = READING_LIMITS[self._units]
+        if status is None and not low <= value <= high:  # also refuses inf and NaN
+            raise ReplyError(
+                f"reply to 'D?' is not a reading the meter can give in {self._units}: outside "
+                f"[{low:.6g}, {high:.6g}] (25 W on R8 with the attenuator in is its top; beyond "
+                "its range it answers OVER or UNDER)",
+                reply=reply,
+                instrument=self.instrument_id,
+                resource=self.port_name,
+                fix="line noise, or another instrument or program on the port; the runtime "
+                "retries. If it repeats, check that a 1830-C is on this port.",
+            )
         meta: dict[str, Any] = {"status": status} if status else {}
         return Measurement.now(self.instrument_id, "power", value, self._units, **meta)
 

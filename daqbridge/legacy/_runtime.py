@@ -284,7 +284,8 @@ class _Worker:
             for m in measurements:
                 self.publish(m)
         except Exception as exc:
-            self._end()
+            # Still busy until the failure is on record (_crashed ends the activity): health()
+            # must never show this moment as an idle, running driver.
             self._crashed("poll", exc)
             return False
         self._end()

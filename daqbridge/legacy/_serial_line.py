@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from daqbridge.errors import InstrumentTimeout, ReplyError, ValueRejected
+from daqbridge.errors import InstrumentTimeout, PortUnavailable, ReplyError, ValueRejected
 
 if TYPE_CHECKING:
     from daqbridge.runtime.resources import SerialLease, SharedSerialPort
@@ -116,8 +116,9 @@ class SerialLine:
     @contextmanager
     def exchange(self) -> Iterator[LineExchange]:
         """One lease for a sequence of commands that must not be split (e.g. set + read back)."""
-        with self.port.lease(self.instrument, self.lease_timeout) as lease:
-            yield LineExchange(self, lease)
+        with naming_port_loss(self.instrument):
+            with self.port.lease(self.instrument, self.lease_timeout) as lease:
+                yield LineExchange(self, lease)
 
     def send(self, text: str) -> None:
         with self.exchange() as x:
@@ -138,6 +139,23 @@ class SerialLine:
     def _after_silent_write(self) -> None:
         if self.command_gap > 0:
             self._ready_at = time.monotonic() + self.command_gap
+
+
+@contextmanager
+def naming_port_loss(instrument: str) -> Iterator[None]:
+    """Re-raise a lost or unopenable port as an error that names ``instrument`` too.
+
+    The port pool knows the port but not which driver was using it, and a scientist reading
+    "[on /dev/ttyUSB0] port unavailable" cannot tell which instrument that is.
+    """
+    try:
+        yield
+    except PortUnavailable as exc:
+        if exc.instrument is not None:
+            raise
+        raise PortUnavailable(
+            exc.resource or "", exc.reason, pid=exc.pid, fix=exc.fix, instrument=instrument
+        ) from exc
 
 
 def connected_line(line: SerialLine | None, instrument_id: str, port_name: str) -> SerialLine:

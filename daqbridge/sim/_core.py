@@ -131,6 +131,8 @@ class SerialSimulator:
         self._line_buf = bytearray()
         self._cr_pending = False
         self._last_out_due = 0.0
+        self._held = 0
+        """Replies produced but not yet on the line (queued behind a delay)."""
         self.connected = True
         self.unplug_count = 0
         """How many times the cable was pulled: a host port opened before an unplug stays dead."""
@@ -201,6 +203,17 @@ class SerialSimulator:
                 nxt = self.next_due()
                 wait = remaining if nxt is None else max(0.0, min(remaining, nxt - self.clock()))
                 self.output_ready.wait(wait if wait > 0 else 0.0005)
+
+    def replies_held_back(self) -> int:
+        """Replies the device has produced that have not reached the line yet (held back by
+        ``reply_delay`` or its own latency, or queued behind such a reply).
+
+        A fault campaign waits for 0 after lowering ``reply_delay``: until then the device still
+        owes answers to commands sent during the fault, and a real device sends them first.
+        """
+        with self.lock:
+            self._run_due_events()
+            return self._held
 
     def add_output_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` (under the simulator lock; it must not block) whenever output may
@@ -300,20 +313,27 @@ class SerialSimulator:
 
     def _emit(self, payload: bytes, *, delay: float) -> None:
         now = self.clock()
-        due = now + delay
+        # One line out of the device: bytes leave in the order the device produced them, so a
+        # reply held back (reply_delay, a slow answer) also holds back everything after it, even
+        # once the delay is lowered. A real device never lets a later reply overtake.
+        due = max(now + delay, self._last_out_due)
         if self.byte_time:
             # Bytes leave one after another at the baud rate: 10 bits per byte on 8N1.
-            due = max(due, self._last_out_due) + len(payload) * 10.0 / self.baudrate
-        self._last_out_due = max(self._last_out_due, due)
+            due += len(payload) * 10.0 / self.baudrate
+        self._last_out_due = due
 
         def deliver(p=payload):
+            self._held -= 1
             if self.connected:
                 self._out += p
                 self.output_ready.notify_all()
 
-        if due <= now:
-            deliver()
+        self._held += 1
+        if due <= now and self._held == 1:
+            deliver()  # nothing is held back: straight onto the line
         else:
+            # Queued even when already due: an earlier reply whose time has come may still sit
+            # in the queue (nobody has read since), and this one must not pass it.
             heapq.heappush(self._events, _Pending(due, next(self._seq), deliver))
         self.output_ready.notify_all()
 
@@ -341,6 +361,7 @@ class SerialSimulator:
             self._events = [
                 e for e in self._events if getattr(e.action, "__name__", "") != "deliver"
             ]
+            self._held = 0
             heapq.heapify(self._events)
             self.output_ready.notify_all()
 

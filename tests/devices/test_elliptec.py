@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import select
+import sys
 import threading
 import time
 import tty
@@ -43,6 +44,7 @@ from daqbridge.errors import (
     InstrumentError,
     InstrumentFault,
     InstrumentTimeout,
+    PortUnavailable,
     ReplyError,
     ValueRejected,
 )
@@ -357,6 +359,18 @@ def test_soft_limits_are_checked_before_sending(bus_on_pty):
     assert m["2"].describe()["m2_setpoint"]["limits"]["control"] == {"low": -90.0, "high": 90.0}
 
 
+@pytest.mark.parametrize("angle", [1e308, -1e308, 6e6])
+def test_an_angle_no_position_can_hold_is_refused_naming_the_mount(bus_on_pty, angle):
+    # 1e308 deg overflows to inf pulses; 6e6 deg is finite but beyond a signed 32-bit position.
+    server, bus, m = bus_on_pty(mounts=("2",))
+    sent = len(server.simulator.received_lines)
+    with pytest.raises(ValueRejected) as err:
+        m["2"].set(angle)
+    msg = str(err.value)
+    assert "'m2'" in msg and "address 2" in msg and server.path in msg and f"{angle!r}" in msg
+    assert len(server.simulator.received_lines) == sent
+
+
 def test_moves_to_one_mount_are_spaced(bus_on_pty):
     # Device time = real time: a second move within 100 ms of the first would go to 0.
     server, bus, m = bus_on_pty(mounts=("2",), speed=1)
@@ -417,6 +431,42 @@ def test_stop_fails_the_move_status(bus_on_pty):
     assert "2st" in server.simulator.received_lines
 
 
+def test_a_settle_never_meets_a_stop_thread_that_has_not_started(bus_on_pty):
+    # A settle on the mount's worker joins the thread that sends st, so the st is on the wire
+    # before the settle's gs. stop() used to publish that thread before starting it, and a
+    # settle running in between failed ("cannot join thread before it is started"). The
+    # interleaving is made certain here: at every line stop() runs, do what a settle does first.
+    server, bus, m = bus_on_pty(mounts=("2",), speed=0.5)
+    mount = m["2"]
+    status = mount.set(-200)
+    assert wait_until(lambda: server.simulator.is_moving(2), 5)
+    failures = []
+
+    def settle_first(frame, event, arg):
+        if event == "line":
+            stopper = mount._stop_thread
+            if stopper is not None:
+                try:
+                    stopper.join(5)
+                except RuntimeError as exc:
+                    failures.append(str(exc))
+        return settle_first
+
+    def trace_stop(frame, event, arg):
+        return settle_first if frame.f_code is ElliptecMount.stop.__code__ else None
+
+    previous = sys.gettrace()
+    sys.settrace(trace_stop)
+    try:
+        mount.stop()
+    finally:
+        sys.settrace(previous)
+    assert failures == []
+    with pytest.raises(InstrumentError, match="stopped"):
+        status.wait(5)
+    assert wait_until(lambda: "2st" in server.simulator.received_lines, 5)
+
+
 # --- faults --------------------------------------------------------------------------------------
 
 
@@ -441,12 +491,37 @@ def test_garbled_replies_fail_clearly_then_next_move_works(bus_on_pty):
         assert m["2"].position == pytest.approx(target + 5, abs=0.01)
 
 
+def test_a_late_po_does_not_end_the_next_move(bus_on_pty):
+    # A PO of an earlier exchange (the reply to a poll that timed out, a stop's report) that
+    # comes in while the mount moves must not be taken for the end of this move.
+    server, bus, m = bus_on_pty(mounts=("2",), speed=0.5)  # 90 deg at 150 deg/s: ~0.7 s
+    sim = server.simulator
+    status = m["2"].set(90)
+    assert wait_until(lambda: sim.is_moving(2), 5)
+    sim.emit_unsolicited(b"2PO00001000\r\n")  # 10.3 deg: where the mount was long ago
+    status.wait(10)
+    assert m["2"].position == pytest.approx(90, abs=0.01)
+    assert sim.position_deg(2) == pytest.approx(90, abs=0.01)
+
+
 def test_dropped_reply_to_a_query_times_out_clearly(bus_on_pty):
     server, bus, m = bus_on_pty(mounts=("2",))
     server.simulator.faults.drop_next = 1
     with pytest.raises(InstrumentTimeout, match="gp"):
         m["2"].trigger().wait(5)
     m["2"].trigger().wait(5)
+
+
+def test_a_lost_port_is_reported_naming_the_mount(bus_on_pty):
+    server, bus, m = bus_on_pty(mounts=("2",))
+    server.unplug()
+    assert wait_until(lambda: bus.stats()["lost"], 5)  # the bus reader saw the cable go
+    for action in (lambda: m["2"].trigger(), lambda: m["2"].set(20)):
+        with pytest.raises(PortUnavailable) as err:
+            action().wait(5)
+        msg = str(err.value)
+        assert "'m2'" in msg and "address 2" in msg and server.path in msg
+        assert err.value.instrument == "m2"
 
 
 def test_sim_url_bus(pool, RE):

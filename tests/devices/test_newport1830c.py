@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import bluesky.plan_stubs as bps
 import bluesky.plans as bp
 import pytest
@@ -237,3 +239,43 @@ def test_unplug_fails_clearly_and_replug_recovers(meter):
     pm.trigger().wait(5)
     assert pm.power.get() == pytest.approx(2e-6, rel=1e-3)
     assert server.simulator.units == 1  # re-verified: U1 forced again
+
+
+_METER_REPLIES = {"W?": b"0800\n", "U?": b"1\n", "R?": b"4\n", "F?": b"3\n", "A?": b"1\n"}
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "+.5E999",  # the exponent overflows a float: it used to be recorded as inf W
+        "-.5E999",
+        "9.91E37",  # the SCPI "not a number" marker, not a power
+        "+.2501E2",  # just above 25 W, the top of R8 with the attenuator in
+        "-.2501E2",
+    ],
+)
+def test_a_reading_the_meter_cannot_give_is_a_reply_error(serial_pool, transcript, reply):
+    peer = transcript({**_METER_REPLIES, "D?": reply.encode() + b"\n"})
+    pm = Newport1830C(serial_pool.open(peer.path, baudrate=9600), name="pm", timeout=0.3)
+    try:
+        pm.connect()
+        with pytest.raises(ReplyError) as err:
+            pm.trigger().wait(5)
+        msg = str(err.value)
+        assert "'pm'" in msg and peer.path in msg and "'D?'" in msg and repr(reply) in msg
+        assert math.isnan(pm.power.get())  # nothing impossible was recorded
+    finally:
+        pm.close()
+
+
+def test_the_top_of_the_meters_range_still_reads(serial_pool, transcript):
+    peer = transcript({**_METER_REPLIES, "D?": b"+.25E2\n"})
+    pm = Newport1830C(serial_pool.open(peer.path, baudrate=9600), name="pm", timeout=0.3)
+    try:
+        pm.connect()
+        for reply, watts in ((b"+.25E2\n", 25.0), (b"-.25E2\n", -25.0)):
+            peer.replies["D?"] = reply
+            pm.trigger().wait(5)
+            assert pm.power.get() == watts
+    finally:
+        pm.close()

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from daqbridge.errors import ConfigError, InstrumentFault
+from daqbridge.errors import ConfigError, InstrumentFault, PortUnavailable
 from daqbridge.legacy import Command, ElliptecRouter, LegacyRuntime, parse_legacy_config
-from daqbridge.legacy._elliptec import decode_position, encode_position, parse_info
+from daqbridge.legacy._elliptec import ElliptecBus, decode_position, encode_position, parse_info
 from daqbridge.runtime.resources import SerialPortPool
 from daqbridge.sim import serve_pty
 from tests.legacy.legacy_test_instruments import wait_until
@@ -220,3 +220,43 @@ def test_a_stalled_move_comes_back_as_the_mounts_fault(pool):
             assert rt.health()["mounts"]["restarts"] == 0
         finally:
             assert rt.stop(5)
+
+
+def test_a_lost_port_is_reported_naming_the_instrument(pool):
+    with serve_pty("elliptec", addresses=[2], speed=SPEED) as server:
+        mounts = ElliptecBus("mounts", pool, server.path, device_addresses=[2], timeout_s=0.3)
+        mounts.connect()
+        server.unplug()
+        lost = pool.open(server.path, baudrate=9600).bus(ElliptecRouter())
+        assert wait_until(lambda: lost.stats()["lost"], 5)  # the bus reader saw the cable go
+        with pytest.raises(PortUnavailable) as err:
+            mounts.poll()
+        moved = mounts.handle(Command.set("position_2", 10.0))
+        for error in (err.value, moved.error):
+            assert isinstance(error, PortUnavailable) and error.instrument == "mounts"
+            assert "'mounts'" in str(error) and server.path in str(error)
+        mounts.disconnect()
+
+
+def test_a_late_po_does_not_end_a_move(pool):
+    # A PO of an earlier exchange (a reply that came after its timeout, a stop's report) that
+    # comes in while the mount moves must not be taken for the end of this move.
+    with serve_pty("elliptec", addresses=[2], speed=0.5) as server:  # 90 deg: ~0.7 s
+        sim = server.simulator
+        mounts = ElliptecBus("mounts", pool, server.path, device_addresses=[2], timeout_s=0.5)
+        mounts.connect()
+        try:
+            done: list = []
+            mover = threading.Thread(
+                target=lambda: done.append(mounts.handle(Command.set("position_2", 90.0)))
+            )
+            mover.start()
+            assert wait_until(lambda: sim.is_moving(2), 5)
+            sim.emit_unsolicited(b"2PO00001000\r\n")  # 10.3 deg: where the mount was long ago
+            mover.join(10)
+            assert not mover.is_alive() and done
+            assert done[0].ok, done[0].message
+            assert done[0].value == pytest.approx(90.0, abs=0.01)
+            assert sim.position_deg(2) == pytest.approx(90.0, abs=0.01)
+        finally:
+            mounts.disconnect()

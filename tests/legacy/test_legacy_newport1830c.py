@@ -7,11 +7,18 @@ import threading
 
 import pytest
 
-from daqbridge.errors import InstrumentFault, InstrumentTimeout, ReplyError, ValueRejected
+from daqbridge.errors import (
+    InstrumentFault,
+    InstrumentTimeout,
+    PortUnavailable,
+    ReplyError,
+    ValueRejected,
+)
 from daqbridge.legacy import Command, LegacyRuntime, parse_legacy_config
-from daqbridge.legacy._newport1830c import parse_reading
+from daqbridge.legacy._newport1830c import Newport1830C, parse_reading
 from daqbridge.runtime.resources import SerialPortPool
 from daqbridge.sim import serve_pty
+from tests.devices.conftest import TranscriptPeer
 from tests.legacy.legacy_test_instruments import wait_until
 
 
@@ -231,3 +238,59 @@ def test_unplugged_meter_restarts_and_comes_back_after_replug(pool):
             assert feed.get(timeout=5).value == pytest.approx(1e-6, rel=1e-3)
         finally:
             assert rt.stop(5)
+
+
+@pytest.mark.parametrize(
+    ("units", "reply"),
+    [
+        ("W", "+.5E999"),  # the exponent overflows a float (inf)
+        ("W", "9.91E37"),  # the SCPI "not a number" marker: it used to be published as watts
+        ("W", "-.2501E2"),  # beyond 25 W, the top of R8 with the attenuator in
+        ("dBm", "44.01"),  # 25 W is 43.98 dBm
+        ("dBm", "-1E999"),
+    ],
+)
+def test_a_reading_the_meter_cannot_give_is_a_reply_error(pool, units, reply):
+    code = {"W": b"1\n", "dBm": b"2\n"}[units]
+    peer = TranscriptPeer({"W?": b"0800\n", "U?": code, "D?": reply.encode() + b"\n"})
+    meter = Newport1830C("meter", pool, peer.path, units=units, timeout_s=0.3)
+    try:
+        meter.connect()
+        result = meter.handle(Command.query("power"))
+        assert not result.ok and isinstance(result.error, ReplyError)
+        msg = str(result.error)
+        assert "'meter'" in msg and peer.path in msg and "'D?'" in msg and repr(reply) in msg
+        with pytest.raises(ReplyError):
+            meter.poll()  # the polled reading is refused too, never published
+    finally:
+        meter.disconnect()
+        peer.close()
+
+
+def test_readings_at_the_top_of_the_range_are_published(pool):
+    peer = TranscriptPeer({"W?": b"0800\n", "U?": b"1\n", "D?": b"+.25E2\n"})
+    meter = Newport1830C("meter", pool, peer.path, timeout_s=0.3)
+    try:
+        meter.connect()
+        assert [m.value for m in meter.poll()] == [25.0]
+        peer.replies.update({"U?": b"2\n", "D?": b"43.98\n"})
+        assert meter.handle(Command.set("units", "dBm")).ok
+        assert [m.value for m in meter.poll()] == [43.98]
+    finally:
+        meter.disconnect()
+        peer.close()
+
+
+def test_a_lost_port_is_reported_naming_the_meter(pool):
+    with serve_pty("newport1830c", noise=0, speed=100) as server:
+        meter = Newport1830C("meter", pool, server.path, timeout_s=0.3)
+        meter.connect()
+        server.unplug()
+        # The poll meets the loss itself, the set the port that could not be reopened.
+        with pytest.raises(PortUnavailable) as err:
+            meter.poll()
+        failed = meter.handle(Command.set("wavelength", 700))
+        for error in (err.value, failed.error):
+            assert isinstance(error, PortUnavailable) and error.instrument == "meter"
+            assert "'meter'" in str(error) and server.path in str(error)
+        meter.disconnect()

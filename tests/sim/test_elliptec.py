@@ -326,6 +326,29 @@ def test_fault_reply_delay():
     assert run_for(sim, clock, 0.2) == b"2GS00\r\n"
 
 
+def test_replies_stay_in_order_when_the_reply_delay_drops():
+    # One serial line: a reply sent late holds back every reply after it. Once the delay was
+    # lowered, new replies used to overtake the delayed ones, which no real device does.
+    sim, clock = make(faults=Faults(reply_delay=0.9))
+    sim.write_from_host(b"2gp")  # answered at +0.9 s
+    clock.advance(0.1)
+    sim.faults.reply_delay = 0.0
+    assert ask(sim, clock, b"2gs") == b""  # behind the delayed PO
+    assert sim.replies_held_back() == 2
+    assert run_for(sim, clock, 0.8) == b"2PO00000000\r\n2GS00\r\n"
+    assert sim.replies_held_back() == 0
+    assert ask(sim, clock, b"2gs") == b"2GS00\r\n"  # nothing delayed any more
+
+
+def test_the_end_of_a_move_is_reported_after_a_reply_still_held_back():
+    sim, clock = make(faults=Faults(reply_delay=0.3))
+    sim.write_from_host(b"2ma00004600")  # 45 deg: the motion ends after 0.2 s
+    sim.write_from_host(b"2gs")  # busy: GS09, held back until +0.3 s
+    sim.faults.reply_delay = 0.0
+    # Nobody read the line meanwhile: the PO of 0.2 s still goes out after the GS09.
+    assert run_for(sim, clock, 1.0) == b"2GS09\r\n2PO00004600\r\n"
+
+
 def test_fault_drop_next_can_lose_the_late_po():
     sim, clock = make()
     sim.write_from_host(b"2ma00004600")

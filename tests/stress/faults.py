@@ -19,8 +19,10 @@ Used by tests/stress/test_faults.py (ci_short and stress forms) and benchmarks/f
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,22 +30,34 @@ from typing import Any
 import bluesky.plans as bp
 
 from daqbridge import plans as dp
+from daqbridge.sim import SerialSimulator
 from tests.stress import support
 
-# Reply timeouts of the campaign's lab (seconds): a fault costs a fraction of a second instead
-# of the lab's defaults (1-3 s). Generous for in-process simulators even on a loaded machine.
-TIMEOUTS = {
+TIMEOUTS: dict[str, float] = {}
+"""Reply timeouts the campaign's lab profile overrides: none. Healthy exchanges run on the lab's
+own timeouts (1-3 s): on the shared 2-core machine a healthy round trip through a simulator
+takes 0.6 ms typically but up to 0.39 s at load 11 (30,000 measured), so a shorter bound made a
+healthy run fail now and then. Only while a fault is active are the faulted instrument's
+drivers given ``FAULT_TIMEOUTS``, so a fault still costs a fraction of a second."""
+
+FAULT_TIMEOUTS = {
     "sim_stage": 0.4,
     "sim_meter": 0.4,
     "sim_laser": 0.5,
     "sim_rotators": 0.4,
     "sim_dmm": 0.5,
-    "sim_camera": 2.0,
 }
+"""Reply timeouts (s) of the drivers of an instrument whose simulator has a fault injected, from
+the injection until the fault is cleared (see ``FaultTimeouts``)."""
+
 DELAY = 0.9
-"""Reply delay of the 'reply delay' fault: beyond every timeout above. After the fault is
-cleared the cell waits this long, so the replies already delayed are on the line (stale) when
-the next run starts, instead of still being owed by a device that is "healthy" again."""
+"""Reply delay of the 'reply delay' fault: beyond every fault timeout above. After the fault is
+cleared the cell waits (bounded, see ``wait_for_owed_replies``) until the device has sent every
+reply it still owed, so they are stale bytes on the line when the next run starts instead of
+answers that arrive in the middle of its first exchange."""
+
+OWED_REPLIES_LIMIT = 20.0
+"""Seconds a device may take to send the replies a 'reply delay' fault held back."""
 
 CELL_LIMIT = 40.0
 """Seconds a faulted run may take before the cell's watchdog aborts it (a hang)."""
@@ -60,6 +74,62 @@ def tune_for_campaign(rt: Any) -> None:
     if laser is not None:
         laser.settle_timeout_s = 4.0
         laser.readback_timeout_s = 1.0
+
+
+class FaultTimeouts:
+    """Short reply timeouts for the drivers of one simulated instrument while its fault lasts.
+
+    Native drivers read their reply timeout from an attribute at every exchange. A legacy
+    driver reads it from its serial line, which it builds again from ``timeout_s`` when it
+    reconnects (as it may during the fault): both are set, and the line in use is given the
+    restored value at the end.
+    """
+
+    NATIVE: dict[str, tuple[str, str]] = {
+        "sim_stage": ("sim_stage", "timeout"),
+        "sim_meter": ("sim_meter", "timeout"),
+        "sim_rotators": ("sim_rotators_", "reply_timeout"),  # every mount on the bus
+        "sim_dmm": ("sim_dmm", "timeout"),
+    }
+    LEGACY: dict[str, str] = {"sim_meter": "sim_meter_legacy", "sim_laser": "sim_laser"}
+
+    def __init__(self, rt: Any, simulator: str) -> None:
+        self.seconds = FAULT_TIMEOUTS.get(simulator)
+        native = self.NATIVE.get(simulator)
+        self.native: list[tuple[Any, str]] = []
+        if native is not None:
+            prefix, attr = native
+            self.native = [
+                (device, attr)
+                for iid, device in rt.devices.items()
+                if iid == prefix or (prefix.endswith("_") and iid.startswith(prefix))
+            ]
+        legacy = rt.legacy.instruments if rt.legacy is not None else {}
+        self.legacy = [legacy[iid] for iid in (self.LEGACY.get(simulator),) if iid in legacy]
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    def shorten(self) -> None:
+        if self.seconds is None:
+            return
+        for obj, attr in [*self.native, *((inst, "timeout_s") for inst in self.legacy)]:
+            self._saved.append((obj, attr, getattr(obj, attr)))
+            setattr(obj, attr, self.seconds)
+        for inst in self.legacy:
+            self._set_line(inst, self.seconds)
+
+    def restore(self) -> None:
+        for obj, attr, value in self._saved:
+            setattr(obj, attr, value)
+        if self._saved:
+            for inst in self.legacy:
+                self._set_line(inst, inst.timeout_s)
+        self._saved.clear()
+
+    @staticmethod
+    def _set_line(inst: Any, seconds: float) -> None:
+        line = getattr(inst, "_line", None)
+        if line is not None:
+            line.timeout = seconds
 
 
 # --- faults ----------------------------------------------------------------------------------
@@ -292,18 +362,48 @@ def _dmm_values(rt: Any, record: support.RunRecord) -> list[str]:
     return problems
 
 
-def _resync_dmm(rt: Any) -> int:
-    """Discard replies left in the DMM's connection by an earlier cell (test-side), so every
-    cell starts in step; the cell that left them has already been judged. Returns lines read."""
+def _resync_dmm(rt: Any, limit: float = OWED_REPLIES_LIMIT) -> str | None:
+    """Bring the DMM's connection in step (test-side), so every cell starts clean; the cell that
+    left replies in it has already been judged. Replies come back in order: ask ``*IDN?`` and
+    discard every line until its answer (the one line with four comma-separated fields), however
+    late the lines before it come (bounded by ``limit``). Returns None, or why the connection
+    could not be brought in step."""
     session = rt.devices["sim_dmm"].session
-    lines = 0
-    for _ in range(20):
+    deadline = time.monotonic() + limit
+    try:
+        session.write("*IDN?")
+    except Exception as exc:  # noqa: BLE001 - reported by the cell
+        return f"*IDN? could not be sent: {exc!r}"
+    while time.monotonic() < deadline:
         try:
-            session.read(timeout=0.05)
-        except Exception:  # noqa: BLE001 - a timeout: nothing more is waiting
-            return lines
-        lines += 1
-    return lines
+            if session.read(timeout=max(0.01, deadline - time.monotonic())).count(",") == 3:
+                return None
+        except Exception:  # noqa: BLE001 - a read timeout: the deadline decides
+            continue
+    return f"no answer to *IDN? within {limit:g} s"
+
+
+def wait_for_owed_replies(rt: Any, iid: str) -> str | None:
+    """After a 'reply delay' fault: wait (bounded) until the instrument has sent the replies it
+    still owed. Returns None, or what did not happen."""
+    if iid == "sim_dmm":
+        return _resync_dmm(rt)
+    sim = _sim(rt, iid)
+    if isinstance(sim, SerialSimulator):
+        if not support.wait_until(lambda: sim.replies_held_back() == 0, OWED_REPLIES_LIMIT):
+            return f"{sim.replies_held_back()} replies still held back after {OWED_REPLIES_LIMIT} s"
+    return None
+
+
+def _legacy_stacks() -> str:
+    """Where the legacy drivers' threads are now: what a driver that does not recover waits on."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    parts = []
+    for ident, frame in sys._current_frames().items():
+        if names.get(ident, "").startswith("legacy-"):
+            parts.append(f"--- thread {names[ident]} ---")
+            parts.append("".join(traceback.format_stack(frame)))
+    return "\n".join(parts)
 
 
 def _camera_plan(rt: Any, n: int, rng: random.Random) -> Generator:
@@ -425,14 +525,24 @@ class Campaign:
         flt = fault(fault_name)
         result = CellResult(device, fault_name, "not injected", injected_after=inject_after)
         if device == "sim_dmm" and self._unverified is None:
-            _resync_dmm(rt)
+            out_of_step = _resync_dmm(rt)
+            if out_of_step:
+                result.problems.append(f"DMM connection out of step before the cell: {out_of_step}")
         # Start healthy: a legacy driver may still be reconnecting after the previous cell.
         not_settled = support.settle_legacy(rt, since=0.0, timeout=20.0)
         if not_settled:
-            result.problems.append(f"legacy drivers unhealthy before the cell: {not_settled}")
+            result.problems.append(
+                f"legacy drivers unhealthy before the cell: {not_settled}\n{_legacy_stacks()}"
+            )
         self._injected_at = None
         self._inject_error = None
-        self._armed = (inject_after, lambda: flt.inject(rt, target.simulator))
+        short = FaultTimeouts(rt, target.simulator)
+
+        def inject() -> None:
+            short.shorten()
+            flt.inject(rt, target.simulator)
+
+        self._armed = (inject_after, inject)
         hung = threading.Event()
 
         def on_hang() -> None:
@@ -464,6 +574,7 @@ class Campaign:
                 flt.clear(rt, target.simulator)
             except Exception as exc:  # noqa: BLE001
                 result.problems.append(f"clearing the fault failed: {exc!r}")
+            short.restore()
 
         record = self.ledger.last()
         result.uid = record.uid if record is not None else None
@@ -486,10 +597,14 @@ class Campaign:
 
         # The next run, on the same runtime, fault cleared.
         if fault_name == "reply delay":
-            time.sleep(DELAY)
+            owed = wait_for_owed_replies(rt, target.simulator)
+            if owed:
+                result.problems.append(f"after the fault was cleared: {owed}")
         not_settled = support.settle_legacy(rt, since=wall0, timeout=20.0)
         if not_settled:
-            result.problems.append(f"legacy drivers not running again after 20 s: {not_settled}")
+            result.problems.append(
+                f"legacy drivers not running again after 20 s: {not_settled}\n{_legacy_stacks()}"
+            )
         if next_run:
             result.next_outcome = self._next_run(target, points)
             if result.next_outcome != "completed":
@@ -509,10 +624,11 @@ class Campaign:
     ) -> None:
         if self._injected_at is None:
             result.outcome = "not injected"
+            cause = support.find_daqbridge_error(error) or error
             result.problems.append(
                 f"the run ended after {result.events_before_end} events, before the fault "
                 f"was due (after event {result.injected_after})"
-                + (f": {support.one_line(error, 300)}" if error else "")
+                + (f": {type(cause).__name__}: {support.one_line(cause, 300)}" if error else "")
             )
             return
         if hung:

@@ -21,18 +21,9 @@ import pytest
 
 from tests.stress import faults, support
 
-ELLIPTEC_STALE_PO = (
-    "intermittent: after a move that failed on a late or garbled reply, the next run's first "
-    "move is judged by a stale PO ('ended its move at X deg instead of Y'); the simulator also "
-    "reorders replies once reply_delay drops (daqbridge/sim/_core.py _emit), against the "
-    "in-order assumption of ElliptecMount._settle (daqbridge/devices/elliptec.py)"
-)
-
-KNOWN_ISSUES: dict[tuple[str, str], str] = {
-    ("sim_rotators_a", "reply delay"): ELLIPTEC_STALE_PO,
-    ("sim_rotators_a", "garble"): ELLIPTEC_STALE_PO,
-}
-"""(device, fault) -> why the cell cannot pass yet (a bug in another layer, see the report)."""
+KNOWN_ISSUES: dict[tuple[str, str], str] = {}
+"""(device, fault) -> why the cell cannot pass yet (a bug in another layer, see the report).
+Empty: every cell is an ordinary test."""
 
 
 def _params(marks: list) -> list:
