@@ -227,3 +227,20 @@ class CatalogError(DaqbridgeError):
 
 class ShutdownError(DaqbridgeError):
     """A shutdown phase failed or was forced after its deadline."""
+
+
+def daqbridge_cause(exc: BaseException | None) -> DaqbridgeError | None:
+    """The first DaqbridgeError in ``exc``'s chain of explicit causes (``exc`` itself first).
+
+    bluesky reports an instrument's failure as ``FailedStatus(status) from error``: the words
+    that name the instrument, its port and the fix are one ``__cause__`` down. Only explicit
+    causes are followed: an implicit ``__context__`` is an error met while handling another,
+    and the later one is what went wrong.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, DaqbridgeError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__
+    return None

@@ -14,10 +14,14 @@ Why it is built this way:
   (:func:`~daqbridge.cli._plan_args.prime`), all before the RunEngine moves anything.
 * Nothing typed is evaluated: see :mod:`daqbridge.cli._plan_args` for the rules.
 * Ctrl-C (or SIGTERM) aborts the run, the RunEngine stops what it moved and closes the run as
-  ``abort`` with its data kept, then the lab shuts down in order; exit status 130 (128 + the
-  signal). The runtime's signal handlers do this (``sigint="abort"``), this module only reports.
-* Exit status: 0 done, 1 the plan or the lab failed, 2 bad command or arguments, 130 Ctrl-C.
-  Errors are one message, not a traceback, unless ``--debug``.
+  ``abort`` with its data kept, then the lab shuts down in order; exit status 128 + the signal
+  (130 Ctrl-C, 143 SIGTERM), whatever the RunEngine raised on the way out: the user asked to
+  stop. The runtime's signal handlers do this (``sigint="abort"``), this module only reports,
+  and it says what the stop documents say (a signal that came as the last point was taken
+  leaves a run that ended ``success``, and it is reported so).
+* Exit status: 0 done, 1 the plan or the lab failed, 2 bad command or arguments, 130 Ctrl-C,
+  143 SIGTERM. Errors are one message, not a traceback, unless ``--debug``; an instrument's
+  failure is reported in the instrument's words (the first daqbridge error of its chain).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from daqbridge.cli._plan_args import (
     parse_md,
     resolve_plan,
 )
-from daqbridge.errors import DaqbridgeError, PlanArgumentError
+from daqbridge.errors import DaqbridgeError, PlanArgumentError, daqbridge_cause
 
 log = logging.getLogger("daqbridge.cli.run")
 
@@ -54,7 +58,7 @@ grid_scan, ...) or one of the lab's plans (wavelength_scan, polarization_scan, r
 
 Options may come before or after the plan's arguments. Exit status: 0 done, 1 the plan or the
 lab failed, 2 bad command or arguments, 130 interrupted (Ctrl-C aborts the run; its data is kept,
-marked 'abort')."""
+marked 'abort'), 143 terminated (SIGTERM, the same abort)."""
 
 _RULES_TEXT = textwrap.fill(RULES + ".", width=96, initial_indent="  * ", subsequent_indent="    ")
 
@@ -229,7 +233,10 @@ def _setup_logging(debug: bool) -> None:
 
 
 def _not_twice(record: logging.LogRecord) -> bool:
-    """The runtime logs a failed start-up; this command prints the same error itself."""
+    """The runtime logs a failed start-up and the end of a run that did not succeed; this
+    command prints both itself."""
+    if record.name == "daqbridge.runtime.runs":
+        return False
     return not (
         record.name == "daqbridge.runtime" and str(record.msg).startswith("start-up failed")
     )
@@ -309,6 +316,7 @@ def _run(args: argparse.Namespace, words: list[str]) -> int:
         md={"daqbridge_command": command},
     )
     uids: list[str] = []
+    ended: dict[str, str] = {}  # uid -> what to call it, when not the command's outcome
     outcome = "failed"
     status = EXIT_FAILED
     plots = False
@@ -326,14 +334,13 @@ def _run(args: argparse.Namespace, words: list[str]) -> int:
         try:
             runtime.run(plan)
         except ShutdownRequested as exc:
-            outcome = "aborted"
+            outcome = "aborted" if exc.aborted else "stopped"
             status = 128 + exc.signum
-            print(
-                f"daqbridge run: {exc.signal_name} received: the run was aborted; its data is "
-                "kept, marked 'abort'.",
-                file=sys.stderr,
-                flush=True,
+            ended.update(
+                (uid, _OUTCOME.get(str(exit_status), "interrupted"))
+                for uid, exit_status in exc.exit_statuses.items()
             )
+            _report_stop(exc, args.debug)
         except PlanArgumentError:
             raise
         except DaqbridgeError as exc:
@@ -345,7 +352,7 @@ def _run(args: argparse.Namespace, words: list[str]) -> int:
             status = 0
         _flush(runtime)
         for uid in uids:
-            _print_read_back(runtime, uid, outcome)
+            _print_read_back(runtime, uid, ended.get(uid, outcome))
     except KeyboardInterrupt:
         status = 130
         print("daqbridge run: interrupted; shutting the lab down", file=sys.stderr, flush=True)
@@ -358,10 +365,41 @@ def _run(args: argparse.Namespace, words: list[str]) -> int:
     return status
 
 
+_OUTCOME = {"success": "done", "abort": "aborted", "fail": "failed"}
+"""A stop document's exit status, in this command's words."""
+
+
+def _report_stop(stop: Any, debug: bool) -> None:
+    """What a signal did to the run, in the stop documents' words (``ShutdownRequested``)."""
+    name = stop.signal_name
+    if not stop.exit_statuses:
+        text = f"{name} received before the plan opened a run: nothing was measured."
+    elif stop.aborted:
+        text = f"{name} received: the run was aborted; its data is kept, marked 'abort'."
+    else:
+        statuses = ", ".join(f"{uid} {s!r}" for uid, s in stop.exit_statuses.items())
+        text = (
+            f"{name} received as the run ended: the run was not aborted (exit status "
+            f"{statuses}); the lab is shut down."
+        )
+    print(f"daqbridge run: {text}", file=sys.stderr, flush=True)
+    if stop.error is not None:
+        # Part of the abort (a device's status failed by its own stop), not a second failure.
+        log.info("while the run was being aborted: %s", _in_words(stop.error))
+        if debug:
+            traceback.print_exception(stop.error)
+
+
+def _in_words(exc: BaseException) -> str:
+    """The first daqbridge error of ``exc``'s chain (it names the instrument and the fix)."""
+    cause = daqbridge_cause(exc)
+    return str(cause) if cause is not None else f"{type(exc).__name__}: {exc}"
+
+
 def _report_failure(exc: BaseException, uids: list[str], debug: bool) -> None:
     if debug:
         traceback.print_exception(exc)
-    text = str(exc) if isinstance(exc, DaqbridgeError) else f"{type(exc).__name__}: {exc}"
+    text = _in_words(exc)
     _error(f"the plan failed: {text}")
     if uids:
         print(
@@ -393,7 +431,7 @@ def _print_read_back(runtime: Any, uid: str, outcome: str) -> None:
         where_cli = f"--data {shlex.quote(data)}"
         where_py = f"{data!r}, readonly=True"
     print(f"uid: {uid}")
-    if outcome != "done":
+    if outcome not in ("done", "stopped"):
         print(f"  ({outcome}: the events measured so far are in the catalog)")
     print("read it back:")
     print(f"  daqbridge catalog show {uid} {where_cli}")

@@ -21,6 +21,9 @@ Why it is built this way:
 * Ctrl-C pauses the run in a session (``sigint="pause"``): the scientist decides between
   ``RE.resume()`` and ``RE.abort()``. The runtime already closes itself in order at interpreter
   exit (atexit).
+* A paused, aborted or failed run is one line at the prompt, not bluesky's 40-line traceback of
+  its own control flow (:func:`register_quiet_errors`): the runtime logs which run ended how, and
+  an instrument's error is shown in the instrument's words. ``%tb`` still shows the traceback.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -225,6 +228,98 @@ def register_magics(ipython: Any, runtime: Runtime) -> list[str]:
     ipython.register_magic_function(holders, "line", "holders")
     ipython.register_magic_function(daqstatus, "line", "daqstatus")
     return ["holders", "daqstatus"]
+
+
+class OpenRuns:
+    """RunEngine subscriber: the runs open right now (a paused run is open) and the last one
+    that failed."""
+
+    def __init__(self) -> None:
+        self.uids: list[str] = []
+        self.failed: str | None = None
+
+    def __call__(self, name: str, doc: Mapping[str, Any]) -> None:
+        if name == "start":
+            self.uids.append(doc["uid"])
+        elif name == "stop":
+            uid = doc.get("run_start")
+            if uid in self.uids:
+                self.uids.remove(uid)
+            if doc.get("exit_status") == "fail":
+                self.failed = uid
+
+
+def describe_interruption(exc: BaseException, runtime: Runtime, open_runs: OpenRuns) -> str | None:
+    """One line for an exception that ends a cell, or None when the runtime already said it.
+
+    A pause (Ctrl-C) names the run and the choices; a failure names the run and shows the first
+    daqbridge error of its chain (the instrument, its port and the fix). An abort needs nothing
+    here: the runtime logged "run UID aborted (exit status 'abort')" when the run closed.
+    """
+    from bluesky.utils import RunEngineInterrupted
+
+    from daqbridge.errors import daqbridge_cause
+
+    if isinstance(exc, RunEngineInterrupted):
+        if runtime.RE is None or str(runtime.RE.state) != "paused":
+            return None
+        runs = ", ".join(open_runs.uids) or "(no run open)"
+        return (
+            f"daqbridge: run {runs} paused: RE.resume() continues it, RE.stop() ends it as "
+            "'success', RE.abort() as 'abort' (its data is kept either way)."
+        )
+    error = daqbridge_cause(exc) or exc
+    failed, open_runs.failed = open_runs.failed, None
+    run = f"run {failed} failed (exit status 'fail'): " if failed else ""
+    return f"daqbridge: {run}{type(error).__name__}: {error}"
+
+
+def _only_aborts(record: logging.LogRecord) -> bool:
+    """The prompt shows a failed run with its error (describe_interruption); the log line of an
+    aborted run is the only word about it."""
+    return getattr(record, "exit_status", "abort") == "abort"
+
+
+def register_quiet_errors(ipython: Any, runtime: Runtime) -> Callable[..., Any]:
+    """Show pauses, aborts and daqbridge errors at the prompt in one line (``%tb`` for more).
+
+    IPython prints a traceback for every exception that ends a cell; bluesky raises
+    RunEngineInterrupted for every pause, and an instrument's failure (a FailedStatus caused by
+    a DaqbridgeError, or the error itself) already says which instrument, which port and the
+    fix. The runtime's line about an aborted run goes to stderr with the other daqbridge lines.
+    Returns the handler.
+    """
+    from bluesky.utils import FailedStatus, RunEngineInterrupted
+
+    from daqbridge.errors import DaqbridgeError
+    from daqbridge.runtime import ShutdownRequested
+
+    open_runs = OpenRuns()
+    if runtime.RE is not None:
+        runtime.RE.subscribe(open_runs)
+    runs_log = logging.getLogger("daqbridge.runtime.runs")
+    if not any(getattr(h, "name", None) == "daqbridge-session" for h in runs_log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.set_name("daqbridge-session")
+        handler.setFormatter(logging.Formatter("daqbridge: %(message)s"))
+        handler.addFilter(_only_aborts)
+        runs_log.addHandler(handler)
+
+    def show(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: Any = None):
+        # Kept where %tb and %debug look for the last exception.
+        sys.last_type, sys.last_value, sys.last_traceback = etype, value, tb
+        sys.last_exc = value
+        line = describe_interruption(value, runtime, open_runs)
+        if line is not None:
+            print(line, file=sys.stderr)
+            if not isinstance(value, RunEngineInterrupted | ShutdownRequested):
+                print("daqbridge: %tb shows the traceback.", file=sys.stderr)
+        return []
+
+    ipython.set_custom_exc(
+        (DaqbridgeError, FailedStatus, RunEngineInterrupted, ShutdownRequested), show
+    )
+    return show
 
 
 def describe_session(names: Mapping[str, Any]) -> str:

@@ -21,20 +21,33 @@ Why it is built this way:
   pauses the run and the scientist chooses ``RE.resume()`` or ``RE.abort()``. In the command-line
   tools (``sigint="abort"``) there is nobody to ask: Ctrl-C aborts the run (devices stopped, run
   closed as ``abort``, data kept) and the runtime then shuts down in order. See docs/runtime.md.
+* Python runs signal handlers on the main thread only, and the kernel may hand SIGINT/SIGTERM to
+  any thread. bluesky's main thread waits for the plan on an event with no timeout, so a signal
+  that landed on another thread was handled when the plan ended (a scan measured thousands more
+  points). The RunEngine here waits in short slices (``RUN_WAIT_SLICE``), so the main thread
+  reaches the handler within a fraction of a second, whichever thread received the signal.
+* An instrument's failure reaches bluesky as ``FailedStatus(status) from error``, which reads
+  as the status repr, not as the words naming the instrument, its port and the fix. A
+  preprocessor of the RunEngine gives that FailedStatus the error's text, so the stop
+  document's ``reason`` and what ``RE(...)`` raises (still a FailedStatus) carry them.
+* bluesky logs every aborted run with a traceback of its own control-flow exception; the runtime
+  says in one line which run ended how (``daqbridge.runtime``) and drops those tracebacks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import concurrent.futures
 import contextlib
 import functools
 import logging
 import signal
+import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -47,6 +60,7 @@ from daqbridge.errors import (
     InstrumentError,
     InstrumentTimeout,
     ShutdownError,
+    daqbridge_cause,
 )
 from daqbridge.runtime._builders import (
     BuildContext,
@@ -60,6 +74,7 @@ from daqbridge.runtime._builders import (
     construct,
     legacy_adapter_class,
     legacy_id,
+    legacy_limits,
     legacy_part_channel,
     legacy_type,
 )
@@ -90,12 +105,19 @@ if TYPE_CHECKING:
     from daqbridge.runtime.resources import DeviceCache, SerialPortPool, VisaSessionManager
 
 log = logging.getLogger("daqbridge.runtime")
+run_log = logging.getLogger("daqbridge.runtime.runs")
+"""One line per run that ended otherwise than ``success`` (a front end that reports the end of
+its own run itself, like ``daqbridge run``, filters this logger)."""
 
 LEGACY_CONNECT_TIMEOUT = 15.0
 """Seconds the legacy drivers get to connect at start-up when no ``connect_timeout`` is given."""
 
 CATALOG_OPEN_TIMEOUT = 120.0
 """Seconds the catalog may take to open (creating one takes about 3 s; a server may be slow)."""
+
+RUN_WAIT_SLICE = 0.1
+"""Seconds the main thread waits for a running plan at a time. A signal the kernel delivered to
+another thread is handled (on the main thread) at the end of the current slice at the latest."""
 
 SigintMode = Literal["pause", "abort"]
 
@@ -128,6 +150,136 @@ def _register_exit_hook(runtime: Runtime) -> None:
         register(hook)
     except RuntimeError:
         atexit.register(hook)
+
+
+@functools.cache
+def _sliced_wait_class() -> type:
+    """bluesky's DuringTask, waiting for the plan in slices (built on first use: bluesky is
+    imported only when a runtime starts)."""
+    from bluesky.utils import DefaultDuringTask
+
+    class SlicedWait(DefaultDuringTask):
+        """Wait for the plan ``RUN_WAIT_SLICE`` at a time, so pending signals get handled.
+
+        bluesky's own wait (``Event.wait()`` with no timeout) wakes for a signal only if the
+        kernel delivered it to the main thread; one delivered to any other thread waited for the
+        end of the plan. The Qt branch of bluesky's wait already wakes on every signal (through
+        ``signal.set_wakeup_fd``) and runs the plots' event loop: it is kept.
+        """
+
+        def block(self, blocking_event: threading.Event) -> None:
+            if "matplotlib" in sys.modules:
+                import matplotlib
+
+                if "qt" in matplotlib.get_backend().lower():
+                    super().block(blocking_event)
+                    return
+            while not blocking_event.wait(RUN_WAIT_SLICE):
+                pass
+
+    return SlicedWait
+
+
+class _QuietAborts(logging.Filter):
+    """Drops what bluesky logs about an aborted run of a runtime's RunEngine.
+
+    bluesky logs ``Run aborted`` with the traceback of its own RequestAbort (60 lines through
+    the plan's wrappers) for every abort, and "No open traces left to close!" after it. The
+    runtime reports the run's end in one line (``Runtime._report_run_end``), and the exception
+    the caller gets says the rest. A run that failed on an instrument is reported the same way
+    (the DaqbridgeError raised says what to do); any other failure keeps bluesky's traceback,
+    which is then the only clue to a bug in a plan.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("daqbridge-quiet-aborts")
+        self.engines: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "No open traces left to close!":
+            return False
+        engine = getattr(record, "RE", None)
+        if engine is None or engine not in self.engines or not record.exc_info:
+            return True
+        from bluesky.utils import FailedPause, PlanHalt, RequestAbort, RequestStop
+
+        error = record.exc_info[1]
+        stopped = (RequestAbort, RequestStop, PlanHalt, FailedPause, asyncio.CancelledError)
+        return not (isinstance(error, stopped) or daqbridge_cause(error) is not None)
+
+
+_QUIET_ABORTS = _QuietAborts()
+
+
+@functools.cache
+def _instrument_failed_status_class() -> type:
+    """bluesky's FailedStatus whose text is the instrument's error (built on first use)."""
+    from bluesky.utils import FailedStatus
+
+    class InstrumentFailedStatus(FailedStatus):
+        """A FailedStatus that reads as the DaqbridgeError that failed the status (its cause).
+
+        Still a FailedStatus, so code written against bluesky (a plan that catches one to retry
+        a point, a script that expects one from ``RE(...)``) keeps working.
+        """
+
+        def __str__(self) -> str:
+            return str(self.__cause__)
+
+    InstrumentFailedStatus.__qualname__ = InstrumentFailedStatus.__name__
+    return InstrumentFailedStatus
+
+
+def _in_the_instruments_words(exc: BaseException) -> BaseException:
+    """``exc``, or for a FailedStatus caused by a DaqbridgeError, one that reads as that error."""
+    from bluesky.utils import FailedStatus
+
+    reworded = _instrument_failed_status_class()
+    if not isinstance(exc, FailedStatus) or isinstance(exc, reworded):
+        return exc
+    cause = daqbridge_cause(exc)
+    if cause is None:
+        return exc
+    status = reworded(*exc.args).with_traceback(exc.__traceback__)
+    status.__cause__ = cause
+    return status
+
+
+def _instrument_failures_in_their_words(
+    plan: Generator[Any, Any, Any],
+) -> Generator[Any, Any, Any]:
+    """RunEngine preprocessor: a failed status reads as the instrument's own error.
+
+    bluesky turns a failed status into ``FailedStatus(status) from error`` and throws it into
+    the plan; the plan's ``run_wrapper`` closes the run with ``reason=str(exception)``:
+    ``DeviceStatus(device=sim_meter, done=True, success=False)``, the instrument, its port and
+    the fix one ``__cause__`` down. Here every FailedStatus caused by a DaqbridgeError, thrown
+    in or leaving the plan, is replaced by one whose text is that error: the stop document's
+    ``reason``, what ``RE(...)`` raises and every front end show the instrument's words.
+
+    The plan is driven by hand rather than with ``yield from``, which would hand what the
+    RunEngine throws to the plan before this wrapper could see it.
+    """
+    reply: Any = None
+    thrown: BaseException | None = None
+    while True:
+        try:
+            msg = plan.send(reply) if thrown is None else plan.throw(thrown)
+        except StopIteration as done:
+            return done.value
+        except Exception as exc:
+            failure = _in_the_instruments_words(exc)
+            if failure is exc:
+                raise
+            break
+        try:
+            reply, thrown = (yield msg), None
+        except GeneratorExit:
+            plan.close()
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every throw goes on to the plan
+            reply, thrown = None, _in_the_instruments_words(exc)
+    raise failure
 
 
 @dataclass
@@ -218,6 +370,10 @@ class Runtime:
         self._close_lock = threading.Lock()
         self._signals: SignalHandlers | None = None
         self._shutdown_signal: int | None = None
+        self._in_run = False
+        """True while :meth:`run` runs a plan: a signal then ends as ShutdownRequested."""
+        self._run_signal: int | None = None
+        """The signal received during the current :meth:`run`, if any."""
 
     # --- building ---------------------------------------------------------------------------
 
@@ -422,6 +578,8 @@ class Runtime:
             uri=uri,
             api_key=lab.resolved_api_key() if uri else None,
             readable_dirs=readable,
+            # Runs a crash left in the log go in on the writer's thread: start-up does not wait.
+            background_recovery=True,
         )
 
     def _make_run_engine(self) -> RunEngine:
@@ -439,9 +597,46 @@ class Runtime:
             "instruments": {i.id: i.stack for i in profile.enabled_instruments()},
         }
         md.update(self._extra_md)
+        options: dict[str, Any] = {"during_task": _sliced_wait_class()()}
         if self.sigint == "abort":
-            return RunEngine(md, context_managers=[])
-        return RunEngine(md)
+            options["context_managers"] = []
+        RE = RunEngine(md, **options)  # noqa: N806 - bluesky's name
+        RE.preprocessors.append(_instrument_failures_in_their_words)
+        # Not part of _subscriptions: those are the writers and tables status() lists.
+        RE.subscribe(self._report_run_end, "stop")
+        _QUIET_ABORTS.engines.add(RE)
+        bluesky_log = logging.getLogger("bluesky")
+        if _QUIET_ABORTS not in bluesky_log.filters:
+            bluesky_log.addFilter(_QUIET_ABORTS)
+        return RE
+
+    @staticmethod
+    def _report_run_end(name: str, doc: Mapping[str, Any]) -> None:
+        """One line per run that did not succeed, instead of bluesky's traceback.
+
+        ``exit_status`` rides on the record, so a front end that shows failures its own way
+        (the IPython profile) can keep only the aborts.
+        """
+        status = doc.get("exit_status")
+        if status == "success":
+            return
+        reason = doc.get("reason") or ""
+        extra = {"exit_status": status, "run_uid": doc.get("run_start")}
+        if status == "abort":
+            run_log.warning(
+                "run %s aborted (exit status 'abort'%s); the events taken so far are kept",
+                doc.get("run_start"),
+                f", reason: {reason}" if reason else "",
+                extra=extra,
+            )
+        else:
+            run_log.warning(
+                "run %s ended with exit status %r%s; the events taken before are kept",
+                doc.get("run_start"),
+                status,
+                f": {reason}" if reason else "",
+                extra=extra,
+            )
 
     def _start_legacy(self, ctx: BuildContext) -> None:
         if not self.profile.stacks.legacy:
@@ -537,9 +732,8 @@ class Runtime:
                 )
                 # The profile's limits are stricter than the driver's (a lab's optics); plans
                 # read them from the device, whichever stack it belongs to.
-                limits = getattr(getattr(inst, "maitai", None), "wavelength_limits", None)
-                if limits is not None:
-                    device.wavelength_limits = tuple(float(v) for v in limits)
+                for parameter, limits in legacy_limits(inst).items():
+                    setattr(device, f"{parameter}_limits", limits)
                 try:
                     device.connect(self.connect_timeout or LEGACY_CONNECT_TIMEOUT)
                 except Exception as exc:  # noqa: BLE001 - reported like any start-up failure
@@ -590,22 +784,69 @@ class Runtime:
 
     def run(self, plan: Any, *args: Any, **kwargs: Any) -> Any:
         """``RE(plan)``, for tools: a signal during the run becomes :class:`ShutdownRequested`
-        (a KeyboardInterrupt) once the RunEngine has closed the run as aborted."""
-        if self.RE is None or self.closed or self.closing:
+        (a KeyboardInterrupt) once the RunEngine has closed the run as aborted.
+
+        Whatever the RunEngine raises after a signal asked it to stop (a device's status failed
+        by the abort's own ``stop()``) ends as ShutdownRequested too, with that error in
+        ``error``: the user asked to stop, and the run is closed as ``abort``. Its
+        ``exit_statuses`` are the stop documents' own, so a caller never says "aborted" about a
+        run the catalog holds as ``success``. A runtime that a signal already asked to shut
+        down runs nothing more.
+        """
+        RE = self.RE  # noqa: N806 - bluesky's name
+        if RE is None or self.closed or self.closing:
             raise ShutdownError(
                 f"the runtime is {self.state}; it cannot run plans.",
                 fix="build a new one with Runtime.from_profile().",
             )
+        if self._shutdown_signal is not None:
+            raise ShutdownRequested(self._shutdown_signal)
         from bluesky.utils import RunEngineInterrupted
 
+        ended: dict[str, str | None] = {}
+
+        def opened(name: str, doc: Mapping[str, Any]) -> None:
+            ended[doc["uid"]] = None
+
+        def closed(name: str, doc: Mapping[str, Any]) -> None:
+            ended[doc["run_start"]] = doc.get("exit_status")
+
+        tokens = (RE.subscribe(opened, "start"), RE.subscribe(closed, "stop"))
+        self._run_signal = None
+        self._in_run = True
+        error: Exception | None = None
         try:
-            return self.RE(plan, *args, **kwargs)
-        except RunEngineInterrupted:
-            if self._shutdown_signal is not None:
-                raise ShutdownRequested(
-                    self._shutdown_signal, getattr(self.RE, "_run_start_uids", ())
-                ) from None
-            raise
+            try:
+                result = RE(plan, *args, **kwargs)
+            finally:
+                # From here on a signal is one "at idle" (SignalHandlers): the run is over.
+                self._in_run = False
+                for token in tokens:
+                    RE.unsubscribe(token)
+        except Exception as exc:  # noqa: BLE001 - re-raised unless a signal asked to stop
+            if self._run_signal is None:
+                raise
+            error = exc
+        if self._run_signal is None:
+            return result
+        interrupted = error is None or isinstance(error, RunEngineInterrupted)
+        raise ShutdownRequested(
+            self._run_signal, ended, error=None if interrupted else error
+        ) from (None if interrupted else error)
+
+    def _abort_signalled_plan(self, *, reason: str, deadline: float) -> Any:
+        """Abort the plan a signal interrupted, also one :meth:`run` has not started yet.
+
+        Between ``run()`` being called and the RunEngine leaving idle there is nothing to abort
+        yet; wait for it (as long as ``run()`` lasts, at most ``deadline``) instead of letting the
+        plan start and run to its end.
+        """
+        limit = time.monotonic() + deadline
+        while self._in_run and not self.plan_running():
+            if time.monotonic() > limit:
+                break
+            time.sleep(0.005)
+        return self._abort_plan(reason=reason, deadline=deadline)
 
     def install_signal_handlers(self, signals: Iterable[int] | None = None) -> SignalHandlers:
         """Abort-then-shutdown signal handlers (main thread only; idempotent).

@@ -24,7 +24,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -202,18 +202,53 @@ class ShutdownRequested(KeyboardInterrupt):  # noqa: N818 - it is a request, lik
     """A signal (Ctrl-C, SIGTERM) asked the runtime to stop; the running plan was aborted.
 
     Raised by :meth:`Runtime.run` in the main thread once the RunEngine has closed the run (as
-    ``abort``, its data kept). A KeyboardInterrupt on purpose: code that already treats Ctrl-C
-    as "leave" (``with Runtime...:`` blocks, the CLI) does the ordered shutdown on its way out.
+    ``abort``, its data kept), whatever the RunEngine itself raised on the way out (a device
+    whose stop failed the status the plan waited for is part of the abort, not a new failure).
+    A KeyboardInterrupt on purpose: code that already treats Ctrl-C as "leave" (``with
+    Runtime...:`` blocks, the CLI) does the ordered shutdown on its way out.
+
+    ``exit_statuses`` maps the uid of every run the plan opened to the exit status its stop
+    document recorded (None if it has none), so a caller says what the catalog says: a signal
+    that arrived as the last point was taken leaves a run that ended ``success``. ``error`` is
+    what the RunEngine raised while stopping, if anything besides the interruption.
     """
 
-    def __init__(self, signum: int, uids: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        signum: int,
+        uids: Iterable[str] | Mapping[str, str | None] = (),
+        *,
+        error: BaseException | None = None,
+    ) -> None:
         self.signum = signum
         self.signal_name = _signal_name(signum)
-        self.uids = tuple(uids)
-        super().__init__(
-            f"{self.signal_name} received: the running plan was aborted (runs kept, marked "
-            f"'abort': {', '.join(self.uids) or 'none'})"
+        if isinstance(uids, Mapping):
+            self.exit_statuses: dict[str, str | None] = dict(uids)
+        else:
+            self.exit_statuses = dict.fromkeys(uids, "abort")
+        self.uids = tuple(self.exit_statuses)
+        self.error = error
+        super().__init__(self._describe())
+
+    @property
+    def aborted(self) -> bool:
+        """True unless every run the plan opened had ended otherwise before the signal won."""
+        statuses = set(self.exit_statuses.values())
+        return not statuses or "abort" in statuses or None in statuses
+
+    def _describe(self) -> str:
+        head = f"{self.signal_name} received: "
+        if not self.exit_statuses:
+            return head + "the plan was stopped before it opened a run"
+        if all(status == "abort" for status in self.exit_statuses.values()):
+            return head + (
+                f"the running plan was aborted (runs kept, marked 'abort': {', '.join(self.uids)})"
+            )
+        ended = ", ".join(
+            f"{uid} {status!r}" if status else f"{uid} (no stop document)"
+            for uid, status in self.exit_statuses.items()
         )
+        return head + f"the plan was stopped (runs kept, exit status: {ended})"
 
 
 def _signal_name(signum: int) -> str:
@@ -226,11 +261,14 @@ def _signal_name(signum: int) -> str:
 class SignalHandlers:
     """SIGINT/SIGTERM handlers that abort the running plan, then let the runtime shut down.
 
-    * A run in progress: the first signal asks the RunEngine to abort (on a helper thread; the
-      RunEngine stops every device it moved and closes the run as ``abort``, data kept). If the
-      RunEngine is not idle after the ``[shutdown] run_engine`` deadline, it is halted. The main
-      thread's ``Runtime.run()`` then raises :class:`ShutdownRequested`. Further signals while
-      the abort is under way only say so.
+    * A run in progress (or ``Runtime.run()`` under way): the first signal asks the RunEngine to
+      abort (on a helper thread; the RunEngine stops every device it moved and closes the run as
+      ``abort``, data kept). If the RunEngine is not idle after the ``[shutdown] run_engine``
+      deadline, it is halted. The main thread's ``Runtime.run()`` then raises
+      :class:`ShutdownRequested`. Further signals while the abort is under way only say so.
+    * Whichever thread the kernel hands the signal to, Python runs this handler on the main
+      thread; the runtime's RunEngine waits for its plan in short slices so that the main thread
+      gets there within a fraction of a second, not when the plan ends.
     * No run: SIGINT raises KeyboardInterrupt and SIGTERM SystemExit(128 + signum) in the main
       thread, so ``with`` blocks and atexit run the ordered shutdown.
     * During the shutdown itself: ignored (the shutdown is already bounded by its deadlines).
@@ -284,8 +322,13 @@ class SignalHandlers:
         if rt.closing or rt.closed:
             log.warning("%s received during shutdown: ignored (every phase has a deadline)", name)
             return
-        if rt.plan_running():
+        # Inside Runtime.run() counts as a run even while the RunEngine is still idle (the plan
+        # not started yet, or its last document just sent): raising SystemExit there would escape
+        # run() instead of ending as ShutdownRequested.
+        if rt.plan_running() or rt._in_run:
             rt._shutdown_signal = signum
+            if rt._in_run:
+                rt._run_signal = signum
             with self._lock:
                 first = not self._aborting
                 self._aborting = True
@@ -314,7 +357,9 @@ class SignalHandlers:
     def _abort(self, name: str) -> None:
         rt = self._runtime
         try:
-            rt._abort_plan(reason=f"{name} received", deadline=rt.profile.shutdown.run_engine)
+            rt._abort_signalled_plan(
+                reason=f"{name} received", deadline=rt.profile.shutdown.run_engine
+            )
         except Exception:  # noqa: BLE001 - a failed abort is logged; shutdown still follows
             log.exception("aborting the run after %s failed", name)
         finally:

@@ -10,7 +10,9 @@ import sys
 
 import pytest
 
-from .conftest import PROFILE_DIR, child_env, the_run
+from daqbridge.runtime.catalog import open_catalog
+
+from .conftest import PROFILE_DIR, child_env, fresh_data_dir, slow_lab_profile, the_run, unique
 
 
 @pytest.mark.slow
@@ -57,3 +59,75 @@ def test_a_broken_profile_leaves_a_usable_session_that_says_why(tmp_path):
     assert "False False" in proc.stdout
     assert "the lab did not start" in proc.stderr and "esp301" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+# Each statement is its own cell, as typed at the prompt: an exception ends only its cell.
+QUIET_CELLS = r'''
+ip = get_ipython()
+ip.run_cell("""
+import os, signal, threading
+points = []
+second = threading.Event()
+def count_points(name, doc):
+    points.append(1)
+    if len(points) == 2:
+        second.set()
+RE.subscribe(count_points, "event")
+def ctrl_c():
+    if second.wait(120):
+        os.kill(os.getpid(), signal.SIGINT)
+threading.Thread(target=ctrl_c, daemon=True).start()
+""")
+ip.run_cell("RE(bp.scan([meter], stage_x, 0, 20, 21))")
+ip.run_cell("RE.abort()")
+ip.run_cell("runtime.simulation.simulator('meter').faults.garble_next = 1")
+ip.run_cell("RE(bp.count([meter], 5))")
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_pause_abort_and_an_instrument_failure_are_one_line_each(tmp_path, cli_catalog_template):
+    # Issue 15 and issue 17, item 2: Ctrl-C, RE.abort() and an instrument's failure printed
+    # bluesky's tracebacks (40 lines each) and the failure showed FailedStatus.
+    profile_copy = tmp_path / "ipython-profile"
+    shutil.copytree(PROFILE_DIR, profile_copy)
+    lab = tmp_path / "slow_lab.toml"
+    lab.write_text(slow_lab_profile(unique("ipython"), speed=1.0, velocity=1.0))
+    data = fresh_data_dir(cli_catalog_template, tmp_path / "data")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "IPython",
+            f"--profile-dir={profile_copy}",
+            "--no-banner",
+            "-c",
+            QUIET_CELLS,
+        ],
+        env=child_env(data, DAQBRIDGE_PROFILE=str(lab)),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
+    out, err = proc.stdout, proc.stderr
+    assert proc.returncode == 0, out + err
+    assert "Traceback" not in out + err, out + err
+    paused = re.findall(r"^daqbridge: run (\S+) paused: RE.resume\(\) continues it", err, re.M)
+    aborted = re.findall(r"^daqbridge: run (\S+) aborted \(exit status 'abort'\)", err, re.M)
+    failed = re.findall(
+        r"^daqbridge: run (\S+) failed \(exit status 'fail'\): ReplyError: "
+        r"\[instrument 'meter' on sim://newport1830c\?name=",
+        err,
+        re.M,
+    )
+    assert len(paused) == 1 and aborted == paused and len(failed) == 1, err
+    catalog = open_catalog(data, readonly=True)
+    try:
+        runs = {r.uid: r for r in catalog.runs(10)}
+    finally:
+        catalog.close()
+    assert runs[aborted[0]].exit_status == "abort"
+    assert runs[failed[0]].exit_status == "fail"
+    assert runs[failed[0]].reason.startswith("[instrument 'meter' on sim://newport1830c?name=")

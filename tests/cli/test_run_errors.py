@@ -3,10 +3,14 @@ clear message on stderr, exit status 2, no traceback. In-process through the rea
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from daqbridge.cli import main
-from daqbridge.runtime.catalog import DATA_ENV
+from daqbridge.runtime.catalog import DATA_ENV, open_catalog
+
+from .conftest import fresh_data_dir, unique
 
 
 @pytest.fixture(autouse=True)
@@ -140,3 +144,47 @@ def test_the_profile_comes_from_the_environment(capsys, monkeypatch, tmp_path):
     # --profile wins over the environment
     code, _, err = run(capsys, "count", "sim_meter", "--profile", str(tmp_path / "flag.toml"))
     assert code == 1 and "flag.toml" in err and "from-env.toml" not in err
+
+
+GARBLING_METER = """
+[lab]
+name = "garbling meter lab"
+
+[simulation]
+enabled = true
+
+[[instruments]]
+id = "meter"
+driver = "newport1830c"
+stack = "native"
+port = "sim://newport1830c?name={name}"
+sim = {{ faults = {{ garble_probability = 0.05, seed = 3 }} }}
+"""
+
+
+def test_an_instrument_failure_is_reported_in_the_instruments_words(
+    capsys, monkeypatch, tmp_path, cli_catalog_template
+):
+    # Issue 17, item 2: the plan failed with "FailedStatus: DeviceStatus(device=meter, ...)".
+    data = fresh_data_dir(cli_catalog_template, tmp_path / "garble-data")
+    monkeypatch.setenv(DATA_ENV, str(data))
+    profile = tmp_path / "garble.toml"
+    profile.write_text(GARBLING_METER.format(name=unique("garbling_meter")))
+    code, out, err = run(capsys, "count", "meter", "200", "--no-table", "--profile", str(profile))
+    assert code == 1, err
+    failure = next(line for line in err.splitlines() if "the plan failed" in line)
+    assert failure.startswith(
+        "daqbridge run: error: the plan failed: [instrument 'meter' on sim://newport1830c?name="
+    ), failure
+    assert "reply to 'D?'" in failure and "Fix:" in failure
+    assert "FailedStatus" not in err and "DeviceStatus" not in err
+    # Said once: the runtime's own line about the failed run is this command's to say.
+    assert err.count("[instrument 'meter'") == 1, err
+    (uid,) = re.findall(r"^uid: (\S+)$", out, re.MULTILINE)
+    catalog = open_catalog(data, readonly=True)
+    try:
+        (summary,) = catalog.runs(1)
+    finally:
+        catalog.close()
+    assert summary.uid == uid and summary.exit_status == "fail"
+    assert failure.endswith(summary.reason)  # the stop document says the same

@@ -6,6 +6,7 @@ driver stacks, a bluesky RunEngine and a Tiled catalog on SQLite.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ import bluesky.plan_stubs as bps
 import bluesky.plans as bp
 import bluesky.protocols as bps_protocols
 import pytest
+from bluesky.utils import RunEngineInterrupted
 
 import daqbridge.runtime
 from daqbridge.errors import ConfigError, IdentityMismatch, InstrumentTimeout
@@ -406,3 +408,41 @@ def test_only_the_simulation_module_imports_the_simulators():
         if p.name != "_simulation.py" and "daqbridge.sim" in p.read_text()
     ]
     assert offenders == []
+
+
+# --- aborts are one line, not bluesky's traceback (issue 17, item 13; issue 15) -----------------
+
+
+def test_an_abort_is_one_line_naming_the_run_not_a_traceback(runtime_data, runtime_profile, caplog):
+    # bluesky's own level may have been raised by an in-process CLI test: hear everything. Our
+    # own handler on the root logger, because the in-process CLI filters the root's handlers.
+    caplog.set_level(logging.DEBUG, logger="bluesky")
+    caplog.set_level(logging.INFO, logger="daqbridge.runtime.runs")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    logging.getLogger().addHandler(handler)
+    path = runtime_profile(meter="native", speed=1.0, velocity=1.0)
+    try:
+        with Runtime.from_profile(path, sigint="abort") as rt:
+            aborting: list[threading.Thread] = []
+
+            def abort_after_two_points(name, doc):
+                if name == "event" and doc["seq_num"] == 2:
+                    # From another thread, as a GUI or the signal handler does.
+                    aborting.append(threading.Thread(target=rt.RE.abort, args=("operator",)))
+                    aborting[0].start()
+
+            rt.RE.subscribe(abort_after_two_points)
+            uids: list[str] = []
+            rt.RE.subscribe(lambda name, doc: uids.append(doc["uid"]), "start")
+            with pytest.raises(RunEngineInterrupted):
+                rt.RE(bp.scan([rt["meter"]], rt["stage_x"], 0, 20, 21))
+            aborting[0].join(30)
+            (uid,) = uids
+    finally:
+        logging.getLogger().removeHandler(handler)
+    tracebacks = [r for r in records if r.name.startswith("bluesky") and r.exc_info]
+    assert tracebacks == [], [r.getMessage() for r in tracebacks]
+    lines = [r.getMessage() for r in records if r.name == "daqbridge.runtime.runs"]
+    assert lines == [f"run {uid} aborted (exit status 'abort'); the events taken so far are kept"]

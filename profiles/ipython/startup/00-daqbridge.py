@@ -13,7 +13,12 @@ def _daqbridge_start() -> dict:
     import atexit
     import sys
 
-    from daqbridge.cli._session import build_session, describe_session, has_display
+    from daqbridge.cli._session import (
+        build_session,
+        describe_session,
+        has_display,
+        register_quiet_errors,
+    )
     from daqbridge.errors import DaqbridgeError
 
     if has_display():
@@ -32,6 +37,13 @@ def _daqbridge_start() -> dict:
         )
         return {}
     runtime = names["runtime"]
+    try:
+        shell = get_ipython()  # noqa: F821 - IPython's builtin
+    except NameError:  # a plain Python worker running the startup files
+        shell = None
+    if shell is not None:
+        # A pause, an abort or an instrument's failure: one line, not bluesky's traceback (%tb).
+        register_quiet_errors(shell, runtime)
 
     def shutdown() -> None:
         # Registered after the runtime's own atexit hook, so it runs first (LIFO): the report
