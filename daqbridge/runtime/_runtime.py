@@ -94,6 +94,7 @@ from daqbridge.runtime.profile import (
     Profile,
     SerialInstrument,
     load_profile,
+    run_provenance,
 )
 
 if TYPE_CHECKING:
@@ -596,6 +597,8 @@ class Runtime:
             "simulated": profile.simulation.enabled,
             "instruments": {i.id: i.stack for i in profile.enabled_instruments()},
         }
+        # Which settings and which stack produced a run: a migration compares runs by these.
+        md.update(run_provenance(profile))
         md.update(self._extra_md)
         options: dict[str, Any] = {"during_task": _sliced_wait_class()()}
         if self.sigint == "abort":
@@ -643,7 +646,7 @@ class Runtime:
             return
         from daqbridge.legacy import LegacyRuntime
 
-        self.legacy = LegacyRuntime()
+        self.legacy = LegacyRuntime(restart_policy=self.profile.legacy.restart_policy())
         self.legacy.stop_timeout = self.profile.shutdown.legacy
         for inst in self.profile.legacy_instruments():
             if (inst.id, "legacy") in self._skipped:

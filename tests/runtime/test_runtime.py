@@ -115,6 +115,18 @@ def test_count_with_native_devices_lands_in_the_catalog(sim_lab):
     assert run.metadata["stop"]["exit_status"] == "success"
 
 
+def test_every_run_records_the_profile_hash_and_each_instruments_stack(sim_lab):
+    from daqbridge.runtime.profile import profile_sha256
+
+    (uid,) = sim_lab.RE(bp.count([sim_lab["sim_meter"]], num=1))
+    sim_lab.catalog.flush()
+    start = sim_lab.catalog[uid].metadata["start"]
+    assert start["profile_sha256"] == profile_sha256(sim_lab.profile)
+    expected = {i.id: i.stack for i in sim_lab.profile.enabled_instruments()}
+    assert start["instrument_stacks"] == expected
+    assert start["instrument_stacks"]["sim_meter"] == "shadow"
+
+
 def test_scan_mixes_native_motor_and_legacy_adapter(sim_lab):
     motor = sim_lab["sim_stage_x"]
     uids = sim_lab.RE(bp.scan([sim_lab["sim_meter"], sim_lab["sim_meter_legacy"]], motor, -1, 1, 3))
@@ -330,6 +342,15 @@ axes = [{{ number = 1, name = "x", low_limit = -1.0, high_limit = 1.0 }}]
             assert "FAILED stage2" in rt2.format_status()
         finally:
             rt2.close()
+
+
+def test_the_legacy_restart_policy_comes_from_the_profile(runtime_data, runtime_profile):
+    path = runtime_profile(stage=None, meter="legacy")
+    text = path.read_text() + "\n[legacy]\nmax_restarts = 7\nrestart_initial_s = 0.25\n"
+    path.write_text(text)
+    with Runtime.from_profile(path) as rt:
+        assert rt.legacy.restart_policy.max_restarts == 7
+        assert rt.legacy.restart_policy.initial_delay == 0.25
 
 
 def test_data_dir_comes_from_the_environment(runtime_data, runtime_profile, tmp_path):
