@@ -1,6 +1,6 @@
 """Run every benchmark and print one table of ratios against their targets.
 
-    python -m benchmarks [--only resources,scan] [--markdown]
+    python -m benchmarks [--only resources,scan] [--markdown] [--venv DIR]
 
 Each ``benchmarks/bench_*.py`` module exposes ``run() -> list[dict]`` with rows
 ``{name, value, unit, target, ratio, ok}``. Figures are measured side by side in one run, as
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import platform
 import sys
 import time
@@ -38,8 +39,6 @@ def _fmt(value) -> str:
 
 
 def machine() -> str:
-    import os
-
     return (
         f"{platform.node() or 'unknown'}: {platform.system()} {platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}"
@@ -52,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", help="comma-separated benchmark names (e.g. resources,scan)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument(
+        "--venv", help="the venv bench_daily measures (its size and its daqbridge command)"
+    )
     args = parser.parse_args(argv)
+    if args.venv:
+        os.environ["DAQBRIDGE_BENCH_VENV"] = args.venv
     only = set(args.only.split(",")) if args.only else None
     if str(HERE.parent) not in sys.path:
         sys.path.insert(0, str(HERE.parent))
