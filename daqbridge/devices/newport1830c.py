@@ -17,6 +17,14 @@ Why it is built this way (wire facts from INSTRUMENTS.md, "Newport 1830-C"):
   naming the range and what to do, never a number.
 * Set commands are silent; each one is read back (``W?``, ``R?``, ``F?``, ``A?``) so a setting
   the meter ignored is reported, not assumed.
+* A saturated detector still answers ``D?`` with a number (the photodiode clips), so a number
+  alone does not prove a valid reading. Each reading is ``C`` (clear the status byte), ``D?``,
+  ``Q?`` in one lease, and the status byte (manual p. 38: 4 saturated, 8 over range, 32 busy
+  auto-ranging or powering up) decides. ``C`` first, because those bits latch until cleared: a
+  saturation before this reading must not condemn it. Cost: one more query per point, measured
+  in docs/instruments.md.
+* The wavelength always goes out as the manual's four digits (``W0633``): the meter does not
+  take ``W633`` (see the simulator's docstring for the sources).
 * All I/O runs on the meter's :class:`InstrumentWorker`; ``trigger()`` returns at once and its
   status finishes when the fresh reading is stored.
 """
@@ -45,7 +53,14 @@ from daqbridge.errors import (
 )
 from daqbridge.runtime.resources import SerialLease, SerialPortPool, SharedSerialPort, default_pool
 
-__all__ = ["FILTERS", "MAX_READING_W", "Newport1830C"]
+__all__ = [
+    "FILTERS",
+    "MAX_READING_W",
+    "STATUS_BUSY",
+    "STATUS_OVER_RANGE",
+    "STATUS_SATURATED",
+    "Newport1830C",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +70,11 @@ FILTERS: dict[str, int] = {"slow": 1, "medium": 2, "fast": 3}
 _POWER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _WAVELENGTH_REPLY = re.compile(r"\d{3,4}")
 _FAULT_WORDS = ("OVER", "UNDER", "SAT", "ERR")
+_STATUS = re.compile(r"\d{1,3}")
+STATUS_SATURATED = 4
+STATUS_OVER_RANGE = 8
+STATUS_BUSY = 32
+"""Bits of the ``Q?`` status byte that make a numeric reading invalid (manual p. 38)."""
 _MAX_ECHO_LINES = 3
 """Lines skipped as echoes per query: the command itself plus commands written just before."""
 MAX_READING_W = 25.0
@@ -415,8 +435,36 @@ class Newport1830C(Device):
 
     def _read_power(self) -> None:
         with self._transaction() as lease:
+            self._write(lease, "C")
             reply = self._query(lease, "D?")
-        self.power.update(self._parse_power(reply))
+            status = self._query(lease, "Q?")
+        watts = self._parse_power(reply)
+        self._check_status(status, reply)
+        self.power.update(watts)
+
+    def _check_status(self, status: str, reply: str) -> None:
+        if not (_STATUS.fullmatch(status) and int(status) <= 255):
+            raise ReplyError(
+                "reply to 'Q?' is not a status byte (0-255)",
+                reply=status,
+                instrument=self.name,
+                resource=self.port.url,
+                fix="line noise or another program on the port; the next reading drains the line.",
+            )
+        bits = int(status)  # the manual prints both "04" and "8": read a number, not text
+        if bits & STATUS_SATURATED:
+            raise self._range_fault("SAT", reply, status)
+        if bits & STATUS_OVER_RANGE:
+            raise self._range_fault("OVER", reply, status)
+        if bits & STATUS_BUSY:
+            raise InstrumentFault(
+                f"power meter busy auto-ranging or powering up (reply {reply!r}, Q? {status!r})",
+                code="BUSY",
+                instrument=self.name,
+                resource=self.port.url,
+                fix="take the reading again once the meter has settled; on a fixed range "
+                "(range 1-8) it does not auto-range.",
+            )
 
     def _parse_power(self, reply: str) -> float:
         upper = reply.upper()
@@ -444,11 +492,17 @@ class Newport1830C(Device):
             fix="line noise or another program on the port; the next reading drains the line.",
         )
 
-    def _range_fault(self, word: str, reply: str) -> InstrumentFault:
+    def _range_fault(self, word: str, reply: str, status: str | None = None) -> InstrumentFault:
         r = self.range.get()
         where = "on auto range" if r == 0 else f"on R{r}"
-        if word == "OVER" or word == "SAT":
-            what = "over range" if word == "OVER" else "saturated"
+        if word == "SAT":
+            what = "saturated"
+            fix = (
+                "the light saturates the detector: put the attenuator in (attenuator=1) or "
+                "reduce the power"
+            )
+        elif word == "OVER":
+            what = "over range"
             fix = (
                 "choose a higher range or enable auto range (range 0)"
                 if r != 0
@@ -466,7 +520,8 @@ class Newport1830C(Device):
             what = "in error"
             fix = "clear the meter's status (front panel) and check the detector head"
         return InstrumentFault(
-            f"power meter {what} {where} (reply {reply!r})",
+            f"power meter {what} {where} (reply {reply!r}"
+            + (f", Q? {status!r})" if status is not None else ")"),
             code=word,
             instrument=self.name,
             resource=self.port.url,

@@ -5,6 +5,8 @@ terminator varies by unit (configurable, CR/LF tolerated); replies can take up t
 needs a pause (about 50 ms) after a write; set commands are silent, so nothing is assumed: the
 shutter is read back (real units sometimes accept and ignore it: local mode, interlock), a
 wavelength change is followed until it settles, ``ON`` is refused until warm-up reaches 100 %.
+A refused wavelength target is seen in ``WAVELENGTH?`` (the commanded value, which a refused
+target leaves unchanged), never in ``*STB?``: the real laser's status byte has no such bit.
 """
 
 from __future__ import annotations
@@ -26,12 +28,18 @@ from daqbridge.legacy._command import Command, CommandResult
 from daqbridge.legacy._config import InstrumentConfig, register_driver
 from daqbridge.legacy._instrument import LegacyInstrument
 from daqbridge.legacy._measurement import ChannelInfo, Measurement, ParameterInfo
-from daqbridge.legacy._serial_line import TERMINATORS, SerialLine, connected_line
+from daqbridge.legacy._serial_line import (
+    TERMINATORS,
+    SerialLine,
+    connected_line,
+    naming_port_loss,
+)
 
 WAVELENGTH_LIMITS = (690.0, 1040.0)
 STB_EMISSION = 1
-STB_WAVELENGTH_REFUSED = 32
 STB_ON_REFUSED = 64
+COMMANDED_TOLERANCE_NM = 0.5
+"""``WAVELENGTH?`` answers to 1 nm (``820nm``): a target within half of that was taken."""
 _VALUE = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-z%]*)\s*$")
 
 
@@ -140,9 +148,10 @@ class MaiTai(LegacyInstrument):
                 instrument=self.instrument_id,
                 fix="build the runtime with LegacyRuntime.from_config(config, SerialPortPool()).",
             )
-        shared = self._pool.open(
-            self.port_name, baudrate=self.baud_rate, xonxoff=self.xonxoff, rtscts=False
-        )
+        with naming_port_loss(self.instrument_id):
+            shared = self._pool.open(
+                self.port_name, baudrate=self.baud_rate, xonxoff=self.xonxoff, rtscts=False
+            )
         self._line = SerialLine(
             self.instrument_id,
             shared,
@@ -246,14 +255,17 @@ class MaiTai(LegacyInstrument):
 
     def _set_wavelength(self, nm: float) -> CommandResult:
         self._link().send(f"WAVELENGTH {nm:g}")
-        if self._status() & STB_WAVELENGTH_REFUSED:
+        commanded = self._number(self._link().query("WAVELENGTH?"), "nm", "WAVELENGTH?")
+        if abs(commanded - nm) > COMMANDED_TOLERANCE_NM:
             return CommandResult.failure(
                 InstrumentFault(
-                    f"the laser refused wavelength {nm:g} nm",
-                    code=STB_WAVELENGTH_REFUSED,
+                    f"the laser refused wavelength {nm:g} nm: its commanded wavelength "
+                    f"(WAVELENGTH?) is still {commanded:g} nm",
+                    code="wavelength refused",
                     instrument=self.instrument_id,
                     resource=self.port_name,
-                    fix="choose a wavelength in 690..1040 nm.",
+                    fix="this unit's tuning range may be narrower than 690-1040 nm (the front "
+                    "panel or WAVELENGTH:MIN?/MAX? give it): choose a wavelength inside it.",
                 )
             )
         # Tuning takes seconds; follow it so the set is confirmed by the laser, not assumed.

@@ -315,7 +315,8 @@ class Newport1830C(LegacyInstrument):
             self._link().send("Z1" if args.get("attenuator") else "Z0")
             return CommandResult.success()
         if name == "clear_status":
-            self._link().send("CS")
+            # The manual's clear-status command is C; the meter does not know "CS".
+            self._link().send("C")
             return CommandResult.success()
         return self._unknown("execute", name)
 

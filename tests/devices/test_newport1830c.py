@@ -21,6 +21,7 @@ from daqbridge.errors import (
     ValueRejected,
 )
 from daqbridge.sim import serve_pty
+from tests.sim.test_newport1830c import transcript as sim_transcript
 
 
 @pytest.fixture
@@ -168,6 +169,7 @@ def test_short_scientific_replies_and_crlf(serial_pool, transcript):
             "F?": b"3\n",
             "A?": b"0\n",
             "D?": b"+.75E-9\n",
+            "Q?": b"128\n",
         }
     )
     pm = Newport1830C(serial_pool.open(peer.path, baudrate=9600), name="pm", timeout=0.3)
@@ -241,7 +243,14 @@ def test_unplug_fails_clearly_and_replug_recovers(meter):
     assert server.simulator.units == 1  # re-verified: U1 forced again
 
 
-_METER_REPLIES = {"W?": b"0800\n", "U?": b"1\n", "R?": b"4\n", "F?": b"3\n", "A?": b"1\n"}
+_METER_REPLIES = {
+    "W?": b"0800\n",
+    "U?": b"1\n",
+    "R?": b"4\n",
+    "F?": b"3\n",
+    "A?": b"1\n",
+    "Q?": b"128\n",
+}
 
 
 @pytest.mark.parametrize(
@@ -277,5 +286,99 @@ def test_the_top_of_the_meters_range_still_reads(serial_pool, transcript):
             peer.replies["D?"] = reply
             pm.trigger().wait(5)
             assert pm.power.get() == watts
+    finally:
+        pm.close()
+
+
+# --- pinned to tests/transcripts/newport1830c.yaml, the pairs the simulator tests replay -------
+
+
+def _replies(*sections: str) -> tuple[dict[str, bytes | None], list[str]]:
+    """The peer's replies and the lines the driver must send, from transcript sections."""
+    replies: dict[str, bytes | None] = {}
+    sent: list[str] = []
+    for section in sections:
+        for line, reply in sim_transcript(section)[1]:
+            text = line.decode().strip()
+            assert replies.get(text, reply) == reply, f"{text!r} answered two ways in {sections}"
+            replies[text] = reply
+            sent.append(text)
+    return replies, sent
+
+
+def _connected(serial_pool, transcript, *sections: str):
+    replies, sent = _replies("connect", *sections)
+    peer = transcript(replies)
+    pm = Newport1830C(serial_pool.open(peer.path, baudrate=9600), name="pm", timeout=0.3)
+    pm.connect()
+    return peer, pm, sent
+
+
+def test_transcript_a_valid_point_is_clear_read_status(serial_pool, transcript):
+    peer, pm, sent = _connected(serial_pool, transcript, "point_valid")
+    try:
+        pm.trigger().wait(5)
+        assert pm.power.get() == 0.75e-9
+        assert peer.received == sent
+    finally:
+        pm.close()
+
+
+@pytest.mark.parametrize(
+    ("section", "code", "words"),
+    [
+        ("point_saturated", "SAT", "saturated"),
+        ("point_over_range", "OVER", "over range"),
+    ],
+)
+def test_transcript_saturated_or_over_range_is_never_a_reading(
+    serial_pool, transcript, section, code, words
+):
+    peer, pm, sent = _connected(serial_pool, transcript, section)
+    try:
+        with pytest.raises(InstrumentFault) as err:
+            pm.trigger().wait(5)
+        assert err.value.code == code and words in str(err.value) and "'pm'" in str(err.value)
+        assert math.isnan(pm.power.get())  # the clipped number was not recorded
+        assert peer.received == sent
+    finally:
+        pm.close()
+
+
+def test_saturation_from_the_simulator_is_refused(meter):
+    server, pm = meter({"range": 8}, input_power=5e-3, saturation_w=2e-3)
+    with pytest.raises(InstrumentFault, match="saturated on R8") as err:
+        pm.trigger().wait(5)
+    assert "attenuator" in err.value.fix
+    pm.attenuator.set(1).wait(5)
+    pm.range.set(0).wait(5)
+    pm.trigger().wait(5)
+    assert pm.power.get() == pytest.approx(5e-3, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(b"32\n", InstrumentFault), (b"04\n", InstrumentFault), (b"OVER\n", ReplyError)],
+)
+def test_busy_padded_or_garbled_status(serial_pool, transcript, status, error):
+    peer = transcript({**_METER_REPLIES, "D?": b"+.75E-9\n", "Q?": status})
+    pm = Newport1830C(serial_pool.open(peer.path, baudrate=9600), name="pm", timeout=0.3)
+    try:
+        pm.connect()
+        with pytest.raises(error) as err:
+            pm.trigger().wait(5)
+        assert repr(status.decode().strip()) in str(err.value)
+    finally:
+        pm.close()
+
+
+def test_wavelength_goes_out_in_the_manuals_four_digits(serial_pool, transcript):
+    setting = sim_transcript("wavelength")[1][:2]  # W0633 (silent), W? -> 0633
+    peer, pm, sent = _connected(serial_pool, transcript)
+    try:
+        peer.replies["W?"] = setting[1][1]
+        pm.wavelength.set(633).wait(5)
+        assert pm.wavelength.get() == 633
+        assert peer.received[len(sent) :] == [line.decode().strip() for line, _ in setting]
     finally:
         pm.close()

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
+import yaml
 
-from daqbridge.errors import IdentityMismatch, InstrumentFault, InstrumentTimeout, ValueRejected
+from daqbridge.errors import (
+    IdentityMismatch,
+    InstrumentFault,
+    InstrumentTimeout,
+    PortUnavailable,
+    ValueRejected,
+)
 from daqbridge.legacy import Command, LegacyRuntime, MaiTai, parse_legacy_config
 from daqbridge.legacy._maitai import parse_quantity
 from daqbridge.runtime.resources import SerialPortPool
 from daqbridge.sim import serve_pty
+from tests.devices.conftest import TranscriptPeer
 from tests.legacy.legacy_test_instruments import wait_until
+
+TRANSCRIPTS = Path(__file__).parents[1] / "transcripts" / "maitai.yaml"
 
 
 @pytest.fixture
@@ -76,10 +87,18 @@ def test_readings_shutter_emission_and_wavelength(pool):
             status = rt.submit("laser", Command.query("status"), timeout=5).value
             assert status & 1 and status & 4  # emission on, shutter open
 
-            sent = len(sim.received_lines)
+            # The poller keeps writing while this runs: count only wavelength set commands.
+            def wavelength_sets() -> list[str]:
+                return [
+                    line
+                    for line in list(sim.received_lines)
+                    if line.upper().startswith("WAV") and not line.endswith("?")
+                ]
+
+            sets_before = wavelength_sets()
             bad = rt.submit("laser", Command.set("wavelength", 1100), timeout=5)
             assert not bad.ok and isinstance(bad.error, ValueRejected)
-            assert len(sim.received_lines) == sent
+            assert wavelength_sets() == sets_before  # refused before the wire
 
             assert rt.submit("laser", Command.set("shutter", 0), timeout=5).ok
             assert rt.submit("laser", Command.execute("off"), timeout=5).ok
@@ -164,3 +183,32 @@ def test_wrong_identity_is_refused(pool):
         laser = MaiTai("laser", pool, server.path, timeout_s=0.3, command_gap_s=0)
         with pytest.raises(InstrumentTimeout, match=r"no reply to '\*IDN\?'"):
             laser.connect()
+
+
+def test_a_refused_wavelength_is_seen_in_the_commanded_value(pool):
+    """The real laser's *STB? has no "refused" bit: a peer replays the narrow unit's replies."""
+    section = yaml.safe_load(TRANSCRIPTS.read_text(encoding="utf-8"))["narrow_unit"]
+    replies = {sent.strip(): reply.encode() for sent, reply in section["exchanges"] if reply}
+    assert replies["*STB?"] == b"8\n" and replies["WAVELENGTH?"] == b"820nm\n"
+    peer = TranscriptPeer(replies)
+    laser = MaiTai("laser", pool, peer.path, timeout_s=0.5, command_gap_s=0, settle_timeout_s=1)
+    try:
+        laser.connect()
+        refused = laser.handle(Command.set("wavelength", 1000))
+        assert not refused.ok and isinstance(refused.error, InstrumentFault)
+        message = str(refused.error)
+        assert "refused wavelength 1000 nm" in message and "still 820 nm" in message
+        assert "'laser'" in message and peer.path in message
+        assert "READ:WAV?" not in peer.received  # no waiting for a tuning that never starts
+    finally:
+        laser.disconnect()
+        peer.close()
+
+
+def test_a_port_that_cannot_be_opened_names_the_laser(pool, tmp_path):
+    missing = str(tmp_path / "ttyUSB-not-there")
+    laser = MaiTai("laser", pool, missing, timeout_s=0.3, command_gap_s=0)
+    with pytest.raises(PortUnavailable) as err:
+        laser.connect()
+    assert err.value.instrument == "laser" and "'laser'" in str(err.value)
+    assert missing in str(err.value)

@@ -294,3 +294,17 @@ def test_a_lost_port_is_reported_naming_the_meter(pool):
             assert isinstance(error, PortUnavailable) and error.instrument == "meter"
             assert "'meter'" in str(error) and server.path in str(error)
         meter.disconnect()
+
+
+def test_clear_status_clears_the_meters_status_byte(pool):
+    with serve_pty("newport1830c", noise=0, speed=100) as server:
+        sim = server.simulator
+        meter = Newport1830C("meter", pool, server.path, timeout_s=0.3)
+        meter.connect()
+        sim.write_from_host(b"X?\n")  # an unknown command from elsewhere: command-error bit
+        assert sim.status_byte() & 2
+        assert meter.handle(Command.execute("clear_status")).ok
+        # The set is silent: wait for the command itself, then read the register.
+        assert wait_until(lambda: sim.received_lines[-1:] == ["C"], 5), sim.received_lines
+        assert sim.status_byte() == 128 and sim.protocol_errors == ["'X?': not a 1830-C command"]
+        meter.disconnect()

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import select
+import signal
 import statistics
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import serial
+import yaml
 
 import daqbridge.sim as dsim
 from daqbridge.errors import ConfigError
@@ -14,6 +21,24 @@ from daqbridge.sim.newport1830c import (
     short_scientific,
     silicon_responsivity,
 )
+
+TRANSCRIPTS = Path(__file__).parents[1] / "transcripts" / "newport1830c.yaml"
+
+
+def transcript(section: str) -> tuple[dict, list[tuple[bytes, bytes | None]]]:
+    """(simulator options, (sent, reply) pairs) of one section of
+    tests/transcripts/newport1830c.yaml: the pairs the driver tests replay too."""
+    data = yaml.safe_load(TRANSCRIPTS.read_text(encoding="utf-8"))[section]
+    pairs = [
+        (sent.encode(), None if reply is None else reply.encode())
+        for sent, reply in data["exchanges"]
+    ]
+    return dict(data["simulator"]), pairs
+
+
+def sim_url(options: dict) -> str:
+    query = "&".join(f"{k}={v}" for k, v in {"response_time": 0, **options}.items())
+    return f"sim://newport1830c?{query}"
 
 
 def exchange(sim: Newport1830CSimulator, command: bytes) -> bytes:
@@ -69,7 +94,7 @@ def test_transcript_settings_and_silent_sets(open_url, wire):
             (b"B1\n", None),
             (b"G1\n", None),
             (b"Z0\n", None),
-            (b"CS\n", None),
+            (b"C\n", None),
             (b"E0\n", None),
         ],
         terminator=b"\n",
@@ -231,3 +256,88 @@ def test_over_a_pty_with_pyserial(open_tty, wire):
             terminator=b"\n",
         )
         assert server.errors == [] and server.simulator.protocol_errors == []
+
+
+# --- the manual's command set beyond the core (issue 14), pinned to tests/transcripts ---------
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        "connect",
+        "wavelength",
+        "status",
+        "queries",
+        "point_valid",
+        "point_saturated",
+        "point_over_range",
+    ],
+)
+def test_transcript(open_url, wire, section):
+    options, pairs = transcript(section)
+    port = open_url(sim_url(options))
+    wire.transcript(port, pairs, terminator=b"\n")
+
+
+def test_unpadded_wavelength_keeps_the_calibration_and_flags_it(meter):
+    meter.set_input_power(1e-6)
+    meter.source_wavelength = 633
+    assert exchange(meter, b"W0633\nD?\n") == b"1E-6\n"
+    # W800 from a driver that does not pad: the meter stays at 633 nm, as W? and Q? show.
+    assert exchange(meter, b"W800\nW?\nQ?\n") == b"0633\n129\n"
+    assert meter.wavelength == 633
+
+
+def test_saturation_clips_the_reading_and_latches_until_cleared(meter):
+    meter.saturation_w = 2e-3
+    meter.set_input_power(5e-3)
+    assert exchange(meter, b"R8\nD?\nQ?\n") == b"2E-3\n132\n"
+    meter.set_input_power(1e-3)
+    assert exchange(meter, b"Q?\n") == b"132\n"  # latched: the saturation happened
+    assert exchange(meter, b"C\nQ?\nD?\n") == b"128\n1E-3\n"
+    assert exchange(meter, b"A1\n") == b""  # the attenuator keeps the detector out of saturation
+    meter.set_input_power(0.5)
+    assert exchange(meter, b"R0\nD?\nQ?\n") == b"5E-1\n128\n"
+
+
+def test_busy_while_powering_up(fake_clock):
+    meter = Newport1830CSimulator(noise=0, response_time=0, power_up_s=2.0, clock=fake_clock)
+    assert exchange(meter, b"Q?\n") == b"160\n"  # busy + read done
+    fake_clock.advance(2.5)
+    assert exchange(meter, b"Q?\n") == b"160\n"  # latched until C
+    assert exchange(meter, b"C\nQ?\n") == b"128\n"
+
+
+def test_read_done_on_hold_clears_once_the_held_value_was_read(meter):
+    assert exchange(meter, b"G0\nQ?\nD?\nQ?\n") == b"128\n1E-6\n0\n"
+    assert exchange(meter, b"G1\nQ?\n") == b"128\n"
+
+
+def test_store_reference_for_rel(meter):
+    meter.set_input_power(2e-6)
+    exchange(meter, b"U4\n")
+    meter.set_input_power(1e-6)
+    assert exchange(meter, b"S\nD?\n") == b"1E0\n"  # [In]: S takes the present reading
+
+
+def test_cli_serve_answers_the_new_commands_over_a_pty(wire):
+    options, pairs = transcript("status")
+    argv = [sys.executable, "-m", "daqbridge", "sim", "serve", "newport1830c"]
+    for key, value in {"response_time": 0, **options}.items():
+        argv += ["-o", f"{key}={value}"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready_to_read, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready_to_read, "daqbridge sim serve printed no ready line"
+        kind, _, path = proc.stdout.readline().strip().partition(" ready on ")
+        assert kind == "newport1830c"
+        with serial.Serial(path, 9600, timeout=5) as port:
+            wire.transcript(port, pairs, terminator=b"\n")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert proc.returncode == 0, err
