@@ -622,6 +622,22 @@ def legacy_part_channel(inst: InstrumentBase, part: str) -> str | None:
     return None
 
 
+def legacy_limits(inst: InstrumentBase) -> dict[str, tuple[float, float]]:
+    """The profile's limits of the legacy parameters (parameter -> (low, high)), which the
+    adapters narrow the driver's limits to (``<parameter>_limits``), as the native drivers do."""
+    if isinstance(inst, MaiTaiInstrument):
+        low, high = inst.maitai.wavelength_limits
+        return {"wavelength": (float(low), float(high))}
+    if isinstance(inst, ElliptecInstrument):
+        out = {}
+        for addr in inst.elliptec.addresses:
+            limits = _limits(addr.low_limit, addr.high_limit, 360.0)
+            if limits is not None:
+                out[f"position_{addr.address.upper()}"] = (float(limits[0]), float(limits[1]))
+        return out
+    return {}
+
+
 def legacy_adapter_class() -> Any | None:
     """``daqbridge.devices.legacy_adapter.LegacyDevice``, or None while it does not exist."""
     try:
