@@ -19,6 +19,11 @@ Why it is built this way:
   stop. The runtime's signal handlers do this (``sigint="abort"``), this module only reports,
   and it says what the stop documents say (a signal that came as the last point was taken
   leaves a run that ended ``success``, and it is reported so).
+* When a lab server is up for the profile (``daqbridge lab up``), the plan goes to it
+  (:func:`~daqbridge.cli._lab.submit_to_lab`) once the early checks passed: the queue server
+  passes an unknown device id through as a string, so a typo that reached it would fail as
+  ``'str' object has no attribute 'name'`` instead of "did you mean". Ctrl-C then aborts the
+  plan, not the lab. ``--no-lab`` runs in this process whatever is up.
 * Exit status: 0 done, 1 the plan or the lab failed, 2 bad command or arguments, 130 Ctrl-C,
   143 SIGTERM. Errors are one message, not a traceback, unless ``--debug``; an instrument's
   failure is reported in the instrument's words (the first daqbridge error of its chain).
@@ -111,6 +116,11 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
         help="seconds each instrument may take to connect (default: each driver's own)",
     )
     parser.add_argument(
+        "--no-lab",
+        action="store_true",
+        help="run in this process even when a lab server is up (`daqbridge lab up`)",
+    )
+    parser.add_argument(
         "--debug", action="store_true", help="log at INFO level and show tracebacks of failures"
     )
 
@@ -172,7 +182,7 @@ def _split_words(args: argparse.Namespace) -> tuple[argparse.Namespace, list[str
     later, rest = opts.parse_known_args(words)
     for key in ("detector", "md"):
         setattr(args, key, list(getattr(args, key)) + list(getattr(later, key)))
-    for key in ("no_table", "no_plot", "no_progress", "debug"):
+    for key in ("no_table", "no_plot", "no_progress", "no_lab", "debug"):
         setattr(args, key, getattr(args, key) or getattr(later, key))
     for key in ("profile", "connect_timeout"):
         if getattr(later, key) is not None:
@@ -295,15 +305,22 @@ def _run(args: argparse.Namespace, words: list[str]) -> int:
     refs = {device_id: DeviceRef(device_id) for device_id in profile.device_ids()}
     early = build_plan_call(spec, words, refs, detectors=args.detector, md=md)
 
-    quiet_tiled()
-    from daqbridge.runtime import Runtime, ShutdownRequested
-
     command = shlex.join(
         ["daqbridge", "run", args.plan, *words]
         + [w for d in args.detector for w in ("--detector", d)]
         + [w for m in args.md for w in ("--md", m)]
         + (["--profile", args.profile] if args.profile else [])
     )
+    if not args.no_lab:
+        from daqbridge.cli._lab import find_lab
+
+        lab = find_lab(profile)
+        if lab is not None:
+            return _run_on_lab(args, early, lab, command)
+
+    quiet_tiled()
+    from daqbridge.runtime import Runtime, ShutdownRequested
+
     print(
         f"daqbridge run: starting {profile.lab.name!r} ({profile.label}) for {early.describe()}",
         file=sys.stderr,
@@ -363,6 +380,40 @@ def _run(args: argparse.Namespace, words: list[str]) -> int:
     if plots and status == 0:
         _keep_plots_open()
     return status
+
+
+def _run_on_lab(args: argparse.Namespace, early: Any, lab: Any, command: str) -> int:
+    """Hand the checked call to the lab that is up; its worker checks it again against the
+    real devices (soft limits) before anything moves."""
+    from daqbridge.cli._lab import submit_to_lab
+
+    kwargs = {key: _by_id(value) for key, value in early.kwargs.items()}
+    md = {**kwargs.pop("md", {}), "daqbridge_command": command}
+    print(
+        f"daqbridge run: the lab is up ({lab.control_addr}): running {early.describe()} there "
+        "(--no-lab runs it in this process)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return submit_to_lab(
+        early.spec.name,
+        [_by_id(value) for value in early.args],
+        kwargs,
+        md,
+        lab=lab,
+        table=not args.no_table,
+    )
+
+
+def _by_id(value: Any) -> Any:
+    """Devices as their ids, the only form the queue server takes (its worker resolves them)."""
+    if isinstance(value, DeviceRef):
+        return value.id
+    if isinstance(value, list | tuple):
+        return [_by_id(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _by_id(v) for k, v in value.items()}
+    return value
 
 
 _OUTCOME = {"success": "done", "abort": "aborted", "fail": "failed"}

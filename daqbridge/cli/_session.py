@@ -1,8 +1,8 @@
 """The beamline session: the names a scientist types at the prompt, built from a lab profile.
 
 ``build_session()`` starts the lab (a :class:`~daqbridge.runtime.Runtime`) and returns the
-names to put in a namespace: ``RE``, ``catalog``, ``runtime``, ``devices``, every device by its
-id, ``bp``/``bps``/``bpp``, the lab's plans and ``bec``. The IPython profile
+names to put in a namespace: ``RE``, ``catalog``, ``db``, ``runtime``, ``devices``, every device
+by its id, ``bp``/``bps``/``bpp``, the lab's plans and ``bec``. The IPython profile
 (profiles/ipython/startup/) and a bluesky-queueserver startup script both call it, so the two
 front ends cannot drift apart:
 
@@ -21,6 +21,10 @@ Why it is built this way:
 * Ctrl-C pauses the run in a session (``sigint="pause"``): the scientist decides between
   ``RE.resume()`` and ``RE.abort()``. The runtime already closes itself in order at interpreter
   exit (atexit).
+* Devices carry bluesky's labels (``motors`` for positioners, ``detectors`` for the other
+  readables, :func:`label_devices`), so ``%wa motors`` and ``%ct`` find them by label the way
+  they do at any bluesky beamline; ``db`` is databroker's v1 view of the same catalog, for the
+  scripts and habits that predate Tiled (``db[-1].table()``).
 * A paused, aborted or failed run is one line at the prompt, not bluesky's 40-line traceback of
   its own control flow (:func:`register_quiet_errors`): the runtime logs which run ended how, and
   an instrument's error is shown in the instrument's words. ``%tb`` still shows the traceback.
@@ -44,7 +48,7 @@ log = logging.getLogger("daqbridge.session")
 
 # Names every session has; a device id equal to one of them is reachable only via devices[...].
 STANDARD_NAMES = frozenset(
-    {"RE", "catalog", "runtime", "devices", "bp", "bps", "bpp", "bec", "plans", "np"}
+    {"RE", "catalog", "db", "runtime", "devices", "bp", "bps", "bpp", "bec", "plans", "np"}
 )
 
 
@@ -158,6 +162,10 @@ def build_session(
         "np": np,
         "plans": daq_plans,
     }
+    broker = open_broker(runtime)
+    if broker is not None:
+        names["db"] = broker
+    label_devices(runtime.devices)
     for name, plan in daq_plans.PLANS.items():
         names.setdefault(name, plan)
     for device_id, device in runtime.devices.items():
@@ -171,6 +179,53 @@ def build_session(
             continue
         names[device_id] = device
     return names
+
+
+MOTORS = "motors"
+DETECTORS = "detectors"
+
+
+def label_devices(devices: Mapping[str, Any]) -> None:
+    """Give each device bluesky's label: ``motors`` for what moves, ``detectors`` for what only
+    reads. bluesky's magics (``%wa``, ``%ct``) find devices by these labels, not by type; a
+    label the driver gave itself is kept."""
+    from bluesky.protocols import Movable, Readable
+
+    for device in devices.values():
+        if isinstance(device, Movable):
+            label = MOTORS
+        elif isinstance(device, Readable):
+            label = DETECTORS
+        else:  # a bus or a controller object without read(): nothing a magic can use
+            continue
+        own = getattr(device, "_ophyd_labels_", None) or set()
+        try:
+            device._ophyd_labels_ = {*own, label}
+        except AttributeError:  # a device with __slots__: the magics just do not list it
+            log.info("device %r takes no labels: %%wa and %%ct do not list it", device)
+
+
+def open_broker(runtime: Runtime) -> Any:
+    """databroker's v1 ``Broker`` over the runtime's catalog (None without a catalog).
+
+    The catalog is written by a thread of its own: ``db[-1]`` typed as the RunEngine returns
+    would otherwise find the run before (or none), so every look-up waits for what the
+    RunEngine has emitted to be written first (a few milliseconds when nothing is pending)."""
+    catalog = runtime.catalog
+    if catalog is None:
+        return None
+    from databroker.v1 import Broker
+
+    class LabBroker(Broker):
+        def __getitem__(self, key: Any) -> Any:
+            catalog.flush()
+            return super().__getitem__(key)
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            catalog.flush()
+            return super().__call__(*args, **kwargs)
+
+    return LabBroker(catalog.client)
 
 
 def _force_progress(RE: Any) -> None:  # noqa: N803
@@ -215,7 +270,8 @@ def format_holders(status: Mapping[str, Any]) -> str:
 
 
 def register_magics(ipython: Any, runtime: Runtime) -> list[str]:
-    """``%holders`` (port and VISA holders) and ``%daqstatus`` (the whole runtime status)."""
+    """``%holders`` (port and VISA holders), ``%daqstatus`` (the whole runtime status) and
+    bluesky's ``%wa``, ``%ct``, ``%mov``, ``%movr`` on the lab's RunEngine."""
 
     def holders(line: str = "") -> None:
         """Who holds each serial port and VISA resource, and who waits for it."""
@@ -227,7 +283,38 @@ def register_magics(ipython: Any, runtime: Runtime) -> list[str]:
 
     ipython.register_magic_function(holders, "line", "holders")
     ipython.register_magic_function(daqstatus, "line", "daqstatus")
-    return ["holders", "daqstatus"]
+    bluesky_magics = _bluesky_magics(ipython, runtime.RE)
+    ipython.register_magics(bluesky_magics)
+    return ["holders", "daqstatus", *bluesky_magics.magics["line"]]
+
+
+def _bluesky_magics(ipython: Any, RE: Any) -> Any:  # noqa: N803 - bluesky's name
+    """bluesky's magics, on the lab's RunEngine: their class default is a RunEngine of its own
+    on another event loop, where the lab's devices (connected on the lab's loop) cannot move."""
+    from bluesky.magics import BlueskyMagics
+
+    class LabMagics(BlueskyMagics):
+        # bluesky's %mov and %movr leave RE.waiting_hook None when done: the session's
+        # progress bars would be gone for every RE(...) after the first %mov. No
+        # @magics_class here: it would replace the inherited table of magics by these two.
+        def mov(self, line: str) -> None:
+            hook = self.RE.waiting_hook
+            try:
+                return super().mov(line)
+            finally:
+                self.RE.waiting_hook = hook
+
+        def movr(self, line: str) -> None:
+            hook = self.RE.waiting_hook
+            try:
+                return super().movr(line)
+            finally:
+                self.RE.waiting_hook = hook
+
+    magics = LabMagics(shell=ipython)
+    magics.RE = RE
+    magics.pbar_manager = RE.waiting_hook  # bars only where the session has them (a terminal)
+    return magics
 
 
 class OpenRuns:
@@ -334,8 +421,8 @@ def describe_session(names: Mapping[str, Any]) -> str:
         f"daqbridge: lab {runtime.profile.lab.name!r} ({runtime.profile.label}), data in {where}",
         f"  devices: {', '.join(devices)}",
         f"  plans:   bp.*, bps.*, bpp.*, {', '.join(plans)}",
-        "  %holders shows who holds each port, %daqstatus the whole runtime; Ctrl-C pauses a "
-        "run (RE.resume() / RE.abort()).",
+        "  %holders shows who holds each port, %daqstatus the whole runtime, %wa motors "
+        "where the axes are; Ctrl-C pauses a run (RE.resume() / RE.abort()).",
     ]
     if runtime.failures:
         lines.append(f"  NOT STARTED: {', '.join(sorted(runtime.failures))}")

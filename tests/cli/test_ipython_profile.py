@@ -131,3 +131,80 @@ def test_pause_abort_and_an_instrument_failure_are_one_line_each(tmp_path, cli_c
     assert runs[aborted[0]].exit_status == "abort"
     assert runs[failed[0]].exit_status == "fail"
     assert runs[failed[0]].reason.startswith("[instrument 'meter' on sim://newport1830c?name=")
+
+
+BEAMLINE_CELLS = """
+%wa motors
+%mov sim_stage_x 1
+print('AT', runtime.simulation.simulator('sim_stage').axis_position(sim_stage_x.number))
+uid, = RE(bp.count([sim_meter], 3))
+table = db[-1].table()
+print('LAST', db[-1].start['uid'] == uid, len(table), 'sim_meter_power' in table.columns)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_bluesky_magics_find_the_axes_by_label_and_db_reads_the_last_run(
+    tmp_path, cli_catalog_template
+):
+    # Issue 15 "Daily use": no %wa/%mov, no motors/detectors labels, no db.
+    profile_copy = tmp_path / "ipython-profile"
+    shutil.copytree(PROFILE_DIR, profile_copy)
+    data = fresh_data_dir(cli_catalog_template, tmp_path / "data")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "IPython",
+            f"--profile-dir={profile_copy}",
+            "--no-banner",
+            "-c",
+            BEAMLINE_CELLS,
+        ],
+        env=child_env(data),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
+    out, err = proc.stdout, proc.stderr
+    assert proc.returncode == 0, out + err
+    motors = out.split("motors\n", 1)[1].split("\n\n", 1)[0]  # %wa's positioner table
+    assert re.search(r"^  sim_stage_x\s+0\.0", motors, re.M), out
+    assert re.search(r"^  sim_stage_y\s", motors, re.M), out
+    assert "sim_meter" not in motors  # a detector, not a motor
+    assert re.search(r"^AT 1\.0$", out, re.M), out  # the simulated controller is at 1
+    assert "LAST True 3 True" in out, out + err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_command_history_goes_to_the_data_directory_not_the_profile(
+    tmp_path, cli_catalog_template
+):
+    # Issue 15: IPython wrote history.sqlite into profiles/ipython, which is in the checkout.
+    profile_copy = tmp_path / "ipython-profile"
+    shutil.copytree(PROFILE_DIR, profile_copy)
+    empty_lab = tmp_path / "empty_lab.toml"  # no instruments: the session opens in seconds
+    empty_lab.write_text('[lab]\nname = "empty"\ndata_dir = "unused"\n')
+    data = fresh_data_dir(cli_catalog_template, tmp_path / "data")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "IPython",
+            f"--profile-dir={profile_copy}",
+            "--no-banner",
+            "-c",
+            "print('RE' in globals())",
+        ],
+        env=child_env(data, DAQBRIDGE_PROFILE=str(empty_lab)),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
+    assert proc.returncode == 0 and "True" in proc.stdout, proc.stdout + proc.stderr
+    assert not (profile_copy / "history.sqlite").exists()
+    assert (data / "ipython" / "history.sqlite").is_file()

@@ -281,6 +281,46 @@ def test_a_scan_past_a_soft_limit_is_refused_before_it_moves(in_lab_env):
         api.close()
 
 
+def _history(lab: Lab) -> list[dict]:
+    from bluesky_queueserver_api.zmq import REManagerAPI
+
+    api = REManagerAPI(zmq_control_addr=lab.state["control_addr"])
+    try:
+        return api.history_get()["items"]
+    finally:
+        api.close()
+
+
+@pytest.mark.slow
+def test_daqbridge_run_submits_to_the_lab_that_is_up_and_prints_the_table(lab):
+    rc, out, err = lab.cli("run", "count", "sim_meter", "num=3", "--md", "sample=B2",
+                           timeout=RUN_TIMEOUT)  # fmt: skip
+    assert rc == 0, f"{out}\n{err}"
+    said = err.splitlines()
+    assert sum("the lab is up" in line for line in said) == 1, err  # said once, on one line
+    (uid,) = [line.split()[1] for line in out.splitlines() if line.startswith("uid:")]
+    rows = [line for line in out.splitlines() if line.startswith("|") and ":" in line]
+    assert len(rows) == 3, out
+    # The lab's worker ran it (a cold run would be in the catalog too, not in the lab's history).
+    assert uid in _history(lab)[-1]["result"]["run_uids"]
+    start, stop, events = _run(lab.data, uid)
+    assert stop["exit_status"] == "success" and events == 3
+    assert start["sample"] == "B2"
+    assert start["daqbridge_command"].startswith("daqbridge run count sim_meter")
+
+
+@pytest.mark.slow
+def test_a_typo_in_a_device_id_is_refused_before_the_lab_as_without_one(lab):
+    before = len(_history(lab))
+    on_lab = lab.cli("run", "count", "sim_meterr", "num=1", timeout=RUN_TIMEOUT)
+    cold = lab.cli("run", "--no-lab", "count", "sim_meterr", "num=1", timeout=RUN_TIMEOUT)
+    assert on_lab[0] == cold[0] == 2, (on_lab, cold)
+    assert "Did you mean 'sim_meter'" in on_lab[2], on_lab[2]
+    assert "no attribute" not in on_lab[2]  # the queue server's message for an unknown id
+    assert on_lab[2] == cold[2]  # the same message, word for word
+    assert len(_history(lab)) == before  # it never reached the lab
+
+
 @pytest.mark.slow
 def test_lab_down_stops_everything_in_order(lab):
     state = lab.state

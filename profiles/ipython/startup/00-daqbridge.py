@@ -4,7 +4,7 @@ Run with ``ipython --profile-dir=profiles/ipython``. The lab profile comes from
 ``$DAQBRIDGE_PROFILE`` (default: the embedded simulated lab); data goes to the profile's
 ``lab.data_dir`` unless ``$DAQBRIDGE_DATA`` is set. See profiles/ipython/README.md.
 
-Names: RE, catalog, runtime, devices, every device by id (sim_stage_x, sim_meter, ...), bp, bps,
+Names: RE, catalog, db, runtime, devices, every device by id (sim_stage_x, sim_meter, ...), bp, bps,
 bpp, the lab's plans (wavelength_scan, polarization_scan, ...), bec, np.
 """
 

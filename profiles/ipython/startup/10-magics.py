@@ -1,4 +1,5 @@
-"""``%holders``: who holds each serial port and VISA resource; ``%daqstatus``: the runtime."""
+"""``%holders``: who holds each serial port and VISA resource; ``%daqstatus``: the runtime;
+bluesky's ``%wa``, ``%ct``, ``%mov``, ``%movr`` on the lab's RunEngine."""
 
 
 def _daqbridge_magics() -> None:
