@@ -10,7 +10,10 @@ Why these pieces exist:
   port lease (runtime.resources) serialises traffic between instruments sharing a port.
 * ``InstrumentSignal``: a soft signal whose value the device updates from its worker, and whose
   ``describe()`` carries units, precision, limits and a source naming the instrument and port,
-  because the catalog and BestEffortCallback read those from the descriptor.
+  because the catalog and BestEffortCallback read those from the descriptor. It is read-only
+  (ophyd's ``write_access`` False) unless its class says ``writable = True``: front ends (the
+  IOC) decide who may write a signal from that attribute, never from class names, and a new
+  driver's readings cannot become writable by accident.
 * ``check_wire_text`` / ``check_number``: values are validated before they reach the wire, so a
   string carrying a terminator or a second command (``"1PA10\\r\\n1PA-50"``) can never be sent.
 """
@@ -22,7 +25,7 @@ import math
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from ophyd import Kind, Signal
 from ophyd.status import DeviceStatus, MoveStatus, Status, StatusBase
@@ -151,8 +154,12 @@ class InstrumentSignal(Signal):
     """A signal whose value the device refreshes from its worker thread.
 
     ``units``, ``precision``, ``limits`` and ``source`` end up in the event descriptor, which is
-    what tables, plots and the catalog show the scientist.
+    what tables, plots and the catalog show the scientist. ``writable`` (the class's, or given
+    per signal when it depends on the configuration) becomes ophyd's ``write_access``.
     """
+
+    writable: ClassVar[bool] = False
+    """True for settings (a set commands the instrument), False for what it measures."""
 
     def __init__(
         self,
@@ -162,9 +169,11 @@ class InstrumentSignal(Signal):
         limits: tuple[float, float] | None = None,
         source: str | None = None,
         kind: Kind | str = Kind.normal,
+        writable: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(kind=kind, **kwargs)
+        self._metadata["write_access"] = type(self).writable if writable is None else writable
         self._units = units
         self._precision = precision
         self._limits = limits
@@ -287,6 +296,8 @@ class SettingSignal(InstrumentSignal):
     ``apply`` names the method of the owning device (``owner="parent"`` or ``"root"``) that does
     it; ``put(value, force=True)`` (what ``update`` uses) only stores a value read back.
     """
+
+    writable = True
 
     def __init__(self, *, apply: str, owner: str = "parent", **kwargs: Any) -> None:
         self._apply = apply

@@ -201,6 +201,8 @@ class _AxisReadback(InstrumentSignal):
 class _AxisSetting(InstrumentSignal):
     """Velocity / acceleration: written with ``n<CMD><v>``, read back with ``n<CMD>?``."""
 
+    writable = True
+
     def __init__(self, *, command: str, what: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.command = command

@@ -98,6 +98,8 @@ class CameraInfo:
 class _Setting(InstrumentSignal):
     """A camera setting: checked by the camera device on every set, applied at the next setup."""
 
+    writable = True
+
     def put(self, value: Any, **kwargs: Any) -> None:
         super().put(self.parent._check_setting(self.attr_name, value), **kwargs)
 

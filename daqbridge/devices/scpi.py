@@ -235,7 +235,7 @@ class ScpiSignal(InstrumentSignal):
     """A signal of a :class:`ScpiInstrument`; ``set()`` writes, checks ``SYST:ERR?``, reads back."""
 
     def __init__(self, *, spec: ScpiSignalSpec, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(writable=spec.command is not None, **kwargs)
         self.spec = spec
 
     def set(self, value: Any, **kwargs: Any) -> Status:

@@ -6,7 +6,9 @@ The IOC layer sits above the runtime: it starts a :class:`~daqbridge.runtime.Run
 owns the resource managers and the devices) and serves every device as PVs, so clients on other
 machines use the instruments through the same port leases as local plans. Positioners are motor
 records (a stock ``ophyd.EpicsMotor`` drives them); other devices are plain PVs with units and
-limits. Client-side classes: :mod:`daqbridge.devices.epics`. See docs/across_machines.md.
+limits, writable exactly when their signal is read-write (ophyd's ``write_access``), with the same
+names on either driver stack. Client-side classes: :mod:`daqbridge.devices.epics`. See
+docs/across_machines.md.
 """
 
 from daqbridge.ioc._link import Bridge, Pusher
@@ -23,7 +25,6 @@ from daqbridge.ioc._process import (
 from daqbridge.ioc._server import (
     DEFAULT_POLL_PERIOD,
     DEFAULT_PREFIX,
-    SETTING_SIGNAL_CLASSES,
     CameraGroup,
     DeviceGroup,
     IocGroup,
@@ -42,7 +43,6 @@ __all__ = [
     "spawn",
     "DEFAULT_PREFIX",
     "READY",
-    "SETTING_SIGNAL_CLASSES",
     "Bridge",
     "CameraGroup",
     "DeviceGroup",

@@ -10,6 +10,8 @@ Why it is built this way:
 * The record talks to the device only through the ophyd positioner interface (``set``, ``stop``,
   ``position``, ``limits``, ``egu``, ``moving``, an optional ``readback`` signal and ``home``),
   so ESP300 axes, Elliptec mounts, the MaiTai wavelength and legacy adapters all work unchanged.
+  A read-write signal can be the positioner too (the legacy MaiTai's ``wavelength`` setting): it
+  is its own read-back, and its descriptor's control limits are the record's soft limits.
   Every device call runs on the IOC's threads (:class:`~daqbridge.ioc._link.Bridge`), never on
   the loop; hardware access still goes through the device, hence through the port leases a local
   plan uses too.
@@ -17,7 +19,9 @@ Why it is built this way:
   to 0 before the device is asked to move, so a client never sees "done" for a move that has not
   started. A move the device refuses up front (a soft limit, a bad value) fails the put with the
   device's message; a move that fails later (a controller fault) ends with DMOV=1, MSTA's PROBLEM
-  bit and a MAJOR alarm on RBV, which ``EpicsMotor`` reports as a failed status.
+  bit and a MAJOR alarm on RBV, which ``EpicsMotor`` reports as a failed status. A target outside
+  HLM/LLM is refused before the device is asked (caproto checks VAL's control limits) and sets
+  LVIO, like a real motor record.
 * Fields the record cannot honour (offsets, direction reversal, raw steps, jogging) refuse
   writes instead of storing a number that does nothing: a scientist who sets ``.OFF`` expects
   the coordinates to change.
@@ -33,7 +37,8 @@ import time
 from typing import Any
 
 from caproto import AlarmSeverity, AlarmStatus, ChannelAlarm
-from caproto.server import PVGroup, pvproperty
+from caproto._data import CannotExceedLimits
+from caproto.server import PVGroup, PvpropertyDouble, pvproperty
 
 from daqbridge.errors import DaqbridgeError, ValueRejected
 from daqbridge.ioc._link import Bridge, Pusher
@@ -94,6 +99,8 @@ class PositionerLink:
     def _readback_signal(self) -> Any:
         from ophyd import Signal
 
+        if isinstance(self.device, Signal):
+            return self.device  # a setting moved as a positioner is its own read-back
         rb = getattr(self.device, "readback", None)
         if isinstance(rb, Signal):
             return rb
@@ -117,7 +124,10 @@ class PositionerLink:
     @property
     def position(self) -> float:
         try:
-            value = self.device.position
+            if self.readback is self.device:
+                value = self.device.get()
+            else:
+                value = self.device.position
         except Exception:  # noqa: BLE001 - a disconnected device has no position
             return math.nan
         try:
@@ -143,7 +153,7 @@ class PositionerLink:
     @property
     def limits(self) -> tuple[float, float] | None:
         """(low, high) soft limits, None when the device has none (ophyd's (0, 0))."""
-        limits = self._limits or getattr(self.device, "limits", None)
+        limits = self._limits or _given(getattr(self.device, "limits", None))
         if limits is None and self.readback is not None:
             desc = self.readback.describe().get(self.readback.name, {}) or {}
             control = (desc.get("limits") or {}).get("control") or {}
@@ -168,10 +178,13 @@ class PositionerLink:
         return self.device.set(value)
 
     def stop(self) -> None:
+        stop = getattr(self.device, "stop", None)
+        if stop is None:
+            return  # a plain signal's set ends by itself: nothing to interrupt
         try:
-            self.device.stop(success=False)
+            stop(success=False)
         except TypeError:
-            self.device.stop()
+            stop()
 
     def home(self) -> Any:
         return self.device.home()
@@ -188,12 +201,24 @@ class PositionerLink:
         return None
 
 
+class _TargetValue(PvpropertyDouble):
+    """VAL: caproto refuses a value outside the control limits (HLM/LLM) before the putter runs,
+    so the refusal is reported here, with LVIO set as a motor record does."""
+
+    async def verify_value(self, value: Any) -> Any:
+        try:
+            return await super().verify_value(value)
+        except CannotExceedLimits as exc:
+            raise await self.group.refuse_outside_limits(value) from exc
+
+
 class MotorRecord(PVGroup):
     """One positioner as a motor record at the group's prefix (``<P><id>``, fields ``.RBV`` ...)."""
 
     motor = pvproperty(
         name="",
         value=0.0,
+        dtype=_TargetValue,
         record="motor",
         precision=3,
         doc="Motor record: VAL is the target position in EGU",
@@ -284,6 +309,7 @@ class MotorRecord(PVGroup):
         await f.engineering_units.write(link.egu[:15], verify_value=False)
         await f.done_moving_to_value.write(1)
         await f.motor_is_moving.write(0)
+        await f.limit_violation.write(0)  # caproto's field starts at 1: no violation happened
         await f.enable_control.write("Enable", verify_value=False)
         await f.stop_pause_move_go.write("Go", verify_value=False)
         await self._write_limits(self._device_limits)
@@ -384,6 +410,26 @@ class MotorRecord(PVGroup):
                 self._report(exc, "move failed")
         await self._finish(gen, failed=failed)
         return target
+
+    async def refuse_outside_limits(self, value: Any) -> ValueRejected:
+        """A target outside the soft limits: LVIO=1 and nothing is sent to the device; returns
+        the error the put fails with (naming the positioner, the limits and what to do)."""
+        f = self.fields
+        low, high = self.motor.lower_ctrl_limit, self.motor.upper_ctrl_limit
+        target = value[0] if isinstance(value, list | tuple) and len(value) == 1 else value
+        refusal = ValueRejected(
+            f"{self.motor.pvname} = {target!r} is outside the soft limits [{low:g}, {high:g}] "
+            f"(LLM, HLM) of {self.link.name}; nothing was sent to the device.",
+            instrument=self.link.name,
+            resource=self.motor.pvname,
+            value=target,
+            limit=(low, high),
+            fix=f"choose a target between {low:g} and {high:g}; the lab profile sets the "
+            "widest limits.",
+        )
+        await f.limit_violation.write(1)
+        self._report(refusal, "refused the move")
+        return refusal
 
     async def _finish(self, gen: int, *, failed: bool) -> None:
         if gen != self._move_gen:
@@ -628,6 +674,16 @@ class MotorRecord(PVGroup):
         ):
             if field.value != value:
                 await field.write(value, verify_value=False)
+
+
+def _given(limits: Any) -> tuple[float, float] | None:
+    """``limits`` unless it is ophyd's "none" ((0, 0), what every plain Signal reports), so the
+    descriptor's control limits are used instead."""
+    try:
+        low, high = (float(v) for v in limits)
+    except (TypeError, ValueError):
+        return None
+    return None if low == high == 0 else (low, high)
 
 
 def _finite(value: Any) -> float | None:

@@ -3,15 +3,20 @@
 Why it is built this way:
 
 * The PV layout is derived from the ophyd interfaces of the devices the runtime built, not from
-  per-driver tables: a positioner becomes a motor record (``<P><id>``); the signals of any other
-  device become plain PVs (``<P><id>:<component>``) with the units, precision and limits of their
-  descriptors; a sub-positioner (the MaiTai's ``wavelength``) becomes a motor record at
-  ``<P><id>:<component>``. So a new driver is served without touching the IOC, and the names do
-  not depend on the stack: the legacy and the native MaiTai both give ``<P>sim_laser:wavelength``.
-* Only settings are writable: a signal is writable when its class is one of the device layer's
-  setting classes (:data:`SETTING_SIGNAL_CLASSES`) or the device lists it in ``ioc_writable``.
-  Everything else (readbacks, measurements, identities) is read-only over CA, so a client cannot
-  "write" a power reading into a soft signal.
+  per-driver tables: a positioner becomes a motor record (``<P><id>``) and its settings plain PVs
+  beside it (``<P><id>:<setting>``); the signals of any other device become plain PVs
+  (``<P><id>:<component>``) with the units, precision and limits of their descriptors; a
+  sub-positioner (the native MaiTai's ``wavelength``), or a device's hinted read-write number with
+  limits (the legacy MaiTai's ``wavelength``), becomes a motor record at ``<P><id>:<component>``.
+  So a new driver is served without touching the IOC, and the names do not depend on the stack.
+* Writability is the signal's type, never its class name: a PV is writable exactly when its
+  signal is read-write (ophyd's ``write_access``: the drivers' settings and the legacy adapter's
+  ``LegacySetting``), so a client cannot "write" a power reading, and a renamed setting class
+  stays writable. A write shows what the instrument reported afterwards (the signal's read-back),
+  never the commanded value.
+* A signal is served once: when a device's signal is the position of another device's motor
+  record (the legacy Elliptec bus and its per-mount adapters), only the motor record serves it,
+  so the bus is not served on either stack and the mounts are the same motors on both.
 * Fresh values come from two places: the IOC's own periodic ``trigger()`` of each detector (the
   ``--poll-period``), and any value the device stores from its worker thread (pushed to the PV at
   once, see :class:`~daqbridge.ioc._link.Pusher`). A client that wants a reading taken for it
@@ -29,7 +34,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 from caproto import AlarmSeverity, AlarmStatus, ChannelAlarm, ChannelType
@@ -50,16 +55,6 @@ LAYOUT_LENGTH = 8192
 WRITE_TIMEOUT = 60.0
 """Seconds a settings write (wavelength of the meter, SCPI source level) may take."""
 
-SETTING_SIGNAL_CLASSES = frozenset(
-    {
-        "_MeterSetting",  # newport1830c: wavelength, range, filter, attenuator
-        "_AxisSetting",  # esp300: velocity, acceleration
-        "_Setting",  # maitai shutter/emission, elliptec velocity, pvcam settings
-        "ScpiSignal",  # scpi: writable when the profile gives a command
-    }
-)
-"""Class names of the device layer's setting signals (set() writes to the instrument)."""
-
 
 # --- what is served ------------------------------------------------------------------------
 
@@ -77,13 +72,10 @@ class SignalPV:
     limits: tuple[float, float] | None = None
     shape: tuple[int, ...] = ()
     kind: str = "normal"
-    writer: Any = None
-    """Object whose ``set(value)`` writes the value (the signal itself, or a legacy adapter)."""
+    writable: bool = False
+    """Clients may write it: the signal is read-write (:func:`is_writable`)."""
     doc: str = ""
-
-    @property
-    def writable(self) -> bool:
-        return self.writer is not None
+    source: str = ""
 
     @property
     def length(self) -> int:
@@ -141,6 +133,8 @@ class SignalPV:
             entry["units"] = self.units
         if self.limits is not None:
             entry["limits"] = list(self.limits)
+        if self.source:
+            entry["source"] = self.source
         return entry
 
 
@@ -163,21 +157,23 @@ def _describe(sig: Any) -> dict[str, Any]:
         return {"dtype": "string"}
 
 
-def is_writable_signal(device: Any, attr: str, sig: Any) -> bool:
-    """True when writing the signal sets something on the instrument (see module docstring)."""
-    listed = getattr(device, "ioc_writable", None)
-    if listed is not None:
-        return attr in listed
-    names = {cls.__name__ for cls in type(sig).__mro__}
-    if not names & SETTING_SIGNAL_CLASSES:
-        return False
-    spec = getattr(sig, "spec", None)
-    if spec is not None and hasattr(spec, "command"):
-        return spec.command is not None  # SCPI: only signals with a set command
-    return True
+def is_writable(sig: Any) -> bool:
+    """Whether clients may write ``sig``: its type is read-write (ophyd's ``write_access``).
+
+    Read-only are ``SignalRO``, the drivers' readings and identities (``InstrumentSignal``
+    unless ``writable``) and the legacy adapter's measured channels; read-write are the drivers'
+    settings and every ``LegacySetting``.
+    """
+    return bool(getattr(sig, "write_access", False))
 
 
-def signal_pv(device: Any, attr: str, sig: Any, *, suffix: str, writer: Any = None) -> SignalPV:
+def source_of(sig: Any) -> str:
+    """The descriptor's ``source`` (instrument, port, command): what identifies a signal across
+    the devices that show it (a legacy bus and its per-mount adapters)."""
+    return str(_describe(sig).get("source") or "")
+
+
+def signal_pv(attr: str, sig: Any, *, suffix: str) -> SignalPV:
     desc = _describe(sig)
     dtype = desc.get("dtype", "number")
     if dtype not in ("number", "integer", "boolean", "string", "array"):
@@ -201,10 +197,20 @@ def signal_pv(device: Any, attr: str, sig: Any, *, suffix: str, writer: Any = No
         limits=limits,
         shape=shape,
         kind=_kind_name(sig.kind),
-        writer=writer
-        if writer is not None
-        else (sig if is_writable_signal(device, attr, sig) else None),
+        writable=is_writable(sig),
         doc=str(getattr(sig, "__doc__", "") or "")[:100],
+        source=str(desc.get("source") or ""),
+    )
+
+
+def _is_moved_quantity(spec: SignalPV) -> bool:
+    """A device's hinted read-write number with limits is what the device moves (the legacy
+    MaiTai's wavelength): a motor record, like the native driver's positioner."""
+    return (
+        spec.writable
+        and spec.kind == "hinted"
+        and spec.dtype in ("number", "integer")
+        and spec.limits is not None
     )
 
 
@@ -365,7 +371,7 @@ class DeviceGroup(PVGroup):
         spec = self.spec_of(channel)
         target = spec.from_pv(value)
         try:
-            status = await self.bridge.call(spec.writer.set, target)
+            status = await self.bridge.call(spec.signal.set, target)
             await self.bridge.wait(
                 status, timeout=WRITE_TIMEOUT, what=f"{channel.pvname} = {target!r}"
             )
@@ -375,8 +381,9 @@ class DeviceGroup(PVGroup):
             await self.report(exc, f"write {channel.pvname} = {target!r} failed")
             raise
         await self.report(None)
-        confirmed = spec.signal.get() if spec.writer is spec.signal else target
-        return spec.to_pv(confirmed)
+        # The PV shows what the instrument reported (the signal holds the read-back once the
+        # set is done), never the commanded value: a shutter that did not close must not read 0.
+        return spec.to_pv(spec.signal.get())
 
     # --- hooks -----------------------------------------------------------------------------
 
@@ -624,15 +631,6 @@ class IocGroup(PVGroup):
 # --- the IOC ---------------------------------------------------------------------------------
 
 
-@dataclass
-class _Plan:
-    """What one device id is served as."""
-
-    kind: str
-    motors: dict[str, Any] = field(default_factory=dict)  # suffix -> PositionerLink
-    signals: list[SignalPV] = field(default_factory=list)
-
-
 def check_prefix(prefix: str) -> str:
     """A PV prefix must be non-empty printable text without spaces, quotes or dots."""
     if (
@@ -677,7 +675,6 @@ class LabIOC:
         simulation: Any = None,
         read_only: bool = False,
         write_from: Iterable[str] | None = None,
-        legacy_timeout: float = 15.0,
     ) -> None:
         check_prefix(prefix)
         if poll_period < 0 or not math.isfinite(poll_period):
@@ -693,12 +690,24 @@ class LabIOC:
         self.groups: dict[str, PVGroup] = {}
         self.kinds: dict[str, str] = {}
         self.skipped: dict[str, str] = {}
-        self._adapters: list[Any] = []
-        self._legacy_timeout = legacy_timeout
         self.ioc_group = IocGroup(prefix=f"{prefix}ioc:", simulation=simulation)
+        links: dict[str, PositionerLink] = {}
+        for device_id, device in devices.items():
+            if _is_positioner(device):
+                links[device_id] = PositionerLink(
+                    device, description=str(getattr(device, "name", device_id))
+                )
+        # source -> the device whose motor record shows it as its position
+        self._positions: dict[str, str] = {}
+        for device_id, link in links.items():
+            if link.readback is not None and (source := source_of(link.readback)):
+                self._positions.setdefault(source, device_id)
         for device_id, device in devices.items():
             try:
-                self._serve(device_id, device)
+                if device_id in links:
+                    self._serve_positioner(device_id, device, links[device_id])
+                else:
+                    self._serve(device_id, device)
             except DaqbridgeError as exc:
                 self.skipped[device_id] = str(exc)
                 log.error("%s is not served: %s", device_id, exc)
@@ -740,13 +749,59 @@ class LabIOC:
             errors=self._record_error,
         )
 
+    def _record_signals(self, link: PositionerLink, suffix: str) -> dict[str, dict[str, Any]]:
+        """Which record fields show the positioner's own signals (for :Layout)."""
+        out: dict[str, dict[str, Any]] = {}
+        if link.readback is not None:
+            # a read-write read-back is a setting moved as a positioner: VAL writes it
+            writable = is_writable(link.readback)
+            out["readback"] = {
+                "pv": suffix + ("" if writable else ".RBV"),
+                "writable": writable,
+                "source": source_of(link.readback),
+            }
+        if link.velocity is not None:
+            out["velocity"] = {
+                "pv": suffix + ".VELO",
+                "writable": is_writable(link.velocity),
+                "source": source_of(link.velocity),
+            }
+        return out
+
+    def _settings_of(self, positioner: Any, link: PositionerLink, suffix: str) -> list[SignalPV]:
+        """A positioner's configuration signals that no motor field shows (the ESP300's
+        acceleration, an Elliptec mount's velocity in %), as plain PVs ``<record>:<name>``."""
+        from ophyd import Device, Signal
+
+        if not isinstance(positioner, Device):
+            return []
+        shown = {id(link.readback), id(link.velocity)}
+        specs = []
+        for attr in positioner.component_names:
+            sig = getattr(positioner, attr)
+            if not isinstance(sig, Signal) or id(sig) in shown:
+                continue
+            if _kind_name(sig.kind) != "config":
+                continue  # readback/setpoint: the record's RBV and VAL
+            specs.append(signal_pv(attr, sig, suffix=f"{suffix}:{attr}"))
+        return specs
+
+    def _serve_positioner(self, device_id: str, device: Any, link: PositionerLink) -> None:
+        base = f"{self.prefix}{device_id}"
+        self.groups[device_id] = self._motor(base, link)
+        self.kinds[device_id] = "motor"
+        specs = self._settings_of(device, link, "")
+        self._add_group(
+            f"{device_id}:settings",
+            device_id,
+            device,
+            specs,
+            kind="motor",
+            extra={"record": "", "record_signals": self._record_signals(link, "")},
+        )
+
     def _serve(self, device_id: str, device: Any) -> None:
         base = f"{self.prefix}{device_id}"
-        if _is_positioner(device):
-            desc = str(getattr(device, "name", device_id))
-            self.groups[device_id] = self._motor(base, PositionerLink(device, description=desc))
-            self.kinds[device_id] = "motor"
-            return
         from ophyd import Device, Signal
 
         if not isinstance(device, Device):
@@ -755,90 +810,88 @@ class LabIOC:
             )
             return
         specs: list[SignalPV] = []
-        motors: list[str] = []
-        legacy = self._legacy_settables(device)
+        motors: dict[str, str] = {}
+        record_signals: dict[str, dict[str, Any]] = {}
+        elsewhere: set[str] = set()
         for attr in device.component_names:
             obj = getattr(device, attr)
             suffix = f":{attr}"
-            if attr in legacy:
-                target, info = legacy[attr]
-                if info is not None:
-                    link = PositionerLink(
-                        target, description=f"{device_id} {attr}", limits=tuple(info.limits)
-                    )
-                    self.groups[f"{device_id}:{attr}"] = self._motor(base + suffix, link)
-                    motors.append(attr)
-                    continue
-                specs.append(signal_pv(device, attr, obj, suffix=suffix, writer=target))
-                continue
             if _is_positioner(obj):
                 link = PositionerLink(obj, description=f"{device_id} {attr}")
                 self.groups[f"{device_id}:{attr}"] = self._motor(base + suffix, link)
-                motors.append(attr)
+                motors[attr] = suffix
+                for role, entry in self._record_signals(link, suffix).items():
+                    record_signals[f"{attr}.{role}"] = entry
+                specs.extend(
+                    replace(s, attr=f"{attr}.{s.attr}")
+                    for s in self._settings_of(obj, link, suffix)
+                )
                 continue
-            if isinstance(obj, Signal):
-                if _kind_name(obj.kind) == "omitted":
-                    continue
-                specs.append(signal_pv(device, attr, obj, suffix=suffix))
+            if not isinstance(obj, Signal) or _kind_name(obj.kind) == "omitted":
+                continue
+            spec = signal_pv(attr, obj, suffix=suffix)
+            owner = self._positions.get(spec.source) if spec.source else None
+            if owner is not None:
+                elsewhere.add(owner)  # shown as the position of that device's motor record
+                continue
+            if _is_moved_quantity(spec):
+                link = PositionerLink(obj, description=f"{device_id} {attr}")
+                self.groups[f"{device_id}:{attr}"] = self._motor(base + suffix, link)
+                motors[attr] = suffix
+                record_signals[attr] = self._record_signals(link, suffix)["readback"]
+                continue
+            specs.append(spec)
+        if elsewhere and not specs and not motors:
+            self.skipped[device_id] = (
+                f"every signal of {device_id} is the position of another device's motor record "
+                f"({', '.join(sorted(elsewhere))}): served there"
+            )
+            return
         camera = hasattr(device, "collect_asset_docs") and hasattr(device, "exposure")
         kind = "camera" if camera else ("detector" if _overrides(device, "trigger") else "readable")
+        self._add_group(
+            device_id,
+            device_id,
+            device,
+            specs,
+            kind=kind,
+            extra={"motors": motors, "record_signals": record_signals},
+            camera=camera,
+        )
+        self.kinds[device_id] = kind
+
+    def _add_group(
+        self,
+        key: str,
+        device_id: str,
+        device: Any,
+        specs: list[SignalPV],
+        *,
+        kind: str,
+        extra: dict[str, Any],
+        camera: bool = False,
+    ) -> None:
+        base = f"{self.prefix}{device_id}"
         layout = {
             "id": device_id,
             "kind": kind,
             "prefix": base,
             "signals": {s.attr: s.layout() for s in specs},
-            "motors": {m: f":{m}" for m in motors},
+            "motors": {},
+            **extra,
         }
         cls = device_group_class(device_id, specs, CameraGroup if camera else DeviceGroup)
-        self.groups[device_id] = cls(
+        self.groups[key] = cls(
             prefix=base,
             device=device,
             device_id=device_id,
             bridge=self.bridge,
             pusher=self.pusher,
-            poll_period=0.0 if camera else self.poll_period,
+            # cameras acquire only on request; a positioner's record follows its position
+            poll_period=0.0 if camera or kind == "motor" else self.poll_period,
             errors=self._record_error,
             layout=layout,
         )
-        self.kinds[device_id] = kind
-
-    def _legacy_settables(self, device: Any) -> dict[str, tuple[Any, Any]]:
-        """Settable channels of a legacy adapter: attr -> (adapter that sets it, limits or None).
-
-        The runtime's adapter of a whole legacy instrument is read-only when several of its
-        channels are settable (which one would ``set()`` move?). The IOC then makes one small
-        adapter per settable channel, through the legacy adapter's public API, so the MaiTai's
-        wavelength is a motor record and its shutter a writable PV on either stack.
-        """
-        runtime = getattr(device, "legacy_runtime", None)
-        instrument_id = getattr(device, "instrument_id", None)
-        if runtime is None or instrument_id is None or getattr(device, "settable", None):
-            return {}
-        try:
-            params = runtime.instruments[instrument_id].parameters()
-        except Exception:  # noqa: BLE001 - no parameters: nothing settable to serve
-            return {}
-        out: dict[str, tuple[Any, Any]] = {}
-        from daqbridge.devices.legacy_adapter import LegacyDevice
-
-        for channel in getattr(device, "channel_names", []):
-            info = params.get(channel)
-            if info is None or not info.settable:
-                continue
-            sig = device.signal_for(channel)
-            attr = sig.attr_name
-            adapter = LegacyDevice(
-                runtime,
-                instrument_id,
-                name=f"{device.name}_{attr}",
-                channels=[channel],
-                settable=channel,
-            )
-            adapter.connect(timeout=self._legacy_timeout)
-            self._adapters.append(adapter)
-            numeric = info.dtype in ("number", "integer") and info.choices is None
-            out[attr] = (adapter, info if numeric and info.limits is not None else None)
-        return out
 
     # --- serving -------------------------------------------------------------------------
 
@@ -872,10 +925,6 @@ class LabIOC:
             if unsubscribe is not None:
                 with contextlib.suppress(Exception):
                     unsubscribe()
-        for adapter in self._adapters:
-            with contextlib.suppress(Exception):
-                adapter.close()
-        self._adapters.clear()
         self.bridge.close()
 
 

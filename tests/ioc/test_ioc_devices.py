@@ -144,6 +144,7 @@ def test_layout_and_ioc_status_pvs(ioc):
         "kind": "hinted",
         "writable": False,
         "units": "W",
+        "source": "1830-C sim://newport1830c?name=sim_meter D?",
     }
     assert layout["signals"]["wavelength"]["writable"] is True
     devices = json.loads(_text(f"{PREFIX}ioc:Devices"))["devices"]

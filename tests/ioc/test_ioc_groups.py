@@ -9,13 +9,24 @@ import math
 import pytest
 from caproto import AlarmSeverity
 from ophyd import Component as Cpt
-from ophyd import Device, Kind, Signal
+from ophyd import Device, Kind, Signal, SignalRO
 from ophyd.sim import SynAxis
 from ophyd.status import Status
 
+from daqbridge.devices import InstrumentSignal
+from daqbridge.devices.legacy_adapter import LegacyDevice
 from daqbridge.errors import ConfigError, InstrumentFault, ValueRejected
 from daqbridge.ioc import LabIOC, RecordRefused, SignalPV
-from daqbridge.ioc._server import is_writable_signal
+from daqbridge.ioc._server import is_writable
+from daqbridge.legacy import (
+    ChannelInfo,
+    Command,
+    CommandResult,
+    LegacyInstrument,
+    LegacyRuntime,
+    Measurement,
+    ParameterInfo,
+)
 
 
 class Axis(SynAxis):
@@ -38,14 +49,10 @@ class Axis(SynAxis):
         return super().set(value, **kwargs)
 
 
-class _MeterSetting(Signal):
-    """Named like the device layer's setting class: writable over CA."""
-
-
 class Meter(Device):
-    power = Cpt(Signal, value=1.5, kind=Kind.hinted)
-    wavelength = Cpt(_MeterSetting, value=800, kind=Kind.config)
-    identity = Cpt(Signal, value="METER 1.0", kind=Kind.config)
+    power = Cpt(InstrumentSignal, value=1.5, kind=Kind.hinted)  # a reading: read-only type
+    wavelength = Cpt(Signal, value=800, kind=Kind.config)  # ophyd's Signal: read-write
+    identity = Cpt(SignalRO, value="METER 1.0", kind=Kind.config)
     hidden = Cpt(Signal, value=0, kind=Kind.omitted)
     broken = False
 
@@ -54,7 +61,7 @@ class Meter(Device):
         if self.broken:
             st.set_exception(InstrumentFault("detector saturated", code=3, instrument=self.name))
         else:
-            self.power.put(self.power.get() + 1)
+            self.power.update(self.power.get() + 1)
             st.set_finished()
         return st
 
@@ -100,21 +107,17 @@ def test_bad_prefixes_and_poll_periods_are_refused():
         LabIOC({}, poll_period=-1)
 
 
-def test_writability_rules():
+def test_writability_is_the_signal_type_not_its_class_name():
     meter = Meter(name="m")
-    assert is_writable_signal(meter, "wavelength", meter.wavelength)
-    assert not is_writable_signal(meter, "power", meter.power)
+    assert is_writable(meter.wavelength)
+    assert not is_writable(meter.power) and not is_writable(meter.identity)
 
-    class ScpiSignal(Signal):
-        def __init__(self, *, command, **kw):
-            super().__init__(**kw)
-            self.spec = type("Spec", (), {"command": command})()
+    class _Renamed(InstrumentSignal):  # a setting under any class name
+        writable = True
 
-    assert not is_writable_signal(meter, "v", ScpiSignal(command=None, name="v"))
-    assert is_writable_signal(meter, "v", ScpiSignal(command="SOUR {value}", name="v"))
-    meter.ioc_writable = ("power",)
-    assert is_writable_signal(meter, "power", meter.power)
-    assert not is_writable_signal(meter, "wavelength", meter.wavelength)
+    assert is_writable(_Renamed(name="v"))
+    assert not is_writable(InstrumentSignal(name="r"))
+    assert is_writable(InstrumentSignal(name="s", writable=True))  # per signal (SCPI command)
 
 
 def test_signal_pv_conversions():
@@ -229,6 +232,98 @@ def test_setting_write_goes_to_the_device(lab):
         await group.channels["wavelength"].write(900)
         assert meter.wavelength.get() == 900
         assert group.channels["wavelength"].value == 900
+
+    _run(scenario())
+
+
+class Amplifier(LegacyInstrument):
+    """A legacy instrument with two settable channels; its gain lands a hair off the request
+    (within the adapter's tolerance), as a DAC's step would."""
+
+    STEP = 4e-7
+
+    def __init__(self) -> None:
+        super().__init__("amp")
+        self.gain = 1.0
+        self.mode = 0
+
+    def connect(self) -> None:
+        pass
+
+    def disconnect(self) -> None:
+        pass
+
+    def poll(self) -> list[Measurement]:
+        return []
+
+    def handle(self, command: Command) -> CommandResult:
+        if command.kind == "set":
+            value = self.check_value(command.name, command.value)
+            if command.name == "gain":
+                self.gain = value * (1 + self.STEP)
+            else:
+                self.mode = value
+            return CommandResult.success(getattr(self, command.name))
+        return CommandResult.success(getattr(self, command.name))
+
+    def channels(self) -> dict[str, ChannelInfo]:
+        return {
+            "gain": ChannelInfo("gain", "", "number"),
+            "mode": ChannelInfo("mode", "", "integer"),
+        }
+
+    def parameters(self) -> dict[str, ParameterInfo]:
+        return {
+            "gain": ParameterInfo("gain", ""),
+            "mode": ParameterInfo("mode", "", choices=(0, 1), dtype="integer"),
+        }
+
+
+@pytest.fixture
+def amplifier():
+    rt = LegacyRuntime()
+    inst = Amplifier()
+    rt.add(inst, 0)
+    rt.start()
+    assert rt.wait_running(10), rt.health()
+    device = LegacyDevice(rt, "amp", name="amp")  # as the runtime wraps it: no set() of its own
+    device.connect()
+    ioc = LabIOC({"amp": device}, prefix="A:", poll_period=0)
+    yield ioc, inst
+    ioc.close()
+    device.close()
+    rt.stop(5)
+
+
+def test_a_legacy_setting_written_over_ca_shows_what_the_instrument_reported(amplifier):
+    ioc, inst = amplifier
+
+    async def scenario():
+        await ioc.prime()
+        group = ioc.groups["amp"]
+        await group.channels["gain"].write(10.0)
+        assert inst.gain != 10.0  # the instrument landed a step off, within tolerance
+        assert group.channels["gain"].value == inst.gain  # shown: its report, not the command
+
+    _run(scenario())
+
+
+def test_a_target_outside_the_soft_limits_sets_lvio_and_never_reaches_the_device(lab):
+    ioc, axis, _ = lab
+
+    async def scenario():
+        await ioc.prime()
+        rec = ioc.groups["stage_x"]
+        f = rec.fields
+        assert f.limit_violation.value == 0  # nothing was refused yet
+        await rec.motor.write(1.0)
+        with pytest.raises(ValueRejected) as refused:
+            await rec.motor.write(12.0)  # refused by VAL's limits, before the putter
+        assert f.limit_violation.value == 1 and f.done_moving_to_value.value == 1
+        assert axis.position == 1.0
+        assert "outside the soft limits [-10, 10]" in str(refused.value)
+        await rec.motor.write(2.0)
+        assert f.limit_violation.value == 0 and axis.position == 2.0
 
     _run(scenario())
 
