@@ -130,6 +130,9 @@ _REPLY_LENGTHS: dict[str, int] = {
     "HO": 8,
     "I1": 22,
     "I2": 22,
+    # c1/c2 current curve: 87 samples of 12 characters (ELLx protocol manual; tl_elliptec)
+    "C1": 87 * 12,
+    "C2": 87 * 12,
 }
 """Data length of every reply kind INSTRUMENTS.md lists; unknown kinds pass unchecked."""
 
@@ -180,8 +183,10 @@ class ElliptecBusRouter:
 
     protocol = "thorlabs-elliptec"  # shares a bus with any other Elliptec driver
 
-    MAX_PENDING = 512
-    """Bytes without any line end that are kept; beyond that they are junk (a noisy line)."""
+    MAX_PENDING = 3 + max(_REPLY_LENGTHS.values()) + 64
+    """Bytes without any line end that are kept; beyond that they are junk (a noisy line). The
+    longest reply (a c1/c2 current curve, 1047 bytes) must fit, or a maintenance run started by
+    another program on the bus would cut the line into junk."""
 
     def __init__(self) -> None:
         self.junk = 0

@@ -18,8 +18,9 @@ Choices where the sources say nothing (docs/simulators.md lists them):
   is followed by a known command (``2ho0gs`` is ``2ho`` + ``0gs``; ``2ho00gs`` is ``2ho0`` +
   ``0gs``). A packet is complete when its write ends: ``2ho`` then ``0gs`` written separately is
   fine, but ``2ho`` then ``1`` written separately is ``2ho`` plus a stray ``1``.
-* A packet left incomplete for ``packet_timeout_s`` (1 s device time, at least 50 ms real) is
-  dropped when the next bytes arrive and latches status 01 (communication timeout).
+* A packet left incomplete for ``packet_timeout_s`` (1 s of real time: a property of the line,
+  so ``speed`` does not shorten it) is dropped when the next bytes arrive and latches status 01
+  (communication timeout).
 * Set commands ``sv``, ``sj``, ``so``, ``us`` reply ``GS`` (00, or 04 for a value out of range), as
   public drivers that run on real units expect; ``ca`` replies ``GS00`` from the new address.
 * A move command during a motion replaces it (no ``PO`` for the abandoned target); ``mr``, ``fw``
@@ -27,6 +28,45 @@ Choices where the sources say nothing (docs/simulators.md lists them):
   (|pulses| > 143360) are refused with ``GS0C``. A jog step of 0 makes ``fw``/``bw`` run until
   ``st`` or the end of that range. Homing goes to position 0; its direction is accepted and has
   no other effect.
+
+Maintenance commands (issue 14). Sources: Thorlabs "ELLx OEM/Bare modules protocol manual",
+Issue 5, Nov 2019 (a copy: https://pdffox.com/communications-protocol-manual-pdf-free.html), and
+the public driver TapyrLabs/tl_elliptec (``tl_elliptec/devices/base.py``, ``protocol.py``), which
+implements every command of that manual against real units:
+
+* ``om`` (optimize motors), ``cm`` (clean mechanics), ``s1``/``s2`` (search frequency of motor
+  1/2) and ``c1``/``c2`` (scan current curve): no data. While they run the mount sends ``GS09``
+  unprompted every ``BUSY_FRAME_S`` (1 s device time) and answers ``gs`` with 09; at the end it
+  replies ``GS00`` (``C1``/``C2`` + 87 samples of 12 hex characters for ``c1``/``c2``: period as
+  a little-endian word, current as a little-endian dword, x1866 per A, as tl_elliptec decodes
+  them). Durations are simulator choices (``TASK_SECONDS``): the sources only say "several
+  minutes" (tl_elliptec waits 300 s for om/cm, 30 s for s1/s2, "up to ~12 s" for c1/c2). A move
+  or a second long run during one is refused with ``GS09``. ``st`` aborts the run (tl_elliptec:
+  "aborts an in-progress optimize/clean cycle"); its closing ``GS`` never comes.
+* ``f1``/``b1``/``f2``/``b2`` (forward/backward period of motor 1/2): 4 hex characters, the
+  12-bit period with the top nibble 8 (``8093``); ``FFFF`` restores the factory period. Reply
+  ``GS00`` (``GS04`` otherwise); ``i1``/``i2`` report the new periods. The sources disagree on
+  the restore value: tl_elliptec sends 3 characters (``FFF``). Here a 3-character value is an
+  incomplete packet (``GS01`` latched), so a driver that sends it fails loudly.
+* ``sk`` (skip the frequency search at power-up): no data, reply ``GS00``.
+* ``ga<addr>`` (group address, for synchronised moves): 1 address character. The mount also
+  listens on that address until its next move (tl_elliptec: "listens on temporary_address until
+  its next move") and replies ``GS00`` from it, as ``ca`` replies from the new address; the
+  ``PO`` of the synchronised move comes from each mount's own address, so the host can tell
+  the mounts apart (simulator choice: the sources do not say).
+* ``is<2 hex>`` (isolate for that many minutes): replies ``GS05`` (module isolated), then
+  ignores everything addressed to it; when the time is up it sends ``GS06`` (out of isolation)
+  unprompted. Inferred from the status table (05/06); the sources do not show the exchange.
+
+Also documented from tl_elliptec: on real units ``st`` does NOT interrupt a bounded move
+(``ma``/``mr``/``ho``), only a continuous jog (jog step 0) or an om/cm run. This simulator still
+stops a bounded move and replies ``PO`` with the position reached (the existing contract of the
+native driver's ``stop()``); a driver that relies on that is wrong on the bench. The "move too
+soon goes to 0" rule is timed from the previous MOVE command received by that mount (not its
+end), in device time (``command_spacing_s``, 100 ms: INSTRUMENTS.md "allow about 100 ms between
+commands"), so ``speed`` shortens it as it shortens motion.
+
+Unknown commands stay silent and are recorded in ``protocol_errors``, as the real bus does.
 """
 
 from __future__ import annotations
@@ -80,12 +120,23 @@ DATA_LENGTH = {
     "in": 0, "gs": 0, "gp": 0, "st": 0, "gv": 0, "gj": 0, "go": 0,
     "i1": 0, "i2": 0, "i3": 0, "us": 0, "fw": 0, "bw": 0,
     "ma": 8, "mr": 8, "sj": 8, "so": 8, "sv": 2, "ca": 1, "ho": -1,
+    # maintenance commands (Thorlabs ELLx protocol manual; TapyrLabs/tl_elliptec)
+    "om": 0, "cm": 0, "s1": 0, "s2": 0, "sk": 0, "c1": 0, "c2": 0,
+    "f1": 4, "b1": 4, "f2": 4, "b2": 4, "ga": 1, "is": 2,
 }  # fmt: skip
 MOVE_COMMANDS = frozenset({"ma", "mr", "ho", "fw", "bw"})
 HEX = frozenset("0123456789ABCDEFabcdef")
 ADDRESS_CHARS = "0123456789ABCDEF"
 SEPARATORS = b"\r\n"
 MOTION_OVERHEAD_S = 0.05  # acceleration and settling of a resonant piezo move
+STATUS_ISOLATED = 0x05
+STATUS_OUT_OF_ISOLATION = 0x06
+# Device seconds of the long maintenance runs (simulator choices: the sources only say "several
+# minutes" for om/cm, "up to ~12 s" for c1/c2, and give s1/s2 a 30 s host timeout).
+TASK_SECONDS = {"om": 60.0, "cm": 120.0, "s1": 8.0, "s2": 8.0, "c1": 12.0, "c2": 12.0}
+BUSY_FRAME_S = 1.0  # device seconds between the unsolicited GS09 frames of a long run
+FACTORY_PERIODS = {1: (0x93, 0x90), 2: (0x91, 0x8E)}  # forward, backward (14.74 MHz / f)
+CURVE_SAMPLES = 87  # c1/c2: 87 (period, current) samples spanning ~70-120 kHz
 
 _INSTRUMENT = "Elliptec bus simulator"
 
@@ -197,6 +248,13 @@ class _Mount:
     last_move_at: float | None = None
     stall_next: bool = False
     history: list[str] = field(default_factory=list)
+    group: str | None = None  # ``ga``: also answers here until its next move
+    isolated_until: float | None = None  # ``is``: real clock time the isolation ends
+    task: str | None = None  # the long maintenance run in progress (om, cm, s1, ...)
+    task_gen: int = 0
+    periods: dict[int, list[int]] = field(
+        default_factory=lambda: {m: list(p) for m, p in FACTORY_PERIODS.items()}
+    )
 
 
 class ElliptecBusSimulator(SerialSimulator):
@@ -304,9 +362,11 @@ class ElliptecBusSimulator(SerialSimulator):
 
     def on_bytes(self, data: bytes) -> None:
         now = self.clock()
-        if self._line_buf and now - self._partial_at > max(
-            self.real_delay(self.packet_timeout_s), 0.05
-        ):
+        # Real seconds, never scaled by ``speed``: the timeout belongs to the wire, not to the
+        # motion, and a host descheduled between two pieces of one packet is not a faster line.
+        # Scaled (50 ms at the sim lab's speed 20) it dropped packets on a loaded host, and the
+        # mount went silent until the driver's 1 s reply timeout.
+        if self._line_buf and now - self._partial_at > self.packet_timeout_s:
             self._parse(final=True)  # the incomplete packet timed out before these bytes came
         self._line_buf += data
         self._partial_at = now
@@ -362,7 +422,7 @@ class ElliptecBusSimulator(SerialSimulator):
             if len(follow) == 1 and not final and any(c.startswith(follow) for c in DATA_LENGTH):
                 return "wait", 0
             return "packet", 4
-        valid = ADDRESS_CHARS + ADDRESS_CHARS.lower() if command == "ca" else HEX
+        valid = ADDRESS_CHARS + ADDRESS_CHARS.lower() if command in ("ca", "ga") else HEX
         for i, c in enumerate(data[:need]):
             if c not in valid:
                 return "malformed", 3 + i
@@ -385,8 +445,12 @@ class ElliptecBusSimulator(SerialSimulator):
 
     def handle_line(self, line: str) -> None:
         address, command, data = line[0], line[1:3], line[3:]
-        for mount in [m for m in self._mounts if m.address == address]:
+        for mount in [m for m in self._mounts if address in (m.address, m.group)]:
             mount.history.append(line)
+            if mount.isolated_until is not None:
+                if self.clock() < mount.isolated_until:
+                    continue  # isolated: deaf to the bus until the time is up
+                mount.isolated_until = None
             getattr(self, f"_cmd_{command}")(mount, data)
 
     def _send(self, mount: _Mount, kind: str, data: str, *, latency: bool = True) -> None:
@@ -407,7 +471,8 @@ class ElliptecBusSimulator(SerialSimulator):
         if mount.latched is not None:
             code, mount.latched = mount.latched, None
         else:
-            code = STATUS_BUSY if mount.motion is not None else STATUS_OK
+            busy = mount.motion is not None or mount.task is not None
+            code = STATUS_BUSY if busy else STATUS_OK
         self._send(mount, "GS", f"{code:02X}")
 
     def _cmd_gp(self, mount: _Mount, data: str) -> None:
@@ -455,8 +520,8 @@ class ElliptecBusSimulator(SerialSimulator):
 
     def _motor_info(self, mount: _Mount, motor: int) -> None:
         # loop on, motor on, current 0.6 A (x1866), ramps, forward/backward periods (14.74 MHz / f)
-        periods = {1: ("0093", "0090"), 2: ("0091", "008E")}[motor]
-        self._send(mount, f"I{motor}", f"11{1120:04X}FFFFFFFF{periods[0]}{periods[1]}")
+        fwd, bwd = mount.periods[motor]
+        self._send(mount, f"I{motor}", f"11{1120:04X}FFFFFFFF{fwd:04X}{bwd:04X}")
 
     def _cmd_i1(self, mount: _Mount, data: str) -> None:
         self._motor_info(mount, 1)
@@ -468,9 +533,126 @@ class ElliptecBusSimulator(SerialSimulator):
         self._status(mount, STATUS_COMMAND_ERROR)  # an ELL14 has two motors
 
     def _cmd_st(self, mount: _Mount, data: str) -> None:
+        mount.task = None  # aborts a maintenance run too; its closing GS never comes
+        mount.task_gen += 1
         mount.position = self._position_now(mount)
         mount.motion = None
         self._send(mount, "PO", to_hex32(mount.position))
+
+    # --- maintenance -------------------------------------------------------------------------
+
+    def _task(self, mount: _Mount, name: str, done: Callable[[], None]) -> None:
+        """A long run: GS09 frames unprompted every BUSY_FRAME_S, then ``done()`` replies."""
+        if mount.task is not None or mount.motion is not None:
+            self._status(mount, STATUS_BUSY)
+            return
+        mount.task = name
+        mount.task_gen += 1
+        gen = mount.task_gen
+        duration = TASK_SECONDS[name]
+
+        def busy_frame(at: float) -> None:
+            if mount.task_gen != gen or mount.task is None:
+                return
+            self._send(mount, "GS", f"{STATUS_BUSY:02X}", latency=False)
+            if at + BUSY_FRAME_S < duration:
+                self.schedule(BUSY_FRAME_S, lambda: busy_frame(at + BUSY_FRAME_S))
+
+        def finish() -> None:
+            if mount.task_gen != gen or mount.task is None:
+                return  # stopped
+            mount.task = None
+            done()
+
+        if self.real_delay(duration) > 0:  # at infinite speed the run takes no time to be busy
+            self.schedule(BUSY_FRAME_S, lambda: busy_frame(BUSY_FRAME_S))
+        self.schedule(duration, finish)
+
+    def _cmd_om(self, mount: _Mount, data: str) -> None:
+        self._task(mount, "om", lambda: self._status(mount, STATUS_OK, latency=False))
+
+    def _cmd_cm(self, mount: _Mount, data: str) -> None:
+        self._task(mount, "cm", lambda: self._status(mount, STATUS_OK, latency=False))
+
+    def _search(self, mount: _Mount, motor: int) -> None:
+        def found() -> None:
+            mount.periods[motor] = list(FACTORY_PERIODS[motor])
+            self._status(mount, STATUS_OK, latency=False)
+
+        self._task(mount, f"s{motor}", found)
+
+    def _cmd_s1(self, mount: _Mount, data: str) -> None:
+        self._search(mount, 1)
+
+    def _cmd_s2(self, mount: _Mount, data: str) -> None:
+        self._search(mount, 2)
+
+    def _cmd_sk(self, mount: _Mount, data: str) -> None:
+        self._status(mount, STATUS_OK)
+
+    def _current_curve(self, mount: _Mount, motor: int) -> None:
+        def measured() -> None:
+            samples = []
+            for i in range(CURVE_SAMPLES):
+                period = 0x7A + i  # ~120 kHz down to ~70 kHz
+                resonance = FACTORY_PERIODS[motor][0]
+                amps = 0.9 - 0.5 * min(1.0, abs(period - resonance) / 20.0)
+                raw = round(amps * 1866)
+                samples.append(
+                    period.to_bytes(2, "little").hex().upper()
+                    + raw.to_bytes(4, "little").hex().upper()
+                )
+            self._send(mount, f"C{motor}", "".join(samples), latency=False)
+
+        self._task(mount, f"c{motor}", measured)
+
+    def _cmd_c1(self, mount: _Mount, data: str) -> None:
+        self._current_curve(mount, 1)
+
+    def _cmd_c2(self, mount: _Mount, data: str) -> None:
+        self._current_curve(mount, 2)
+
+    def _period(self, mount: _Mount, motor: int, direction: int, data: str) -> None:
+        value = int(data, 16)
+        if value == 0xFFFF:
+            mount.periods[motor][direction] = FACTORY_PERIODS[motor][direction]
+        elif value & 0xF000 == 0x8000:
+            mount.periods[motor][direction] = value & 0x0FFF
+        else:
+            self._status(mount, STATUS_VALUE_OUT_OF_RANGE)
+            return
+        self._status(mount, STATUS_OK)
+
+    def _cmd_f1(self, mount: _Mount, data: str) -> None:
+        self._period(mount, 1, 0, data)
+
+    def _cmd_b1(self, mount: _Mount, data: str) -> None:
+        self._period(mount, 1, 1, data)
+
+    def _cmd_f2(self, mount: _Mount, data: str) -> None:
+        self._period(mount, 2, 0, data)
+
+    def _cmd_b2(self, mount: _Mount, data: str) -> None:
+        self._period(mount, 2, 1, data)
+
+    def _cmd_ga(self, mount: _Mount, data: str) -> None:
+        group = data.upper()
+        mount.group = None if group == mount.address else group
+        # Answered from the group address it now also listens on (as ``ca`` answers from the
+        # new one), so a host sees which address the synchronised move must be sent to.
+        self.reply(f"{group}GS{STATUS_OK:02X}", delay=self.real_delay(self.reply_latency))
+
+    def _cmd_is(self, mount: _Mount, data: str) -> None:
+        minutes = int(data, 16)
+        self._send(mount, "GS", f"{STATUS_ISOLATED:02X}")  # a state, not a fault: not latched
+        mount.isolated_until = self.clock() + self.real_delay(60.0 * minutes)
+
+        def back() -> None:
+            if mount.isolated_until is not None and self.clock() >= mount.isolated_until:
+                mount.isolated_until = None
+                self._send(mount, "GS", f"{STATUS_OUT_OF_ISOLATION:02X}", latency=False)
+
+        self.schedule(60.0 * minutes, back)
 
     def _cmd_ma(self, mount: _Mount, data: str) -> None:
         self._move(mount, "ma", lambda now: from_hex32(data))
@@ -505,6 +687,10 @@ class ElliptecBusSimulator(SerialSimulator):
         return motion.start + round((motion.end - motion.start) * elapsed / motion.duration)
 
     def _move(self, mount: _Mount, command: str, target_from: Callable[[int], int]) -> None:
+        mount.group = None  # a group address lasts until the move it synchronised
+        if mount.task is not None:
+            self._status(mount, STATUS_BUSY)
+            return
         now = self.clock()
         current = self._position_now(mount)
         target = target_from(current)

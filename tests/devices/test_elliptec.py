@@ -13,11 +13,13 @@ import threading
 import time
 import tty
 import uuid
+from pathlib import Path
 
 import bluesky.plan_stubs as bps
 import bluesky.plans as bp
 import event_model
 import pytest
+import yaml
 from bluesky import RunEngine
 from bluesky.protocols import (
     Configurable,
@@ -161,7 +163,7 @@ def test_router_recovers_packet_after_line_noise_and_drops_garbled_ones():
     buf = bytearray(b"\x00\x7f2PO0000460\r\n\xff3GS0C\r\n2P\x1e00004600\r\n2GS0\r\n")
     assert router.split(buf) == [b"3GS0C"]  # short PO, bad kind and short GS are junk
     assert router.junk == 3
-    buf = bytearray(b"z" * 600)
+    buf = bytearray(b"z" * (ElliptecBusRouter.MAX_PENDING + 1))
     assert router.split(buf) == [] and buf == bytearray()  # no line end at all: junk, bounded
 
 
@@ -553,3 +555,60 @@ def test_mount_built_directly_joins_its_bus(bus_on_pty):
     assert server.simulator.position_deg(3) == pytest.approx(12, abs=0.01)
     direct.close()
     assert "3" not in bus.mounts
+
+
+# --- maintenance commands (issue 14), pinned to tests/transcripts/elliptec.yaml ----------------
+
+TRANSCRIPTS = yaml.safe_load(
+    (Path(__file__).parents[1] / "transcripts" / "elliptec.yaml").read_text(encoding="utf-8")
+)
+
+
+def _replies() -> list[str]:
+    at_rest = [r for _, r in TRANSCRIPTS["at_rest"] + TRANSCRIPTS["isolate"] if r]
+    long_runs = [r for _, busy, done in TRANSCRIPTS["long_runs"] for r in (busy, done)]
+    return at_rest + long_runs
+
+
+@pytest.mark.parametrize("reply", _replies())
+def test_router_frames_every_maintenance_reply_of_the_transcript(reply):
+    router = ElliptecBusRouter()
+    buffer = bytearray(reply.encode())
+    (packet,) = router.split(buffer)
+    assert packet == reply.encode().rstrip(b"\r\n")
+    assert router.address_of(packet) == reply[0]
+    assert router.kind_of(packet) == reply[1:3]
+    assert router.junk == 0 and buffer == bytearray()
+
+
+def test_router_frames_a_current_curve_that_arrives_in_pieces():
+    # c1/c2 reply 87 samples of 12 characters: 1047 bytes before the CR LF, arriving at 9600
+    # baud in small reads. It must not be thrown away as a line without an end.
+    curve = b"2C1" + b"7A0058030000" * 87 + b"\r\n"
+    router = ElliptecBusRouter()
+    buffer = bytearray()
+    packets = []
+    for i in range(0, len(curve), 64):
+        buffer += curve[i : i + 64]
+        packets += router.split(buffer)
+    assert packets == [curve[:-2]]
+    assert router.kind_of(packets[0]) == "C1" and router.junk == 0
+
+
+def test_a_long_optimize_on_one_address_does_not_disturb_a_move_on_another(bus_on_pty):
+    server, bus, mounts = bus_on_pty(addresses="2,3", mounts=("2", "3"), speed=60)
+    optimizing = bus.endpoint("3")
+    optimizing.send(b"3om")
+    # The mount at 3 now sends GS09 unprompted; wait for one to be sure the run is under way.
+    assert optimizing.wait_for("GS", timeout=5.0) == b"3GS09"
+    mounts["2"].move(45.0, wait=True)
+    assert mounts["2"].position == pytest.approx(45.0, abs=0.1)
+    assert server.simulator.position_deg(2) == pytest.approx(45.0, abs=0.1)
+    assert b"2GS09" not in bus.endpoint("2").pending()
+    # The run ends with GS00 on its own address; then mount 3 moves as usual.
+    deadline = time.monotonic() + 10.0
+    while optimizing.wait_for("GS", timeout=max(0.0, deadline - time.monotonic())) != b"3GS00":
+        pass
+    mounts["3"].move(-10.0, wait=True)
+    assert mounts["3"].position == pytest.approx(-10.0, abs=0.1)
+    assert server.simulator.protocol_errors == []

@@ -6,15 +6,28 @@ speed factor and generous bounds.
 
 from __future__ import annotations
 
+import select
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import serial
+import yaml
 
 from daqbridge.errors import ConfigError
 from daqbridge.sim import create_simulator, serve_pty
 from daqbridge.sim._core import Faults
-from daqbridge.sim.elliptec import PULSES_PER_DEG, ElliptecBusSimulator, from_hex32, to_hex32
+from daqbridge.sim.elliptec import (
+    BUSY_FRAME_S,
+    PULSES_PER_DEG,
+    TASK_SECONDS,
+    ElliptecBusSimulator,
+    from_hex32,
+    to_hex32,
+)
 
 IN_2 = b"2IN0E1140051720231701016800023000\r\n"
 
@@ -458,3 +471,113 @@ def test_over_a_pty_with_pyserial():
             assert link.readline() == b""
         assert port.simulator.position_deg(2) == pytest.approx(90)
         assert port.errors == []
+
+
+def test_packet_timeout_is_wire_time_not_scaled_by_the_motion_speed():
+    # The sim lab runs at speed 20: motion is 20x faster, but a loaded host that writes a packet
+    # in two pieces 0.2 s apart has not made the line faster. Scaled, the timeout was 50 ms and
+    # the mount went silent (the driver then timed out after 1 s at start-up).
+    sim, clock = make(speed=20.0)
+    assert ask(sim, clock, b"2g", wait=0.2) == b""
+    assert ask(sim, clock, b"s") == b"2GS00\r\n"
+    assert sim.protocol_errors == []
+
+
+# --- the maintenance commands (issue 14), pinned to tests/transcripts/elliptec.yaml ------------
+
+TRANSCRIPTS = yaml.safe_load(
+    (Path(__file__).parents[1] / "transcripts" / "elliptec.yaml").read_text(encoding="utf-8")
+)
+
+
+def test_maintenance_commands_answer_as_the_transcript():
+    sim, clock = make()
+    for sent, reply in TRANSCRIPTS["at_rest"]:
+        got = ask(sim, clock, sent.encode())
+        assert got == (reply or "").encode(), sent
+        clock.advance(1)
+    assert sim.protocol_errors == ["'2xx': bytes that start no Elliptec packet"]
+
+
+@pytest.mark.parametrize("sent, busy, done", TRANSCRIPTS["long_runs"])
+def test_long_runs_send_busy_frames_unprompted_then_their_reply(sent, busy, done):
+    sim, clock = make()
+    assert ask(sim, clock, sent.encode()) == b""  # nothing until the first busy frame
+    frames = run_for(sim, clock, BUSY_FRAME_S)
+    assert frames == busy.encode()
+    assert ask(sim, clock, b"2gs") == b"2GS09\r\n"  # a gs meanwhile says busy too
+    rest = run_for(sim, clock, TASK_SECONDS[sent[1:]])
+    assert rest.endswith(done.encode())
+    assert set(rest[: -len(done)].split(b"\r\n")) <= {b"2GS09", b""}
+    assert run_for(sim, clock, 10 * BUSY_FRAME_S) == b""  # and nothing after the end
+    assert ask(sim, clock, b"2gs") == b"2GS00\r\n"
+
+
+def test_a_move_during_a_long_run_is_refused_busy_and_st_aborts_the_run():
+    sim, clock = make()
+    ask(sim, clock, b"2om")
+    assert ask(sim, clock, b"2ma00004600") == b"2GS09\r\n"
+    assert sim.position_pulses(2) == 0
+    assert ask(sim, clock, b"2st") == b"2PO00000000\r\n"
+    assert run_for(sim, clock, TASK_SECONDS["om"]) == b""  # aborted: no busy frame, no GS00
+    assert ask(sim, clock, b"2gs") == b"2GS00\r\n"
+
+
+def test_current_curve_replies_87_samples_after_busy_frames():
+    sim, clock = make()
+    ask(sim, clock, b"2c1")
+    out = run_for(sim, clock, TASK_SECONDS["c1"]).split(b"\r\n")
+    assert set(out[:-2]) == {b"2GS09"}
+    curve = out[-2].decode()
+    assert curve.startswith("2C1") and len(curve) == 3 + 87 * 12
+    assert out[-1] == b""
+
+
+def test_group_address_synchronises_a_move_then_lapses():
+    sim, clock = make(addresses=(2, 3))
+    assert ask(sim, clock, b"2ga5") == b"5GS00\r\n"
+    assert ask(sim, clock, b"3ga5") == b"5GS00\r\n"
+    assert ask(sim, clock, b"5ma00004600") == b""
+    ends = run_for(sim, clock, 2.0)
+    assert sorted(ends.split(b"\r\n")) == [b"", b"2PO00004600", b"3PO00004600"]
+    clock.advance(1)
+    assert ask(sim, clock, b"5gs") == b""  # the group lasted until that move only
+
+
+def test_isolated_mount_ignores_the_bus_then_says_so():
+    sim, clock = make()
+    for sent, reply in TRANSCRIPTS["isolate"]:
+        assert ask(sim, clock, sent.encode()) == (reply or "").encode(), sent
+    assert run_for(sim, clock, 60.0) == b"2GS06\r\n"
+    assert ask(sim, clock, b"2gs") == b"2GS00\r\n"
+
+
+def test_a_three_character_period_is_an_incomplete_packet():
+    # tl_elliptec sends "FFF" to restore the factory period; the manual's word is 4 characters.
+    sim, clock = make()
+    assert ask(sim, clock, b"2f1FFF") == b""
+    clock.advance(2)
+    assert ask(sim, clock, b"2gs") == b"2GS01\r\n"
+
+
+def test_cli_serve_answers_the_maintenance_commands_over_a_pty(wire):
+    argv = [sys.executable, "-m", "daqbridge", "sim", "serve", "elliptec", "-o", "speed=inf"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready_to_read, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready_to_read, "daqbridge sim serve printed no ready line"
+        kind, _, path = proc.stdout.readline().strip().partition(" ready on ")
+        assert kind == "elliptec"
+        with serial.Serial(path, 9600, timeout=5) as port:
+            pairs = [(s.encode(), r.encode() if r else None) for s, r in TRANSCRIPTS["at_rest"]]
+            wire.transcript(port, pairs)
+            # At infinite speed a long run ends at once: only its closing reply is left.
+            wire.transcript(port, [(b"2om", b"2GS00\r\n")])
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert proc.returncode == 0, err
