@@ -260,7 +260,9 @@ class _Mount:
 class ElliptecBusSimulator(SerialSimulator):
     """ELL14 rotation mounts on one half-duplex line; every packet on the line reaches all of them.
 
-    Options: ``addresses`` (default ``[2]``, so INSTRUMENTS.md transcripts work verbatim),
+    Options: ``addresses`` (default ``[0]``: a mount leaves the factory at address 0, and a
+    driver that assumes another address must fail here as it would on a new unit; a bus of
+    several mounts names its addresses, as INSTRUMENTS.md's ``2``/``3``/``8``),
     ``enforce_command_spacing`` (the too-soon-move-goes-to-0 quirk, default True),
     ``command_spacing_s`` (0.1), ``max_speed_deg_s`` (300 at velocity 100 %: 360 deg in about
     1.25 s), ``reply_latency`` (device seconds, default 5 ms), ``packet_timeout_s`` (1.0), plus the
@@ -274,7 +276,7 @@ class ElliptecBusSimulator(SerialSimulator):
     def __init__(
         self,
         *,
-        addresses: Iterable[str | int] | str | int = (2,),
+        addresses: Iterable[str | int] | str | int = (0,),
         enforce_command_spacing: bool | str = True,
         command_spacing_s: float | str = 0.1,
         max_speed_deg_s: float | str = 300.0,
