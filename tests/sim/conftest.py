@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
+import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -112,3 +117,29 @@ def wire() -> type[Wire]:
 @pytest.fixture
 def fake_clock() -> FakeClock:
     return FakeClock()
+
+
+@contextlib.contextmanager
+def _sim_serve(*args: str) -> Iterator[tuple[str, str]]:
+    """``daqbridge sim serve ARGS`` as a real process: yields (kind, address) from its ready line,
+    then stops it with SIGINT and checks that it exits 0 (Ctrl-C is its normal end)."""
+    argv = [sys.executable, "-m", "daqbridge", "sim", "serve", *args]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, "daqbridge sim serve printed no ready line"
+        kind, _, address = proc.stdout.readline().strip().partition(" ready on ")
+        yield kind, address
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert proc.returncode == 0, err
+
+
+@pytest.fixture
+def sim_serve() -> Callable[..., contextlib.AbstractContextManager[tuple[str, str]]]:
+    return _sim_serve

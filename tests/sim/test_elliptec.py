@@ -6,10 +6,6 @@ speed factor and generous bounds.
 
 from __future__ import annotations
 
-import select
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -560,46 +556,20 @@ def test_a_three_character_period_is_an_incomplete_packet():
     assert ask(sim, clock, b"2gs") == b"2GS01\r\n"
 
 
-def test_cli_serve_answers_the_maintenance_commands_over_a_pty(wire):
-    argv = [sys.executable, "-m", "daqbridge", "sim", "serve", "elliptec", "-o", "speed=inf"]
-    argv += ["--addresses", "2"]  # the transcript's mount
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        ready_to_read, _, _ = select.select([proc.stdout], [], [], 60)
-        assert ready_to_read, "daqbridge sim serve printed no ready line"
-        kind, _, path = proc.stdout.readline().strip().partition(" ready on ")
+def test_cli_serve_answers_the_maintenance_commands_over_a_pty(wire, sim_serve):
+    # --addresses 2: the transcript's mount
+    with sim_serve("elliptec", "-o", "speed=inf", "--addresses", "2") as (kind, path):
         assert kind == "elliptec"
         with serial.Serial(path, 9600, timeout=5) as port:
             pairs = [(s.encode(), r.encode() if r else None) for s, r in TRANSCRIPTS["at_rest"]]
             wire.transcript(port, pairs)
             # At infinite speed a long run ends at once: only its closing reply is left.
             wire.transcript(port, [(b"2om", b"2GS00\r\n")])
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-    assert proc.returncode == 0, err
 
 
-def test_a_single_mount_answers_at_the_factory_address_0(wire):
+def test_a_single_mount_answers_at_the_factory_address_0(wire, sim_serve):
     # A new ELL14 leaves the factory at address 0 (ELLx protocol manual, "ca"): a driver that
     # assumes another address must meet silence here, as on a new unit.
-    argv = [sys.executable, "-m", "daqbridge", "sim", "serve", "elliptec", "-o", "speed=inf"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        ready_to_read, _, _ = select.select([proc.stdout], [], [], 60)
-        assert ready_to_read, "daqbridge sim serve printed no ready line"
-        _, _, path = proc.stdout.readline().strip().partition(" ready on ")
+    with sim_serve("elliptec", "-o", "speed=inf") as (_, path):
         with serial.Serial(path, 9600, timeout=5) as port:
             wire.transcript(port, [(b"0gs", b"0GS00\r\n"), (b"2gs", None)])
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-    assert proc.returncode == 0, err

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-import select
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -551,32 +547,9 @@ def test_stage_identity_options(open_url, wire):
         ESP300Simulator(stage_serials=("SN1", "SN2"))
 
 
-def _serve(*args: str) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "daqbridge", "sim", "serve", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    ready, _, _ = select.select([proc.stdout], [], [], 30)
-    if not ready:
-        proc.kill()
-        pytest.fail(f"no ready line; stderr: {proc.communicate(timeout=10)[1]}")
-    return proc, proc.stdout.readline()
-
-
-def test_cli_sim_serve_answers_the_new_commands_on_a_pty(tmp_path, wire):
+def test_cli_sim_serve_answers_the_new_commands_on_a_pty(tmp_path, wire, sim_serve):
     link = tmp_path / "esp"
-    proc, line = _serve("esp300", "--speed", "inf", "--link", str(link))
-    try:
-        assert line == f"esp300 ready on {link}\n"
+    with sim_serve("esp300", "--speed", "inf", "--link", str(link)) as (kind, path):
+        assert (kind, path) == ("esp300", str(link))
         with serial.Serial(str(link), 19200, timeout=5) as port:
             wire.transcript(port, transcript_pairs("at_rest"))
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-    assert proc.returncode == 0, err

@@ -7,10 +7,6 @@ costs no real time; two tests run on the real clock with a speed factor, one ove
 from __future__ import annotations
 
 import math
-import select
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from urllib.parse import urlencode
@@ -557,24 +553,12 @@ def test_bad_wavelength_range_options_are_config_errors():
         MaiTaiSimulator(wavelength_min_nm=850, wavelength_max_nm=900)  # 800 nm start is outside
 
 
-def test_cli_serve_answers_the_new_commands_over_a_pty(wire):
+def test_cli_serve_answers_the_new_commands_over_a_pty(wire, sim_serve):
     options, pairs = transcript("narrow_unit")
-    argv = [sys.executable, "-m", "daqbridge", "sim", "serve", "maitai", "-o", "reply_latency=0"]
+    argv = ["maitai", "-o", "reply_latency=0"]
     for key, value in options.items():
         argv += ["-o", f"{key}={value}"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        ready_to_read, _, _ = select.select([proc.stdout], [], [], 60)
-        assert ready_to_read, "daqbridge sim serve printed no ready line"
-        kind, _, path = proc.stdout.readline().strip().partition(" ready on ")
+    with sim_serve(*argv) as (kind, path):
         assert kind == "maitai"
         with serial.Serial(path, 9600, timeout=5) as port:
             wire.transcript(port, pairs, terminator=b"\n")
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-    assert proc.returncode == 0, err

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import select
-import signal
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -320,24 +316,12 @@ def test_store_reference_for_rel(meter):
     assert exchange(meter, b"S\nD?\n") == b"1E0\n"  # [In]: S takes the present reading
 
 
-def test_cli_serve_answers_the_new_commands_over_a_pty(wire):
+def test_cli_serve_answers_the_new_commands_over_a_pty(wire, sim_serve):
     options, pairs = transcript("status")
-    argv = [sys.executable, "-m", "daqbridge", "sim", "serve", "newport1830c"]
+    argv = ["newport1830c"]
     for key, value in {"response_time": 0, **options}.items():
         argv += ["-o", f"{key}={value}"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        ready_to_read, _, _ = select.select([proc.stdout], [], [], 60)
-        assert ready_to_read, "daqbridge sim serve printed no ready line"
-        kind, _, path = proc.stdout.readline().strip().partition(" ready on ")
+    with sim_serve(*argv) as (kind, path):
         assert kind == "newport1830c"
         with serial.Serial(path, 9600, timeout=5) as port:
             wire.transcript(port, pairs, terminator=b"\n")
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-    assert proc.returncode == 0, err

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import re
-import select
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -603,28 +599,15 @@ def test_yaml_personalities(sim_rm, personality):
     assert meter.query("SYST:ERR?") == no_error
 
 
-def test_cli_serves_a_personality_that_answers_its_transcript(open_socket, wire):
+def test_cli_serves_a_personality_that_answers_its_transcript(open_socket, wire, sim_serve):
     options, pairs = personality_section("34401a", "functions")
-    argv = [sys.executable, "-m", "daqbridge", "sim", "serve", "scpi"]
-    argv += ["--personality", options.pop("personality")]
+    argv = ["scpi", "--personality", options.pop("personality")]
     for key, value in options.items():
         argv += ["-o", f"{key}={value}"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        assert ready, "daqbridge sim serve printed no ready line"
-        kind, _, address = proc.stdout.readline().strip().partition(" ready on ")
+    with sim_serve(*argv) as (kind, address):
         assert kind == "scpi"
         _, host, port, _ = address.split("::")
         wire.transcript(open_socket(int(port)), pairs, terminator=b"\n")
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-    assert proc.returncode == 0, err
 
 
 @pytest.mark.parametrize("personality", ["34401a", "keithley2000"])
