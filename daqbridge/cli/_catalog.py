@@ -25,10 +25,16 @@ from daqbridge.errors import CatalogError
 def register(subparsers: argparse._SubParsersAction) -> None:
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="lab profile whose data to read (default: $DAQBRIDGE_PROFILE, else the embedded "
+        "simulated lab, as for `daqbridge run`)",
+    )
+    where.add_argument(
         "--data",
         metavar="DIR",
-        help="data directory (default: $DAQBRIDGE_DATA, else ~/.local/share/daqbridge); "
-        "given here, it wins over $DAQBRIDGE_DATA",
+        help="data directory instead of the profile's lab.data_dir ($DAQBRIDGE_DATA wins "
+        "over both; see docs/catalog.md)",
     )
     where.add_argument("--uri", help="Tiled server URI instead of the embedded catalog")
     where.add_argument(
@@ -48,11 +54,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lst.set_defaults(func=_list)
 
     show = sub.add_parser("show", parents=[where], help="metadata, streams and fields of a run")
-    show.add_argument("run", metavar="UID", help="uid, uid prefix (5+ chars), scan id or -1")
+    show.add_argument(
+        "run", metavar="RUN", help="scan id, uid, uid prefix (5+ chars), or -1 for the newest"
+    )
+    show.add_argument(
+        "--values", action="store_true", help="also print each stream's events as a table"
+    )
     show.set_defaults(func=_show)
 
     export = sub.add_parser("export", parents=[where], help="write one stream of a run as CSV")
-    export.add_argument("run", metavar="UID", help="uid, uid prefix (5+ chars), scan id or -1")
+    export.add_argument(
+        "run", metavar="RUN", help="scan id, uid, uid prefix (5+ chars), or -1 for the newest"
+    )
     export.add_argument("--format", choices=["csv"], default="csv", help="output format")
     export.add_argument("--stream", default="primary", help="stream to export (default primary)")
     export.add_argument("--output", "-o", metavar="FILE", help="file to write (default stdout)")
@@ -72,32 +85,54 @@ def _no_subcommand(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+def _locate(args: argparse.Namespace) -> Any:
+    """Where the runs are, by the rule every command shares (``locate_data``)."""
+    from daqbridge.runtime.profile._load import locate_data
+
+    return locate_data(args.profile, args.data)
+
+
 def _open(args: argparse.Namespace, *, readonly: bool):
     # The in-process Tiled server greets every start on stderr; a CLI should not. Its module sets
     # the level at import, so import it first.
     import tiled.server.app  # noqa: F401
 
-    from daqbridge.runtime.catalog import DATA_ENV, open_catalog
+    from daqbridge.runtime.catalog import open_catalog
 
     logging.getLogger("tiled.server.app").setLevel(logging.WARNING)
-    saved = os.environ.get(DATA_ENV)
-    if args.data:  # an explicit flag beats the environment, which open_catalog obeys
-        os.environ[DATA_ENV] = args.data
-    try:
-        return open_catalog(
-            args.data, uri=args.uri, api_key=args.api_key, readonly=readonly, recover=False
+    where = _locate(args)
+    uri = args.uri or where.uri
+    api_key = args.api_key if args.uri else (args.api_key or where.api_key)
+    if not uri and readonly and not (where.catalog_dir / "catalog.db").is_file():
+        raise CatalogError(
+            f"there is no catalog in {where.catalog_dir} ({where.source}): no run has been "
+            "written there yet.",
+            resource=str(where.catalog_dir),
+            fix=f"write a first run with `{_same_place('daqbridge run count sim_meter', args)}`,"
+            " or name the lab whose runs you want with --profile FILE (or $DAQBRIDGE_PROFILE)"
+            " or --data DIR.",
         )
-    finally:
-        if saved is None:
-            os.environ.pop(DATA_ENV, None)
-        else:
-            os.environ[DATA_ENV] = saved
+    return open_catalog(
+        where.catalog_dir, uri=uri, api_key=api_key, readonly=readonly, recover=False
+    )
 
 
-def _when(timestamp: float | None) -> str:
+def _same_place(command: str, args: argparse.Namespace) -> str:
+    """``command`` with the options that make it write where this command looked."""
+    import shlex
+
+    if args.data:
+        return f"DAQBRIDGE_DATA={shlex.quote(args.data)} {command}"
+    if args.profile:
+        return f"{command} --profile {shlex.quote(args.profile)}"
+    return command
+
+
+def _when(timestamp: Any, *, precise: bool = False) -> str:
     if timestamp is None:
         return "-"
-    return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+    when = dt.datetime.fromtimestamp(float(timestamp))
+    return when.strftime("%H:%M:%S.%f")[:-3] if precise else when.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _status(exit_status: str | None) -> str:
@@ -122,6 +157,12 @@ def _list(args: argparse.Namespace) -> int:
         print(
             f"{scan:>5}  {run.uid[:8]:8}  {_when(run.time):19}  {plan:16}  "
             f"{_status(run.exit_status):10}  {events:>6}"
+        )
+    if any(run.exit_status is None for run in runs):
+        print(
+            "running?: no stop document yet. If no process is measuring any more (it was "
+            f"killed), `{_same_place('daqbridge catalog recover', args)}` puts in the "
+            "documents its write-ahead log kept and marks the run as ended."
         )
     return 0
 
@@ -174,7 +215,34 @@ def _show(args: argparse.Namespace) -> int:
                     f"    {field}: {info.get('dtype', '?')} {shape}{units}  "
                     f"from {info.get('source', '?')}{external}"
                 )
+            if args.values:
+                _print_values(node)
     return 0
+
+
+def _print_values(stream_node: Any) -> None:
+    """The stream's events as a table: what a scientist looks at first after a scan."""
+    try:
+        columns, skipped = _event_columns(stream_node)
+    except Exception as exc:  # noqa: BLE001 - a run still being written may not read yet
+        print(f"    (no values readable yet: {exc})")
+        return
+    names = [name for name, _ in columns]
+    rows = [
+        [_when(v, precise=True) if name == "time" else _value_text(v) for v in values]
+        for name, values in columns
+    ]
+    widths = [max([len(n)] + [len(c) for c in col]) for n, col in zip(names, rows, strict=True)]
+    print("    " + "  ".join(n.rjust(w) for n, w in zip(names, widths, strict=True)))
+    for i in range(len(rows[0]) if rows else 0):
+        print("    " + "  ".join(col[i].rjust(w) for col, w in zip(rows, widths, strict=True)))
+    for name, shape in skipped:
+        print(f"    ({name}: {shape} per event, not shown)")
+
+
+def _value_text(value: Any) -> str:
+    value = _cell(value)
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def _rows_so_far(stream_node: Any) -> str:
@@ -196,8 +264,9 @@ def _export(args: argparse.Namespace) -> int:
                 resource=catalog.where,
                 fix="pick one of the listed streams with --stream.",
             )
-        dataset = run[args.stream].read()
-    text, skipped = _dataset_csv(dataset)
+        uid = run.metadata["start"]["uid"]
+        columns, skipped = _event_columns(run[args.stream])
+    text = _csv(columns)
     for name, shape in skipped:
         print(
             f"daqbridge: note: field {name!r} ({shape} per event) is not a scalar; "
@@ -214,36 +283,50 @@ def _export(args: argparse.Namespace) -> int:
                 resource=args.output,
                 fix="choose a writable --output path.",
             ) from exc
+        events = len(columns[0][1]) if columns else 0
+        print(
+            f"wrote {events} events of stream {args.stream!r} of run {uid} to "
+            f"{os.path.abspath(args.output)}"
+        )
     else:
         sys.stdout.write(text)
     return 0
 
 
-def _dataset_csv(dataset: Any) -> tuple[str, list[tuple[str, str]]]:
-    """CSV of the scalar fields of a stream, ``time`` first, other columns in sorted order.
+def _event_columns(stream_node: Any) -> tuple[list[tuple[str, Any]], list[tuple[str, str]]]:
+    """(columns, fields left out): ``seq_num`` and ``time`` first, then the scalar fields in
+    sorted order; fields with more than one value per event (frames, spectra) are left out.
 
     Sorted because Tiled returns columns in varying order between reads (STACK_NOTES), and an
-    export must be reproducible.
+    export must be reproducible. ``seq_num`` is not in the stream's Dataset: it is read from
+    the stream's own ``seq_num`` column, so a gap in a run's events shows.
     """
+    dataset = stream_node.read()
     columns: list[tuple[str, Any]] = []
     skipped: list[tuple[str, str]] = []
+    if "seq_num" in list(stream_node):
+        columns.append(("seq_num", stream_node["seq_num"].read()))
     if "time" in dataset.coords or "time" in dataset:
         columns.append(("time", dataset["time"].values))
     for name in sorted(str(n) for n in dataset.data_vars):
-        if name == "time":
+        if name in ("time", "seq_num"):
             continue
         values = dataset[name].values
         if values.ndim != 1:
             skipped.append((name, "x".join(str(n) for n in values.shape[1:])))
             continue
         columns.append((name, values))
+    return columns, skipped
+
+
+def _csv(columns: list[tuple[str, Any]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([name for name, _ in columns])
     rows = len(columns[0][1]) if columns else 0
     for i in range(rows):
         writer.writerow([_cell(values[i]) for _, values in columns])
-    return out.getvalue(), skipped
+    return out.getvalue()
 
 
 def _cell(value: Any) -> Any:
@@ -253,11 +336,10 @@ def _cell(value: Any) -> Any:
 
 
 def _recover(args: argparse.Namespace) -> int:
-    from daqbridge.runtime.catalog import resolve_data_dir
-
-    wal = resolve_data_dir(args.data) / "wal"
-    if not args.data and not wal.is_dir():  # do not create a catalog just to find it empty
-        print(f"nothing to recover in {wal}")
+    where = _locate(args)
+    wal = where.catalog_dir / "wal"
+    if not wal.is_dir():  # do not create a catalog just to find it empty
+        print(f"nothing to recover in {wal} ({where.source})")
         return 0
     with _open(args, readonly=False) as catalog:
         results = catalog.recover()

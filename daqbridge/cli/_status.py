@@ -77,6 +77,10 @@ def run_status(args: argparse.Namespace) -> int:
         status = runtime.status()
         status["startup_times"] = dict(runtime.startup_times)
         text = runtime.format_status()
+        # The writer counts this process's runs only ("runs 0" at every start): a morning
+        # check wants what the catalog holds, and where the scan ids stand.
+        status["catalog_runs"] = _runs_in(runtime)
+        status["last_scan_id"] = runtime.RE.md.get("scan_id") if runtime.RE else None
     finally:
         report = runtime.close(reason="daqbridge status")
     if args.json:
@@ -84,7 +88,22 @@ def run_status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2, default=str))
     else:
         print(text)
+        runs = status["catalog_runs"]
+        print(
+            f"catalog holds {'?' if runs is None else runs} runs; last scan id "
+            f"{status['last_scan_id'] or '- (none yet)'}"
+        )
         total = sum(v for k, v in status["startup_times"].items() if k != "catalog_wait")
         print(f"start-up: {total:.1f} s; {report.format()}")
     failed = bool(status.get("failures")) or not report.clean
     return 1 if failed else 0
+
+
+def _runs_in(runtime: object) -> int | None:
+    catalog = getattr(runtime, "catalog", None)
+    if catalog is None:
+        return None
+    try:
+        return len(catalog)
+    except Exception:  # noqa: BLE001 - the status line says '?' rather than failing the check
+        return None

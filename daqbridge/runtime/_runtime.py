@@ -47,7 +47,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -212,6 +212,108 @@ class _QuietAborts(logging.Filter):
 _QUIET_ABORTS = _QuietAborts()
 
 
+RUN_METADATA_FILE = "runengine-metadata.json"
+"""In the data directory: ``RE.md`` as the scientist left it, ``scan_id`` above all."""
+
+
+class RunMetadata(MutableMapping[str, Any]):
+    """``RE.md`` that persists per data directory, the way bluesky's ``PersistentDict`` does:
+    ``scan_id`` and every key a scientist sets (``RE.md["proposal"] = ...``) survive the
+    process, so the next ``daqbridge run`` or IPython session goes on counting.
+
+    Not ``PersistentDict`` itself: it needs zict, and each process keeps its own copy of
+    ``scan_id``, so an IPython session and a ``daqbridge run`` beside it would hand out the
+    same number. Here the next scan id is taken from the file under an exclusive lock.
+    ``session`` keys (lab, profile, instruments, the command that started the lab) are this
+    process's and are never written: a key ``daqbridge run`` set must not appear in the runs
+    of the next IPython session.
+    """
+
+    def __init__(self, path: Path, session: Mapping[str, Any]) -> None:
+        self.path = path
+        self._session = dict(session)
+        self._kept: dict[str, Any] = {
+            k: v for k, v in self._read().items() if k not in self._session
+        }
+
+    def _read(self) -> dict[str, Any]:
+        import json
+
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"the run metadata file cannot be read ({exc}).",
+                file=str(self.path),
+                fix="delete it to start counting scan ids at 1 again, or restore it from a backup.",
+            ) from None
+        return data if isinstance(data, dict) else {}
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _write(self) -> None:
+        import json
+        import os
+
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self._kept, default=_plain_json, indent=1))
+        os.replace(tmp, self.path)
+
+    def next_scan_id(self, md: Mapping[str, Any]) -> int:
+        """bluesky's ``scan_id_source``: one more than the highest id any process gave out."""
+        with self._locked():
+            on_disk = self._read().get("scan_id")
+            mine = md.get("scan_id")
+            ids = [i for i in (on_disk, mine) if isinstance(i, int) and not isinstance(i, bool)]
+            scan_id = max(ids, default=0) + 1
+            self._kept["scan_id"] = scan_id
+            self._write()
+        return scan_id
+
+    def __getitem__(self, key: str) -> Any:
+        return self._session[key] if key in self._session else self._kept[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in self._session:
+            self._session[key] = value
+            return
+        with self._locked():
+            self._kept[key] = value
+            self._write()
+
+    def __delitem__(self, key: str) -> None:
+        if key in self._session:
+            del self._session[key]
+            return
+        with self._locked():
+            del self._kept[key]
+            self._write()
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._session
+        yield from (k for k in self._kept if k not in self._session)
+
+    def __len__(self) -> int:
+        return len(self._session) + sum(k not in self._session for k in self._kept)
+
+    def __repr__(self) -> str:
+        return f"<RunMetadata {self.path} {dict(self)!r}>"
+
+
+def _plain_json(value: Any) -> Any:
+    tolist = getattr(value, "tolist", None)
+    return tolist() if callable(tolist) else str(value)
+
+
 @functools.cache
 def _instrument_failed_status_class() -> type:
     """bluesky's FailedStatus whose text is the instrument's error (built on first use)."""
@@ -295,6 +397,22 @@ class Resources:
         return {"ports": self.pool.status(), "visa": self.visa.status()}
 
 
+def _legacy_tolerances(inst: InstrumentBase) -> dict[str, float]:
+    """How far a legacy adapter's read-back may be from its target, per parameter: the native
+    driver's own arrival tolerance, so a move one stack accepts the other accepts too (the
+    MaiTai reports whole nm; without it ``bps.mv(laser.wavelength, 760.4)`` failed on the legacy
+    stack only)."""
+    if inst.driver != "maitai":
+        return {}
+    import inspect
+
+    from daqbridge.devices.maitai import MaiTaiLaser
+
+    # The native default is the one source of the number: the profile has no key for it.
+    default = inspect.signature(MaiTaiLaser).parameters["tolerance_nm"].default
+    return {"wavelength": float(default)}
+
+
 class Runtime:
     """Profile, resources, legacy stack, native devices, RunEngine and catalog, as one object.
 
@@ -331,13 +449,11 @@ class Runtime:
                 key="connect_timeout",
                 fix="give seconds, or None for each driver's default.",
             )
-        from daqbridge.runtime.catalog import resolve_data_dir
+        from daqbridge.runtime.profile._load import locate_data
 
         self.profile = profile
-        # DAQBRIDGE_DATA wins over both (the catalog module's rule, applied there only).
-        self.data_dir: Path = resolve_data_dir(
-            data_dir if data_dir is not None else profile.data_path()
-        )
+        # The one rule of every command (DAQBRIDGE_DATA, then data_dir, then the profile).
+        self.data_dir: Path = locate_data(profile, data_dir).directory
         self.allow_partial = allow_partial
         self.best_effort = best_effort
         self.plots = plots
@@ -365,6 +481,8 @@ class Runtime:
         self._legacy_entries: dict[str, InstrumentBase] = {}
         self._legacy_ids: dict[str, str] = {}
         self._adapters: dict[str, Any] = {}
+        self.shadow: Any = None
+        """The ShadowRecorder adding legacy twins to every run's events (None: no shadow)."""
         self._skipped: set[tuple[str, str]] = set()
         self._subscriptions: dict[str, int] = {}
         self._catalog_future: concurrent.futures.Future | None = None
@@ -600,10 +718,15 @@ class Runtime:
         # Which settings and which stack produced a run: a migration compares runs by these.
         md.update(run_provenance(profile))
         md.update(self._extra_md)
-        options: dict[str, Any] = {"during_task": _sliced_wait_class()()}
+        # bluesky fills in "versions" at once: this process's, never carried over.
+        run_md = RunMetadata(self.data_dir / RUN_METADATA_FILE, session={**md, "versions": {}})
+        options: dict[str, Any] = {
+            "during_task": _sliced_wait_class()(),
+            "scan_id_source": run_md.next_scan_id,
+        }
         if self.sigint == "abort":
             options["context_managers"] = []
-        RE = RunEngine(md, **options)  # noqa: N806 - bluesky's name
+        RE = RunEngine(run_md, **options)  # noqa: N806 - bluesky's name
         RE.preprocessors.append(_instrument_failures_in_their_words)
         # Not part of _subscriptions: those are the writers and tables status() lists.
         RE.subscribe(self._report_run_end, "stop")
@@ -730,6 +853,9 @@ class Runtime:
                         notes.append(f"{ref.id}: no legacy channel for part {ref.part!r}")
                         continue
                     options = {"channels": [channel], "settable": channel}
+                tolerances = _legacy_tolerances(inst)
+                if tolerances:
+                    options["tolerance"] = tolerances
                 device = construct(
                     adapter, self.legacy, lid, name=ref.id, notes=notes, what=ref.id, **options
                 )
@@ -744,6 +870,32 @@ class Runtime:
                     log.warning("legacy adapter %s: %s", ref.id, exc)
                 self._adapters[ref.id] = device
                 self._devices[ref.id] = device
+        self._record_shadow_in_runs()
+
+    def _record_shadow_in_runs(self) -> None:
+        """Every run's events carry the legacy twin of each shadowed device (docs/shadow.md).
+
+        A lab migrates on the evidence of its own experiments, not of a separate comparison;
+        the native devices and their keys stay as they are.
+        """
+        from daqbridge.runtime._shadow import LEGACY_TWIN, ShadowRecorder
+
+        pairs = {}
+        for inst in self.profile.enabled_instruments():
+            if inst.stack != "shadow":
+                continue
+            for ref in inst.devices():
+                if ref.stack != "legacy" or not ref.id.endswith(LEGACY_TWIN):
+                    continue
+                native = self._devices.get(ref.id[: -len(LEGACY_TWIN)])
+                twin = self._devices.get(ref.id)
+                # A bus (all mounts) has no reading of its own: its mounts are shadowed.
+                readable = [callable(getattr(d, "read", None)) for d in (native, twin)]
+                if all(readable):
+                    pairs[native] = twin
+        if pairs and self.RE is not None:
+            self.shadow = ShadowRecorder(pairs)
+            self.RE.preprocessors.append(self.shadow)
 
     def _subscribe(self) -> None:
         RE = self.RE

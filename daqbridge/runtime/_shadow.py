@@ -17,6 +17,7 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Generator, Iterable, Mapping, Sequence
@@ -25,14 +26,20 @@ from typing import Any
 
 from daqbridge.errors import ConfigError, DaqbridgeError, InstrumentTimeout
 
+log = logging.getLogger("daqbridge.runtime.shadow")
+
 __all__ = [
+    "LEGACY_TWIN",
+    "SHADOW_DIFF",
     "SHADOW_PLAN_NAME",
     "Disagreement",
     "ReadFailure",
     "ShadowComparison",
     "ShadowPair",
+    "ShadowRecorder",
     "ShadowReport",
     "agree",
+    "check_field",
     "compare",
     "main_field",
     "shadow_compare_plan",
@@ -40,6 +47,10 @@ __all__ = [
 ]
 
 SHADOW_PLAN_NAME = "shadow_compare"
+LEGACY_TWIN = "_legacy"
+"""Suffix of a shadowed device's legacy twin: its data keys are ``<id>_legacy_<field>``."""
+SHADOW_DIFF = "_shadow_diff"
+"""Infix of the difference keys recorded in shadow: ``<id>_shadow_diff_<field>``."""
 
 
 # --- the comparison --------------------------------------------------------------------------
@@ -331,6 +342,21 @@ def main_field(device: Any) -> str:
     )
 
 
+def check_field(device: Any, key: str) -> str:
+    """``key`` if ``device`` reads it; a ConfigError naming what it does read otherwise (a
+    KeyError in the middle of a comparison told nobody which side lacked what)."""
+    keys = list(device.describe())
+    if key not in keys:
+        name = getattr(device, "name", device)
+        raise ConfigError(
+            f"{name!r} reads no {key!r}; it reads {keys}.",
+            key="field",
+            fix=f"compare one of the fields {name!r} reads (--field / native_field= / "
+            "legacy_field=).",
+        )
+    return key
+
+
 # --- outside a plan ----------------------------------------------------------------------------
 
 
@@ -357,8 +383,8 @@ class ShadowComparison:
         self.legacy = legacy_device
         self.tolerance = float(tolerance)
         self.rtol = float(rtol)
-        self.native_field = native_field or main_field(native_device)
-        self.legacy_field = legacy_field or main_field(legacy_device)
+        self.native_field = check_field(native_device, native_field or main_field(native_device))
+        self.legacy_field = check_field(legacy_device, legacy_field or main_field(legacy_device))
         self.instrument = instrument or getattr(native_device, "name", "instrument")
         self.timeout = timeout
 
@@ -447,8 +473,8 @@ class ShadowPair:
         self.legacy = legacy_device
         self.name = name or f"{native_device.name}_shadow"
         self.parent = None
-        self.native_field = native_field or main_field(native_device)
-        self.legacy_field = legacy_field or main_field(legacy_device)
+        self.native_field = check_field(native_device, native_field or main_field(native_device))
+        self.legacy_field = check_field(legacy_device, legacy_field or main_field(legacy_device))
         self.difference_field = f"{native_device.name}_minus_{legacy_device.name}"
 
     def trigger(self) -> Any:
@@ -589,3 +615,298 @@ def shadow_summary(report: ShadowReport) -> str:
         f"{report.instrument}: {len(report.disagreements)} of {report.n} pairs disagree beyond "
         f"{report.tolerance:g} + {report.rtol:g}x, {len(report.failures)} reads failed"
     )
+
+
+# --- inside every run ---------------------------------------------------------------------------
+
+
+def shadow_fields(
+    native_name: str,
+    twin_name: str,
+    native_keys: Iterable[str],
+    twin_keys: Iterable[str],
+    native_main: str | None = None,
+    twin_main: str | None = None,
+) -> list[tuple[str, str, str]]:
+    """(native key, twin key, difference key) of every quantity both drivers read.
+
+    Keys pair by field (``meter_power`` with ``meter_legacy_power``); the two main fields pair
+    whatever they are called, because the stacks name a mount's angle differently (``rot_c``
+    and ``rot_c_legacy_position_8``).
+    """
+    twin_keys = list(twin_keys)
+    pairs: list[tuple[str, str, str]] = []
+    for key in native_keys:
+        if not key.startswith(native_name):
+            continue
+        suffix = key[len(native_name) :]
+        twin_key = twin_name + suffix
+        if twin_key not in twin_keys:
+            if key != native_main or twin_main not in twin_keys:
+                continue
+            twin_key = twin_main
+        pairs.append((key, twin_key, f"{native_name}{SHADOW_DIFF}{suffix}"))
+    return pairs
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class _ShadowDifference:
+    """The differences native - legacy of one shadowed device at the current point, as a
+    readable the RunEngine reads into the same event (units from the native description)."""
+
+    def __init__(self, native: Any, twin: Any) -> None:
+        self.native = native
+        self.twin = twin
+        self.name = f"{native.name}{SHADOW_DIFF}"
+        self.parent = None
+        self.pairs: list[tuple[str, str, str]] | None = None
+        self._reading: dict[str, dict[str, Any]] = {}
+
+    def at_point(self, native: Mapping[str, Any], twin: Mapping[str, Any]) -> None:
+        if self.pairs is None:
+            # Fixed at the first point, so every event of a descriptor has the same keys.
+            self.pairs = [
+                p
+                for p in shadow_fields(
+                    self.native.name,
+                    self.twin.name,
+                    native,
+                    twin,
+                    _first_hint(self.native),
+                    _first_hint(self.twin),
+                )
+                if _is_number(native[p[0]]["value"]) and _is_number(twin[p[1]]["value"])
+            ]
+        self._reading = {}
+        for nk, tk, dk in self.pairs:
+            a, b = native.get(nk), twin.get(tk)
+            value = _difference(a["value"], b["value"]) if a and b else math.nan
+            stamp = max(a["timestamp"], b["timestamp"]) if a and b else time.time()
+            self._reading[dk] = {"value": value, "timestamp": stamp}
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        return dict(self._reading)
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        try:
+            native = self.native.describe()
+        except Exception:  # noqa: BLE001 - units are a courtesy; the keys must not fail
+            native = {}
+        out = {}
+        for nk, tk, dk in self.pairs or []:
+            entry: dict[str, Any] = {
+                "source": f"shadow:{nk}-{tk}",
+                "dtype": "number",
+                "shape": [],
+                "dtype_numpy": "<f8",
+            }
+            units = native.get(nk, {}).get("units") if isinstance(native, dict) else None
+            if units:
+                entry["units"] = units
+            out[dk] = entry
+        return out
+
+    def read_configuration(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def describe_configuration(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+
+def _first_hint(device: Any) -> str | None:
+    fields = (getattr(device, "hints", None) or {}).get("fields") or []
+    return fields[0] if fields else None
+
+
+class _TwinEcho:
+    """The legacy twin as read at the current point, under the twin's own name and keys.
+
+    The recorder reads the twin itself (after its trigger finished) and hands the reading over
+    here; when the twin's trigger failed, every number is NaN, never the twin's older value.
+    """
+
+    def __init__(self, twin: Any) -> None:
+        self.twin = twin
+        self.name = twin.name
+        self.parent = None
+        self.error: BaseException | None = None
+        self._reading: dict[str, dict[str, Any]] = {}
+
+    def trigger(self) -> Any:
+        """Trigger the twin; the status returned always succeeds, ``error`` says if the twin
+        failed.
+
+        The RunEngine fails the whole run as soon as any status it was given fails, whatever
+        group it is in, and calls ``stop()`` on every object a plan touched when it aborts (for
+        the legacy adapter: halting the legacy driver mid-exchange). Given only this shield, it
+        does neither to the twin: shadow mode observes an experiment and must not end it.
+        """
+        from ophyd.status import Status
+
+        shield = Status(obj=self)
+        self.error = None
+        try:
+            status = self.twin.trigger()
+        except Exception as exc:  # noqa: BLE001 - a finding, recorded as NaN
+            self.error = exc
+            shield.set_finished()
+            return shield
+
+        def done(status: Any) -> None:
+            if not status.success:
+                self.error = status.exception() or RuntimeError("the trigger failed")
+            shield.set_finished()
+
+        status.add_callback(done)
+        return shield
+
+    def at_point(self, failed: bool) -> dict[str, dict[str, Any]]:
+        reading = {k: dict(v) for k, v in self.twin.read().items()}
+        if failed:
+            now = time.time()
+            for entry in reading.values():
+                if _is_number(entry["value"]):
+                    entry.update(value=math.nan, timestamp=now)
+        self._reading = reading
+        return reading
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        return self._reading
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        return self.twin.describe()
+
+    def read_configuration(self) -> dict[str, dict[str, Any]]:
+        return self.twin.read_configuration()
+
+    def describe_configuration(self) -> dict[str, dict[str, Any]]:
+        return self.twin.describe_configuration()
+
+
+@dataclass
+class _Point:
+    """What one plan did since its last event: twins triggered (by the plan, or by the recorder
+    in a group of its own), devices read."""
+
+    triggered: set[int] = field(default_factory=set)
+    groups: dict[int, str] = field(default_factory=dict)
+    readings: dict[int, Mapping[str, Any]] = field(default_factory=dict)
+    natives_read: list[Any] = field(default_factory=list)
+
+    def moved(self) -> None:
+        self.triggered.clear()
+        self.groups.clear()
+
+    def next(self) -> None:
+        self.moved()
+        self.readings.clear()
+        self.natives_read.clear()
+
+
+class ShadowRecorder:
+    """RunEngine preprocessor: every event that reads a shadowed native device also carries its
+    legacy twin's reading (``<id>_legacy_<field>``) and the differences
+    (``<id>_shadow_diff_<field>``), so a lab's real experiments are the migration's evidence.
+
+    Why a preprocessor: the lab's plans, the native devices and their keys stay exactly as they
+    are; only the messages change. The twin is triggered together with the native device; a
+    point that read the native device without that (a motor's read-back after a move) triggers
+    the twin before the event is saved, so a legacy value is never older than its point. A plan
+    that reads the twin itself keeps its own reading; only the differences are added.
+
+    The twin runs in a group of its own: shadow mode observes the experiment and must not end
+    it. A legacy read that fails (the twin restarting after a lost reply) records NaN for the
+    twin and its differences, is logged and counted in ``failures``; the run goes on.
+    """
+
+    def __init__(self, pairs: Mapping[Any, Any]) -> None:
+        self._twins = {id(n): t for n, t in pairs.items()}
+        self._echoes = {id(t): _TwinEcho(t) for t in pairs.values()}
+        self._diffs = {id(n): _ShadowDifference(n, t) for n, t in pairs.items()}
+        self.failures: list[ReadFailure] = []
+
+    @property
+    def shadowed(self) -> list[str]:
+        return [d.native.name for d in self._diffs.values()]
+
+    def __call__(self, plan: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+        point = _Point()
+        reply: Any = None
+        thrown: BaseException | None = None
+        while True:
+            try:
+                msg = plan.send(reply) if thrown is None else plan.throw(thrown)
+            except StopIteration as done:
+                return done.value
+            try:
+                reply, thrown = (yield from self._handle(msg, point)), None
+            except GeneratorExit:
+                plan.close()
+                raise
+            except BaseException as exc:  # noqa: BLE001 - every throw goes on to the plan
+                reply, thrown = None, exc
+
+    def _handle(self, msg: Any, point: _Point) -> Generator[Any, Any, Any]:
+        from bluesky.utils import Msg
+
+        command, obj = msg.command, msg.obj
+        if command == "trigger" and id(obj) in self._twins:
+            status = yield msg
+            twin = self._twins[id(obj)]
+            if id(twin) not in point.triggered and id(twin) not in point.groups:
+                group = f"shadow-{twin.name}-{time.monotonic_ns()}"
+                point.groups[id(twin)] = group
+                yield Msg("trigger", self._echoes[id(twin)], group=group)
+            return status
+        if command == "trigger" and id(obj) in self._echoes:
+            point.triggered.add(id(obj))
+        elif command == "set":
+            point.moved()  # what the twin read before the move is stale
+        elif command in ("create", "drop"):
+            point.readings.clear()
+            point.natives_read.clear()
+        elif command == "read" and (id(obj) in self._twins or id(obj) in self._echoes):
+            reading = yield msg
+            point.readings[id(obj)] = reading
+            if id(obj) in self._twins:
+                point.natives_read.append(obj)
+            return reading
+        if command == "save":
+            for native in list(point.natives_read):
+                yield from self._add_twin(native, point)
+        if command in ("save", "drop"):
+            result = yield msg
+            point.next()
+            return result
+        return (yield msg)
+
+    def _add_twin(self, native: Any, point: _Point) -> Generator[Any, Any, None]:
+        from bluesky.utils import Msg
+
+        twin = self._twins[id(native)]
+        echo = self._echoes[id(twin)]
+        twin_reading = point.readings.get(id(twin))
+        group = point.groups.pop(id(twin), None)
+        if twin_reading is None and group is None and id(twin) not in point.triggered:
+            group = f"shadow-{twin.name}-{time.monotonic_ns()}"
+            yield Msg("trigger", echo, group=group)
+        if group is not None:
+            # Also when the plan read the twin itself: no status outlives its point.
+            yield Msg("wait", None, group=group)
+            point.triggered.add(id(twin))
+            if echo.error is not None:
+                self._failed(twin, echo.error)
+        if twin_reading is None:
+            twin_reading = echo.at_point(failed=echo.error is not None and group is not None)
+            yield Msg("read", echo)
+        diff = self._diffs[id(native)]
+        diff.at_point(point.readings[id(native)], twin_reading)
+        yield Msg("read", diff)
+
+    def _failed(self, twin: Any, exc: BaseException) -> None:
+        message = _message(exc)
+        self.failures.append(ReadFailure(len(self.failures), "legacy", message))
+        log.warning("shadow: the legacy twin %s was not read at this point: %s", twin.name, message)

@@ -170,3 +170,35 @@ def test_the_legacy_laser_wavelength_keeps_the_profiles_limits(runtime: Any) -> 
     assert sim.target_wavelength_nm() == before  # nothing was sent
     limits = laser.wavelength.describe()["sim_laser_wavelength"]["limits"]["control"]
     assert (limits["low"], limits["high"]) == (700.0, 1000.0)
+
+
+def test_the_legacy_laser_arrives_within_the_native_lasers_tolerance(runtime: Any) -> None:
+    """The MaiTai reports whole nm: the native laser accepts 760.4 (within 0.5 nm), and so must
+    its legacy adapter instead of failing the move with SetNotConfirmed (issue 18 item 2)."""
+    laser = runtime["sim_laser"]
+    sim = runtime.simulation.simulator("sim_laser")
+    before = sim.target_wavelength_nm()
+    try:
+        runtime.RE(bps.mv(laser.wavelength, 760.4))
+        assert sim.target_wavelength_nm() == pytest.approx(760.4, abs=0.5)  # it tuned
+        assert _rd(runtime, laser.wavelength) == pytest.approx(760.4, abs=0.5)
+    finally:
+        assert runtime.legacy.submit("sim_laser", Command.set("wavelength", before), timeout=30).ok
+
+
+def test_a_count_of_the_shadowed_meter_records_its_legacy_twin(
+    runtime: Any, docs: Any, light: None
+) -> None:
+    """sim.toml runs sim_meter in shadow: the lab's own plans collect the evidence (issue 18
+    item 4), each event with both drivers' readings and their difference."""
+    import bluesky.plans as bp
+
+    runtime.RE(bp.count([runtime["sim_meter"]], 3))
+    docs.validate()
+    events = docs.events()
+    assert len(events) == 3
+    for e in events:
+        n, lg = e["data"]["sim_meter_power"], e["data"]["sim_meter_legacy_power"]
+        assert n > 0.1 and lg > 0.1  # real light on both drivers, not two zeros
+        assert e["data"]["sim_meter_shadow_diff_power"] == pytest.approx(n - lg)
+    # (that each legacy value is read at its own point: tests/runtime/test_shadow.py, on a ramp)

@@ -246,3 +246,134 @@ def test_cli_bad_arguments_exit_2(capsys):
     assert main(["shadow", "meter", "-n", "0"]) == 2
     assert "-n must be >= 1" in capsys.readouterr().err
     assert main(["shadow", "meter", "--rtol", "-1"]) == 2
+
+
+# --- shadow inside every run (issue 18 item 4) ---------------------------------------------------
+
+
+class Ramp:
+    """An optical input that is new on every reading: 1, 2, 3 ... uW (exact in the 1830-C's
+    reply format), remembering what it gave, so a stale legacy value cannot pass for a fresh one."""
+
+    def __init__(self) -> None:
+        self.given: list[float] = []
+
+    def __call__(self) -> float:
+        self.given.append(float(f"{len(self.given) + 1}e-6"))
+        return self.given[-1]
+
+
+def test_every_event_of_a_count_carries_the_legacy_twin_read_at_that_point(shadow_pair):
+    import bluesky.plans as bp
+
+    from daqbridge.runtime._shadow import ShadowRecorder
+
+    sim, light, native, legacy = shadow_pair
+    ramp = Ramp()
+    sim.optical_input = ramp
+    RE = RunEngine({}, context_managers=[])
+    RE.preprocessors.append(ShadowRecorder({native: legacy}))
+    docs: list[tuple[str, dict]] = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE(bp.count([native], 3))
+    for name, doc in docs:
+        schema_validators[DocumentNames(name)].validate(doc)
+    events = [d["data"] for n, d in docs if n == "event"]
+    assert len(events) == 3
+    previous = 0.0
+    for data in events:
+        assert set(data) == {"meter_power", "meter_legacy_power", "meter_shadow_diff_power"}
+        n, lg = data["meter_power"], data["meter_legacy_power"]
+        # each reading is one the simulator gave, and newer than anything of the point before
+        assert n in ramp.given and lg in ramp.given
+        assert min(n, lg) > previous
+        previous = max(n, lg)
+        assert data["meter_shadow_diff_power"] == pytest.approx(n - lg)
+    (descriptor,) = [d for n, d in docs if n == "descriptor"]
+    assert descriptor["data_keys"]["meter_shadow_diff_power"]["units"] == "W"
+
+
+ELLIPTEC_SHADOW = """
+[[instruments]]
+id = "rot"
+driver = "elliptec"
+stack = "shadow"
+port = "pty"
+polling_rate_hz = 0.5
+timeout = 5.0  # generous: a loaded CI machine has delayed the first IN reply past 1 s
+sim = { options = { enforce_command_spacing = false } }
+
+[instruments.elliptec]
+addresses = [{ address = "8", name = "c" }]
+"""
+
+
+def test_a_scan_in_shadow_records_both_drivers_read_backs_after_each_move(
+    runtime_data, runtime_profile
+):
+    import bluesky.plans as bp
+
+    from daqbridge.runtime import Runtime
+
+    path = runtime_profile(stage=None, meter=None, extra=ELLIPTEC_SHADOW)
+    with Runtime.from_profile(path) as rt:
+        bus = rt.simulation.simulator("rot")
+        reached: list[float] = []
+        token = rt.RE.subscribe(lambda name, doc: reached.append(bus.position_deg(8)), "event")
+        docs: list[tuple[str, dict]] = []
+        rt.RE.subscribe(lambda name, doc: docs.append((name, doc)))
+        rt.RE(bp.scan([], rt["rot_c"], 10, 50, 3))
+        rt.RE.unsubscribe(token)
+    events = [d["data"] for n, d in docs if n == "event"]
+    assert len(events) == 3
+    for data, target, truth in zip(events, [10, 30, 50], reached, strict=True):
+        assert truth == pytest.approx(target, abs=0.1)  # the mount itself
+        assert data["rot_c"] == pytest.approx(truth, abs=0.01)
+        assert data["rot_c_legacy_position_8"] == pytest.approx(truth, abs=0.01)
+        assert data["rot_c_shadow_diff"] == pytest.approx(
+            data["rot_c"] - data["rot_c_legacy_position_8"]
+        )
+
+
+def test_a_field_missing_on_one_side_is_a_config_error_naming_both_sides(shadow_pair):
+    sim, light, native, legacy = shadow_pair
+    with pytest.raises(
+        ConfigError,
+        match=r"'meter_legacy' reads no 'meter_legacy_nope'.*"
+        r"meter_legacy_power",
+    ):
+        ShadowComparison(native, legacy, legacy_field="meter_legacy_nope")
+    with pytest.raises(ConfigError, match=r"'meter' reads no 'meter_nope'"):
+        list(shadow_compare_plan(legacy, native, 2, native_field="meter_nope"))
+
+
+def test_a_failed_legacy_read_is_recorded_as_nan_and_the_run_goes_on(shadow_pair):
+    import bluesky.plan_stubs as bps
+
+    from daqbridge.runtime._shadow import ShadowRecorder
+
+    sim, light, native, legacy = shadow_pair
+    recorder = ShadowRecorder({native: legacy})
+    RE = RunEngine({}, context_managers=[])
+    RE.preprocessors.append(recorder)
+    docs: list[tuple[str, dict]] = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+
+    def plan():
+        yield from bps.open_run()
+        yield from bps.trigger_and_read([native])  # both read: the twin's trigger goes first
+        sim.faults.garble_next = 1  # only the twin goes to the wire in the next point
+        yield from bps.create()
+        yield from bps.read(native)  # no trigger: the native value of the point before
+        yield from bps.save()
+        yield from bps.trigger_and_read([native])
+        yield from bps.close_run()
+
+    RE(plan())
+    events = [d["data"] for n, d in docs if n == "event"]
+    (stop,) = [d for n, d in docs if n == "stop"]
+    assert stop["exit_status"] == "success"
+    assert [math.isnan(e["meter_legacy_power"]) for e in events] == [False, True, False]
+    assert math.isnan(events[1]["meter_shadow_diff_power"])
+    (failure,) = recorder.failures
+    assert failure.side == "legacy" and "meter_legacy" in failure.message

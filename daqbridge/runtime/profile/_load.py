@@ -726,3 +726,72 @@ def _with_line(issue: Issue, text: str | None) -> Issue:
     except Exception:  # best effort only; never mask the issue itself
         return issue
     return dataclasses.replace(issue, line=line) if line else issue
+
+
+# --- where the data is ---------------------------------------------------------------------------
+
+DATA_ENV = "DAQBRIDGE_DATA"
+"""Environment variable naming the data directory; it wins over everything else."""
+PROFILE_ENV = "DAQBRIDGE_PROFILE"
+"""Environment variable naming the lab profile when no ``--profile`` is given."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataLocation:
+    """Where a lab's runs are, and why there (``source`` goes into "not found" messages)."""
+
+    directory: Path
+    """The data directory: write-ahead log, camera frames, run counter, embedded catalog."""
+    source: str
+    catalog_dir: Path
+    """Where the embedded catalog's files are (a ``sqlite:///`` catalog_uri moves them)."""
+    uri: str | None = None
+    """A Tiled server the profile writes to instead of the embedded catalog."""
+    api_key: str | None = None
+
+
+def locate_data(
+    profile: str | os.PathLike | Profile | None = None,
+    data: str | os.PathLike | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> DataLocation:
+    """The one rule for the data directory, used by the runtime and by every command:
+
+    1. ``$DAQBRIDGE_DATA``, if set (a deployment, a queue worker or a test redirects every
+       program at once, whatever each was told);
+    2. ``data`` (``--data DIR``, ``Runtime(data_dir=...)``);
+    3. the profile's ``lab.data_dir`` (or the directory of its ``sqlite:///`` catalog, or its
+       Tiled server): the profile given, else ``$DAQBRIDGE_PROFILE``, else the embedded simulated
+       lab, so ``daqbridge run`` and ``daqbridge catalog list`` with the same (or no) profile
+       meet in the same directory.
+
+    The profile is only read when steps 1 and 2 do not decide (models only: a catalog reader
+    must not fail on a serial port that is unplugged today).
+    """
+    env = os.environ if environ is None else environ
+    chosen = (env.get(DATA_ENV) or "").strip()
+    if chosen:
+        directory = _absolute(chosen)
+        return DataLocation(directory, f"from ${DATA_ENV}", directory)
+    if data is not None and str(data) != "":
+        directory = _absolute(data)
+        return DataLocation(directory, "from --data", directory)
+    if not isinstance(profile, Profile):
+        if profile is None or str(profile) == "":
+            profile = (env.get(PROFILE_ENV) or "").strip() or None
+        profile = parse_profile(Path(os.fspath(profile)) if profile is not None else None)
+    lab = profile.lab
+    directory = profile.data_path(env)
+    source = f"lab.data_dir of profile {profile.label}"
+    uri = lab.catalog_uri
+    if uri is not None and uri.startswith("sqlite:///"):
+        catalog_dir = _absolute(uri[len("sqlite:///") :]).parent
+        return DataLocation(directory, f"lab.catalog_uri of profile {profile.label}", catalog_dir)
+    if uri is not None:
+        return DataLocation(directory, source, directory, uri, lab.resolved_api_key(env))
+    return DataLocation(directory, source, directory)
+
+
+def _absolute(path: str | os.PathLike) -> Path:
+    return Path(os.path.normpath(Path(path).expanduser().absolute()))

@@ -67,7 +67,8 @@ def test_export_csv_to_file(scanned, tmp_path):
     )
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(target.read_text())))
-    assert list(rows[0]) == ["time", "det", "motor", "motor_setpoint"]
+    assert list(rows[0]) == ["seq_num", "time", "det", "motor", "motor_setpoint"]
+    assert [r["seq_num"] for r in rows] == ["1", "2", "3", "4", "5"]
     assert [float(r["det"]) for r in rows] == pytest.approx([e["data"]["det"] for e in events])
     assert [float(r["motor"]) for r in rows] == pytest.approx([-1.0, -0.5, 0.0, 0.5, 1.0])
     assert [float(r["time"]) for r in rows] == pytest.approx([e["time"] for e in events])
@@ -76,7 +77,7 @@ def test_export_csv_to_file(scanned, tmp_path):
 def test_export_to_stdout_and_unknown_stream(scanned, capsys):
     directory, uid, _ = scanned
     assert main(["catalog", "export", uid[:10], "--data", str(directory)]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == "time,det,motor,motor_setpoint"
+    assert capsys.readouterr().out.splitlines()[0] == "seq_num,time,det,motor,motor_setpoint"
     assert main(["catalog", "export", uid, "--stream", "baseline", "--data", str(directory)]) == 1
     err = capsys.readouterr().err
     assert "has no stream 'baseline'" in err and "streams: primary" in err
@@ -121,3 +122,20 @@ def test_recover_command(data_dir, capsys):
     assert "fail" in line
     assert main(["catalog", "recover", "--data", str(data_dir)]) == 0
     assert "nothing to recover" in capsys.readouterr().out
+
+
+def test_list_tells_how_to_recover_a_run_that_never_stopped(data_dir, capsys):
+    """A run killed with kill -9 has a start and no stop in the catalog: its row says
+    ``running?``, and the list says which command ends it."""
+    RE = RunEngine({}, context_managers=[])
+    docs: list[tuple[str, dict]] = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    (uid,) = RE(bp.count([det], 2))
+    with open_catalog(data_dir) as catalog:
+        for name, doc in docs[:-1]:  # the process died before its stop document
+            catalog.writer(name, doc)
+        catalog.flush(timeout=60)
+    assert main(["catalog", "list", "--data", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "running?" in next(row for row in out.splitlines() if uid[:8] in row)
+    assert f"`DAQBRIDGE_DATA={data_dir} daqbridge catalog recover`" in out
