@@ -1,10 +1,11 @@
-"""``daqbridge catalog``: list, show, export and recover runs without writing Python.
+"""``daqbridge catalog``: list, show, export, recover, serve and plot runs without writing Python.
 
 ``list``, ``show`` and ``export`` open the catalog read-only, so they are safe to run while an
 experiment writes (they never create files, never recover); a catalog file another process keeps
 locked is reported with that process, never as a missing catalog. ``recover`` opens it writable
 and puts the runs a crash left in the write-ahead log into the catalog. Run ids may be a full uid,
-a unique prefix of 5+ characters, a scan id, or -1 for the latest run.
+a unique prefix of 5+ characters, a scan id, or -1 for the latest run. ``serve`` and ``plot``
+live in ``_catalog_serve`` and ``_catalog_plot``.
 """
 
 from __future__ import annotations
@@ -23,19 +24,22 @@ from daqbridge.errors import CatalogError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    where = argparse.ArgumentParser(add_help=False)
-    where.add_argument(
+    # `serve` serves a local data directory: no --uri, and its --api-key is the key it demands,
+    # not one it presents.
+    place = argparse.ArgumentParser(add_help=False)
+    place.add_argument(
         "--profile",
         metavar="FILE",
         help="lab profile whose data to read (default: $DAQBRIDGE_PROFILE, else the embedded "
         "simulated lab, as for `daqbridge run`)",
     )
-    where.add_argument(
+    place.add_argument(
         "--data",
         metavar="DIR",
         help="data directory instead of the profile's lab.data_dir ($DAQBRIDGE_DATA wins "
         "over both; see docs/catalog.md)",
     )
+    where = argparse.ArgumentParser(add_help=False, parents=[place])
     where.add_argument("--uri", help="Tiled server URI instead of the embedded catalog")
     where.add_argument(
         "--api-key", default=os.environ.get("TILED_API_KEY"), help="Tiled API key ($TILED_API_KEY)"
@@ -43,8 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     catalog = subparsers.add_parser(
         "catalog",
-        help="list, show, export and recover runs in the catalog",
-        description="List, show, export and recover runs in the daqbridge catalog "
+        help="list, show, export, recover, serve and plot runs in the catalog",
+        description="List, show, export, recover, serve and plot runs in the daqbridge catalog "
         "(see docs/catalog.md).",
     )
     sub = catalog.add_subparsers(dest="catalog_command", metavar="SUBCOMMAND")
@@ -77,6 +81,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="put runs left in the write-ahead log by a crash into the catalog",
     )
     recover.set_defaults(func=_recover)
+
+    from . import _catalog_plot, _catalog_serve
+
+    _catalog_serve.register(sub, place)
+    _catalog_plot.register(sub, where)
     catalog.set_defaults(func=lambda args: _no_subcommand(catalog))
 
 
