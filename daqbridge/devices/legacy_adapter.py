@@ -117,13 +117,15 @@ class _Deadlines:
     """One thread that fails statuses whose legacy command took too long.
 
     A ``threading.Timer`` per status (what ophyd's ``timeout=`` does) costs a thread start per
-    trigger; a heap served by one thread costs a push and a notify.
+    trigger; a heap served by one thread costs a push and a notify. A cancelled deadline drops
+    its action at once (the action holds the operation and its status): only its (due, handle)
+    entry waits in the heap until it falls due, so a fast scan does not keep every finished
+    point's status alive for the whole timeout.
     """
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
-        self._live: set[int] = set()
-        self._cancelled: set[int] = set()
+        self._heap: list[tuple[float, int]] = []
+        self._actions: dict[int, Callable[[], None]] = {}
         self._cond = threading.Condition()
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
@@ -133,8 +135,8 @@ class _Deadlines:
             handle = next(self._ids)
             due = time.monotonic() + delay
             earliest = not self._heap or due < self._heap[0][0]
-            heapq.heappush(self._heap, (due, handle, action))
-            self._live.add(handle)
+            heapq.heappush(self._heap, (due, handle))
+            self._actions[handle] = action
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="legacy-adapter-deadlines", daemon=True
@@ -146,24 +148,26 @@ class _Deadlines:
 
     def cancel(self, handle: int) -> None:
         with self._cond:
-            if handle in self._live:
-                self._cancelled.add(handle)
+            self._actions.pop(handle, None)
+
+    def pending(self) -> int:
+        """Deadlines whose action may still run (for tests and status)."""
+        with self._cond:
+            return len(self._actions)
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 while True:
-                    while self._heap and self._heap[0][1] in self._cancelled:
-                        gone = heapq.heappop(self._heap)[1]
-                        self._cancelled.discard(gone)
-                        self._live.discard(gone)
+                    while self._heap and self._heap[0][1] not in self._actions:
+                        heapq.heappop(self._heap)  # cancelled: its action is gone already
                     if not self._heap:
                         self._cond.wait()
                         continue
                     wait = self._heap[0][0] - time.monotonic()
                     if wait <= 0:
-                        _, handle, action = heapq.heappop(self._heap)
-                        self._live.discard(handle)
+                        _, handle = heapq.heappop(self._heap)
+                        action = self._actions.pop(handle)
                         break
                     self._cond.wait(wait)
             try:

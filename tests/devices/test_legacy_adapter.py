@@ -229,6 +229,29 @@ def test_fresh_trigger_queries_and_waits_for_streamed_channels(rotator_runtime):
     dev.close()
 
 
+def test_a_cancelled_deadline_frees_its_action_at_once():
+    # Every trigger arms a deadline that holds its operation (and the status behind it); the
+    # trigger's end cancels it. Keeping the action until the deadline falls due held every
+    # point's status of a fast scan alive for the whole timeout (about 44 objects a point).
+    import gc
+    import weakref
+
+    from daqbridge.devices.legacy_adapter import _Deadlines
+
+    class Held:
+        pass
+
+    deadlines = _Deadlines()
+    deadlines.schedule(300.0, lambda: None)  # an earlier one stays at the head of the heap
+    held = Held()
+    alive = weakref.ref(held)
+    handle = deadlines.schedule(600.0, lambda held=held: held)
+    del held
+    deadlines.cancel(handle)
+    gc.collect()
+    assert alive() is None, "a cancelled deadline still holds its action"
+
+
 def test_latest_mode_sends_nothing_and_keeps_measurement_timestamps(rotator_runtime):
     rt, rot = rotator_runtime(rate=50)
     seen: list[Measurement] = []
