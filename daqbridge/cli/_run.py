@@ -484,13 +484,34 @@ def _print_read_back(runtime: Any, uid: str, outcome: str) -> None:
     print(f"uid: {uid}")
     if outcome not in ("done", "stopped"):
         print(f"  ({outcome}: the events measured so far are in the catalog)")
+    daqbridge, python = _commands_as_typed()
     print("read it back:")
-    print(f"  daqbridge catalog show {uid} {where_cli}")
+    print(f"  {daqbridge} catalog show {uid} {where_cli}")
     print(
-        '  python -c "from daqbridge.runtime.catalog import open_catalog; '
+        f'  {python} -c "from daqbridge.runtime.catalog import open_catalog; '
         f"print(open_catalog({where_py}).client['{uid}'].primary.read())\"",
         flush=True,
     )
+
+
+def _commands_as_typed() -> tuple[str, str]:
+    """How to call daqbridge and this Python from the user's shell: the bare names only when
+    they are the ones on PATH (the README installs into .venv without activating it, so
+    pasting a bare ``daqbridge`` would say "command not found")."""
+    import os
+    import shutil
+
+    on_path = shutil.which("daqbridge")
+    here = os.path.join(os.path.dirname(sys.executable), "daqbridge")
+    same = on_path is not None and os.path.realpath(on_path) == os.path.realpath(here)
+    daqbridge = "daqbridge" if same else shlex.quote(here if os.path.exists(here) else "daqbridge")
+    python_on_path = shutil.which("python")
+    python = (
+        "python"
+        if python_on_path and os.path.realpath(python_on_path) == os.path.realpath(sys.executable)
+        else shlex.quote(sys.executable)
+    )
+    return daqbridge, python
 
 
 def _keep_plots_open() -> None:

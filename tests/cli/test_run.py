@@ -3,6 +3,7 @@ their wire protocols, both driver stacks, a RunEngine, the Tiled catalog on SQLi
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -51,6 +52,13 @@ def test_the_readme_command(lab_runs):
     assert start["daqbridge_command"] == (
         "daqbridge run scan sim_stage_x -5 5 11 --detector sim_meter"
     )
+    # The printed command works when pasted into the user's shell, where the README's venv is
+    # not activated (a bare `daqbridge` there said "command not found").
+    (show,) = [line.strip() for line in out.splitlines() if " catalog show " in line]
+    env = {k: v for k, v in os.environ.items() if k != "DAQBRIDGE_DATA"}
+    pasted = subprocess.run(show, shell=True, env=env, capture_output=True, text=True, timeout=120)
+    assert pasted.returncode == 0, pasted.stderr
+    assert uid in pasted.stdout
 
 
 @pytest.mark.slow
