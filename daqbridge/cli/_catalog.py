@@ -96,7 +96,7 @@ def _no_subcommand(parser: argparse.ArgumentParser) -> int:
 
 def _locate(args: argparse.Namespace) -> Any:
     """Where the runs are, by the rule every command shares (``locate_data``)."""
-    from daqbridge.runtime.profile._load import locate_data
+    from daqbridge.runtime.profile import locate_data
 
     return locate_data(args.profile, args.data)
 

@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction, where: argparse.ArgumentParser) ->
 
 
 def serve_catalog(args: argparse.Namespace) -> int:
-    from daqbridge.runtime.profile._load import locate_data
+    from daqbridge.runtime.profile import locate_data
 
     where = locate_data(args.profile, args.data)
     if where.uri and not args.data and not os.environ.get("DAQBRIDGE_DATA"):

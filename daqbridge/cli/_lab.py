@@ -416,14 +416,12 @@ def _is_embedded(path: str | Path) -> bool:
 
 
 def _data_dir(profile: str | os.PathLike[str] | Profile | None) -> Path:
-    """Where the lab of ``profile`` keeps lab.json: the runtime's data directory, by the rule of
-    catalog.resolve_data_dir (whose module takes seconds to import): $DAQBRIDGE_DATA relative
-    to the working directory, else the profile's data path. With the variable set no profile
-    is loaded, which saves ``daqbridge run`` half a second on its way to the lab."""
-    env = os.environ.get(DATA_ENV, "").strip()
-    if env:
-        return Path(env).expanduser().absolute()
-    return _load(profile).data_path().expanduser().absolute()
+    """Where the lab of ``profile`` keeps lab.json: the runtime's data directory, by the one
+    rule every command uses (``locate_data``; with $DAQBRIDGE_DATA set no profile is read,
+    which saves ``daqbridge run`` half a second on its way to the lab)."""
+    from daqbridge.runtime.profile import locate_data
+
+    return locate_data(profile).directory
 
 
 def _load(profile: str | os.PathLike[str] | Profile | None) -> Profile:

@@ -140,12 +140,10 @@ def _recorded_stack(start: dict[str, Any], instrument: str) -> str | None:
 
 
 def _catalog_location(profile: Any, data: str | None) -> tuple[Path, str | None]:
-    from daqbridge.runtime.catalog import resolve_data_dir
+    from daqbridge.runtime.profile import locate_data
 
-    uri = profile.lab.catalog_uri
-    if uri is not None and uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///") :]).expanduser().parent, None
-    return resolve_data_dir(data if data is not None else profile.data_path()), uri
+    where = locate_data(profile, data)
+    return where.catalog_dir, where.uri
 
 
 def shadow_agreement(

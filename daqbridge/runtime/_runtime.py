@@ -449,7 +449,7 @@ class Runtime:
                 key="connect_timeout",
                 fix="give seconds, or None for each driver's default.",
             )
-        from daqbridge.runtime.profile._load import locate_data
+        from daqbridge.runtime.profile import locate_data
 
         self.profile = profile
         # The one rule of every command (DAQBRIDGE_DATA, then data_dir, then the profile).

@@ -379,7 +379,10 @@ def sleepers():
     started: list[subprocess.Popen] = []
 
     def start() -> dict:
-        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        # Lives until killed (it waits on a pipe nobody writes to), with no timing of its own.
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+        )
         started.append(proc)
         return {"pid": proc.pid, "start_time": process_start_time(proc.pid), "log": ""}
 
@@ -388,6 +391,7 @@ def sleepers():
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
+        proc.stdin.close()
 
 
 def test_a_stale_lab_file_is_cleaned_and_what_it_left_is_stopped(

@@ -8,10 +8,12 @@ of every key is docs/profile.md, generated from the models by :func:`profile_ref
 """
 
 from daqbridge.runtime.profile._load import (
+    DataLocation,
     ProfileSource,
     check_profile,
     format_key,
     load_profile,
+    locate_data,
     parse_profile,
     parse_toml,
     profile_from_dict,
@@ -141,6 +143,8 @@ __all__ = [
     "is_url_port",
     "legacy_options_model",
     "load_profile",
+    "locate_data",
+    "DataLocation",
     "migrate_legacy",
     "parse_legacy",
     "parse_profile",
