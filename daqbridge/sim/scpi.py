@@ -294,6 +294,14 @@ _NUMBER = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([a-zA-Z]*
 _VOLT_SUFFIX = {"": 1.0, "V": 1.0, "MV": 1e-3, "UV": 1e-6, "KV": 1e3}
 
 
+def _query(pattern: str, fn: Callable[[list[str]], str | None]) -> _Command:
+    return _Command(_compile(pattern), True, fn)
+
+
+def _set(pattern: str, fn: Callable[[list[str]], str | None]) -> _Command:
+    return _Command(_compile(pattern), False, fn)
+
+
 class ScpiInstrumentModel:
     """The instrument's state machine: one program message (line) in, one response message out.
 
@@ -577,13 +585,9 @@ class ScpiInstrumentModel:
 
     # --- command handlers --------------------------------------------------------------------
 
-    def _command_table(self) -> list[_Command]:
-        def q(pattern: str, fn: Callable[[list[str]], str | None]) -> _Command:
-            return _Command(_compile(pattern), True, fn)
-
-        def c(pattern: str, fn: Callable[[list[str]], str | None]) -> _Command:
-            return _Command(_compile(pattern), False, fn)
-
+    def _ieee488_commands(self) -> list[_Command]:
+        """The IEEE 488.2 common commands every personality answers the same way."""
+        q, c = _query, _set
         return [
             q("*IDN", self._q_idn),
             c("*RST", self._c_rst),
@@ -598,6 +602,12 @@ class ScpiInstrumentModel:
             q("*ESE", lambda p: self._no_params(p) or str(self.ese)),
             c("*SRE", self._c_sre),
             q("*SRE", lambda p: self._no_params(p) or str(self.sre)),
+        ]
+
+    def _command_table(self) -> list[_Command]:
+        q, c = _query, _set
+        return [
+            *self._ieee488_commands(),
             q("SYSTem:ERRor[:NEXT]", self._q_error),
             q("SYSTem:ERRor:COUNt", lambda p: self._no_params(p) or str(len(self.errors))),
             q("SYSTem:VERSion", lambda p: self._no_params(p) or "1999.0"),
@@ -974,26 +984,9 @@ class _DmmModel(ScpiInstrumentModel):
     # --- command table -------------------------------------------------------------------------
 
     def _command_table(self) -> list[_Command]:
-        def q(pattern: str, fn: Callable[[list[str]], str | None]) -> _Command:
-            return _Command(_compile(pattern), True, fn)
-
-        def c(pattern: str, fn: Callable[[list[str]], str | None]) -> _Command:
-            return _Command(_compile(pattern), False, fn)
-
+        q, c = _query, _set
         table = [
-            q("*IDN", self._q_idn),
-            c("*RST", self._c_rst),
-            c("*CLS", self._c_cls),
-            c("*OPC", self._c_opc),
-            q("*OPC", self._q_opc),
-            c("*WAI", self._no_params),
-            q("*TST", lambda p: self._no_params(p) or "+0"),
-            q("*STB", self._q_stb),
-            q("*ESR", self._q_esr),
-            c("*ESE", self._c_ese),
-            q("*ESE", lambda p: self._no_params(p) or str(self.ese)),
-            c("*SRE", self._c_sre),
-            q("*SRE", lambda p: self._no_params(p) or str(self.sre)),
+            *self._ieee488_commands(),
             c("*TRG", self._c_trg),
             q("SYSTem:ERRor[:NEXT]", self._q_error),
             q("SYSTem:VERSion", lambda p: self._no_params(p) or self._VERSION),
