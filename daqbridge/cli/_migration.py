@@ -284,31 +284,16 @@ def _control_limits(descriptor: dict[str, Any]) -> tuple[Any, Any] | None:
     return None
 
 
-def _is_positioner(device: Any) -> bool:
-    from ophyd.positioner import PositionerBase
-
-    return isinstance(device, PositionerBase) or (
-        callable(getattr(device, "set", None)) and hasattr(type(device), "position")
-    )
-
-
 def _pv_names(devices: dict[str, Any]) -> set[str]:
-    """The IOC's names (daqbridge.ioc, ``LabIOC``): a positioner is a motor record ``<id>``,
-    every other device ``<id>:<component>`` for each positioner or non-omitted signal."""
-    from ophyd import Device, Kind, Signal
+    """The records the IOC would serve for these devices (its own naming, not a copy of it)."""
+    from daqbridge.ioc import LabIOC
 
-    names: set[str] = set()
-    for device_id, device in devices.items():
-        if _is_positioner(device):
-            names.add(device_id)
-            continue
-        if not isinstance(device, Device):
-            continue
-        for attr in device.component_names:
-            obj = getattr(device, attr)
-            if _is_positioner(obj) or (isinstance(obj, Signal) and obj.kind != Kind.omitted):
-                names.add(f"{device_id}:{attr}")
-    return names
+    ioc = LabIOC(devices, prefix="P:")
+    try:
+        # the IOC's own records (P:ioc:...) are the same on both stacks and cancel out
+        return {name.removeprefix("P:") for name in ioc.record_names()}
+    finally:
+        ioc.close()
 
 
 _IDENTITY_KEYS = frozenset({"id", "driver", "stack", "enabled", "description", "port", "sim"})
