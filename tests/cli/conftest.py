@@ -124,6 +124,20 @@ IPYTHON_CODE = (
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "profiles" / "ipython"
 
 
+def ipython_command(profile_dir: Path, cells: str) -> list[str]:
+    """IPython running the beamline profile in ``profile_dir`` (a copy: IPython writes its
+    history and logs there) non-interactively: it exits 1 on an exception in the cells."""
+    return [
+        sys.executable,
+        "-m",
+        "IPython",
+        f"--profile-dir={profile_dir}",
+        "--no-banner",
+        "-c",
+        cells,
+    ]
+
+
 class LabRun:
     def __init__(self, cli: Cli, data: Path) -> None:
         self.cli = cli
@@ -166,15 +180,7 @@ def lab_runs(cli_catalog_template, tmp_path_factory):
     shutil.copytree(PROFILE_DIR, profile_copy)
     start(
         "ipython",
-        [
-            sys.executable,
-            "-m",
-            "IPython",
-            f"--profile-dir={profile_copy}",
-            "--no-banner",
-            "-c",
-            IPYTHON_CODE,
-        ],
+        ipython_command(profile_copy, IPYTHON_CODE),
     )
     yield runs
     for run in runs.values():

@@ -6,13 +6,20 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 
 import pytest
 
 from daqbridge.runtime.catalog import open_catalog
 
-from .conftest import PROFILE_DIR, child_env, fresh_data_dir, slow_lab_profile, the_run, unique
+from .conftest import (
+    PROFILE_DIR,
+    child_env,
+    fresh_data_dir,
+    ipython_command,
+    slow_lab_profile,
+    the_run,
+    unique,
+)
 
 
 @pytest.mark.slow
@@ -40,15 +47,7 @@ def test_a_broken_profile_leaves_a_usable_session_that_says_why(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[lab]\nname = "bad"\n\n[[instruments]]\nid = "x"\ndriver = "esp301"\n')
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "IPython",
-            f"--profile-dir={profile_copy}",
-            "--no-banner",
-            "-c",
-            "print('runtime' in globals(), 'RE' in globals())",
-        ],
+        ipython_command(profile_copy, "print('runtime' in globals(), 'RE' in globals())"),
         env=child_env(tmp_path / "data", DAQBRIDGE_PROFILE=str(bad)),
         cwd=tmp_path,
         capture_output=True,
@@ -96,15 +95,7 @@ def test_pause_abort_and_an_instrument_failure_are_one_line_each(tmp_path, cli_c
     lab.write_text(slow_lab_profile(unique("ipython"), speed=1.0, velocity=1.0))
     data = fresh_data_dir(cli_catalog_template, tmp_path / "data")
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "IPython",
-            f"--profile-dir={profile_copy}",
-            "--no-banner",
-            "-c",
-            QUIET_CELLS,
-        ],
+        ipython_command(profile_copy, QUIET_CELLS),
         env=child_env(data, DAQBRIDGE_PROFILE=str(lab)),
         cwd=tmp_path,
         capture_output=True,
@@ -153,15 +144,7 @@ def test_bluesky_magics_find_the_axes_by_label_and_db_reads_the_last_run(
     shutil.copytree(PROFILE_DIR, profile_copy)
     data = fresh_data_dir(cli_catalog_template, tmp_path / "data")
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "IPython",
-            f"--profile-dir={profile_copy}",
-            "--no-banner",
-            "-c",
-            BEAMLINE_CELLS,
-        ],
+        ipython_command(profile_copy, BEAMLINE_CELLS),
         env=child_env(data),
         cwd=tmp_path,
         capture_output=True,
@@ -190,15 +173,7 @@ def test_the_command_history_goes_to_the_data_directory_not_the_profile(
     empty_lab.write_text('[lab]\nname = "empty"\ndata_dir = "unused"\n')
     data = fresh_data_dir(cli_catalog_template, tmp_path / "data")
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "IPython",
-            f"--profile-dir={profile_copy}",
-            "--no-banner",
-            "-c",
-            "print('RE' in globals())",
-        ],
+        ipython_command(profile_copy, "print('RE' in globals())"),
         env=child_env(data, DAQBRIDGE_PROFILE=str(empty_lab)),
         cwd=tmp_path,
         capture_output=True,
