@@ -10,9 +10,10 @@ switches, before anyone switches it. Everything is derived, nothing is a hand-ke
   built (never connected) on ``loop://`` in a private port pool, so the lab's hardware, and a lab
   that is running, are not touched; data keys and control limits are what the devices describe,
   PV names follow the IOC's rule (``<id>`` for a positioner, ``<id>:<component>`` otherwise);
-* settings come from the profile models: a key the entry sets that changes nothing in the legacy
-  driver's options is read by the native driver only; ``polling_rate_hz`` and the ``legacy`` table
-  are read by the legacy driver only (and are kept in the file for a switch back).
+* settings come from the same two builds: each stack builds from a watched copy of the entry
+  (``_stack_settings.watched``), and a key the entry sets that only one stack's builders read
+  (its legacy options, adapter options and limits, or its native driver's arguments) is listed
+  for that stack; a rollback needs the legacy-only ones, which stay in the file.
 
 The comparison is always "the legacy driver as ``<id>``" against "the native driver as ``<id>``":
 what plans and the catalog see change from when ``<id>`` stops being the legacy driver.
@@ -30,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daqbridge.cli._stack_settings import SettingsRead, watched
 from daqbridge.errors import CatalogError, ConfigError, DaqbridgeError
 
 PROFILE_ENV = "DAQBRIDGE_PROFILE"
@@ -182,7 +184,7 @@ def shadow_agreement(
             agreement = result[inst_id]
             try:
                 report = ShadowReport.from_run(run)
-            except (DaqbridgeError, KeyError, ValueError) as exc:
+            except (DaqbridgeError, ValueError) as exc:
                 agreement.unreadable.append(f"{uid[:8]}: {exc}")
                 continue
             agreement.runs += 1
@@ -237,7 +239,8 @@ def _legacy_side(profile: Any, inst: Any, workdir: Path) -> _Side:
         BuildContext,
         build_legacy,
         legacy_adapter_class,
-        legacy_part_channel,
+        legacy_adapter_options,
+        legacy_limits,
     )
     from daqbridge.runtime.resources import SerialPortPool, VisaSessionManager
 
@@ -253,13 +256,12 @@ def _legacy_side(profile: Any, inst: Any, workdir: Path) -> _Side:
         runtime = LegacyRuntime()  # never started: nothing polls, nothing connects
         runtime.add(instrument, rate)
         for ref in offline.devices():
-            options: dict[str, Any] = {}
-            if ref.part is not None:
-                channel = legacy_part_channel(offline, ref.part)
-                if channel is None:
-                    continue
-                options = {"channels": [channel], "settable": channel}
+            options = legacy_adapter_options(offline, ref.part)  # as the runtime builds it
+            if options is None:
+                continue
             device = adapter(runtime, instrument.instrument_id, name=ref.id, **options)
+            for parameter, limits in legacy_limits(offline).items():  # the profile's, as at run
+                setattr(device, f"{parameter}_limits", limits)
             side.closers.append(device.destroy)
             side.devices[ref.id] = device
     except DaqbridgeError as exc:
@@ -296,8 +298,8 @@ def _pv_names(devices: dict[str, Any]) -> set[str]:
         ioc.close()
 
 
-_IDENTITY_KEYS = frozenset({"id", "driver", "stack", "enabled", "description", "port", "sim"})
-_LEGACY_ONLY_KEYS = ("polling_rate_hz", "legacy")
+_IDENTITY_KEYS = frozenset({"id", "driver", "stack", "enabled", "description", "sim"})
+"""The entry's identity, the switch itself and the simulator: not settings of either driver."""
 
 
 def _leaves(data: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], Any]]:
@@ -315,47 +317,19 @@ def _key(path: tuple[Any, ...]) -> str:
     return text
 
 
-def _without(data: Any, path: tuple[Any, ...]) -> Any:
-    import copy
-
-    out = copy.deepcopy(data)
-    target = out
-    for part in path[:-1]:
-        target = target[part]
-    del target[path[-1]]
-    return out
-
-
-def settings_by_stack(inst: Any) -> tuple[list[str], list[str]]:
+def settings_by_stack(
+    inst: Any, legacy: SettingsRead, native: SettingsRead
+) -> tuple[list[str], list[str]]:
     """(keys only the legacy driver reads, keys only the native driver reads) of what the entry
-    sets. The legacy driver reads the keys ``LEGACY_KEYS`` maps to its options; inside a mapped
-    list (the bus's addresses) a field is read when leaving it out changes those options."""
-    from pydantic import ValidationError
-
-    from daqbridge.runtime.profile import LEGACY_KEYS
-
-    mapped = [k.path for k in LEGACY_KEYS.get(inst.driver, ())]
-    data = inst.model_dump(exclude_unset=True)
-    options = inst.legacy_options()
+    sets, from what each stack's builders read while building it."""
     legacy_only: list[str] = []
     native_only: list[str] = []
-    for path, value in _leaves(data):
-        key = f"{_key(path)} = {value!r}"
-        if path[0] in _IDENTITY_KEYS or path[0] == "baud_rate" or path[-1] == "name":
-            continue  # the hardware and the device ids: both stacks
-        if path[0] in _LEGACY_ONLY_KEYS:
-            legacy_only.append(key)
+    for path, value in _leaves(inst.model_dump(exclude_unset=True)):
+        if path[0] in _IDENTITY_KEYS:
             continue
-        under = [m for m in mapped if tuple(path[: len(m)]) == m]
-        if not under:
-            native_only.append(key)
-        elif len(path) > len(under[0]):
-            try:
-                other = type(inst).model_validate(_without(data, path))
-            except ValidationError:
-                continue  # required: both drivers need it
-            if other.legacy_options() == options:
-                native_only.append(key)
+        by_legacy, by_native = legacy.covers(path), native.covers(path)
+        if by_legacy != by_native:
+            (legacy_only if by_legacy else native_only).append(f"{_key(path)} = {value!r}")
     return legacy_only, native_only
 
 
@@ -363,18 +337,22 @@ def switch_changes(profile: Any, inst: Any) -> SwitchChanges:
     """What changes for plans, the catalog and the IOC when ``inst`` moves from its legacy
     driver to its native one (read backwards for a rollback)."""
     changes = SwitchChanges()
-    changes.legacy_only, changes.native_only = settings_by_stack(inst)
     if inst.stack == "shadow":
         changes.twins = [r.id for r in inst.devices() if r.stack == "legacy"]
+    legacy_entry, legacy_read = watched(inst)
+    native_entry, native_read = watched(inst)
     with tempfile.TemporaryDirectory(prefix="daqbridge-migration-") as workdir:
-        legacy = _legacy_side(profile, inst, Path(workdir))
-        native = _native_side(profile, inst, Path(workdir))
+        legacy = _legacy_side(profile, legacy_entry, Path(workdir))
+        native = _native_side(profile, native_entry, Path(workdir))
         try:
             for side in (legacy, native):
                 if side.error:
                     changes.problems.append(side.error)
             if legacy.error or native.error:
-                return changes
+                return changes  # a build cut short read only part of the entry
+            changes.legacy_only, changes.native_only = settings_by_stack(
+                inst, legacy_read, native_read
+            )
             old, new = _descriptors(legacy.devices), _descriptors(native.devices)
             changes.data_keys_gone = sorted(set(old) - set(new))
             changes.data_keys_new = sorted(set(new) - set(old))

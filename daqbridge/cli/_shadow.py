@@ -157,11 +157,12 @@ def _fields(native: Any, legacy: Any, asked: list[str]) -> list[tuple[str, str]]
 
     nch, lch = _channels(native), _channels(legacy)
     if not asked:
-        common = [c for c in nch if c in lch]
-        if common:
-            return [(f"{native.name}_{c}", f"{legacy.name}_{c}") for c in common]
-        # A mount's angle is named differently by each stack (rot_c vs rot_c_legacy_position_8).
-        return [(main_field(native), main_field(legacy))]
+        common = [(f"{native.name}_{c}", f"{legacy.name}_{c}") for c in nch if c in lch]
+        # The main reading first, paired by hint: a mount's angle is keyed by the device's own
+        # name (rot_c vs rot_c_legacy), which no channel suffix matches; comparing only the
+        # channels both name alike compared the mounts' setpoints instead of their angles.
+        main = (main_field(native), main_field(legacy))
+        return [main, *(pair for pair in common if pair != main)]
     missing = [f for f in asked if f not in nch or f not in lch]
     if missing:
         raise ConfigError(

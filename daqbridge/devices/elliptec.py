@@ -381,6 +381,7 @@ class ElliptecMount(Device, PositionerBase):
         self._unsettled = False
         self._stop_thread: threading.Thread | None = None
         self._last_move_at = -math.inf
+        self._setpoint_lock = threading.Lock()
         self._worker = InstrumentWorker(name)
         super().__init__(prefix="", name=name, **kwargs)
         self.readback.name = self.name
@@ -578,8 +579,9 @@ class ElliptecMount(Device, PositionerBase):
         self.subscribe(status._finished, event_type=self._SUB_REQ_DONE, run=False)
         self._status = status
         self._stopping = False
-        self.setpoint.update(target)
-        self._moving = True
+        with self._setpoint_lock:
+            self.setpoint.update(target)
+            self._moving = True
         self._run_subs(sub_type=self.SUB_START, timestamp=time.time())
         return status
 
@@ -613,7 +615,10 @@ class ElliptecMount(Device, PositionerBase):
 
     def _connect_io(self) -> None:
         self._connected = False
-        self.endpoint.discard()
+        # No discard() of old inbox packets: in shadow the legacy driver shares this address's
+        # endpoint, and emptying the inbox took the reply its poll was about to read (it then
+        # failed start-up with "no PO packet ... after b'2gp'"). Transactions only take packets
+        # that arrive after their own request, so stale ones never pass for a reply.
         try:
             packet = self._transact("in", expect="IN")
         except InstrumentTimeout as exc:
@@ -665,7 +670,15 @@ class ElliptecMount(Device, PositionerBase):
         self._connected = True
 
     def _refresh_position(self) -> None:
-        self._store(self._read_pulses())
+        gen = self._move_gen
+        deg = self._store(self._read_pulses())
+        # Another driver moved the mount (its legacy twin in shadow, another program): our last
+        # target is no longer what it was commanded to, and a run recording it would record a
+        # stale setpoint. The idle mount's reported position is the target it was given.
+        with self._setpoint_lock:
+            idle = gen == self._move_gen and not (self._moving or self._unsettled)
+            if idle and abs(deg - self.setpoint.get()) > self.tolerance:
+                self.setpoint.update(deg)
 
     def _velocity_io(self, pct: int) -> None:
         packet = self._transact("sv", f"{pct:02X}", expect="GS")
@@ -1110,10 +1123,11 @@ class ElliptecBus:
         return stats
 
     def close(self) -> None:
-        """Close every mount, then stop the bus reader."""
+        """Close every mount. The bus reader belongs to the port and stops when the port closes:
+        in shadow the legacy driver still reads through it until its own shutdown phase, and
+        closing it here failed that driver's poll ("the bus was closed ... restarting")."""
         for mount in list(self.mounts.values()):
             mount.close()
-        self.serial_bus.close()
 
     def _check_free(self, address: str) -> None:
         with self._lock:

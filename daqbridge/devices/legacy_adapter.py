@@ -81,6 +81,7 @@ from daqbridge.legacy import (
 
 __all__ = [
     "SUB_READINGS",
+    "Field",
     "LegacyDevice",
     "LegacySetting",
     "LegacySignal",
@@ -94,7 +95,8 @@ ReadMode = Literal["fresh", "latest"]
 SUB_READINGS = "readings"
 """Event type of the monitor subscription (the default of ``subscribe``)."""
 
-_NUMPY_DTYPES = {"number": "<f8", "integer": "<i8", "boolean": "|b1"}
+_RECORDED_DTYPES = ("number", "integer", "boolean", "string", "array")
+"""What a component can record (what ``_coerce`` makes of an instrument's value)."""
 
 READBACK_INTERVAL_S = 0.05
 """Pause between read-backs of a set that is not yet within tolerance (``settle_timeout``)."""
@@ -108,6 +110,35 @@ class ReadOnlyChannel(InstrumentError, ReadOnlyError):
     """A put/set on something the instrument measures (power, warm-up): there is nothing to
     command, and storing the value would record a number the instrument never reported.
     Also an ophyd ``ReadOnlyError``, for code that checks writability the ophyd way."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """How one channel or parameter of a legacy instrument is shown: under the native driver's
+    name, kind, dtype and precision, so a run records the same keys on either stack (issue 18)
+    and analysis written for one stack reads the other's runs.
+
+    ``attr``: the component ("status_byte" for the driver's "status", "readback" for a mount's
+    position). ``kind``: "hinted", "normal", "config" (read once per run) or "omitted" (kept
+    current, never recorded: a bus whose mounts are the devices). ``key``: the data
+    key's suffix; "" makes the key the device's own name (a positioner's read-back, as ophyd's
+    ``EpicsMotor`` does). ``dtype``: the recorded dtype when the instrument's differs ("integer"
+    for the 1830-C's boolean attenuator). ``codes``: instrument value -> recorded value (the
+    1830-C's filter "medium" is its ``F2`` code, 2); a set maps back, so nothing is recorded
+    that the instrument did not report. ``setpoint``: the attribute of a component holding the
+    target of the last set the instrument accepted (the native ``_setpoint`` key).
+    ``describe_limits``: False describes only the limits the lab narrowed (``<name>_limits``),
+    as the native drivers do; the driver's own limits are enforced either way.
+    """
+
+    attr: str
+    kind: Literal["hinted", "normal", "config", "omitted"] = "normal"
+    key: str | None = None
+    dtype: str | None = None
+    precision: int | None = None
+    codes: Mapping[Any, Any] | None = None
+    setpoint: str | None = None
+    describe_limits: bool = True
 
 
 # --- deadlines ---------------------------------------------------------------------------------
@@ -221,8 +252,8 @@ class LegacySignal(InstrumentSignal):
             "dtype": self._data_type,
             "shape": list(self._data_shape),
         }
-        if self._data_type in _NUMPY_DTYPES:
-            entry["dtype_numpy"] = _NUMPY_DTYPES[self._data_type]
+        # Scalars carry no dtype_numpy, as in the native drivers' descriptors (the catalog
+        # takes it from dtype); an array's element type cannot be guessed from a NaN start.
         if self._data_type == "array" and self._data_shape:
             entry["dtype_numpy"] = "<f8"
         if self._units is not None:
@@ -292,15 +323,43 @@ class LegacySetting(LegacySignal):
         """Validate against the parameter's limits or choices before anything is sent."""
         return self.parent._check_parameter(self.parameter, value)
 
+    setpoint_signal: LegacySignal | None = None
+    """The component holding the target of this setting's last accepted set, if the device
+    shows one (a motor record's VAL shows it, so the IOC serves it there and nowhere else)."""
+
     def _control_limits(self) -> tuple[float, float] | None:
         parent = self.parent
-        if parent is None or not hasattr(parent, "parameter_limits"):
+        if parent is None or not hasattr(parent, "described_limits"):
             return self._limits
-        return parent.parameter_limits(self.parameter)
+        return parent.described_limits(self.parameter)
+
+    @property
+    def limits(self) -> tuple[float, float]:
+        """What a set accepts (the driver's limits narrowed by the lab's), in ophyd's
+        convention ((0, 0): none), so plans check a target before moving, on either stack."""
+        parent = self.parent
+        limits = (
+            parent.parameter_limits(self.parameter)
+            if parent is not None and hasattr(parent, "parameter_limits")
+            else self._limits
+        )
+        return limits if limits is not None else (0, 0)
 
     def stop(self, *, success: bool = False) -> None:
         """A long set (a wavelength tune) is interrupted on the instrument, as for the device."""
         self.parent.stop(success=success)
+
+
+class LegacySetpoint(LegacySignal):
+    """The target of the last set of ``parameter`` that the instrument accepted (the native
+    positioners' ``setpoint``), or its first read-back before any set: a value the instrument
+    was commanded to and confirmed, never one typed by hand. Read-only like a measurement."""
+
+    def _control_limits(self) -> tuple[float, float] | None:
+        parent = self.parent
+        if parent is None or not hasattr(parent, "described_limits"):
+            return self._limits
+        return parent.described_limits(self.parameter)
 
 
 def _initial_value(dtype: str, shape: tuple[int, ...]) -> Any:
@@ -382,6 +441,7 @@ class _Layout:
     settable_attr: str | None  # the component holding the settable's read-back
     main: str  # the hinted channel
     parameters: dict[str, ParameterInfo]  # everything the instrument declares settable/queryable
+    fields: dict[str, Field]  # instrument name -> how it is shown (empty: the driver's names)
 
     @classmethod
     def build(
@@ -392,6 +452,7 @@ class _Layout:
         settable: str | bool | None,
         configuration: Iterable[str] | None,
         name: str,
+        fields: Mapping[str, Field] | None = None,
     ) -> _Layout:
         if not isinstance(runtime, LegacyRuntime):
             raise ConfigError(
@@ -410,6 +471,11 @@ class _Layout:
             )
         offered = dict(instrument.channels())
         params = dict(instrument.parameters())
+        if fields is not None:
+            fields = dict(fields)
+            _check_fields(fields, offered, params, instrument_id, name, channels, configuration)
+            channels = [n for n in fields if n in offered]
+            configuration = [n for n in fields if n not in offered]
         if channels is None:
             chosen = list(offered)
         else:
@@ -481,15 +547,16 @@ class _Layout:
                     key="configuration",
                     fix="list queryable parameters only, or leave configuration unset.",
                 )
-        taken: set[str] = set()
-        channel_attrs = {c: _attr_for(c, taken) for c in chosen}
+        fields = fields or {}
+        taken = {f.attr for f in fields.values()}
+        channel_attrs = {c: fields[c].attr if c in fields else _attr_for(c, taken) for c in chosen}
         settable_attr = None
         if settable_info is not None:
             settable_attr = channel_attrs.get(settable_info.name) or _attr_for(
                 settable_info.name, taken
             )
         conf = {p: params[p] for p in conf_names if p not in chan_infos}
-        config_attrs = {p: _attr_for(p, taken) for p in conf}
+        config_attrs = {p: fields[p].attr if p in fields else _attr_for(p, taken) for p in conf}
         main = (
             settable_info.name
             if settable_info is not None and settable_info.name in chan_infos
@@ -505,55 +572,135 @@ class _Layout:
             settable_attr=settable_attr,
             main=main,
             parameters=params,
+            fields=fields,
         )
 
     def is_setting(self, name: str) -> bool:
         info = self.parameters.get(name)
         return info is not None and info.settable
 
+    def kind_of(self, name: str, default: Kind) -> Kind:
+        f = self.fields.get(name)
+        return Kind[f.kind] if f is not None else default
+
     def components(self) -> dict[str, Cpt]:
         cpts: dict[str, Cpt] = {}
+
+        def add(attr: str, name: str, cls: type, default_kind: Kind, **kw: Any) -> None:
+            f = self.fields.get(name)
+            instrument_dtype = kw.pop("data_type")
+            dtype = (f.dtype if f is not None else None) or instrument_dtype
+            shape = kw.pop("data_shape", ())
+            common = dict(
+                data_type=dtype,
+                parameter=name,
+                precision=f.precision if f is not None else None,
+                source=f"legacy:{self.instrument_id}/{name}",
+            )
+            cpts[attr] = Cpt(
+                cls,
+                kind=self.kind_of(name, default_kind),
+                value=_initial_value(dtype, shape),
+                data_shape=shape,
+                **common,
+                **kw,
+            )
+            if f is not None and f.setpoint:
+                cpts[f.setpoint] = Cpt(
+                    LegacySetpoint,
+                    kind=Kind.normal,
+                    value=_initial_value(dtype, shape),
+                    data_shape=shape,
+                    units=kw.get("units"),
+                    doc=f"target of the last set of {name} the instrument accepted",
+                    **{**common, "source": f"legacy:{self.instrument_id}/{name} (setpoint)"},
+                )
+
         for ch, info in self.channels.items():
             setting = self.parameters.get(ch) if self.is_setting(ch) else None
-            cpts[self.channel_attrs[ch]] = Cpt(
+            add(
+                self.channel_attrs[ch],
+                ch,
                 LegacySetting if setting is not None else LegacySignal,
-                kind=Kind.hinted if ch == self.main else Kind.normal,
-                value=_initial_value(info.dtype, info.shape),
+                Kind.hinted if ch == self.main else Kind.normal,
                 data_type=info.dtype,
                 data_shape=info.shape,
-                parameter=ch,
                 units=info.unit or None,
                 limits=setting.limits if setting is not None else None,
-                source=f"legacy:{self.instrument_id}/{ch}",
                 doc=info.doc or f"channel {ch} of legacy instrument {self.instrument_id}",
             )
         s = self.settable
         if s is not None and s.name not in self.channels:
             assert self.settable_attr is not None
-            cpts[self.settable_attr] = Cpt(
+            add(
+                self.settable_attr,
+                s.name,
                 LegacySetting,
-                kind=Kind.hinted,
-                value=_initial_value(s.dtype, ()),
+                Kind.hinted,
                 data_type=s.dtype,
-                parameter=s.name,
                 units=s.unit or None,
                 limits=s.limits,
-                source=f"legacy:{self.instrument_id}/{s.name}",
                 doc=s.doc or f"setting {s.name} of legacy instrument {self.instrument_id}",
             )
         for p, info in self.config.items():
-            cpts[self.config_attrs[p]] = Cpt(
+            add(
+                self.config_attrs[p],
+                p,
                 LegacySetting if info.settable else LegacySignal,
-                kind=Kind.config,
-                value=_initial_value(info.dtype, ()),
+                Kind.config,
                 data_type=info.dtype,
-                parameter=p,
                 units=info.unit or None,
                 limits=info.limits,
-                source=f"legacy:{self.instrument_id}/{p}",
                 doc=info.doc or f"setting {p} of legacy instrument {self.instrument_id}",
             )
-        return cpts
+        # The fields' order is the native device's component order, which orders its readings
+        # (and a CSV export's columns).
+        order = [a for f in self.fields.values() for a in (f.attr, f.setpoint) if a in cpts]
+        return {a: cpts[a] for a in [*order, *(a for a in cpts if a not in order)]}
+
+
+def _check_fields(
+    fields: dict[str, Field],
+    offered: Mapping[str, ChannelInfo],
+    params: Mapping[str, ParameterInfo],
+    instrument_id: str,
+    name: str,
+    channels: Any,
+    configuration: Any,
+) -> None:
+    """``fields`` names what is shown, so it cannot be combined with channels/configuration,
+    and each name must be a channel or a queryable parameter shown under a free attribute."""
+    if channels is not None or configuration is not None:
+        raise ConfigError(
+            "fields already says which channels and settings are shown; channels and "
+            "configuration cannot be given with it.",
+            instrument=name,
+            key="fields",
+            fix="give fields alone (or channels/configuration alone).",
+        )
+    problems = []
+    for n, f in fields.items():
+        if not isinstance(f, Field):
+            problems.append(f"{n!r} maps to {f!r}, not a Field")
+        elif n not in offered and (n not in params or not params[n].queryable):
+            problems.append(f"{n!r} is neither a channel nor a queryable parameter")
+        elif f.kind not in Kind.__members__ or f.dtype not in (None, *_RECORDED_DTYPES):
+            problems.append(f"{n!r}: kind {f.kind!r} or dtype {f.dtype!r} is not known")
+    attrs = [a for f in fields.values() if isinstance(f, Field) for a in (f.attr, f.setpoint) if a]
+    clash = sorted(
+        {a for a in attrs if attrs.count(a) > 1 or a in _RESERVED or not a.isidentifier()}
+    )
+    if clash:
+        problems.append(f"attributes {clash} are repeated, reserved or not identifiers")
+    if problems or not fields:
+        raise ConfigError(
+            f"fields of {instrument_id!r}: {'; '.join(problems) or 'empty'} (channels: "
+            f"{sorted(offered)}; queryable: "
+            f"{sorted(p for p, i in params.items() if i.queryable)}).",
+            instrument=name,
+            key="fields",
+            fix="map the instrument's channels and parameters to distinct component names.",
+        )
 
 
 def _tolerances(
@@ -605,6 +752,9 @@ class LegacyDevice(Device):
     """
 
     _legacy_layout: _Layout | None = None
+    driver_stack = "legacy"
+    """Which driver stack reads this device (run metadata and the legacy-only plans ask this,
+    not the class)."""
 
     def __new__(cls, legacy_runtime: LegacyRuntime, instrument_id: str, **kwargs: Any):
         if cls._legacy_layout is not None:  # already a per-instrument class
@@ -617,6 +767,7 @@ class LegacyDevice(Device):
             kwargs.get("settable"),
             kwargs.get("configuration"),
             str(name),
+            kwargs.get("fields"),
         )
         bases: tuple[type, ...] = (_Movable, cls) if layout.settable is not None else (cls,)
         attrs: dict[str, Any] = {
@@ -646,6 +797,7 @@ class LegacyDevice(Device):
         settle_timeout: float = 1.0,
         stop_command: str | None = None,
         queue_size: int = 1000,
+        fields: Mapping[str, Field] | None = None,
         **kwargs: Any,
     ) -> None:
         name = name or instrument_id
@@ -675,27 +827,47 @@ class LegacyDevice(Device):
         self.read_mode: ReadMode = read_mode
         self.stop_command = stop_command
         self._layout = layout
-        self._signals = {ch: getattr(self, a) for ch, a in layout.channel_attrs.items()}
+        # Not ``_signals``: ophyd keeps its components by attribute there, and replacing it made
+        # every access to a component whose attribute differs from its channel a new object.
+        self._channel_signals = {ch: getattr(self, a) for ch, a in layout.channel_attrs.items()}
         self._config_signals = {p: getattr(self, a) for p, a in layout.config_attrs.items()}
         self._settable_signal = (
             getattr(self, layout.settable_attr) if layout.settable_attr else None
         )
+        for f in layout.fields.values():
+            if f.key is not None:
+                getattr(self, f.attr).name = f"{name}_{f.key}" if f.key else name
+        # parameter -> the component holding the target of its last accepted set
+        self._setpoints: dict[str, LegacySignal] = {
+            n: getattr(self, f.setpoint) for n, f in layout.fields.items() if f.setpoint
+        }
+
         # Instrument name -> the component showing it (a channel, the settable, a setting).
-        self._shown: dict[str, LegacySignal] = {**self._signals, **self._config_signals}
+        self._shown: dict[str, LegacySignal] = {**self._channel_signals, **self._config_signals}
         if layout.settable is not None and self._settable_signal is not None:
             self._shown.setdefault(layout.settable.name, self._settable_signal)
+        for n, sp in self._setpoints.items():
+            self._shown[n].setpoint_signal = sp
+        # Channels read at every point; a channel shown as configuration (the MaiTai's warm-up)
+        # or not recorded at all is kept current by the stream but not waited for by a trigger.
+        self._read_channels = [
+            c
+            for c in layout.channels
+            if layout.kind_of(c, Kind.normal) not in (Kind.config, Kind.omitted)
+        ]
         self._shown_at: dict[str, float] = {}
+        self._setpoint_at: dict[str, float] = {}
         self._show_lock = threading.RLock()
         # queryable channels are asked in 'fresh' mode; the others wait for the stream
         params = legacy_runtime.instruments[instrument_id].parameters()
-        self._queried = [c for c in layout.channels if c in params and params[c].queryable]
+        self._queried = [c for c in self._read_channels if c in params and params[c].queryable]
         # Channels that cannot be queried are taken from the stream: a fresh trigger waits for
         # their next measurement, unless the instrument is not polled (it may never publish
         # again), where the latest one is used.
         rate = legacy_runtime.health().get(instrument_id, {}).get("polling_rate_hz") or 0
-        self._streamed = [c for c in layout.channels if c not in self._queried and rate > 0]
+        self._streamed = [c for c in self._read_channels if c not in self._queried and rate > 0]
         self._unpolled = [
-            c for c in layout.channels if c not in self._queried and c not in self._streamed
+            c for c in self._read_channels if c not in self._queried and c not in self._streamed
         ]
         self._lock = threading.Lock()
         self._latest: dict[str, Measurement] = {}
@@ -739,8 +911,8 @@ class LegacyDevice(Device):
 
     def signal_for(self, channel: str) -> LegacySignal:
         """The component holding ``channel`` (or the settable parameter)."""
-        if channel in self._signals:
-            return self._signals[channel]
+        if channel in self._channel_signals:
+            return self._channel_signals[channel]
         if self._layout.settable is not None and channel == self._layout.settable.name:
             assert self._settable_signal is not None
             return self._settable_signal
@@ -865,7 +1037,7 @@ class LegacyDevice(Device):
         if result is None:
             return
         try:
-            value = _coerce(result.value, self._layout.channels[channel].dtype)
+            value = self._recorded(channel, result.value)
         except ValueError as exc:
             op.fail(
                 LegacyInstrumentError(
@@ -884,9 +1056,29 @@ class LegacyDevice(Device):
         for m in latest:
             self._store_measurement(m)
 
+    def _recorded(self, name: str, value: Any) -> Any:
+        """An instrument's value as its component records it: through the field's codes (the
+        instrument's own code for the same state), then as the component's dtype. Raises
+        ValueError when it cannot be one."""
+        f = self._layout.fields.get(name)
+        if f is not None and f.codes is not None:
+            value = f.codes.get(value, value)
+        sig = self._shown.get(name)
+        return _coerce(value, sig._data_type if sig is not None else "string")
+
+    def _instrument_value(self, name: str, value: Any) -> Any:
+        """A recorded value as the instrument's (the inverse of the field's codes)."""
+        f = self._layout.fields.get(name)
+        if f is None or f.codes is None or isinstance(value, bool | str):
+            return value  # a name is the instrument's own; True is no code
+        for ours, recorded in f.codes.items():
+            if recorded == value:
+                return ours
+        return value
+
     def _store_measurement(self, m: Measurement) -> bool:
         try:
-            value = _coerce(m.value, self._layout.channels[m.channel].dtype)
+            value = self._recorded(m.channel, m.value)
         except ValueError:
             log.warning(
                 "%s: measurement %s=%r does not match its declared dtype; kept as published",
@@ -904,7 +1096,7 @@ class LegacyDevice(Device):
         if sig is None:
             return
         try:
-            value = _coerce(value, sig._data_type)
+            value = self._recorded(name, value)
         except ValueError:
             value = str(value)
         self._show(name, value, time.time())
@@ -921,6 +1113,24 @@ class LegacyDevice(Device):
                 return
             self._shown_at[name] = timestamp
             sig.update(value, timestamp=timestamp)
+            if name in self._setpoints and name not in self._setpoint_at:
+                # Before any set the target is where the instrument is (as the native
+                # positioners start), so the first event's setpoint is a reported value.
+                self._setpoint_at[name] = timestamp
+                self._setpoints[name].update(value, timestamp=timestamp)
+
+    def _show_setpoint(self, name: str, target: Any, timestamp: float) -> None:
+        """The target of a set the instrument has just accepted (its set command succeeded)."""
+        sp = self._setpoints.get(name)
+        if sp is None:
+            return
+        try:
+            value = self._recorded(name, target)
+        except ValueError:
+            return
+        with self._show_lock:
+            self._setpoint_at[name] = timestamp
+            sp.update(value, timestamp=timestamp)
 
     # --- the measurement stream ------------------------------------------------------------
 
@@ -989,13 +1199,13 @@ class LegacyDevice(Device):
 
     def _monitor_measurement(self, m: Measurement) -> None:
         with self._monitor_lock:
-            if not self._monitors:
+            if not self._monitors or m.channel not in self._read_channels:
                 return
             if m.channel in self._pending:
                 self._emit(dict(self._pending))
                 self._pending = {}
             self._pending[m.channel] = m
-            if len(self._pending) == len(self._signals):
+            if len(self._pending) == len(self._read_channels):
                 self._emit(dict(self._pending))
                 self._pending = {}
 
@@ -1015,12 +1225,13 @@ class LegacyDevice(Device):
         readings = {}
         for key, reading in super().read().items():
             readings[key] = dict(reading)
-        for ch, sig in self._signals.items():
+        for ch in self._read_channels:
+            sig = self._channel_signals[ch]
             m = measurements.get(ch) or latest.get(ch)
             if m is None:
                 continue
             try:
-                value = _coerce(m.value, self._layout.channels[ch].dtype)
+                value = self._recorded(ch, m.value)
             except ValueError:
                 value = m.value
             readings[sig.name] = {"value": value, "timestamp": m.timestamp}
@@ -1054,9 +1265,19 @@ class LegacyDevice(Device):
             limits = (low, high)
         return limits
 
+    def described_limits(self, name: str) -> tuple[float, float] | None:
+        """The limits the descriptor of ``name`` shows: all of them, or only those the lab
+        narrowed when its field says so (the native drivers describe only the profile's)."""
+        f = self._layout.fields.get(name)
+        if f is not None and not f.describe_limits and self.__dict__.get(f"{name}_limits") is None:
+            return None
+        return self.parameter_limits(name)
+
     def _check_parameter(self, name: str, value: Any) -> Any:
-        """Validate against the parameter's ParameterInfo before anything is sent."""
+        """Validate against the parameter's ParameterInfo before anything is sent; ``value``
+        is as recorded (a code of the field) or as the instrument takes it."""
         info = self._layout.parameters[name]
+        value = self._instrument_value(name, value)
         what = f"{info.name}{f' ({info.unit})' if info.unit else ''}"
         if info.choices is not None:
             if value not in info.choices:
@@ -1118,6 +1339,7 @@ class LegacyDevice(Device):
                 op, info, _error_of(result, self.instrument_id, f"set {info.name}={target!r}")
             )
             return
+        self._show_setpoint(info.name, target, time.time())
         if not info.queryable:
             # Nothing to read back: the driver's own confirmation is the only report. Without
             # one the component keeps the instrument's last report, never the commanded value.
@@ -1242,6 +1464,13 @@ class _Movable:
         """Set the parameter on the legacy worker; the status finishes when the instrument has
         confirmed it (result ok and, if it can be queried, the read-back matches)."""
         return self._set_parameter(self._layout.settable.name, value, obj=self, timeout=timeout)
+
+    @property
+    def limits(self: Any) -> tuple[float, float]:
+        """The lab's soft limits of the settable parameter in ophyd's convention ((0, 0):
+        none), as the native positioners give them; the driver's are enforced on every set."""
+        limits = self.described_limits(self._layout.settable.name)
+        return limits if limits is not None else (0, 0)
 
     @property
     def position(self: Any) -> Any:

@@ -813,6 +813,9 @@ class LabIOC:
         motors: dict[str, str] = {}
         record_signals: dict[str, dict[str, Any]] = {}
         elsewhere: set[str] = set()
+        # The setpoint of a setting that becomes a motor record is that record's VAL (as a
+        # native positioner's setpoint is), so it is not served again as a PV of its own.
+        in_records: set[int] = set()
         for attr in device.component_names:
             obj = getattr(device, attr)
             suffix = f":{attr}"
@@ -834,7 +837,11 @@ class LabIOC:
             if owner is not None:
                 elsewhere.add(owner)  # shown as the position of that device's motor record
                 continue
+            if id(obj) in in_records:
+                continue
             if _is_moved_quantity(spec):
+                if (setpoint := getattr(obj, "setpoint_signal", None)) is not None:
+                    in_records.add(id(setpoint))
                 link = PositionerLink(obj, description=f"{device_id} {attr}")
                 self.groups[f"{device_id}:{attr}"] = self._motor(base + suffix, link)
                 motors[attr] = suffix
@@ -846,6 +853,11 @@ class LabIOC:
                 f"every signal of {device_id} is the position of another device's motor record "
                 f"({', '.join(sorted(elsewhere))}): served there"
             )
+            return
+        if not specs and not motors:
+            # nothing recorded, nothing moved (a legacy bus whose mounts are the devices, as the
+            # native bus is no ophyd device): no PVs, on either stack
+            self.skipped[device_id] = f"{device_id} has no signal of its own (its parts are served)"
             return
         camera = hasattr(device, "collect_asset_docs") and hasattr(device, "exposure")
         kind = "camera" if camera else ("detector" if _overrides(device, "trigger") else "readable")

@@ -305,6 +305,9 @@ class ElliptecBus(LegacyInstrument):
             params[f"position_{a}"] = ParameterInfo(f"position_{a}", "deg", limits=(-360.0, 360.0))
             params[f"status_{a}"] = ParameterInfo(f"status_{a}", "", settable=False, dtype="string")
             params[f"info_{a}"] = ParameterInfo(f"info_{a}", "", settable=False, dtype="string")
+            params[f"velocity_{a}"] = ParameterInfo(
+                f"velocity_{a}", "%", limits=(1, 100), dtype="integer", doc="speed, % of maximum"
+            )
         return params
 
     # --- commands -------------------------------------------------------------------------
@@ -314,6 +317,9 @@ class ElliptecBus(LegacyInstrument):
             if command.kind == "set" and command.name.startswith("position_"):
                 target = self.check_value(command.name, command.value)
                 return self._move_to(self._mount(command.name), target)
+            if command.kind == "set" and command.name.startswith("velocity_"):
+                pct = int(self.check_value(command.name, command.value))
+                return self._set_velocity(self._mount(command.name), pct)
             if command.kind == "set":
                 self.check_value(command.name, command.value)  # raises: not settable/unknown
             if command.kind == "query":
@@ -331,6 +337,8 @@ class ElliptecBus(LegacyInstrument):
         mount = self._mount(name)
         if name.startswith("position_"):
             return CommandResult.success(self._read_position(mount))
+        if name.startswith("velocity_"):
+            return CommandResult.success(self._read_velocity(mount))
         if name.startswith("status_"):
             reply = self._transact(mount, "gs", expect="GS")
             code = self._status_code(mount, reply)
@@ -432,6 +440,25 @@ class ElliptecBus(LegacyInstrument):
         finally:
             mount.last_command_at = time.monotonic()
 
+    def _set_velocity(self, mount: _Mount, pct: int) -> CommandResult:
+        code = self._status_code(mount, self._transact(mount, f"sv{pct:02X}", expect="GS"))
+        if code != _STATUS_OK:
+            return CommandResult.failure(self._fault(mount, code, f"sv{pct:02X}"))
+        return CommandResult.success(self._read_velocity(mount))
+
+    def _read_velocity(self, mount: _Mount) -> int:
+        packet = self._transact(mount, "gv", expect="GV")
+        try:
+            return int(packet[3:5].decode("ascii"), 16)
+        except (ValueError, UnicodeDecodeError):
+            raise ReplyError(
+                f"unparseable velocity from mount {mount.address}",
+                reply=packet,
+                instrument=self.instrument_id,
+                resource=self.port_name,
+                fix="line noise on the bus; the runtime retries.",
+            ) from None
+
     def _read_position(self, mount: _Mount) -> float:
         return self._decode(mount, self._transact(mount, "gp", expect="PO"))
 
@@ -501,7 +528,7 @@ class ElliptecBus(LegacyInstrument):
                 f"cannot {command}",
                 value=command.name,
                 instrument=self.instrument_id,
-                fix=f"use set/query position_{a}, query status_{a} or info_{a}, "
+                fix=f"use set/query position_{a} or velocity_{a}, query status_{a} or info_{a}, "
                 f"execute home_{a} or stop.",
             )
         )

@@ -206,6 +206,9 @@ class MaiTai(LegacyInstrument):
         return {
             "wavelength": ParameterInfo("wavelength", "nm", limits=WAVELENGTH_LIMITS),
             "shutter": ParameterInfo("shutter", "", choices=(0, 1), dtype="integer"),
+            "emission": ParameterInfo(
+                "emission", "", choices=(0, 1), dtype="integer", doc="1 on (ON), 0 off (OFF)"
+            ),
             "power": ParameterInfo("power", "W", settable=False),
             "warmup": ParameterInfo("warmup", "%", settable=False),
             "status": ParameterInfo("status", "", settable=False, dtype="integer"),
@@ -225,6 +228,9 @@ class MaiTai(LegacyInstrument):
                     value = self.check_value(command.name, command.value)
                 if command.name == "wavelength":
                     return self._set_wavelength(value)
+                if command.name == "emission":
+                    result = self._emission(bool(value))
+                    return CommandResult.success(int(result.value)) if result.ok else result
                 return self._set_shutter(int(value))
             if command.kind == "query":
                 return self._query(command.name)
@@ -249,6 +255,8 @@ class MaiTai(LegacyInstrument):
             return CommandResult.success(self._flag(self._link().query("SHUTTER?"), "SHUTTER?"))
         if name == "status":
             return CommandResult.success(self._status())
+        if name == "emission":
+            return CommandResult.success(1 if self._status() & STB_EMISSION else 0)
         if name == "identity":
             return CommandResult.success(self._link().query("*IDN?"))
         return self._unknown(Command.query(name))
@@ -385,8 +393,8 @@ class MaiTai(LegacyInstrument):
                 f"cannot {command}",
                 value=command.name,
                 instrument=self.instrument_id,
-                fix="set wavelength/shutter; query wavelength, power, shutter, warmup, status, "
-                "identity, pump_power, humidity; execute on/off.",
+                fix="set wavelength/shutter/emission; query wavelength, power, shutter, warmup, "
+                "emission, status, identity, pump_power, humidity; execute on/off.",
             )
         )
 

@@ -57,15 +57,9 @@ def device_name(obj: Any) -> str:
 
 
 def _is_legacy_type(obj: Any) -> bool:
-    # Import lazily: the plans must keep working (as native-only) if the adapter module is absent
-    # or broken, and importing it must not pull the legacy stack into every plan import.
-    try:
-        from daqbridge.devices.legacy_adapter import LegacyDevice
-    except Exception:  # noqa: BLE001 - adapter missing: decide by class name below
-        LegacyDevice = None  # noqa: N806
-    if LegacyDevice is not None and isinstance(obj, LegacyDevice):
-        return True
-    return any(cls.__name__ == "LegacyDevice" for cls in type(obj).__mro__)
+    # The device says which stack reads it (the legacy adapter's ``driver_stack``), so the plans
+    # need neither the adapter's class nor its module.
+    return getattr(obj, "driver_stack", None) == LEGACY
 
 
 def device_stack(obj: Any) -> str:

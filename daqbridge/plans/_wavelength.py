@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
-from bluesky.protocols import Movable, Readable
+from bluesky.protocols import Readable
 
-from daqbridge.plans._capabilities import Companions, laser_controls, meter_controls
+from daqbridge.plans._capabilities import laser_controls, meter_controls
 from daqbridge.plans._checks import (
     require_count,
     require_delay,
@@ -39,7 +39,7 @@ PLAN = "wavelength_scan"
 
 
 def wavelength_scan(
-    laser: Movable,
+    laser: Readable,
     meter: Readable,
     start: float,
     stop: float,
@@ -53,40 +53,34 @@ def wavelength_scan(
     At every point the laser is tuned and the meter's calibration wavelength set to the same
     whole nm, both waited for, then ``settle_time`` seconds pass and the meter and the laser
     (wavelength, power) are read. The shutter is open only during the scan.
-    ``laser``: a MaiTaiLaser or a LegacyDevice wrapping the legacy MaiTai; ``meter``: a
-    Newport1830C or a LegacyDevice wrapping the legacy 1830-C.
+    ``laser``: a MaiTai and ``meter``: a Newport 1830-C, each on either driver stack (both
+    show the same ``wavelength``/``shutter`` components).
     """
-    companions = Companions()
-    try:
-        laser_c = laser_controls(PLAN, "laser", laser)
-        companions = laser_c.companions
-        meter_c = meter_controls(PLAN, "meter", meter, companions)
-        start = require_number(PLAN, "start", start)
-        stop = require_number(PLAN, "stop", stop)
-        num = require_count(PLAN, "num", num)
-        settle_time = require_delay(PLAN, "settle_time", settle_time)
-        for arg, value in (("start", start), ("stop", stop)):
-            require_within(
-                PLAN,
-                arg,
-                value,
-                laser_c.limits,
-                device=device_name(laser),
-                what="tuning range (nm)",
-            )
-        points = [float(p) for p in np.linspace(start, stop, num)]
-        for value in points:
-            require_within(
-                PLAN,
-                "start/stop",
-                round(value),
-                meter_c.limits,
-                device=device_name(meter),
-                what="calibration wavelength range (nm)",
-            )
-    except BaseException:
-        companions.close()
-        raise
+    laser_c = laser_controls(PLAN, "laser", laser)
+    meter_c = meter_controls(PLAN, "meter", meter)
+    start = require_number(PLAN, "start", start)
+    stop = require_number(PLAN, "stop", stop)
+    num = require_count(PLAN, "num", num)
+    settle_time = require_delay(PLAN, "settle_time", settle_time)
+    for arg, value in (("start", start), ("stop", stop)):
+        require_within(
+            PLAN,
+            arg,
+            value,
+            laser_c.limits,
+            device=device_name(laser),
+            what="tuning range (nm)",
+        )
+    points = [float(p) for p in np.linspace(start, stop, num)]
+    for value in points:
+        require_within(
+            PLAN,
+            "start/stop",
+            round(value),
+            meter_c.limits,
+            device=device_name(meter),
+            what="calibration wavelength range (nm)",
+        )
 
     detectors = [meter, *laser_c.readables]
     # The meter's wavelength setting is a component of the meter: bps.trigger_and_read would
@@ -136,7 +130,4 @@ def wavelength_scan(
         shuttered = finally_plan(with_light(), close_shutter)
         return (yield from stop_on_failure(shuttered, [laser_c.wavelength]))
 
-    try:
-        return (yield from scan())
-    finally:
-        companions.close()
+    return (yield from scan())

@@ -622,6 +622,94 @@ def legacy_part_channel(inst: InstrumentBase, part: str) -> str | None:
     return None
 
 
+def legacy_fields(inst: InstrumentBase, part: str | None = None) -> dict[str, Any] | None:
+    """How the legacy adapter shows an instrument: under the native driver's names, kinds and
+    precision, so the same plan records the same keys, units and hints on either stack
+    (issue 18; docs/legacy.md has the table). None: the legacy driver's own names (a bus,
+    which has no native device to match). Native device modules are not imported here: the
+    names are the recorded contract, and tests compare them with the native descriptors."""
+    from daqbridge.devices.legacy_adapter import Field
+
+    if isinstance(inst, MaiTaiInstrument):
+        return {
+            "wavelength": Field(
+                "wavelength",
+                "hinted",
+                precision=1,
+                setpoint="wavelength_setpoint",
+                describe_limits=False,
+            ),
+            "power": Field("power", "hinted", precision=3),
+            "shutter": Field("shutter", "normal"),
+            "emission": Field("emission", "config"),
+            "warmup": Field("warmup", "config", precision=2),
+            "status": Field("status_byte", "config"),
+            "pump_power": Field("pump_power", "config", precision=2),
+            "humidity": Field("humidity", "config", precision=2),
+        }
+    if isinstance(inst, Newport1830cInstrument):
+        # The native meter records the 1830-C's own codes (F1-F3, A0/A1) and reads in W only
+        # (its ``units`` setting is the profile's, not a reading), so the twin does too.
+        return {
+            "power": Field("power", "hinted"),
+            "wavelength": Field("wavelength", "config", describe_limits=False),
+            "range": Field("range", "config", describe_limits=False),
+            "filter": Field("filter", "config", dtype="integer", codes=FILTER_CODES),
+            "attenuator": Field("attenuator", "config", dtype="integer"),
+        }
+    if isinstance(inst, ElliptecInstrument) and part is None:
+        # The bus, as on the native stack, records nothing and moves nothing itself: its mounts
+        # are the devices (their positions would otherwise be recorded twice, under two keys).
+        # Its components stay current for code that watches the whole bus.
+        return {
+            f"position_{a.address.upper()}": Field(f"position_{a.address.upper()}", "omitted")
+            for a in inst.elliptec.addresses
+        }
+    if isinstance(inst, ElliptecInstrument):
+        channel = legacy_part_channel(inst, part)
+        if channel is None:
+            return None
+        address = channel.removeprefix("position_")
+        return {
+            channel: Field(
+                "readback",
+                "hinted",
+                key="",
+                precision=3,
+                setpoint="setpoint",
+                describe_limits=False,
+            ),
+            f"velocity_{address}": Field("velocity", "config", describe_limits=False),
+        }
+    return None
+
+
+FILTER_CODES = MappingProxyType({"slow": 1, "medium": 2, "fast": 3})
+"""The 1830-C's averaging filters by name (legacy driver) and ``F`` code (native driver)."""
+
+
+def legacy_adapter_options(
+    inst: InstrumentBase, part: str | None, overrides: Mapping[str, str] | None = None
+) -> dict[str, Any] | None:
+    """Keyword arguments of the legacy adapter for one device of an entry (a part is one
+    Elliptec mount); None when the part has no legacy channel. A driver type put in place of
+    the stock one (``overrides``, as for ``legacy_type``) keeps its own channel names: the
+    native names map the stock twin's channels only."""
+    options: dict[str, Any] = {}
+    if part is not None:
+        channel = legacy_part_channel(inst, part)
+        if channel is None:
+            return None
+        options["settable"] = channel
+    elif isinstance(inst, ElliptecInstrument):
+        options["settable"] = False  # a bus of one mount is not that mount
+    stock = LEGACY_TYPES.get(inst.driver)
+    fields = legacy_fields(inst, part) if legacy_type(inst, overrides) == stock else None
+    if fields is not None:
+        options["fields"] = fields
+    return options
+
+
 def legacy_limits(inst: InstrumentBase) -> dict[str, tuple[float, float]]:
     """The profile's limits of the legacy parameters (parameter -> (low, high)), which the
     adapters narrow the driver's limits to (``<parameter>_limits``), as the native drivers do."""

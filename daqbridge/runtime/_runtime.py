@@ -73,9 +73,9 @@ from daqbridge.runtime._builders import (
     connect_native,
     construct,
     legacy_adapter_class,
+    legacy_adapter_options,
     legacy_id,
     legacy_limits,
-    legacy_part_channel,
     legacy_type,
 )
 from daqbridge.runtime._shutdown import (
@@ -846,13 +846,10 @@ class Runtime:
             if lid in self.failures:
                 continue
             for ref in refs:
-                options: dict[str, Any] = {}
-                if ref.part is not None:
-                    channel = legacy_part_channel(inst, ref.part)
-                    if channel is None:
-                        notes.append(f"{ref.id}: no legacy channel for part {ref.part!r}")
-                        continue
-                    options = {"channels": [channel], "settable": channel}
+                options = legacy_adapter_options(inst, ref.part, self.legacy_types)
+                if options is None:
+                    notes.append(f"{ref.id}: no legacy channel for part {ref.part!r}")
+                    continue
                 tolerances = _legacy_tolerances(inst)
                 if tolerances:
                     options["tolerance"] = tolerances

@@ -24,7 +24,13 @@ from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from daqbridge.errors import ConfigError, DaqbridgeError, InstrumentTimeout
+from daqbridge.errors import (
+    CatalogError,
+    ConfigError,
+    DaqbridgeError,
+    InstrumentError,
+    InstrumentTimeout,
+)
 
 log = logging.getLogger("daqbridge.runtime.shadow")
 
@@ -38,6 +44,7 @@ __all__ = [
     "ShadowPair",
     "ShadowRecorder",
     "ShadowReport",
+    "ShadowRunUnreadable",
     "agree",
     "check_field",
     "compare",
@@ -245,15 +252,20 @@ class ShadowReport:
     @classmethod
     def from_run(cls, run: Any, **overrides: Any) -> ShadowReport:
         """The report of a ``shadow_compare_plan`` run read back from the catalog."""
-        start = dict(run.metadata["start"])
-        data = run["primary"].read()
-        shadow = start.get("shadow") or {}
-        nf, lf = shadow.get("native_field"), shadow.get("legacy_field")
-        if nf not in data or lf not in data:
-            raise ConfigError(
-                f"run {start.get('uid')} has no fields {nf!r} and {lf!r}: not a shadow run.",
-                fix="give the uid of a run made by shadow_compare_plan.",
-            )
+        start = dict(run.metadata.get("start") or {})
+        nf, lf = _compared_fields(start, overrides)
+        try:
+            stream = run["primary"]
+        except KeyError:
+            # a run that stopped before its first pair (a driver that failed at start)
+            raise ShadowRunUnreadable(
+                f"run {start.get('uid')} recorded no readings (no 'primary' stream), so "
+                f"{nf!r} and {lf!r} cannot be compared.",
+                instrument=_instrument(start, overrides, nf),
+                fix="compare a run that recorded at least one pair of readings.",
+            ) from None
+        data = stream.read()
+        _require_fields(start, overrides, (nf, lf), sorted(map(str, data.data_vars)))
         native, legacy = list(data[nf].values), list(data[lf].values)
         rows = [{nf: a, lf: b} for a, b in zip(native, legacy, strict=True)]
         return cls._from_rows(start, rows, **overrides)
@@ -262,27 +274,70 @@ class ShadowReport:
     def _from_rows(
         cls, start: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], **overrides: Any
     ) -> ShadowReport:
-        shadow = dict(start.get("shadow") or {})
-        shadow.update(overrides)
-        try:
-            nf, lf = shadow["native_field"], shadow["legacy_field"]
-        except KeyError:
-            raise ConfigError(
-                f"run {start.get('uid')} was not made by shadow_compare_plan (no 'shadow' "
-                "metadata naming the fields).",
-                fix="give the uid of a shadow run, or pass native_field= and legacy_field=.",
-            ) from None
+        shadow = {**(start.get("shadow") or {}), **overrides}
+        nf, lf = _compared_fields(start, overrides)
+        lacking = [f for f in (nf, lf) if any(f not in r for r in rows)]
+        if lacking:
+            _require_fields(start, overrides, lacking, sorted({k for r in rows for k in r}))
         report = compare(
             [r[nf] for r in rows],
             [r[lf] for r in rows],
             tolerance=float(shadow.get("tolerance", 0.0)),
             rtol=float(shadow.get("rtol", 0.0)),
-            instrument=str(shadow.get("instrument", nf)),
+            instrument=_instrument(start, overrides, nf),
             native_field=nf,
             legacy_field=lf,
         )
         report.run_uid = start.get("uid")
         return report
+
+
+class ShadowRunUnreadable(CatalogError):
+    """A recorded run that cannot be compared again: it lacks a field it (or the caller) names,
+    or recorded no readings. The data is as recorded; what to fix is the field named."""
+
+    exit_status = 3
+    """The CLI's status for it: ``daqbridge shadow``'s "could not compare" (no verdict); the
+    default 1 would say the drivers disagreed."""
+
+
+def _compared_fields(start: Mapping[str, Any], overrides: Mapping[str, Any]) -> tuple[str, str]:
+    """The (native, legacy) data keys a recorded run compares, or the caller's instead."""
+    shadow = {**(start.get("shadow") or {}), **overrides}
+    nf, lf = shadow.get("native_field"), shadow.get("legacy_field")
+    if not nf or not lf:
+        raise ConfigError(
+            f"run {start.get('uid')} was not made by shadow_compare_plan (no 'shadow' "
+            "metadata naming the fields).",
+            fix="give the uid of a shadow run, or pass native_field= and legacy_field=.",
+        )
+    return str(nf), str(lf)
+
+
+def _instrument(start: Mapping[str, Any], overrides: Mapping[str, Any], nf: str) -> str:
+    return str({**(start.get("shadow") or {}), **overrides}.get("instrument", nf))
+
+
+def _require_fields(
+    start: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+    named: Sequence[str],
+    recorded: Sequence[str],
+) -> None:
+    """Refuse, naming the run, the field and what the run has, when a named field is missing:
+    a bare KeyError said none of that (issue 18)."""
+    missing = [f for f in named if f not in recorded]
+    if not missing:
+        return
+    asked = [f"{k}=" for k in ("native_field", "legacy_field") if overrides.get(k) in missing]
+    by = f"asked for with {' and '.join(asked)}" if asked else "named in its shadow metadata"
+    raise ShadowRunUnreadable(
+        f"run {start.get('uid')} has no field {', '.join(map(repr, missing))} ({by}); "
+        f"it recorded: {', '.join(recorded) or 'nothing'}.",
+        instrument=_instrument(start, overrides, named[0]),
+        fix="pass native_field= and legacy_field= naming two of the fields it recorded, or "
+        "give the uid of a shadow_compare run.",
+    )
 
 
 def compare(
@@ -357,6 +412,25 @@ def check_field(device: Any, key: str) -> str:
     return key
 
 
+def reading_of(side: str, device: Any, reading: Mapping[str, Any], key: str) -> Any:
+    """``reading[key]``, or an error naming the side, the device and what it did read.
+
+    ``check_field`` holds what a device describes; a driver whose ``read()`` then lacks the
+    field (a channel that stopped publishing) made the comparison fail with a bare KeyError.
+    """
+    try:
+        return reading[key]
+    except KeyError:
+        name = getattr(device, "name", device)
+        raise InstrumentError(
+            f"the {side} device {name!r} describes {key!r} but its reading has no such field "
+            f"(it has {sorted(reading)}): this pair could not be compared.",
+            instrument=str(name),
+            fix=f"check that the {side} driver still publishes {key!r}; compare another field "
+            "with --field / native_field= / legacy_field=.",
+        ) from None
+
+
 # --- outside a plan ----------------------------------------------------------------------------
 
 
@@ -388,7 +462,7 @@ class ShadowComparison:
         self.instrument = instrument or getattr(native_device, "name", "instrument")
         self.timeout = timeout
 
-    def _read(self, device: Any, key: str) -> tuple[float, float]:
+    def _read(self, side: str, device: Any, key: str) -> tuple[float, float]:
         t0 = time.perf_counter()
         status = device.trigger()
         try:
@@ -399,7 +473,7 @@ class ShadowComparison:
                 instrument=getattr(device, "name", None),
                 fix="check the instrument answers; raise the comparison's timeout.",
             ) from None
-        value = device.read()[key]["value"]
+        value = reading_of(side, device, device.read(), key)["value"]
         return float(value), time.perf_counter() - t0
 
     def run(self, n: int) -> ShadowReport:
@@ -422,7 +496,7 @@ class ShadowComparison:
             values: dict[str, float] = {}
             for side, device, key, times in sides if i % 2 == 0 else sides[::-1]:
                 try:
-                    values[side], dt = self._read(device, key)
+                    values[side], dt = self._read(side, device, key)
                 except Exception as exc:  # a failed read is a finding, not a crash
                     report.failures.append(ReadFailure(i, side, _message(exc)))
                     continue
@@ -482,7 +556,8 @@ class ShadowPair:
 
     def read(self) -> dict[str, dict[str, Any]]:
         native, legacy = self.native.read(), self.legacy.read()
-        a, b = native[self.native_field], legacy[self.legacy_field]
+        a = reading_of("native", self.native, native, self.native_field)
+        b = reading_of("legacy", self.legacy, legacy, self.legacy_field)
         diff = {
             "value": _difference(a["value"], b["value"]),
             "timestamp": max(a["timestamp"], b["timestamp"]),
@@ -637,7 +712,7 @@ def shadow_fields(
     twin_keys = list(twin_keys)
     pairs: list[tuple[str, str, str]] = []
     for key in native_keys:
-        if not key.startswith(native_name):
+        if not key.startswith(native_name) or commanded(key):
             continue
         suffix = key[len(native_name) :]
         twin_key = twin_name + suffix
@@ -647,6 +722,16 @@ def shadow_fields(
             twin_key = twin_main
         pairs.append((key, twin_key, f"{native_name}{SHADOW_DIFF}{suffix}"))
     return pairs
+
+
+def commanded(key: str) -> bool:
+    """A setpoint: what a driver was last told, not what the instrument reports.
+
+    In shadow only the native device is commanded; the twin's setpoint is whatever the legacy
+    driver was told before (stale by construction), so recording it, or its difference from the
+    native one, would record values the instrument was never given.
+    """
+    return key.endswith("_setpoint")
 
 
 def _is_number(value: Any) -> bool:
@@ -764,7 +849,7 @@ class _TwinEcho:
         return shield
 
     def at_point(self, failed: bool) -> dict[str, dict[str, Any]]:
-        reading = {k: dict(v) for k, v in self.twin.read().items()}
+        reading = {k: dict(v) for k, v in self.twin.read().items() if not commanded(k)}
         if failed:
             now = time.time()
             for entry in reading.values():
@@ -777,7 +862,7 @@ class _TwinEcho:
         return self._reading
 
     def describe(self) -> dict[str, dict[str, Any]]:
-        return self.twin.describe()
+        return {k: v for k, v in self.twin.describe().items() if not commanded(k)}
 
     def read_configuration(self) -> dict[str, dict[str, Any]]:
         return self.twin.read_configuration()

@@ -120,17 +120,18 @@ def test_status_counts_shadow_runs_and_shows_what_the_switch_changes(lab, capsys
     assert "meter (newport1830c): stack shadow" in meter
     assert "shadow agreement: 2 shadow run(s), 9 points compared, 1 disagreement(s)" in meter
     assert "shadow twins removed: meter_legacy" in meter
-    # the legacy twin's data keys as <id>, against the native device's: from the running lab
-    gone = {k.replace("meter_legacy", "meter", 1) for k in keys["meter_legacy"]} - keys["meter"]
-    assert gone, "the legacy 1830-C driver has a units setting the native one has not"
-    assert f"data keys removed: {', '.join(sorted(gone))}\n" in meter
+    # the legacy twin records the native device's keys (issue 18): from the running lab
+    assert {k.replace("meter_legacy", "meter", 1) for k in keys["meter_legacy"]} == keys["meter"]
+    assert "data keys" not in meter
     legacy_only = "settings only the legacy driver reads (kept for a switch back): "
     assert f"{legacy_only}polling_rate_hz = 0.0, legacy.lease_timeout_s = 7.0" in meter
     assert ": stack legacy" in rot and "shadow agreement: no shadow runs yet" in rot
-    assert "rot_hwp_position_2" in keys["rot"]  # what plans record today ...
-    assert "data keys removed: " in rot and "rot_hwp_position_2" in rot
-    assert "rot_hwp: none -> [-90, 90]" in rot  # ... and the native mount keeps its limits
-    assert "elliptec.addresses[0].low_limit = -90.0" in rot
+    # the legacy mount records the native mount's keys with the profile's limits, and the
+    # legacy bus, like the native one, records nothing and is not served: no change at all
+    assert keys["rot"] == {"rot_hwp", "rot_hwp_setpoint", "rot_hwp_velocity"}
+    for change in ("data keys", "limits:", "PVs"):
+        assert change not in rot, rot
+    assert "low_limit" not in rot  # both stacks apply the mount's limits
 
 
 def test_status_as_json_and_for_one_instrument(lab, capsys):
@@ -165,3 +166,28 @@ units = "dBm"
     changes = switch_changes(profile, profile.instrument("meter"))
     (problem,) = changes.problems
     assert problem.startswith("the native driver refuses this entry:") and "units" in problem
+
+
+@pytest.mark.parametrize("instrument", ["sim_laser", "sim_rotators"])
+def test_the_simulated_lab_switches_without_a_change_of_keys_pvs_or_limits(instrument):
+    """The legacy adapter records the native names under the profile's limits (issue 18), so
+    the switch changes nothing a plan or the IOC sees, and no limit is called native-only."""
+    profile = load_profile(None)
+    changes = switch_changes(profile, profile.instrument(instrument))
+    seen = (changes.data_keys_gone, changes.data_keys_new, changes.pvs_gone, changes.pvs_new)
+    assert seen == ([], [], [], []) and changes.limits == [] and changes.problems == []
+    assert changes.native_only == []
+
+
+def test_a_setting_only_one_stack_reads_is_still_listed():
+    """The laser's polling rate drives the legacy poller only; the bus's XON/XOFF flow control
+    is applied by the native driver only (the legacy Elliptec driver opens its port without)."""
+    profile = load_profile(None)
+    laser = switch_changes(profile, profile.instrument("sim_laser"))
+    assert laser.legacy_only == ["polling_rate_hz = 1.0"]
+    bus = profile.instrument("sim_rotators")
+    bus = type(bus).model_validate(
+        {**bus.model_dump(exclude_unset=True), "flow_control": "xonxoff"}
+    )
+    changes = switch_changes(profile, bus)
+    assert changes.native_only == ["flow_control = 'xonxoff'"] and changes.legacy_only == []

@@ -112,3 +112,15 @@ def test_a_bus_id_compares_every_mount(tmp_path, data, capsys):
     assert code == EXIT_AGREE, out
     assert "shadow comparison of rotators_a: AGREE" in out
     assert "shadow comparison of rotators_b: AGREE" in out
+
+
+def test_a_bus_compares_each_mounts_angle_not_only_the_fields_both_name_alike(
+    tmp_path, data, capsys
+):
+    # Once both stacks key a mount alike (rot_a_setpoint / rot_a_legacy_setpoint), the shared
+    # channel names alone left out the angle itself, keyed by the device's own name.
+    profile = _profile(tmp_path, data, ROTATORS)
+    main(["shadow", "rotators", "--profile", profile, "-n", "1", "--tolerance", "0.05"])
+    out = capsys.readouterr().out
+    for mount in ("rotators_a", "rotators_b"):
+        assert f"native {mount}  vs  legacy {mount}_legacy" in out, out

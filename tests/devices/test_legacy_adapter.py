@@ -25,7 +25,12 @@ from bluesky.protocols import (
 )
 from bluesky.utils import FailedStatus
 
-from daqbridge.devices.legacy_adapter import LegacyDevice, ReadOnlyChannel, SetNotConfirmed
+from daqbridge.devices.legacy_adapter import (
+    Field,
+    LegacyDevice,
+    ReadOnlyChannel,
+    SetNotConfirmed,
+)
 from daqbridge.errors import ConfigError, InstrumentFault, InstrumentTimeout, ValueRejected
 from daqbridge.legacy import (
     ChannelInfo,
@@ -666,3 +671,120 @@ def test_get_follows_the_instrument_without_a_trigger(legacy_laser):
     with sim.lock:
         sim.shutter_open = True  # opened at the front panel: only a poll can tell
     assert wait_until(lambda: laser.shutter.get() == 1)
+
+
+# --- the native driver's names (issue 18 item 3): fields ----------------------------------------
+
+
+def test_fields_show_the_instrument_under_other_names_kinds_and_precision(
+    rotator_runtime, RE, docs
+):
+    rt, rot = rotator_runtime(rate=50)
+    rot.slip = 0.004  # lands a little off: the read-back and the setpoint differ, both true
+    stage = LegacyDevice(
+        rt,
+        "rot",
+        name="stage",
+        settable="angle",
+        tolerance=0.01,
+        fields={
+            "angle": Field(
+                "readback",
+                "hinted",
+                key="",
+                precision=2,
+                setpoint="setpoint",
+                describe_limits=False,
+            ),
+            "temperature": Field("temperature", "config", precision=1),
+            "speed": Field("velocity", "config"),
+        },
+    )
+    try:
+        stage.connect()
+        assert stage.component_names == ("readback", "setpoint", "temperature", "velocity")
+        described = stage.describe()
+        assert list(described) == ["stage", "stage_setpoint"]
+        assert described["stage"]["precision"] == 2 and "limits" not in described["stage"]
+        assert set(stage.describe_configuration()) == {"stage_temperature", "stage_velocity"}
+        assert stage.hints == {"fields": ["stage"]}
+        stage.angle_limits = (-90, 90)  # what the runtime sets from the profile
+        assert stage.describe()["stage"]["limits"] == {"control": {"low": -90, "high": 90}}
+        assert stage.limits == (-90, 90)
+        # a channel shown as configuration follows the stream, read by no trigger
+        assert wait_until(lambda: stage.temperature.get() > 0)  # NaN until the first poll
+        before = stage.temperature.get()
+        assert wait_until(lambda: stage.temperature.get() > before)
+        RE(bp.scan([], stage, 0, 10, 2))
+        docs.validate()
+        got = [(e["data"]["stage"], e["data"]["stage_setpoint"]) for e in docs.events()]
+        assert got == [(0.004, 0.0), (10.004, 10.0)]  # what it reports, what it was told
+        assert rot.angle == 10.004
+        RE(bps.mv(stage.velocity, 7.5))
+        assert rot.speed == 7.5 and read_in_plan(RE, stage.velocity) == 7.5
+    finally:
+        stage.close()
+
+
+def test_fields_that_do_not_fit_the_instrument_are_a_clear_config_error(rotator_runtime):
+    rt, _ = rotator_runtime()
+    with pytest.raises(ConfigError, match=r"'nope' is neither a channel nor a queryable"):
+        LegacyDevice(rt, "rot", fields={"nope": Field("nope")})
+    with pytest.raises(ConfigError, match=r"attributes \['x'\] are repeated"):
+        LegacyDevice(rt, "rot", fields={"angle": Field("x"), "speed": Field("x")})
+    with pytest.raises(ConfigError, match=r"'angle': kind 'loud' or dtype None is not known"):
+        LegacyDevice(rt, "rot", fields={"angle": Field("a", "loud")})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="channels and configuration cannot be given"):
+        LegacyDevice(rt, "rot", channels=["angle"], fields={"angle": Field("angle")})
+
+
+def test_codes_record_the_meters_own_codes_and_sets_map_back(serial_pool, RE):
+    with serve_pty("newport1830c", noise=0, input_power=1e-6, speed=100) as server:
+        rt = _legacy_runtime(
+            serial_pool,
+            f"""
+[instruments.meter]
+type = "newport_1830c"
+port = "{server.path}"
+polling_rate_hz = 0
+""",
+        )
+        meter = LegacyDevice(
+            rt,
+            "meter",
+            fields={
+                "power": Field("power", "hinted"),
+                "filter": Field(
+                    "filter", "config", dtype="integer", codes={"slow": 1, "medium": 2, "fast": 3}
+                ),
+                "attenuator": Field("attenuator", "config", dtype="integer"),
+            },
+        )
+        try:
+            meter.connect()
+            conf = meter.describe_configuration()
+            assert set(conf) == {"meter_filter", "meter_attenuator"}  # no units: not asked for
+            assert conf["meter_filter"]["dtype"] == conf["meter_attenuator"]["dtype"] == "integer"
+            assert meter.filter.get() == server.simulator.filter == 3  # F3: "fast"
+            RE(bps.mv(meter.filter, 1, meter.attenuator, 1))
+            assert server.simulator.filter == 1 and server.simulator.attenuator is True
+            assert read_in_plan(RE, meter.filter) == 1
+            assert read_in_plan(RE, meter.attenuator) == 1
+            assert rt.submit("meter", Command.query("filter"), timeout=5).value == "slow"
+            RE(bps.mv(meter.filter, "fast"))  # the legacy driver's name works too
+            assert server.simulator.filter == 3 and read_in_plan(RE, meter.filter) == 3
+        finally:
+            meter.close()
+            rt.stop(5)
+
+
+def test_emission_is_a_setting_of_the_legacy_laser(legacy_laser, RE):
+    laser, sim, _ = legacy_laser
+    assert "sim_laser_emission" in laser.describe_configuration()
+    try:
+        RE(bps.mv(laser.emission, 0))
+        assert sim.emission is False  # the laser itself turned off
+        assert read_in_plan(RE, laser.emission) == 0
+    finally:
+        RE(bps.mv(laser.emission, 1))
+    assert sim.emission is True and read_in_plan(RE, laser.emission) == 1

@@ -80,3 +80,51 @@ move_timeout_s = 10
         finally:
             legacy.stop(5.0)
             native.close()
+
+
+def test_a_native_run_records_the_setpoint_the_legacy_driver_gave_the_mount(pool):
+    """Shadow: the legacy twin moves the mount the native device also drives (issue 18, item 8).
+
+    The native ``setpoint`` was the native driver's last target, so a run after a legacy move
+    recorded a setpoint the mount had never been given. Every recorded value must be one the
+    instrument was commanded to and reported: here the simulator's position.
+    """
+    import bluesky.plans as bp
+    from bluesky import RunEngine
+
+    with serve_pty("elliptec", addresses=[2], speed=20.0) as server:
+        sim = server.simulator
+        cfg = parse_legacy_config(
+            f"""
+[instruments.twin]
+type = "elliptec"
+port = "{server.path}"
+device_addresses = [2]
+polling_rate_hz = 0
+timeout_s = 5
+""",
+            source="shadow.toml",
+        )
+        legacy = LegacyRuntime.from_config(cfg, pool)
+        legacy.start()
+        port = pool.open(str(server.path), baudrate=9600)
+        native = NativeBus(port, name="rot")
+        mount = native.mount("2", name="rot_a", reply_timeout=5.0)
+        native.connect(10.0)
+        try:
+            assert legacy.wait_running(10.0)
+            mount.set(10.0).wait(15.0)
+            res = legacy.submit("twin", Command.set("position_2", 30.0), timeout=15.0)
+            assert res.ok, res.message
+            truth = sim.position_deg("2")
+            assert truth == pytest.approx(30.0, abs=0.01)
+
+            RE = RunEngine({}, context_managers=[])
+            events: list[dict] = []
+            RE.subscribe(lambda name, doc: events.append(doc["data"]), "event")
+            RE(bp.count([mount], 2))
+            assert [e["rot_a_setpoint"] for e in events] == pytest.approx([truth] * 2, abs=0.01)
+            assert [e["rot_a"] for e in events] == pytest.approx([truth] * 2, abs=0.01)
+        finally:
+            legacy.stop(5.0)
+            native.close()

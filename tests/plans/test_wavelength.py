@@ -52,7 +52,7 @@ def test_legacy_laser_native_meter(runtime: Any, docs: Any) -> None:
     assert opened == [True] * 5
     assert not shutter_open(runtime)  # closed after the scan
     assert daqbridge.sim.lookup("sim_meter").wavelength == 850
-    # the companions that set the legacy laser's shutter and wavelength are gone again
+    # the plan moved the laser's own components: no extra adapter was left subscribed
     assert set(runtime.legacy.distributor.stats()) == subscribers
 
     start = docs.start
@@ -122,7 +122,7 @@ def test_bad_arguments_fail_before_the_laser_is_touched(
     subscribers = set(runtime.legacy.distributor.stats())
     with pytest.raises(PlanArgumentError) as info:
         runtime.RE(wavelength_scan(**args))
-    assert set(runtime.legacy.distributor.stats()) == subscribers  # companions closed
+    assert set(runtime.legacy.distributor.stats()) == subscribers  # nothing left subscribed
     text = str(info.value)
     assert text.startswith("wavelength_scan(): ") or "wavelength_scan(): " in text
     for word in words:

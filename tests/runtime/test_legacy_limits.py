@@ -40,5 +40,5 @@ def test_legacy_mount_keeps_the_profiles_limits(runtime_data, runtime_profile):
         with pytest.raises((ValueRejected, PlanArgumentError), match=r"95"):
             rt.RE(polarization_scan(mount, meter, [0, 95]))
         assert bus.position_deg(8) == before  # nothing reached the mount
-        described = mount.describe()[mount.position_8.name]
+        described = mount.describe()[mount.readback.name]
         assert described["limits"]["control"] == {"low": -90.0, "high": 90.0}

@@ -329,10 +329,8 @@ def test_a_scan_in_shadow_records_both_drivers_read_backs_after_each_move(
     for data, target, truth in zip(events, [10, 30, 50], reached, strict=True):
         assert truth == pytest.approx(target, abs=0.1)  # the mount itself
         assert data["rot_c"] == pytest.approx(truth, abs=0.01)
-        assert data["rot_c_legacy_position_8"] == pytest.approx(truth, abs=0.01)
-        assert data["rot_c_shadow_diff"] == pytest.approx(
-            data["rot_c"] - data["rot_c_legacy_position_8"]
-        )
+        assert data["rot_c_legacy"] == pytest.approx(truth, abs=0.01)
+        assert data["rot_c_shadow_diff"] == pytest.approx(data["rot_c"] - data["rot_c_legacy"])
 
 
 def test_a_field_missing_on_one_side_is_a_config_error_naming_both_sides(shadow_pair):

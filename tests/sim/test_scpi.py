@@ -298,6 +298,8 @@ def test_two_connections_share_one_instrument_and_never_mix_replies(server, open
     a = open_inst(server.resource)
     b = open_inst(server.resource)
     a.write("SOUR:VOLT 3.5")
+    # Two sockets are two queues: only a's own *OPC? says its write was executed before b asks.
+    assert a.query("*OPC?") == "1"
     assert float(b.query("SOUR:VOLT?")) == 3.5
     assert server.connection_count == 2
 

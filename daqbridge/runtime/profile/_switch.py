@@ -3,8 +3,8 @@
 ``daqbridge config switch ID --stack legacy|shadow|native`` changes the entry's ``stack`` key
 and nothing else: comments, key order and quoting stay as the lab wrote them (tomlkit edits the
 file in place), and settings that only one stack reads (``polling_rate_hz``, the ``legacy``
-table, native-only limits) stay in the entry, so switching back restores exactly the file that
-ran before. Legacy -> shadow -> native -> legacy gives back the original bytes.
+table) stay in the entry, so switching back restores exactly the file that ran before.
+Legacy -> shadow -> native -> legacy gives back the original bytes.
 
 An Elliptec bus is one entry, so switching the bus switches all its mounts; naming a mount or a
 ``_legacy`` twin is refused with the id to use instead, because the person asked to move less

@@ -107,6 +107,9 @@ class BusEndpoint:
         self._cond = threading.Condition(bus._lock)
         self._inbox: deque[tuple[int, str, bytes]] = deque()
         self._awaiting: list[frozenset[str] | None] = []
+        # (mark, kinds) of the transaction in flight: the first such packet after its mark is its
+        # reply, which discard() and wait_for() of another driver sharing the address must leave.
+        self._claims: list[tuple[int, frozenset[str] | None]] = []
         self._txn = threading.Lock()
         self._txn_owner: str | None = None
         self._txn_since = 0.0
@@ -159,12 +162,14 @@ class BusEndpoint:
             with self._cond:
                 mark = self.bus._seq
                 self._awaiting.append(kinds)
+                self._claims.append((mark, kinds))
             try:
                 self.bus._write(packet, owner, max(0.0, deadline - perf_counter()))
                 return self._take(kinds, deadline, after=mark, timeout=timeout, sent=packet)
             finally:
                 with self._cond:
                     self._awaiting.remove(kinds)
+                    self._claims.remove((mark, kinds))
         finally:
             self._txn_owner = None
             self._txn.release()
@@ -196,8 +201,10 @@ class BusEndpoint:
         with self._cond:
             kept: deque[tuple[int, str, bytes]] = deque()
             gone = []
+            claimed = self._claimed_locked()
             for entry in self._inbox:
-                (gone if wanted is None or entry[1] in wanted else kept).append(entry)
+                drop = (wanted is None or entry[1] in wanted) and entry[0] not in claimed
+                (gone if drop else kept).append(entry)
             self._inbox = kept
             self.discarded += len(gone)
         return [p for _, _, p in gone]
@@ -230,6 +237,15 @@ class BusEndpoint:
             self.dropped += 1
         self._cond.notify_all()
 
+    def _claimed_locked(self) -> set[int]:
+        claimed = set()
+        for mark, kinds in self._claims:
+            for seq, kind, _ in self._inbox:
+                if seq > mark and (kinds is None or kind in kinds):
+                    claimed.add(seq)
+                    break
+        return claimed
+
     def _take(
         self,
         kinds: frozenset[str] | None,
@@ -248,7 +264,10 @@ class BusEndpoint:
                         resource=self.resource,
                         fix="the port is shutting down; stop using this endpoint.",
                     )
+                claimed = self._claimed_locked() if sent is None else set()
                 for i, (seq, kind, packet) in enumerate(self._inbox):
+                    if seq in claimed:
+                        continue  # another driver's transaction is about to take it
                     if seq > after and (kinds is None or kind in kinds):
                         del self._inbox[i]
                         return packet
