@@ -45,6 +45,21 @@ def test_the_cli_imports_no_bluesky_ophyd_or_tiled():
     assert seen["imported"] == []
 
 
+def test_reading_the_catalog_imports_no_writer():
+    """`catalog list` and the other readers import the catalog package: bluesky-tiled-plugins'
+    writer (its schema validators, xarray: about a second) is the writer's alone."""
+    seen = _child(
+        """
+        import json, sys
+        import daqbridge.runtime.catalog
+        import daqbridge.cli._catalog
+        heavy = ("bluesky_tiled_plugins", "xarray", "tiled.server")
+        print(json.dumps({"imported": [m for m in heavy if m in sys.modules]}))
+        """
+    )
+    assert seen["imported"] == []
+
+
 def test_a_lab_without_epics_devices_starts_no_epics_client():
     """The start-up checks of the simulated lab import every native driver (and ophyd), and
     the lab's soft signals work; caproto is neither imported nor started."""

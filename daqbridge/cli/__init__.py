@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
-from daqbridge.errors import DaqbridgeError
+from daqbridge.errors import ConfigError, DaqbridgeError
+
+EXIT_USAGE = 2
+"""Exit status of a mistake in the command, as argparse's: a ``--profile`` that names no file, an
+unknown simulator kind, a lab that cannot start as configured (what is checked before start:
+``exit_status`` of ``daqbridge.runtime.profile.NotReady``). Other errors exit 1."""
 
 # subcommand name -> module (relative to daqbridge.cli) that registers it
 SUBCOMMANDS: dict[str, str] = {
@@ -60,16 +66,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        # `run` reads options written after PLAN itself, and checks there.
+        missing = None if args.command == "run" else missing_profile(getattr(args, "profile", None))
+        if missing is not None:
+            print(f"daqbridge: error: {missing}", file=sys.stderr)
+            return EXIT_USAGE
         return int(args.func(args) or 0)
     except DaqbridgeError as exc:
         print(f"daqbridge: error: {exc}", file=sys.stderr)
-        return 1
+        return getattr(exc, "exit_status", 1)
     except KeyboardInterrupt:
         print("daqbridge: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `daqbridge ... | head`: the reader left; not an error of ours
         sys.stderr.close()
         return 0
+
+
+def missing_profile(path: str | None) -> ConfigError | None:
+    """The loader's own error for a ``--profile`` that names no file, before the command does
+    anything: a path typed wrong is a mistake in the command (exit 2), not a failure."""
+    if not isinstance(path, str) or not path or os.path.lexists(path):
+        return None
+    from daqbridge.runtime.profile import load_profile
+
+    try:
+        load_profile(path)
+    except ConfigError as exc:
+        return exc
+    return None  # it was TOML text after all: the command loads it as such
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,7 +6,10 @@ print the key reference.
 where, so a port typed into the wrong entry is visible before the lab runs. It also checks this
 machine as start-up will use it: the serial ports exist, and the data directory (and any
 camera's frames directory) is a directory this user can write or create; ``--no-port-check``
-skips both, for a profile written for another machine.
+skips both, for a profile written for another machine. Then what start-up checks before anything
+starts (``preflight_issues``, the runtime's own function): the Tiled server answers and takes the
+API key, a SQLite catalog's directory is writable, the instruments' SDKs import. ``--offline``
+leaves the server alone and says so; ``--no-port-check`` skips all of these too.
 
 ``switch`` moves one instrument between the legacy, shadow and native stacks by editing its
 entry's ``stack`` key in place (comments and settings kept, so switching back restores the file);
@@ -46,8 +49,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument(
         "--no-port-check",
         action="store_true",
-        help="do not check that serial ports exist nor that the data directory is writable "
-        "(checking a profile for another machine)",
+        help="do not check that serial ports exist, that the data and catalog directories are "
+        "writable, that instrument SDKs import, nor the Tiled server (checking a profile for "
+        "another machine)",
+    )
+    check.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not contact the Tiled server of catalog_uri (reachable, a Tiled server, API key "
+        "accepted); the checks of this machine still run",
     )
     check.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 1)")
     check.set_defaults(func=_check)
@@ -135,7 +145,7 @@ def _print_issue(issue, stream) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from daqbridge.runtime.profile import ProfileInvalid, check_profile
+    from daqbridge.runtime.profile import ProfileInvalid, check_profile, preflight_issues
 
     cache = _device_cache(args.no_port_check)
     try:
@@ -145,6 +155,17 @@ def _check(args: argparse.Namespace) -> int:
     except ConfigError as exc:  # unreadable file
         print(f"daqbridge: error: {exc}", file=sys.stderr)
         return EXIT_PROBLEMS
+    # What start-up checks before anything starts (the runtime runs the same function), so
+    # this cannot say OK for a profile whose Tiled server is down.
+    network = not (args.offline or args.no_port_check)
+    if profile is not None:
+        issues = issues + preflight_issues(profile, network=network, machine=not args.no_port_check)
+    if not network and _has_server(profile):
+        print(
+            f"note: the Tiled server {profile.lab.catalog_uri} was not contacted "
+            f"({'--offline' if args.offline else '--no-port-check'}).",
+            file=sys.stderr,
+        )
     errors = [i for i in issues if i.severity == "error"]
     warnings = [i for i in issues if i.severity == "warning"]
     for issue in errors + warnings:
@@ -157,6 +178,11 @@ def _check(args: argparse.Namespace) -> int:
         print(f"{len(warnings)} warning(s) and --strict: failing.", file=sys.stderr)
         return EXIT_PROBLEMS
     return EXIT_OK
+
+
+def _has_server(profile) -> bool:
+    uri = profile.lab.catalog_uri if profile is not None else None
+    return uri is not None and uri.startswith(("http://", "https://"))
 
 
 def summary(profile, *, port_check: bool = True) -> str:

@@ -15,6 +15,11 @@ terminal that started it reaches none of them):
 * ``start-re-manager``: the RE Manager; its worker process runs daqbridge/cli/lab_startup/, which
   starts the lab with the same session code as the IPython profile (``build_session``) and
   offers the plans of ``daqbridge run`` with its checks (:func:`checked_plan`).
+* the catalog server (``python -m daqbridge catalog serve``): the lab's catalog behind a Tiled
+  server with a random API key, so ``daqbridge catalog list`` reads it with Tiled's HTTP client
+  (a third of a second to import) instead of importing Tiled's whole server to open the files
+  itself (two to three seconds). Not started when the profile's catalog is already a Tiled
+  server.
 
 The addresses, pids (with their start times, so a recycled pid is never taken for ours), the
 profile and its hash go to ``<data_dir>/lab.json``, written atomically; logs to
@@ -46,6 +51,7 @@ import importlib.resources
 import inspect
 import json
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -73,6 +79,8 @@ PROFILE_ENV = "DAQBRIDGE_PROFILE"
 DATA_ENV = "DAQBRIDGE_DATA"
 DOCUMENTS_ENV = "DAQBRIDGE_LAB_DOCUMENTS"
 """Address the worker's RunEngine pushes its documents to (set by ``lab up``)."""
+CATALOG_KEY_ENV = "TILED_SINGLE_USER_API_KEY"
+"""Tiled's variable for the key its single-user server demands (``daqbridge catalog serve``)."""
 
 DOCUMENT_PREFIX = b"daqbridge"
 HELLO_PREFIX = b"daqbridge-hello-"
@@ -92,6 +100,7 @@ EXIT_USAGE = 2
 REDIS_START = 30.0
 PROXY_START = 30.0
 MANAGER_START = 60.0
+CATALOG_START = 120.0
 ENVIRONMENT_OPEN = 300.0
 RUNTIME_CLOSE_MARGIN = 30.0
 ENVIRONMENT_CLOSE = 60.0
@@ -144,6 +153,11 @@ class LabState:
     documents: LabProcess | None = None
     manager: LabProcess | None = None
     owner_pid: int = 0
+    catalog_addr: str = ""
+    """The catalog server's URL ("" when the lab's catalog is a Tiled server of its own)."""
+    catalog_dir: str = ""
+    catalog_api_key: str = ""
+    catalog: LabProcess | None = None
     format: int = LAB_FORMAT
 
     @property
@@ -155,6 +169,7 @@ class LabState:
             name: proc
             for name, proc in (
                 ("manager", self.manager),
+                ("catalog", self.catalog),
                 ("documents", self.documents),
                 ("redis", self.redis),
             )
@@ -169,7 +184,7 @@ class LabState:
         raw = json.loads(text)
         if raw.get("format") != LAB_FORMAT:
             raise ValueError(f"unknown lab.json format {raw.get('format')!r}")
-        for key in ("redis", "documents", "manager"):
+        for key in ("redis", "documents", "manager", "catalog"):
             if raw.get(key) is not None:
                 raw[key] = LabProcess(**raw[key])
         return cls(**raw)
@@ -228,10 +243,11 @@ def read_lab_file(data_dir: Path) -> LabState | None:
 
 def is_up(state: LabState) -> bool:
     """Up: lab up finished and the manager and the document proxy still run (Redis too, when
-    it is ours)."""
+    it is ours). Not the catalog server: plans run without it and ``catalog list`` then reads
+    the files, so its loss must not make the next command clean the lab away as stale."""
     if state.state != "up":
         return False
-    return all(p.alive() for p in state.processes().values())
+    return all(p.alive() for name, p in state.processes().items() if name != "catalog")
 
 
 @contextlib.contextmanager
@@ -808,6 +824,9 @@ def _start(
             _wait_environment(state, api, timeout, say)
         finally:
             api.close()
+        catalog = _start_catalog_server(state, loaded, logs, work, say)
+        if catalog is not None:
+            started.append(catalog)
         state.state = "up"
         state.write()
         say(f"up in {time.monotonic() - t0:.1f} s")
@@ -822,6 +841,53 @@ def _start(
         with contextlib.suppress(FileNotFoundError):
             state.path.unlink()
         raise
+
+
+def _start_catalog_server(
+    state: LabState,
+    loaded: Profile,
+    logs: Path,
+    work: Path,
+    say: Callable[[str], None],
+) -> subprocess.Popen | None:
+    """Serve the catalog the worker writes (started after the worker, which creates it)."""
+    from daqbridge.runtime.profile import locate_data
+
+    if locate_data(loaded).uri is not None:
+        return None  # already on a Tiled server: clients go there
+    port = free_port()
+    key = secrets.token_hex(32)
+    log = logs / "catalog.log"
+    state.catalog_dir = state.data_dir  # the worker's catalog: $DAQBRIDGE_DATA decides
+    state.catalog_addr = f"http://{LOCALHOST}:{port}"
+    say(f"starting the catalog server on {state.catalog_addr} (log: {log})")
+    env = {**os.environ, DATA_ENV: state.catalog_dir, CATALOG_KEY_ENV: key}
+    # Its key in the environment: a command line is readable by every user of the machine.
+    argv = [sys.executable, "-m", "daqbridge", "catalog", "serve", "--data", state.catalog_dir]
+    argv += ["--port", str(port)]
+    proc = _spawn(argv, log, env, work)
+    state.catalog = _record(proc, log)
+    state.catalog_api_key = key
+    state.write()
+    # `catalog serve` listens only once the catalog is open, and queues connections until its
+    # server has started: listening is ready.
+    _wait_started("the catalog server", lambda: _listening(port), proc, log, CATALOG_START)
+    return proc
+
+
+def lab_catalog(data_dir: Path, catalog_dir: Path) -> tuple[str, str] | None:
+    """(URL, API key) of the catalog server of the lab up in ``data_dir`` serving
+    ``catalog_dir``; None when there is none. Reads lab.json only: never cleans or waits, so a
+    reader of the catalog pays a file read and a few /proc reads for asking."""
+    try:
+        state = read_lab_file(data_dir)
+    except LabError:
+        return None
+    if state is None or state.catalog is None or state.catalog_dir != str(catalog_dir):
+        return None
+    if not (is_up(state) and state.catalog.alive()):
+        return None
+    return state.catalog_addr, state.catalog_api_key
 
 
 def _queue_name(data_dir: Path) -> str:
@@ -902,6 +968,10 @@ def _stop(state: LabState, say: Callable[[str], None]) -> tuple[bool, list[str]]
                 stop_process(LabProcess(pid, start, ""), timeout=2.0)
             note(f"RE Manager (pid {state.manager.pid}) {outcome}")
             clean = False
+    if state.catalog is not None:
+        outcome = stop_process(state.catalog)
+        clean &= outcome == "stopped"
+        note(f"catalog server (pid {state.catalog.pid}) {outcome}")
     if state.documents is not None:
         outcome = stop_process(state.documents)
         clean &= outcome == "stopped"
@@ -1003,6 +1073,8 @@ def describe(state: LabState, live: Mapping[str, Any] | None) -> str:
         f"  data:       {state.data_dir}",
         f"  manager:    {state.control_addr}{_pid(state.manager)}",
         f"  documents:  {state.documents_out}{_pid(state.documents)}",
+        f"  catalog:    {state.catalog_addr or 'on the Tiled server of the profile'}"
+        f"{_pid(state.catalog)}",
         f"  redis:      {state.redis_addr}{_pid(state.redis) or ' (not ours)'}",
         f"  logs:       {logs_dir(Path(state.data_dir))}",
     ]
@@ -1487,7 +1559,15 @@ def submit_to_lab(
     except Exception:  # noqa: BLE001 - an older API without a settable user
         pass
     live = LiveRuns(table=table, out=out, err=err)
-    stream = LabDocuments(state.documents_out, [live])
+    from daqbridge.runtime._plots import PLOTS_DIR, RunPlots
+
+    # A 1-D scan's peak statistics below the table; the worker saves the PNG itself.
+    peaks = RunPlots(
+        Path(state.data_dir) / PLOTS_DIR,
+        png=False,
+        out=lambda text: print(text, file=out, flush=True),
+    )
+    stream = LabDocuments(state.documents_out, [live, peaks])
     try:
         if not stream.start():
             log = state.documents.log if state.documents else "?"

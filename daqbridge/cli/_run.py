@@ -41,6 +41,7 @@ import textwrap
 import traceback
 from typing import Any
 
+from daqbridge.cli import missing_profile
 from daqbridge.cli._plan_args import (
     RULES,
     DeviceRef,
@@ -271,6 +272,10 @@ def run_command(args: argparse.Namespace) -> int:
         if wants_help:
             print(_plan_help(args.plan))
             return 0
+        missing = missing_profile(args.profile)  # a --profile after PLAN is known only now
+        if missing is not None:
+            _error(str(missing))
+            return EXIT_USAGE
         _setup_logging(args.debug)
         return _run(args, words)
     except PlanArgumentError as exc:
@@ -282,7 +287,7 @@ def run_command(args: argparse.Namespace) -> int:
         if debug:
             traceback.print_exc()
         _error(str(exc))
-        return EXIT_FAILED
+        return getattr(exc, "exit_status", EXIT_FAILED)  # 2: not startable as configured
     except KeyboardInterrupt:
         print("daqbridge run: interrupted", file=sys.stderr)
         return 130
@@ -293,7 +298,6 @@ def _run(args: argparse.Namespace, words: list[str]) -> int:
         has_display,
         install_progress_bars,
         make_best_effort,
-        quiet_tiled,
         resolve_profile,
     )
     from daqbridge.runtime.profile import PathExists, load_profile
@@ -318,7 +322,8 @@ def _run(args: argparse.Namespace, words: list[str]) -> int:
         if lab is not None:
             return _run_on_lab(args, early, lab, command)
 
-    quiet_tiled()
+    # Tiled (two to three seconds to import) is imported on the runtime's catalog thread, beside
+    # the instruments' start-up, and quietened there: not here first.
     from daqbridge.runtime import Runtime, ShutdownRequested
 
     print(
@@ -343,6 +348,8 @@ def _run(args: argparse.Namespace, words: list[str]) -> int:
         plan = call.make()  # runs the plan's own argument checks now
         RE.subscribe(lambda name, doc: uids.append(doc["uid"]), "start")
         plots = not args.no_plot and has_display() and sys.stdout.isatty()
+        if args.no_plot:  # headless, the runtime saves each run's plot as a PNG otherwise
+            runtime.run_plots.png = False
         if not args.no_table or plots:
             RE.subscribe(make_best_effort(plots=plots, table=not args.no_table))
         if not args.no_progress:

@@ -14,8 +14,11 @@ Why it is built this way:
 
 * The profile comes from the argument, else ``$DAQBRIDGE_PROFILE``, else the embedded simulated
   lab, the same rule as ``daqbridge run`` and ``daqbridge status`` (:func:`resolve_profile`).
-* Plots only where a display exists: on a headless machine (ssh, CI, a queue server) matplotlib
-  is switched to Agg and BestEffortCallback's plots are off, so nothing blocks on a window.
+* Live plot windows only where a display exists: on a headless machine (ssh, CI, a queue
+  server) matplotlib is switched to Agg and BestEffortCallback's plots are off, so nothing blocks
+  on a window; each run's plot is then a PNG in ``<data_dir>/plots`` instead, and a 1-D scan's
+  peak statistics are printed either way (the runtime's ``run_plots``,
+  :mod:`daqbridge.runtime._plots`).
 * Progress bars on moves (bluesky's ProgressBarManager as ``RE.waiting_hook``) only when
   stderr is a terminal: in a log file they are noise.
 * Ctrl-C pauses the run in a session (``sigint="pause"``): the scientist decides between
@@ -62,9 +65,10 @@ def resolve_profile(profile: str | os.PathLike[str] | None = None) -> str | None
 
 def has_display() -> bool:
     """True when matplotlib windows can open: a desktop session on Linux, always elsewhere."""
-    if sys.platform.startswith("linux"):
-        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-    return True
+    # The runtime's rule: it decides by it where no front end says whether to save PNGs.
+    from daqbridge.runtime._plots import has_display as runtime_has_display
+
+    return runtime_has_display()
 
 
 def quiet_tiled() -> None:
@@ -92,11 +96,13 @@ def make_best_effort(*, plots: bool, table: bool = True) -> Any:
     if not plots:
         use_headless_matplotlib()
     bec = BestEffortCallback()
+    # The baseline stream (every instrument's settings, twice a run) is for the catalog: printed,
+    # it buried a count's three lines under a hundred.
+    bec.disable_baseline()
     if not plots:
         bec.disable_plots()
     if not table:
         bec.disable_table()
-        bec.disable_baseline()
         bec.disable_heading()
     return bec
 
@@ -124,7 +130,8 @@ def build_session(
     """Start the lab and return the names of a session, ready for ``namespace.update(...)``.
 
     ``profile``: a profile file (default: ``$DAQBRIDGE_PROFILE``, else the embedded simulated
-    lab). ``plots``: let BestEffortCallback plot (default: when a display exists). ``table``:
+    lab). ``plots``: let BestEffortCallback plot (default: when a display exists); without, each
+    run's plot is saved as a PNG in ``<data_dir>/plots``. ``table``:
     print its live tables. ``progress``: progress bars on moves (default: when stderr is a
     terminal). ``runtime``: use an already started runtime instead of building one. Other
     keywords go to ``Runtime.from_profile`` (``data_dir``, ``connect_timeout``, ...).
@@ -145,6 +152,10 @@ def build_session(
     plots = has_display() if plots is None else plots
     bec = make_best_effort(plots=plots, table=table)
     RE.subscribe(bec)
+    run_plots = getattr(runtime, "run_plots", None)
+    if run_plots is not None:
+        # Where nothing plots live (no display, the queue worker), the PNG is the run's plot.
+        run_plots.png = not plots
     if progress is None:
         install_progress_bars(RE)
     elif progress:

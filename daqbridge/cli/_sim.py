@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
+import sys
 import threading
 from typing import Any
 
+from daqbridge.cli import EXIT_USAGE
 from daqbridge.errors import ConfigError
 
 
@@ -125,15 +127,12 @@ def _announce(kind: str, where: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from daqbridge.sim._registry import SOCKET_KINDS, known_kinds
+    from daqbridge.sim._registry import SOCKET_KINDS, _kind_error, known_kinds
 
     kind = args.kind.lower()
-    if kind not in known_kinds():
-        raise ConfigError(
-            f"unknown simulator kind {args.kind!r}; known kinds: {', '.join(known_kinds())}.",
-            key="kind",
-            fix="run `daqbridge sim list`.",
-        )
+    if kind not in known_kinds():  # a mistake in the command, as argparse's: exit status 2
+        print(f"daqbridge: error: {_kind_error(args.kind)}", file=sys.stderr)
+        return EXIT_USAGE
     options = _options(args)
     with _Stop() as stop:
         if kind in SOCKET_KINDS:

@@ -535,6 +535,21 @@ class ElliptecMount(Device, PositionerBase):
 
     # --- settings ----------------------------------------------------------------------------
 
+    def refresh_configuration(self, timeout: float | None = None) -> None:
+        """Ask the mount for its settings now: its velocity (``gv``), the one it has.
+
+        Another program (or the legacy twin in shadow) may have set it since connect or the
+        last set, and a recorded setting must be one the mount reported. A query only: nothing
+        is changed. Blocking (the baseline reads it from its own thread; interactive use), never
+        inside a plan; behind a move of this mount it waits for the move's end.
+        """
+        self._require_connected("read its settings")
+        self._worker.call(
+            lambda: self.velocity.update(self._read_velocity()),
+            timeout=timeout or self.lease_timeout + self.reply_timeout + 1.0,
+            resource=self.resource,
+        )
+
     def _set_velocity(self, value: Any) -> StatusBase:
         pct = int(
             check_number(

@@ -46,6 +46,7 @@ from ophyd import Component as Cpt
 from ophyd import Device, Kind, PositionerBase
 from ophyd.status import MoveStatus, Status
 from ophyd.status import wait as status_wait
+from ophyd.utils import WaitTimeoutError
 
 from daqbridge.devices._base import InstrumentSignal, InstrumentWorker, check_number
 from daqbridge.errors import (
@@ -377,6 +378,18 @@ class ESP300Axis(Device, PositionerBase):
     def stop(self, *, success: bool = False) -> None:
         """Send ``nST`` (via the worker); a running move's status fails unless ``success``."""
         self._controller._request_stop(self.number, success)
+
+    def refresh_configuration(self, timeout: float | None = None) -> None:
+        """Ask the controller for this axis's settings now, in one lease: ``nVU?``, ``nVA?``,
+        ``nAC?`` and, for a stage that said what it is at connect, ``nID?``.
+
+        The front panel or another program may have changed them since connect or the last
+        set, and a recorded setting must be one the controller reported. Queries only: nothing
+        is changed. A different stage on the connector is refused (IdentityMismatch), as after
+        a replug. Blocking (the baseline reads it from its own thread; interactive use), never
+        inside a plan.
+        """
+        self._controller._refresh_axis(self, timeout)
 
     def _check_velocity(self, velocity: float, *, where: str = "") -> None:
         """Refuse a velocity above the axis maximum the controller reported (``nVU?``)."""
@@ -851,6 +864,49 @@ class ESP300Controller(Device):
         status = self._worker.status(fn, obj=obj)
         self._wake.set()
         return status
+
+    def _refresh_axis(self, axis: ESP300Axis, timeout: float | None) -> None:
+        if not self._connected:
+            raise InstrumentError(
+                f"cannot read the settings of axis {axis.number} ({axis.name}): the controller "
+                "is not connected.",
+                instrument=self.name,
+                resource=self.port.url,
+                fix="call connect() first (the runtime does it at start-up).",
+            )
+        timeout = timeout or self._call_timeout()
+        # Through _submit_status: it cuts a poll round's back-off short, so the queries do not
+        # wait behind another axis's move.
+        status = self._submit_status(lambda: self._read_axis_settings(axis))
+        try:
+            status_wait(status, timeout=timeout)
+        except WaitTimeoutError:
+            raise InstrumentTimeout(
+                f"the settings of axis {axis.number} ({axis.name}) were not read within "
+                f"{timeout:g} s.",
+                instrument=self.name,
+                resource=self.port.url,
+                fix="check that the controller is on and connected (19200 baud); the request may "
+                "still be queued behind a long operation.",
+            ) from None
+
+    def _read_axis_settings(self, axis: ESP300Axis) -> None:
+        n = axis.number
+        with self._transaction() as lease:
+            # A controller that did not answer nID? at connect would cost a reply timeout on
+            # every refresh for nothing: only a stage that said what it is is asked again, and
+            # its silence now is an error, not a stage become unknown.
+            known = axis.stage_identity
+            if known is not None and any(known):
+                model, _, serial = self._query(lease, f"{n}ID?").partition(",")
+                if (model.strip(), serial.strip()) != known:
+                    self._check_stage(lease, axis)  # garbled: asked again; another stage: refused
+            top, velocity, acceleration = (
+                self._query_number(lease, f"{n}{cmd}?") for cmd in ("VU", "VA", "AC")
+            )
+        axis.max_velocity.update(top)
+        axis.velocity.update(velocity)
+        axis.acceleration.update(acceleration)
 
     def _write_setting(self, axis: ESP300Axis, sig: _AxisSetting, value: float) -> None:
         n = axis.number

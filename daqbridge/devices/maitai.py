@@ -363,7 +363,7 @@ class MaiTaiLaser(Device):
     _SOURCES = {
         "power": "READ:POWER?",
         "shutter": "SHUTTER?",
-        "emission": "ON/OFF",
+        "emission": "*STB? bit 0 (set with ON/OFF)",
         "warmup": "READ:PCTWARMEDUP?",
         "status_byte": "*STB?",
         "pump_power": "PLASER:POWER?",
@@ -428,6 +428,8 @@ class MaiTaiLaser(Device):
         self._identity: str | None = None
         self._connected = False
         self._config_stale = True
+        self._held: Any = None
+        """The lease a group of queries shares (worker thread only); None between groups."""
         self._worker = InstrumentWorker(name)
         self._tuner = InstrumentWorker(f"{name}-tuning")
         super().__init__(prefix="", name=name, **kwargs)
@@ -508,6 +510,22 @@ class MaiTaiLaser(Device):
         return self._worker.call(
             self._diagnostics_io,
             timeout=timeout or 20 * (self.reply_timeout + self.write_delay) + self.lease_timeout,
+            resource=self.port.url,
+        )
+
+    def refresh_configuration(self, timeout: float | None = None) -> None:
+        """Ask the laser for its settings now, in one lease: warm-up, ``*STB?`` (emission is its
+        bit 0), pump power, humidity and the shutter.
+
+        Outside a staged run these are otherwise the answers of connect, and the front panel or
+        another program may have changed them since; a recorded setting must be one the laser
+        reported. Queries only: nothing is changed. Blocking (the baseline reads it from its own
+        thread; interactive use), never inside a plan.
+        """
+        self._require_connected("read its settings")
+        self._worker.call(
+            self._refresh_settings,
+            timeout=timeout or 5 * (self.reply_timeout + self.write_delay) + self.lease_timeout,
             resource=self.port.url,
         )
 
@@ -763,10 +781,39 @@ class MaiTaiLaser(Device):
         self._read_wavelength()
 
     def _read_config(self) -> None:
-        self.warmup.update(self._read_warmup())
-        self.status_byte.update(self._read_status_byte())
-        self.pump_power.update(self._quantity("PLASER:POWER?", "W", "pump power"))
-        self.humidity.update(self._quantity("READ:HUM?", "%", "humidity"))
+        self._store_config(self._ask_config())
+
+    def _ask_config(self) -> tuple[float, int, float, float]:
+        # Every answer first, then the signals (_store_config): a garbled reply half-way must
+        # not leave a mix of fresh and stale settings for the next reading to record.
+        return (
+            self._read_warmup(),
+            self._read_status_byte(),
+            self._quantity("PLASER:POWER?", "W", "pump power"),
+            self._quantity("READ:HUM?", "%", "humidity"),
+        )
+
+    def _store_config(self, answers: tuple[float, int, float, float]) -> None:
+        warmup, status, pump, humidity = answers
+        self.warmup.update(warmup)
+        self.status_byte.update(status)
+        self.pump_power.update(pump)
+        self.humidity.update(humidity)
+        # [M] *STB? bit 0: emission on. The laser's word, not the last ON/OFF this driver sent
+        # (the front panel, its key or the watchdog turn it off too).
+        self.emission.update(status & 1)
+
+    def _refresh_settings(self) -> None:
+        with self.port.lease(self.name, self.lease_timeout) as lease:
+            self._check_generation(lease)
+            self._held = lease  # the queries below share it: one transaction group
+            try:
+                answers = self._ask_config()
+                shutter = self._read_shutter()
+            finally:
+                self._held = None
+        self._store_config(answers)
+        self.shutter.update(shutter)
 
     def _read_wavelength(self) -> float:
         nm = self._quantity("READ:WAV?", "nm", "wavelength")
@@ -861,6 +908,8 @@ class MaiTaiLaser(Device):
             self._quiet_until = time.monotonic() + self.write_delay
 
     def _query(self, query: str) -> str:
+        if self._held is not None:
+            return self._exchange_in(self._held, query)
         with self.port.lease(self.name, self.lease_timeout) as lease:
             self._check_generation(lease)
             return self._exchange_in(lease, query)

@@ -45,6 +45,7 @@ from daqbridge.devices._base import InstrumentSignal, InstrumentWorker, check_nu
 from daqbridge.errors import (
     ConfigError,
     IdentityMismatch,
+    InstrumentError,
     InstrumentFault,
     InstrumentTimeout,
     PortUnavailable,
@@ -307,12 +308,39 @@ class Newport1830C(Device):
         self._generation = self.port.generation
 
     def _read_settings(self, lease: SerialLease) -> None:
-        self.wavelength.update(self._query_int(lease, "W?"))
-        r = self._query_int(lease, "R?")
+        # Every answer first, then the signals: a garbled reply half-way must not leave a mix
+        # of fresh and stale settings for the next reading to record.
+        w, r, f, a = (self._query_int(lease, q) for q in ("W?", "R?", "F?", "A?"))
+        self.wavelength.update(w)
         # After R0, R? names the range in use; the setting stays "auto" (0).
         self.range.update(0 if self._auto_range else r)
-        self.filter.update(self._query_int(lease, "F?"))
-        self.attenuator.update(self._query_int(lease, "A?"))
+        self.filter.update(f)
+        self.attenuator.update(a)
+
+    def refresh_configuration(self, timeout: float | None = None) -> None:
+        """Ask the meter for its settings now (``W?``, ``R?``, ``F?``, ``A?`` in one lease).
+
+        Someone may have turned a knob on the front panel since connect or the last set, and a
+        recorded setting must be one the meter reported. Queries only: nothing is changed.
+        Blocking (the baseline reads it from its own thread; interactive use), never inside a
+        plan. Raises the meter's usual ReplyError / InstrumentTimeout.
+        """
+        if not self._connected:
+            raise InstrumentError(
+                "cannot read the settings: the meter is not connected.",
+                instrument=self.name,
+                resource=self.port.url,
+                fix="call connect() first (the runtime does it at start-up).",
+            )
+        self._worker.call(
+            self._refresh_settings,
+            timeout=timeout or self.lease_timeout + 20 * self.timeout,
+            resource=self.port.url,
+        )
+
+    def _refresh_settings(self) -> None:
+        with self._transaction() as lease:
+            self._read_settings(lease)
 
     # --- transactions -----------------------------------------------------------------------
 

@@ -99,6 +99,7 @@ from daqbridge.runtime.profile import (
 
 if TYPE_CHECKING:
     from bluesky import RunEngine
+    from bluesky.preprocessors import SupplementalData
 
     from daqbridge.legacy import LegacyRuntime
     from daqbridge.runtime._simulation import Simulation
@@ -483,6 +484,9 @@ class Runtime:
         self._adapters: dict[str, Any] = {}
         self.shadow: Any = None
         """The ShadowRecorder adding legacy twins to every run's events (None: no shadow)."""
+        self.sd: SupplementalData | None = None
+        """bluesky's SupplementalData on the RunEngine: ``sd.baseline`` is read into every run's
+        ``baseline`` stream at its start and end (``[lab] baseline``; docs/profile.md)."""
         self._skipped: set[tuple[str, str]] = set()
         self._subscriptions: dict[str, int] = {}
         self._catalog_future: concurrent.futures.Future | None = None
@@ -529,6 +533,9 @@ class Runtime:
         )
         for warning in profile.warnings:
             log.warning("profile %s: %s", profile.label, warning)
+        from daqbridge.runtime.profile import ensure_ready  # the Tiled server, SDKs: see there
+
+        ensure_ready(profile, instruments=not allow_partial)  # before anything starts
         runtime = cls(
             profile,
             data_dir=data_dir,
@@ -615,6 +622,8 @@ class Runtime:
             self._wait_legacy()
         with self._step("adapters"):
             self._wrap_legacy()
+        with self._step("baseline"):
+            self._choose_baseline()
         with self._step("catalog_wait"):
             try:
                 self.catalog = self._catalog_future.result(timeout=CATALOG_OPEN_TIMEOUT)
@@ -705,6 +714,7 @@ class Runtime:
         from bluesky import RunEngine
 
         import daqbridge
+        from daqbridge.runtime._baseline import LabBaseline
 
         profile = self.profile
         md: dict[str, Any] = {
@@ -727,6 +737,10 @@ class Runtime:
         if self.sigint == "abort":
             options["context_managers"] = []
         RE = RunEngine(run_md, **options)  # noqa: N806 - bluesky's name
+        self.sd = LabBaseline()
+        # Inside the rewording below, so a baseline read that fails ends the run in the
+        # instrument's words too. The devices are chosen once they are up (_choose_baseline).
+        RE.preprocessors.append(self.sd)
         RE.preprocessors.append(_instrument_failures_in_their_words)
         # Not part of _subscriptions: those are the writers and tables status() lists.
         RE.subscribe(self._report_run_end, "stop")
@@ -894,6 +908,44 @@ class Runtime:
             self.shadow = ShadowRecorder(pairs)
             self.RE.preprocessors.append(self.shadow)
 
+    def _choose_baseline(self) -> None:
+        """Fill ``sd.baseline`` from ``[lab] baseline`` (unset: every instrument)."""
+        from daqbridge.runtime._baseline import BaselineReading, default_baseline, resolve
+
+        profile = self.profile
+        owner: dict[str, InstrumentBase] = {}
+        twins: list[str] = []
+        for inst in profile.enabled_instruments():
+            for ref in inst.devices():
+                owner[ref.id] = inst
+                if inst.stack == "shadow" and ref.stack == "legacy":
+                    twins.append(ref.id)
+        names = profile.lab.baseline
+        if names is None:
+            names = default_baseline(self._devices, twins)
+        chosen: list[BaselineReading] = []
+        whole = {name for name in names if "." not in name}
+        for name in dict.fromkeys(names):
+            root = name.split(".", 1)[0]
+            if root not in self._devices and self.allow_partial:
+                log.warning("baseline: %s is left out: its instrument did not start", name)
+                continue
+            if name != root and root in whole:
+                continue  # the whole device is read already; a component again would collide
+            device = resolve(name, self._devices, profile=profile.label)
+            inst = owner.get(root)
+            built = self._native.get(inst.id) if inst is not None else None
+            resource = built.resource if built is not None and root in built.devices else None
+            if resource is None and inst is not None:
+                resource = inst.hardware
+            chosen.append(
+                BaselineReading(
+                    device, instrument=inst.id if inst is not None else root, resource=resource
+                )
+            )
+        assert self.sd is not None
+        self.sd.baseline = chosen
+
     def _subscribe(self) -> None:
         RE = self.RE
         assert RE is not None and self.catalog is not None
@@ -905,6 +957,12 @@ class Runtime:
             if not self.plots:
                 bec.disable_plots()
             self._subscriptions["best_effort"] = RE.subscribe(bec)
+        from daqbridge.runtime._plots import PLOTS_DIR, RunPlots
+
+        # Each run's PNG (headless) and a 1-D scan's peak statistics, for every front end;
+        # held here: the RunEngine keeps only a weak reference to it.
+        self.run_plots = RunPlots(self.data_dir / PLOTS_DIR)
+        self.run_plots.subscribe(RE)
 
     # --- using it ---------------------------------------------------------------------------
 

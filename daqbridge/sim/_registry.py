@@ -11,6 +11,7 @@ while one instrument's module is broken or not written yet.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import math
@@ -46,10 +47,12 @@ def known_kinds() -> list[str]:
 
 
 def _kind_error(kind: str) -> ConfigError:
+    near = difflib.get_close_matches(kind.lower(), known_kinds(), n=1)
     return ConfigError(
         f"unknown simulator kind {kind!r}; known kinds: {', '.join(known_kinds())}.",
         key="kind",
-        fix="use one of the known kinds (`daqbridge sim list` prints them).",
+        fix=(f"did you mean {near[0]!r}? Otherwise use" if near else "use")
+        + " one of the known kinds (`daqbridge sim list` prints them).",
     )
 
 

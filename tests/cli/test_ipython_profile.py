@@ -32,7 +32,7 @@ def test_the_ipython_profile(lab_runs):
     match = re.search(r"^UID ([0-9a-f-]{36})$", out, re.MULTILINE)
     assert match, out
     summary, table, _ = the_run(run.data, match.group(1))
-    assert summary.exit_status == "success" and summary.events == 2
+    assert summary.exit_status == "success" and summary.num_events["primary"] == 2
     # %holders and %daqstatus
     assert "sim://esp300?name=sim_stage  [open]  free" in out
     assert "daqbridge runtime: running" in out

@@ -67,7 +67,7 @@ class Lab:
 def _processes(state: dict) -> dict[str, LabProcess]:
     return {
         name: LabProcess(**state[name])
-        for name in ("redis", "documents", "manager")
+        for name in ("redis", "documents", "manager", "catalog")
         if state.get(name)
     }
 
@@ -321,6 +321,34 @@ def test_a_typo_in_a_device_id_is_refused_before_the_lab_as_without_one(lab):
     assert len(_history(lab)) == before  # it never reached the lab
 
 
+_LIST_AND_SAY_WHAT_IT_IMPORTED = (
+    "import json, sys\n"
+    "from daqbridge.cli import main\n"
+    "rc = main(['catalog', 'list'])\n"
+    "print(json.dumps({'rc': rc, 'tiled_server': 'tiled.server.app' in sys.modules}))\n"
+)
+
+
+@pytest.mark.slow
+def test_catalog_list_asks_the_lab_s_catalog_server_and_lists_what_the_files_hold(lab):
+    """With a lab up, `catalog list` reads the lab's catalog over HTTP (no Tiled server of its
+    own to import) and lists the same runs as reading the files does."""
+    assert _listeners(_port(lab.state["catalog_addr"])) == ["127.0.0.1"]
+    argv = [sys.executable, "-c", _LIST_AND_SAY_WHAT_IT_IMPORTED]
+    rc, out, err = Cli(argv, lab.env, cwd=lab.root).result(RUN_TIMEOUT)
+    assert rc == 0, err
+    *table, said = out.strip().splitlines()
+    assert json.loads(said) == {"rc": 0, "tiled_server": False}, err
+    # rows under the header: scan, uid (8 characters), start, plan, status, events
+    listed = [f[1] for f in map(str.split, table[1:]) if len(f) >= 6 and len(f[1]) == 8]
+    catalog = open_catalog(lab.data, readonly=True)
+    try:
+        in_the_files = [run.uid[:8] for run in catalog.runs(20)]
+    finally:
+        catalog.close()
+    assert listed == in_the_files and listed, out
+
+
 @pytest.mark.slow
 def test_lab_down_stops_everything_in_order(lab):
     state = lab.state
@@ -332,8 +360,9 @@ def test_lab_down_stops_everything_in_order(lab):
     assert below_manager, "the RE Manager runs its manager and worker processes"
     ports = [
         _port(state[k])
-        for k in ("control_addr", "info_addr", "documents_in", "documents_out", "redis_addr")
-    ]
+        for k in ("control_addr", "info_addr", "documents_in", "documents_out", "redis_addr",
+                  "catalog_addr")
+    ]  # fmt: skip
 
     rc, out, err = lab.cli("lab", "down", timeout=RUN_TIMEOUT)
     assert rc == 0, err
@@ -341,7 +370,7 @@ def test_lab_down_stops_everything_in_order(lab):
     order = [
         next(i for i, line in enumerate(said) if text in line)
         for text in ("runtime shut down in order", "worker environment closed", "RE Manager",
-                     "document proxy", "redis-server")
+                     "catalog server", "document proxy", "redis-server")
     ]  # fmt: skip
     assert order == sorted(order), err
     assert not (lab.data / "lab.json").exists()

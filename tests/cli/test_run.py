@@ -45,7 +45,7 @@ def test_the_readme_command(lab_runs):
     assert "sim_meter_power" in out  # the live table
     summary, table, start = the_run(run.data, uid)
     assert summary.exit_status == "success"
-    assert summary.events == 11
+    assert summary.num_events["primary"] == 11
     assert list(table["sim_stage_x"].values) == pytest.approx([float(x) for x in range(-5, 6)])
     assert "sim_meter_power" in table
     assert start["plan_name"] == "scan"
@@ -69,7 +69,7 @@ def test_count_with_keyword_and_metadata(lab_runs):
     assert code == 0, err
     (uid,) = UID.findall(out)
     summary, table, start = the_run(run.data, uid)
-    assert summary.events == 3 and summary.exit_status == "success"
+    assert summary.num_events["primary"] == 3 and summary.exit_status == "success"
     assert start["sample"] == "A1"
     assert start["plan_name"] == "count"
     assert "sim_meter_power" in table
@@ -84,7 +84,7 @@ def test_a_lab_plan(lab_runs):
     (uid,) = UID.findall(out)
     summary, table, start = the_run(run.data, uid)
     assert summary.exit_status == "success"
-    assert summary.events == 3
+    assert summary.num_events["primary"] == 3
     assert start["plan_name"] == "polarization_scan"
     angles = [v for k, v in table.items() if k.startswith("sim_rotators_a")]
     assert angles, list(table)
@@ -156,8 +156,9 @@ def test_ctrl_c_aborts_the_run_keeps_its_data_and_exits_130(cli_catalog_template
     (uid,) = UID.findall(out)
     summary, table, _ = the_run(data, uid)
     assert summary.exit_status == "abort"
-    assert 2 <= summary.events < 20  # what was measured is kept; the scan did not finish
-    assert len(table["stage_x"]) == summary.events
+    points = summary.num_events["primary"]
+    assert 2 <= points < 20  # what was measured is kept; the scan did not finish
+    assert len(table["stage_x"]) == points
     assert max(table["stage_x"].values) < 19  # it stopped on the way
 
 
@@ -224,7 +225,7 @@ def test_list_scan_of_the_legacy_laser_wavelength_tunes_the_laser(cli_catalog_te
         assert beam.wavelength_nm() == 790.0
     (uid,) = UID.findall(out)
     summary, table, _ = the_run(data, uid)
-    assert summary.exit_status == "success" and summary.events == 2
+    assert summary.exit_status == "success" and summary.num_events["primary"] == 2
     recorded = list(table["sim_laser_wavelength"].values)
     assert recorded == [760.0, 790.0]
     # the meter saw the laser's gain curve at the recorded wavelengths, not a flat 800 nm

@@ -85,7 +85,7 @@ def test_arguments_are_never_evaluated(capsys, tmp_path):
 
 def test_bad_profile_is_one_message(capsys, tmp_path):
     code, _, err = run(capsys, "count", "sim_meter", "--profile", str(tmp_path / "nope.toml"))
-    assert code == 1
+    assert code == 2  # a path typed wrong is a mistake in the command
     assert "nope.toml" in err
 
 
@@ -143,7 +143,7 @@ def test_the_profile_comes_from_the_environment(capsys, monkeypatch, tmp_path):
     assert code == 1 and "from-env.toml" in err
     # --profile wins over the environment
     code, _, err = run(capsys, "count", "sim_meter", "--profile", str(tmp_path / "flag.toml"))
-    assert code == 1 and "flag.toml" in err and "from-env.toml" not in err
+    assert code == 2 and "flag.toml" in err and "from-env.toml" not in err
 
 
 GARBLING_METER = """

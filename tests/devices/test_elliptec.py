@@ -404,6 +404,31 @@ def test_velocity_is_configuration(bus_on_pty, RE):
             m["2"].velocity.set(bad)
 
 
+def test_refresh_reads_a_velocity_set_behind_the_drivers_back(bus_on_pty):
+    server, bus, m = bus_on_pty(mounts=("2",))
+    sim = server.simulator
+    with sim.lock:  # another program on the bus, not this driver
+        sim._mount(2).velocity_pct = 35
+    before = len(sim.received_lines)
+    m["2"].refresh_configuration()
+    assert m["2"].read_configuration()["m2_velocity"]["value"] == 35
+    assert sim.received_lines[before:] == ["2gv"]  # a query only: nothing set
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"), [("garble_next", ReplyError), ("drop_next", InstrumentTimeout)]
+)
+def test_refresh_with_a_bad_reply_names_the_mount(bus_on_pty, fault, error):
+    server, bus, m = bus_on_pty(mounts=("2",), seed=7)
+    setattr(server.simulator.faults, fault, 1)
+    with pytest.raises(error) as err:
+        m["2"].refresh_configuration()
+    assert "address 2" in str(err.value) and server.path in str(err.value)
+    assert m["2"].velocity.get() == 100
+    m["2"].refresh_configuration()  # the next one reads again
+    assert m["2"].velocity.get() == 100
+
+
 def test_abort_during_move_sends_st(bus_on_pty, RE):
     server, bus, m = bus_on_pty(mounts=("2",), speed=0.5)  # 300 deg takes ~2 s
     sim = server.simulator

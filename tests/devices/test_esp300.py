@@ -378,6 +378,63 @@ def test_velocity_is_configuration(stage, RE):
     assert err.value.code == 110
 
 
+def test_refresh_reads_settings_changed_behind_the_drivers_back(stage):
+    server, controller, x, _ = stage()
+    controller.connect()
+    sim = server.simulator
+    with sim.lock:  # the front panel, not the driver
+        sim.axes[1].velocity, sim.axes[1].acceleration, sim.axes[1].max_velocity = 3.5, 12.0, 80.0
+    before = len(sim.received_lines)
+    x.refresh_configuration()
+    conf = {key: reading["value"] for key, reading in x.read_configuration().items()}
+    assert (conf["x_velocity"], conf["x_acceleration"], conf["x_max_velocity"]) == (3.5, 12, 80)
+    assert sim.received_lines[before:] == ["1ID?", "1VU?", "1VA?", "1AC?"]  # asks, sets nothing
+
+
+def test_refresh_asks_what_the_shared_transcript_answers(serial_pool, transcript):
+    replies = transcript_replies("driver_connect")
+    peer = transcript(replies, terminator=b"\r\n")
+    controller = ESP300Controller(
+        serial_pool.open(peer.path, baudrate=19200), name="esp", timeout=0.5
+    )
+    try:
+        x = controller.axis(1, name="x")
+        controller.connect()
+        at_connect = len(peer.received)
+        refresh = transcript_replies("driver_refresh")
+        peer.replies.update(refresh)
+        x.refresh_configuration()
+        assert peer.received[at_connect:] == list(refresh)
+        assert x.velocity.get() == 5.0 and x.acceleration.get() == 20.0
+    finally:
+        controller.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "reply", "error"),
+    [("1ID?", None, InstrumentTimeout), ("1AC?", b"20.0x\r\n", ReplyError)],
+)
+def test_refresh_with_a_bad_reply_names_the_controller(
+    serial_pool, transcript, query, reply, error
+):
+    peer = transcript(transcript_replies("driver_connect"), terminator=b"\r\n")
+    controller = ESP300Controller(
+        serial_pool.open(peer.path, baudrate=19200), name="esp", timeout=0.3
+    )
+    try:
+        x = controller.axis(1, name="x")
+        controller.connect()
+        peer.replies.update({"1VA?": b"7.00000\r\n", query: reply})
+        with pytest.raises(error) as err:
+            x.refresh_configuration()
+        message = str(err.value)
+        assert "'esp'" in message and peer.path in message and query in message
+        assert x.velocity.get() == 5.0  # no mix of fresh and stale settings
+        assert x.stage_model.get() == "TS50DC.5"
+    finally:
+        controller.close()
+
+
 @pytest.mark.parametrize(
     ("fault", "error", "text"),
     [("drop_next", InstrumentTimeout, r"no reply to '1MD\?'"), ("garble_next", ReplyError, "1MD")],

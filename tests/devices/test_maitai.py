@@ -369,6 +369,61 @@ def test_dropped_and_garbled_replies_fail_clearly_then_recover(laser_on_pty):
     assert laser.wavelength.position == pytest.approx(810)
 
 
+def test_emission_at_connect_is_what_the_laser_reports(laser_on_pty):
+    server, laser = laser_on_pty({"emission_on": True})  # left on overnight
+    assert laser.emission.get() == 1
+
+
+def test_refresh_reads_settings_changed_behind_the_drivers_back(laser_on_pty):
+    server, laser = laser_on_pty()
+    sim = server.simulator
+    assert (laser.emission.get(), laser.shutter.get()) == (0, 0)
+    with sim.lock:  # the front panel, not the driver
+        sim.emission = sim.modelocker_enabled = True
+        sim.shutter_open = True
+        sim.pump_setpoint_w = 11.5
+    before = len(sim.received_lines)
+    laser.refresh_configuration()
+    conf = {key: reading["value"] for key, reading in laser.read_configuration().items()}
+    assert conf["maitai_emission"] == 1 and conf["maitai_pump_power"] == pytest.approx(11.5)
+    assert conf["maitai_status_byte"] == sim.status_byte()
+    assert laser.shutter.get() == 1
+    assert sim.received_lines[before:] == [sent for sent, _ in pairs_of("refresh")]
+
+
+def test_refresh_transcript(transcript, pool):
+    peer = transcript(replies("connect"))
+    laser = connect_to(peer, pool)
+    try:
+        peer.replies.update(replies("refresh"))
+        laser.refresh_configuration()
+        assert peer.received[len(CONNECT_QUERIES) :] == [sent for sent, _ in pairs_of("refresh")]
+        assert (laser.emission.get(), laser.status_byte.get(), laser.shutter.get()) == (1, 15, 1)
+    finally:
+        laser.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "reply", "error", "words"),
+    [
+        ("READ:HUM?", b"7.2x6%\n", ReplyError, "humidity"),
+        ("SHUTTER?", None, InstrumentTimeout, "SHUTTER?"),
+    ],
+)
+def test_refresh_with_a_bad_reply_names_the_laser(transcript, pool, query, reply, error, words):
+    peer = transcript(replies("connect"))
+    laser = connect_to(peer, pool, reply_timeout=0.3)
+    try:
+        peer.replies.update({**replies("refresh"), query: reply})
+        with pytest.raises(error) as err:
+            laser.refresh_configuration()
+        message = str(err.value)
+        assert "'maitai'" in message and peer.path in message and words in message
+        assert laser.emission.get() == 0  # no mix of fresh and stale settings
+    finally:
+        laser.close()
+
+
 def test_sim_url_and_event_model_documents(pool, RE):
     name = f"maitai-{uuid.uuid4().hex[:8]}"
     laser = MaiTaiLaser.from_url(

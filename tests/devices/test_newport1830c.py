@@ -382,3 +382,61 @@ def test_wavelength_goes_out_in_the_manuals_four_digits(serial_pool, transcript)
         assert peer.received[len(sent) :] == [line.decode().strip() for line, _ in setting]
     finally:
         pm.close()
+
+
+# --- refresh_configuration: the settings as the meter reports them now ------------------------
+
+
+def _config(pm: Newport1830C) -> dict[str, int]:
+    return {key: reading["value"] for key, reading in pm.read_configuration().items()}
+
+
+def test_refresh_reads_settings_changed_on_the_front_panel(meter):
+    server, pm = meter(wavelength=800, power_range=3)
+    sim = server.simulator
+    with sim.lock:  # the front panel, not the driver
+        sim.wavelength, sim.power_range, sim.filter, sim.attenuator = 1064, 5, 1, True
+    before = list(sim.received_lines)
+    pm.refresh_configuration()
+    assert _config(pm) == {
+        "pm_wavelength": 1064,
+        "pm_range": 5,
+        "pm_filter": 1,
+        "pm_attenuator": 1,
+    }
+    assert sim.received_lines[len(before) :] == ["W?", "R?", "F?", "A?"]
+
+
+def test_transcript_refresh_only_asks(serial_pool, transcript):
+    peer, pm, sent = _connected(serial_pool, transcript)
+    try:
+        _, pairs = sim_transcript("refresh")
+        peer.replies.update({line.decode().strip(): reply for line, reply in pairs})
+        pm.refresh_configuration()
+        assert peer.received[len(sent) :] == [line.decode().strip() for line, _ in pairs]
+        assert _config(pm) == {
+            "pm_wavelength": 1064,
+            "pm_range": 5,
+            "pm_filter": 3,
+            "pm_attenuator": 1,
+        }
+    finally:
+        pm.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "reply", "error"),
+    [("F?", b"3x\n", ReplyError), ("A?", None, InstrumentTimeout)],
+)
+def test_refresh_with_a_bad_reply_names_the_meter_and_keeps_no_half_answer(
+    serial_pool, transcript, query, reply, error
+):
+    peer, pm, _ = _connected(serial_pool, transcript)
+    try:
+        peer.replies.update({"W?": b"1064\n", query: reply})
+        with pytest.raises(error) as err:
+            pm.refresh_configuration()
+        assert "'pm'" in str(err.value) and peer.path in str(err.value) and query in str(err.value)
+        assert pm.wavelength.get() == 800  # no mix of fresh and stale settings
+    finally:
+        pm.close()

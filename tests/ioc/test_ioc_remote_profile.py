@@ -50,7 +50,8 @@ def test_a_profile_of_epics_instruments_scans_through_the_ioc(ioc, tmp_path, mon
             bp.scan([rt["remote_power"]], rt["remote_x"], -1, 1, 3),
             lambda n, d: docs.append((n, d)),
         )
-        events = [d for n, d in docs if n == "event"]
+        primary = {d["uid"] for n, d in docs if n == "descriptor" and d["name"] == "primary"}
+        events = [d for n, d in docs if n == "event" and d["descriptor"] in primary]
         assert [round(e["data"]["remote_x"], 6) for e in events] == [-1.0, 0.0, 1.0]
         assert all(math.isfinite(e["data"]["remote_power"]) for e in events)
         uid = docs[0][1]["uid"]

@@ -25,6 +25,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         rt = Runtime.from_profile(None, connect_timeout=15.0)
         try:
             assert rt.data_dir == data
+            rt.sd.baseline = []  # the plans' own events; the baseline: tests/runtime/test_baseline
             # The lab's routine before a measurement: emission on, the meter's attenuator in
             # (the laser's watts are far above the 1830-C's highest range without it).
             result = rt.legacy.submit("sim_laser", Command.execute("on"), timeout=10)

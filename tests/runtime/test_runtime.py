@@ -257,7 +257,7 @@ def test_a_stack_switched_off_builds_only_the_other(
         ids = sorted(rt.devices)
         uids = rt.RE(bp.count([rt[i] for i in ids if i != "stage"], num=2))
         rt.catalog.flush()
-        assert rt.catalog[uids[0]].metadata["stop"]["num_events"] == {"primary": 2}
+        assert rt.catalog[uids[0]].metadata["stop"]["num_events"]["primary"] == 2
     assert rt.shutdown_report.clean, rt.shutdown_report.format()
 
 

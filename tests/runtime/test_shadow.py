@@ -317,6 +317,7 @@ def test_a_scan_in_shadow_records_both_drivers_read_backs_after_each_move(
 
     path = runtime_profile(stage=None, meter=None, extra=ELLIPTEC_SHADOW)
     with Runtime.from_profile(path) as rt:
+        rt.sd.baseline = []  # every event below is a point of the scan
         bus = rt.simulation.simulator("rot")
         reached: list[float] = []
         token = rt.RE.subscribe(lambda name, doc: reached.append(bus.position_deg(8)), "event")

@@ -252,6 +252,7 @@ CHILD_SCAN = textwrap.dedent(
     from daqbridge.runtime import Runtime
 
     rt = Runtime.from_profile(sys.argv[1], sigint="abort")
+    rt.sd.baseline = []  # every EVENT below is a point of the scan
     stage = rt.simulation.simulator("stage")
 
     @atexit.register  # runs after the runtime's own exit hook has shut the lab down

@@ -430,6 +430,7 @@ def test_over_a_pty_with_pyserial(open_tty, wire):
 def test_transcript_of_the_driver_connect_pairs(open_url, wire):
     port = open_url("sim://esp300?speed=inf", baudrate=19200)
     wire.transcript(port, transcript_pairs("driver_connect"))
+    wire.transcript(port, transcript_pairs("driver_refresh"))
 
 
 def test_transcript_of_the_commands_answered_at_rest(open_url, wire):

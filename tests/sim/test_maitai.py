@@ -430,6 +430,7 @@ def test_over_a_pty_with_pyserial():
         "diagnostics_on",
         "settings",
         "errors",
+        "refresh",
     ],
 )
 def test_transcript(section, open_url, wire):

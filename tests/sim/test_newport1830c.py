@@ -267,6 +267,7 @@ def test_over_a_pty_with_pyserial(open_tty, wire):
         "point_valid",
         "point_saturated",
         "point_over_range",
+        "refresh",
     ],
 )
 def test_transcript(open_url, wire, section):

@@ -353,7 +353,7 @@ def test_cli_list(capsys):
     ],
 )
 def test_cli_bad_arguments(argv, message, capsys):
-    assert main(argv) == 1
+    assert main(argv) == (2 if argv[2] == "esp301" else 1)  # an unknown kind: a usage mistake
     assert message in capsys.readouterr().err
 
 

@@ -20,6 +20,7 @@ def main() -> None:
     from daqbridge.runtime import Runtime
 
     rt = Runtime.from_profile(profile, data_dir=data_dir, connect_timeout=30.0)
+    rt.sd.baseline = []  # every EVENT printed is a point with its frame
 
     def report(name: str, doc: dict) -> None:
         # Subscribed after the runtime's catalog writer: the line is in the write-ahead log

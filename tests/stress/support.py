@@ -433,6 +433,7 @@ def start_runtime(profile: Any, data_dir: Path, **options: Any) -> Any:
 
     options.setdefault("connect_timeout", CONNECT_TIMEOUT)
     rt = Runtime.from_profile(profile, data_dir=data_dir, **options)
+    rt.sd.baseline = []  # a campaign's runs touch only the instrument under test
     RUNTIMES_STARTED += 1
     return rt
 

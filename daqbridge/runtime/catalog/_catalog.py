@@ -346,6 +346,46 @@ def _register_exit_hook(catalog: Catalog) -> Callable[[], None]:
     return hook
 
 
+def open_run_list(
+    uri: str | None,
+    api_key: str | None,
+    data_dir: str | Path | None = None,
+    *,
+    lock_timeout: float = LOCK_TIMEOUT,
+) -> Catalog:
+    """A read-only catalog for listing runs (``runs()``): on the Tiled server at ``uri``, or
+    with ``uri`` None the embedded one in ``data_dir`` (``$DAQBRIDGE_DATA`` wins, as for
+    ``open_catalog``).
+
+    Its runs are Tiled's plain containers: their metadata is all a run list reads, and the
+    Bluesky run clients that Tiled would otherwise pick for the ``CatalogOfBlueskyRuns`` root
+    import bluesky-tiled-plugins, xarray and dask (about 3 s of a 3.5 s ``catalog list`` through
+    a server, about 1 s of CPU embedded, measured). Look a run up by scan id or read its streams
+    through ``open_catalog`` instead.
+    """
+    directory = resolve_data_dir(data_dir)
+    if uri is None:
+        client, context = embedded_client(
+            directory, readonly=True, lock_timeout=lock_timeout, plain_containers=True
+        )
+        return Catalog(
+            client, data_dir=directory, context=context, readonly=True, lock_timeout=lock_timeout
+        )
+    from tiled.client import from_uri
+    from tiled.client.container import Container
+
+    try:
+        client = from_uri(uri, api_key=api_key, structure_clients={"container": Container})
+    except Exception as exc:
+        raise CatalogError(
+            f"cannot list the runs of the Tiled server: {type(exc).__name__}: {exc}.",
+            resource=uri,
+            fix="check that the server runs (`daqbridge lab status` for the lab's own) and the "
+            "API key.",
+        ) from exc
+    return Catalog(client, data_dir=directory, uri=uri, readonly=True)
+
+
 def open_catalog(
     data_dir: str | Path | None = None,
     *,
@@ -397,6 +437,11 @@ def open_catalog(
         lock_timeout=lock_timeout,
     )
     if not readonly:
+        # A writable catalog will write: import bluesky-tiled-plugins' writer now (the runtime
+        # opens the catalog on a thread of its own, beside the instruments' start-up) rather
+        # than at the first start document, where the first run's flush would wait for it.
+        from . import _tiled_writer  # noqa: F401
+
         try:
             prune_done(catalog.wal_dir, keep_done_logs_days)
             if recover and background_recovery:

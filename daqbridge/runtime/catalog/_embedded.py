@@ -21,6 +21,7 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -116,8 +117,13 @@ def embedded_client(
     *,
     readonly: bool = False,
     lock_timeout: float = LOCK_TIMEOUT,
+    plain_containers: bool = False,
 ) -> tuple[Any, Any]:
-    """A Tiled client (and its Context, to close) on the SQLite catalog in ``data_dir``."""
+    """A Tiled client (and its Context, to close) on the SQLite catalog in ``data_dir``.
+
+    ``plain_containers``: runs come as Tiled's plain containers, not bluesky-tiled-plugins'
+    run clients (whose import a list of runs does not need: see ``open_run_list``).
+    """
     db = data_dir / CATALOG_DB
     initialized = is_initialized(db, lock_timeout)
     if readonly and not initialized:
@@ -143,6 +149,10 @@ def embedded_client(
     from tiled.client import Context, from_context
     from tiled.server.app import build_app
 
+    # The in-process server is ours, not a service: it must not greet each start on stderr
+    # ("Tiled version ...", INFO on a handler of its own, level set at its import). Here, on
+    # the thread that opens the catalog, not by the caller before: the import takes seconds.
+    logging.getLogger("tiled.server.app").setLevel(logging.WARNING)
     context = None
     try:
         adapter = from_uri(
@@ -159,7 +169,12 @@ def embedded_client(
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             context = Context.from_app(build_app(adapter))
         _table_connections_wait(adapter, lock_timeout)
-        client = from_context(context)
+        if plain_containers:
+            from tiled.client.container import Container
+
+            client = from_context(context, structure_clients={"container": Container})
+        else:
+            client = from_context(context)
     except Exception as exc:
         if context is not None:
             close_in_process(context)
@@ -236,10 +251,33 @@ def _forget_dependency_memos() -> None:
             clear()
 
 
+REMOTE_CONNECT_TIMEOUT = 2.0
+"""Seconds a Tiled server has to accept the connection when a catalog is opened on it."""
+
+
 def remote_client(uri: str, api_key: str | None) -> Any:
-    """A Tiled client on a server (same Catalog API, for labs that outgrow one machine)."""
+    """A Tiled client on a server (same Catalog API, for labs that outgrow one machine).
+
+    One connection is tried first, without retries: tiled's client retries a refused connection
+    for up to 45 s (stamina, on every request), so a server that is down took 33 s to report.
+    Once the server has answered, the client's retries are for what they are for: blips.
+    """
+    import httpx
     from tiled.client import from_uri
 
+    try:
+        httpx.head(
+            uri,
+            timeout=httpx.Timeout(30.0, connect=REMOTE_CONNECT_TIMEOUT),
+            verify=uri.startswith("https://"),  # no CA bundle to read for plain http
+        )
+    except httpx.TransportError as exc:
+        raise CatalogError(
+            f"cannot connect to the Tiled server: {type(exc).__name__}: {exc}.",
+            resource=uri,
+            fix="check the URI and that the server runs ('tiled serve catalog ...', or "
+            "`daqbridge catalog serve` on its machine).",
+        ) from None
     try:
         return from_uri(uri, api_key=api_key)
     except Exception as exc:

@@ -47,17 +47,13 @@ import collections
 import logging
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from bluesky_tiled_plugins import TiledWriter
+from typing import TYPE_CHECKING, Any
 
 from daqbridge.errors import CatalogError
 
-from ._normalizer import TrustedNormalizer
 from ._recovery import (
     ALREADY_COMPLETE,
     REPLACED,
@@ -70,12 +66,10 @@ from ._recovery import (
 from ._sqlite import describe
 from ._wal import WriteAheadLog
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from ._tiled_writer import BatchingTiledWriter
 
-try:  # private in bluesky-tiled-plugins 2.x; needed only to write a batch before it is full
-    from bluesky_tiled_plugins.writing.tiled_writer import _RunWriter
-except ImportError:  # pragma: no cover - a future layout: batches then wait for the stop document
-    _RunWriter = None
+logger = logging.getLogger(__name__)
 
 #: Documents the TiledWriter turns into a catalog write at once (the log is fsynced first).
 _WRITTEN_AT_ONCE = frozenset({"start", "descriptor", "stop"})
@@ -90,74 +84,10 @@ STALL_TIMEOUT = 60.0
 #: Seconds without back-pressure after which a new wait is worth a warning again.
 WARN_AGAIN_AFTER = 60.0
 
-if _RunWriter is not None:
-
-    class _UnstreamedRunWriter(_RunWriter):
-        """The library's run writer without the "close stream" requests at the stop document.
-
-        They announce the end of a run to Tiled's streaming cache and webhooks, which the
-        in-process server of the embedded catalog does not have: three requests per run that
-        did nothing there.
-        """
-
-        def _close_stream_tree(self) -> None:
-            return None
-
-
-class _BatchingTiledWriter(TiledWriter):
-    """A stock ``TiledWriter`` whose cached events can be written before its batch is full.
-
-    ``_factory`` is the library's own, minus the backup callbacks (the write-ahead log is the
-    backup), keeping a reference to the run writer so ``write_batch`` can reach its cache.
-    """
-
-    def __init__(self, client: Any, *, close_streams: bool = True) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            super().__init__(client, normalizer=TrustedNormalizer)
-        self._run_writers: list[Any] = []
-        self._close_streams = close_streams
-
-    def _factory(self, name: str, doc: dict):
-        if _RunWriter is None or not hasattr(self, "_batch_size"):  # pragma: no cover
-            return super()._factory(name, doc)
-        run_writer_class = _RunWriter if self._close_streams else _UnstreamedRunWriter
-        run_writer = run_writer_class(
-            self.client,
-            batch_size=self._batch_size,
-            max_array_size=self._max_array_size,
-            validate=self._validate,
-            ignore_errors=self.ignore_errors,
-        )
-        callback = run_writer
-        if self._normalizer:
-            callback = self._normalizer(
-                patches=self.patches, spec_to_mimetype=self.spec_to_mimetype
-            )
-            callback.subscribe(run_writer)
-        self._run_writers.append(run_writer)
-        return [callback], []
-
-    def write_batch(self) -> None:
-        """Write every cached event row and stream datum of the run to the catalog now."""
-        for run_writer in self._run_writers:
-            caches = getattr(run_writer, "_internal_data_cache", None)
-            nodes = getattr(run_writer, "_desc_nodes", None)
-            if caches is None or nodes is None:  # pragma: no cover - library changed
-                return
-            for stream, rows in caches.items():
-                if rows:
-                    run_writer._write_internal_data(rows, desc_node=nodes[stream])
-                    rows.clear()
-            external = getattr(run_writer, "_external_data_cache", None)
-            while external:
-                _, datum = external.popitem()
-                run_writer._write_external_data(datum)
-
 
 @dataclass
 class _Run:
-    writer: _BatchingTiledWriter
+    writer: BatchingTiledWriter
     broken: bool = False
 
 
@@ -505,7 +435,11 @@ class CatalogWriter:
 
     def _write(self, uid: str, name: str, doc: dict) -> None:
         if name == "start":
-            writer = _BatchingTiledWriter(self._client, close_streams=self._close_streams)
+            # Here, not at import: bluesky-tiled-plugins' writer costs about a second to import,
+            # which readers of the catalog (``daqbridge catalog list``) never need.
+            from ._tiled_writer import BatchingTiledWriter
+
+            writer = BatchingTiledWriter(self._client, close_streams=self._close_streams)
             run = self._runs[uid] = _Run(writer)
         else:
             run = self._runs.get(uid)

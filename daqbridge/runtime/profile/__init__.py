@@ -70,6 +70,7 @@ from daqbridge.runtime.profile._models import (
     is_url_port,
     legacy_options_model,
 )
+from daqbridge.runtime.profile._preflight import NotReady, ensure_ready, preflight_issues
 from daqbridge.runtime.profile._provenance import profile_sha256, run_provenance
 from daqbridge.runtime.profile._reference import (
     profile_reference_markdown,
@@ -117,6 +118,7 @@ __all__ = [
     "Migration",
     "Newport1830cInstrument",
     "Newport1830cSettings",
+    "NotReady",
     "PathExists",
     "PortChecker",
     "Profile",
@@ -137,6 +139,7 @@ __all__ = [
     "StackSwitch",
     "check_profile",
     "dumps_toml",
+    "ensure_ready",
     "ensure_valid",
     "format_key",
     "is_simulated_port",
@@ -149,6 +152,7 @@ __all__ = [
     "parse_legacy",
     "parse_profile",
     "parse_toml",
+    "preflight_issues",
     "profile_from_dict",
     "profile_reference_markdown",
     "profile_sha256",

@@ -13,6 +13,7 @@ directories) live in ``_validate.py``; rules that need one table live here, next
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -90,6 +91,7 @@ _SUFFIX_RE = re.compile(r"^[A-Za-z0-9_]+$")
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _VISA_RE = re.compile(r"^(TCPIP\d*|GPIB\d*|USB\d*|ASRL\S*|VXI\d*|PXI\d*|VICP\d*)::\S+$", re.I)
 _VISA_BACKEND_RE = re.compile(r"^(?:\S*@)?(py|sim|ivi|ni)$")
+_BASELINE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _PV_RE = re.compile(r"^[A-Za-z0-9_:.\-\[\]<>{}$]+$")
 
 
@@ -149,7 +151,18 @@ def _suffix(value: str) -> str:
     return value
 
 
+def _baseline_name(value: str) -> str:
+    if not _BASELINE_NAME_RE.match(value):
+        raise bad(
+            f"{value!r} is not a device id",
+            "write a device id as plans take it (e.g. 'sim_meter', 'sim_rotators_c'), or a "
+            "component of one ('sim_dmm.range')",
+        )
+    return value
+
+
 Text = Annotated[str, AfterValidator(_text)]
+BaselineName = Annotated[str, AfterValidator(_baseline_name)]
 Ident = Annotated[str, AfterValidator(_ident)]
 Suffix = Annotated[str, AfterValidator(_suffix)]
 Seconds = Annotated[float, Field(gt=0, le=3600)]
@@ -189,6 +202,13 @@ class LabSettings(Section):
         None,
         description="API key of the Tiled server. Write `env:NAME` to read it from the "
         "environment variable NAME instead of keeping a secret in the file.",
+    )
+    baseline: list[BaselineName] | None = Field(
+        None,
+        description="Devices read at the start and the end of every run, into its `baseline` "
+        "stream: device ids as plans take them (`sim_laser`, `sim_rotators_c`, or a component "
+        "such as `sim_dmm.range`). Unset: every instrument's reading and configuration, except "
+        "cameras and shadow twins. `[]`: no baseline stream.",
     )
 
     @field_validator("catalog_uri")
@@ -1285,6 +1305,26 @@ class Profile(Section):
     _source: Path | None = PrivateAttr(default=None)
     _label: str = PrivateAttr(default="<string>")
     _warnings: list[Any] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _baseline_devices_exist(self) -> Profile:
+        """A misspelt baseline device is caught at the desk, not as a run without it."""
+        names = self.lab.baseline or []
+        known = self.device_ids()
+        unknown = [n for n in dict.fromkeys(names) if n.split(".", 1)[0] not in known]
+        if not unknown:
+            return self
+        hints = []
+        for name in unknown:
+            near = difflib.get_close_matches(name.split(".", 1)[0], known, n=1, cutoff=0.6)
+            if near:
+                hints.append(f"did you mean {near[0]!r} for {name!r}?")
+        listed = ", ".join(repr(n) for n in unknown)
+        raise bad(
+            f"{listed} {'is' if len(unknown) == 1 else 'are'} not a device of this lab",
+            " ".join(hints + [f"devices: {', '.join(known) or 'none'}"]),
+            key="lab.baseline",
+        )
 
     # --- where it came from -----------------------------------------------------------------
 

@@ -103,6 +103,32 @@ RULES: dict[str, tuple[Severity, str]] = {
     ),
     "api-key-unused": ("warning", "`catalog_api_key` without `catalog_uri`."),
     "api-key-in-file": ("warning", "An API key written in the file instead of `env:NAME`."),
+    # Checked before start (daqbridge.runtime.profile._preflight), by the runtime and by
+    # `config check`: what the lab needs from the network and this machine.
+    "catalog-unreachable": (
+        "error",
+        "The Tiled server of `catalog_uri` refuses the connection, does not accept it within "
+        "2 s, or does not answer (network check).",
+    ),
+    "catalog-not-tiled": (
+        "error",
+        "`catalog_uri` answers, but not as a Tiled server (network check).",
+    ),
+    "api-key-missing": (
+        "error",
+        "The Tiled server requires an API key and `catalog_api_key` gives none, or names an "
+        "environment variable that is not set (network check).",
+    ),
+    "api-key-refused": ("error", "The Tiled server refuses the API key (network check)."),
+    "catalog-dir-unwritable": (
+        "error",
+        "The directory of a `sqlite:///` `catalog_uri` is not writable or cannot be created.",
+    ),
+    "sdk-missing": (
+        "error",
+        "A package a native instrument's backend imports is missing: `pyvcam` for a PVCAM "
+        "camera on the real SDK, `pyvisa-py` or `pyvisa-sim` for a VISA backend.",
+    ),
 }
 """Every rule: severity and a one-line description (docs/profile.md is generated from it)."""
 
