@@ -34,6 +34,7 @@ SUBCOMMANDS: dict[str, str] = {
     "ioc": "_ioc",
     "migration": "_migration",
     "lab": "_lab",
+    "web": "_web",
 }
 
 

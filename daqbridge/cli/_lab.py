@@ -936,6 +936,9 @@ def _stop(state: LabState, say: Callable[[str], None]) -> tuple[bool, list[str]]
         done.append(text)
         say(text)
 
+    from daqbridge.cli._web import stop_panel_process
+
+    stop_panel_process(state.data_dir, note)  # the web panel first: it watches the rest
     api = _api(state)
     try:
         status = api.status(reload=True)
@@ -1721,6 +1724,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help=f"how long the worker may take to start the lab (default {ENVIRONMENT_OPEN:.0f})",
     )
+    up.add_argument(
+        "--web",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start the web panel too (`daqbridge web`, its address printed; default: yes)",
+    )
     up.set_defaults(func=_up_command, foreground=False)
     down = sub.add_parser("down", help="stop the lab server in order")
     _add_profile(down)
@@ -1735,6 +1744,10 @@ def _up_command(args: argparse.Namespace) -> int:
     if not args.timeout > 0:
         raise LabError(f"--timeout must be > 0 seconds, got {args.timeout}.", fix="e.g. 300.")
     state, started = lab_up(args.profile, redis=args.redis, timeout=args.timeout)
+    if args.web:  # the web panel (daqbridge/cli/_web.py); the lab works without it
+        from daqbridge.cli._web import start_panel_process
+
+        start_panel_process(state, _say)
     if not started:
         _say(f"already up:\n{describe(state, _live_status(state))}")
         _say("`daqbridge lab down` stops it.")
