@@ -178,9 +178,9 @@ def _list(args: argparse.Namespace) -> int:
     if not runs:
         print(f"no runs in {catalog.where}")
         return 0
-    print(f"{'scan':>5}  {'uid':8}  {'start':19}  {'plan':16}  {'status':10}  {'events':>6}")
+    print(f"{'scan':>5}  {'uid':8}  {'start':19}  {'plan':16}  {'status':10}  {'points':>6}")
     for run in runs:
-        events = "-" if run.events is None else str(run.events)
+        events = "-" if run.points is None else str(run.points)
         scan = "-" if run.scan_id is None else str(run.scan_id)
         plan = (run.plan_name or "-")[:16]
         print(

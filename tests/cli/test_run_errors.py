@@ -4,13 +4,14 @@ clear message on stderr, exit status 2, no traceback. In-process through the rea
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pytest
 
 from daqbridge.cli import main
 from daqbridge.runtime.catalog import DATA_ENV, open_catalog
 
-from .conftest import fresh_data_dir, unique
+from .conftest import child_env, daqbridge_argv, fresh_data_dir, unique
 
 
 @pytest.fixture(autouse=True)
@@ -51,8 +52,14 @@ def test_unknown_device_lists_the_close_ids(capsys):
     [
         (
             ("scan", "sim_stage_x", "-5", "five", "11", "--detector", "sim_meter"),
-            "no device 'five'",
+            "STOP 1: expected a number, got 'five'",
         ),
+        (
+            ("scan", "sim_stage_x", "-5", "5", "three", "--detector", "sim_meter"),
+            "num: expected a whole number, got 'three'",
+        ),
+        (("count", "sim_meter", "num=three"), "num: expected a whole number, got 'three'"),
+        (("count", "sim_meter", "delay=soon"), "delay: expected a number, got 'soon'"),
         (("scan", "sim_stage_x", "-5", "5", "11.5", "--detector", "sim_meter"), "whole number"),
         (("scan", "sim_stage_x", "-5", "5", "--detector", "sim_meter"), "then NUM"),
         (("scan", "sim_meter", "-5", "5", "11"), "needs at least one detector"),
@@ -69,6 +76,22 @@ def test_bad_arguments(capsys, argv, message):
     assert message in err
     assert err.startswith("daqbridge run: error: ")
     assert "uid:" not in out
+
+
+def test_a_word_for_a_number_says_so_from_the_command(tmp_path):
+    """The command as typed, in its own process: the message, exit status 2, nothing started."""
+    argv = daqbridge_argv(
+        "run", "scan", "sim_stage_x", "-5", "5", "three", "--detector", "sim_meter"
+    )
+    done = subprocess.run(
+        argv, env=child_env(tmp_path / "data"), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(
+        "daqbridge run: error: num: expected a whole number, got 'three'."
+    ), done.stderr
+    assert "no device" not in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "data").exists()  # refused before the lab started
 
 
 def test_arguments_are_never_evaluated(capsys, tmp_path):
@@ -176,7 +199,8 @@ def test_an_instrument_failure_is_reported_in_the_instruments_words(
     assert failure.startswith(
         "daqbridge run: error: the plan failed: [instrument 'meter' on sim://newport1830c?name="
     ), failure
-    assert "reply to 'D?'" in failure and "Fix:" in failure
+    # Whichever query the noise hit first (a reading, or a setting the baseline asks for).
+    assert re.search(r"reply to '[A-Z]+\?'", failure) and "Fix:" in failure, failure
     assert "FailedStatus" not in err and "DeviceStatus" not in err
     # Said once: the runtime's own line about the failed run is this command's to say.
     assert err.count("[instrument 'meter'") == 1, err

@@ -327,7 +327,7 @@ def _the_run(data: Path, uid: str) -> tuple[Any, int]:
     catalog = open_catalog(data, readonly=True)
     try:
         summary = next(r for r in catalog.runs(10) if r.uid == uid)
-        return summary, summary.events
+        return summary, summary.points  # the scan's own events: no baseline readings
     finally:
         catalog.close()
 

@@ -74,6 +74,12 @@ class RunSummary:
         return None if self.num_events is None else sum(self.num_events.values())
 
     @property
+    def points(self) -> int | None:
+        """Events of the ``primary`` stream: the plan's points, without the baseline's two
+        readings or a monitor's updates (what a scientist counts in a scan)."""
+        return None if self.num_events is None else self.num_events.get("primary", 0)
+
+    @property
     def complete(self) -> bool:
         return self.exit_status == "success"
 
@@ -440,9 +446,10 @@ def open_catalog(
         # A writable catalog will write: import bluesky-tiled-plugins' writer now (the runtime
         # opens the catalog on a thread of its own, beside the instruments' start-up) rather
         # than at the first start document, where the first run's flush would wait for it.
-        from . import _tiled_writer  # noqa: F401
+        from ._tiled_writer import check_library
 
         try:
+            check_library()  # its private names, before anything is written
             prune_done(catalog.wal_dir, keep_done_logs_days)
             if recover and background_recovery:
                 catalog.recover_in_background()
