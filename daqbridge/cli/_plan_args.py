@@ -107,6 +107,9 @@ _GROUP_FORMS = {
     "list": "MOTOR POINTS [MOTOR POINTS ...]",
 }
 
+#: Words per motor in each grouped layout (MOTOR START STOP, MOTOR START STOP NUM, MOTOR POINTS).
+_GROUP_SIZES = {"scan": 3, "grid": 4, "list": 2}
+
 _GROUP_CALLS = {
     "scan": "{name}([DET, ...], MOTOR, START, STOP, ..., num=NUM)",
     "grid": "{name}([DET, ...], MOTOR, START, STOP, NUM, ...)",
@@ -312,6 +315,34 @@ def _unknown_device(token: str, devices: Mapping[str, Any], where: str) -> Unkno
     return err
 
 
+WHOLE = "a whole number"
+NUMBER = "a number"
+
+
+def _not_a_number(where: str, kind: str, token: str, fix: str | None = None) -> PlanArgumentError:
+    """A word where the plan takes a number: say so, not "no device" (it is no misspelt id)."""
+    example = "11" if kind == WHOLE else "2.5"
+    err = PlanArgumentError(
+        f"{where.removesuffix('=')}: expected {kind}, got {_clip(token)!r}.",
+        fix=fix or f"write it in digits, e.g. {example}.",
+    )
+    err.argument = where
+    err.value = token
+    return err
+
+
+@dataclass(frozen=True)
+class _UnknownWord:
+    """A word that is no device id, in a motor group whose roles (MOTOR, START, STOP, NUM) are
+    known only once all the words are read: :func:`_resolve_group_words` says which it was."""
+
+    token: str
+    error: UnknownDevice
+
+    def __repr__(self) -> str:
+        return repr(self.token)
+
+
 def _component(token: str, devices: Mapping[str, Any], where: str) -> Any:
     """``device.component.sub``: only through declared ophyd components, never getattr on
     arbitrary names (``sim_meter.__class__`` is not an argument)."""
@@ -341,11 +372,16 @@ def parse_value(
     where: str = "argument",
     as_string: bool = False,
     allow_mapping: bool = False,
+    number: str | None = None,
+    defer_unknown: bool = False,
 ) -> Any:
     """One command-line word as a plan argument, by the fixed rules in :data:`RULES`.
 
     ``as_string`` is for parameters declared ``str`` (a field name): the word is kept as text.
-    ``allow_mapping`` accepts a JSON object (for ``md={...}``).
+    ``allow_mapping`` accepts a JSON object (for ``md={...}``). ``number`` (:data:`WHOLE` or
+    :data:`NUMBER`) is what the place takes when the plan says it takes a number: a word there
+    is refused as not a number rather than as an unknown device. ``defer_unknown`` returns an
+    unknown word as an :class:`_UnknownWord` for the caller to place.
     """
     text = token.strip()
     if as_string:
@@ -394,7 +430,7 @@ def parse_value(
                 fix="write lists as 1,2,3 (no empty items) or as a JSON array [1, 2, 3].",
             )
         return [_scalar(p, devices, f"{where} item {i + 1}") for i, p in enumerate(parts)]
-    return _scalar(text, devices, where)
+    return _scalar(text, devices, where, number=number, defer_unknown=defer_unknown)
 
 
 def _clip(token: str, size: int = 60) -> str:
@@ -425,7 +461,14 @@ def _check_depth(value: Any, where: str, token: str) -> None:
         raise _too_deep(where, token)
 
 
-def _scalar(text: str, devices: Mapping[str, Any], where: str) -> Any:
+def _scalar(
+    text: str,
+    devices: Mapping[str, Any],
+    where: str,
+    *,
+    number: str | None = None,
+    defer_unknown: bool = False,
+) -> Any:
     lower = text.lower()
     if lower == "true":
         return True
@@ -445,6 +488,10 @@ def _scalar(text: str, devices: Mapping[str, Any], where: str) -> Any:
         root = text.split(".", 1)[0]
         if "." in text and root in devices:
             return _component(text, devices, where)
+        if number is not None:
+            raise _not_a_number(where, number, text)
+        if defer_unknown:
+            return _UnknownWord(text, _unknown_device(text, devices, where))
         raise _unknown_device(text, devices, where)
     raise PlanArgumentError(
         f"{where}: cannot read {text!r} (nothing is evaluated as Python).",
@@ -539,6 +586,50 @@ def _is_str_param(param: inspect.Parameter | None) -> bool:
     return param is not None and _ann_text(param) in _STR_TYPES
 
 
+def _number_kind(param: inspect.Parameter | None) -> str | None:
+    """:data:`WHOLE` or :data:`NUMBER` when the plan's signature says ``param`` takes one."""
+    if param is None:
+        return None
+    if param.name in _DELAYS:
+        return NUMBER
+    base = _ann_text(param).replace(" | None", "").replace("None | ", "")
+    return {"int": WHOLE, "float": NUMBER}.get(base)
+
+
+def _resolve_group_words(
+    spec: PlanSpec, positional: list[Any], keywords: Mapping[str, Any]
+) -> None:
+    """Place the unknown words of a motor-group plan (scan, grid, list) by the plan's grouping:
+    in a MOTOR place it is a device id that is not in the lab (with the close ids); in a START,
+    STOP or NUM place it is a word that should have been a number."""
+    unknown = [i for i, value in enumerate(positional) if isinstance(value, _UnknownWord)]
+    if not unknown:
+        return
+    first = 1 if positional and _is_device_list(positional[0]) else 0  # scan [det1,det2] ...
+    rest = len(positional) - first
+    size = _GROUP_SIZES[spec.layout]
+    trailing_num = spec.layout == "scan" and "num" not in keywords
+    grouped = rest - 1 if trailing_num else rest
+    word = positional[unknown[0]]
+    if grouped < size or grouped % size:
+        raise word.error  # the grouping does not fit: no place can be told, keep the device hint
+    index = unknown[0] - first
+    if trailing_num and index == rest - 1:
+        raise _not_a_number("num", WHOLE, word.token)
+    n, place = divmod(index, size)
+    if place == 0:
+        raise word.error
+    if spec.layout == "list":
+        raise _not_a_number(
+            f"POINTS {n + 1}",
+            "a list of numbers",
+            word.token,
+            fix="write positions as 1,2,3 or [1, 2, 3] (one point: 5,).",
+        )
+    role = ("START", "STOP", "NUM")[place - 1]
+    raise _not_a_number(f"{role} {n + 1}", WHOLE if role == "NUM" else NUMBER, word.token)
+
+
 def build_plan_call(
     spec: PlanSpec,
     tokens: Sequence[str],
@@ -585,6 +676,7 @@ def build_plan_call(
                 where=f"{key}=",
                 as_string=_is_str_param(param),
                 allow_mapping=key == "md",
+                number=_number_kind(param),
             )
             continue
         index = len(positional)
@@ -597,8 +689,12 @@ def build_plan_call(
                 devices,
                 where=f"argument {index + 1}" + (f" ({target.name})" if target else ""),
                 as_string=_is_str_param(target),
+                number=_number_kind(target),
+                defer_unknown=spec.layout in _GROUP_FORMS,
             )
         )
+    if spec.layout in _GROUP_FORMS:
+        _resolve_group_words(spec, positional, keywords)
 
     # 2. Detectors first, for the bluesky plans that take them.
     dets: list[Any] = []
@@ -713,7 +809,7 @@ def _check_groups(
     spec: PlanSpec, positional: list[Any], keywords: dict[str, Any], dets: list[Any]
 ) -> tuple[list[Any], dict[str, Any]]:
     layout = spec.layout
-    size = {"scan": 3, "grid": 4, "list": 2}[layout]
+    size = _GROUP_SIZES[layout]
     rest = list(positional)
     keywords = dict(keywords)
     if layout == "scan":
@@ -943,7 +1039,7 @@ def _motor_targets(spec: PlanSpec, bound: inspect.BoundArguments) -> list[tuple[
         a = bound.arguments
         return [(a["motor"], [a["start"], a["stop"]])]
     rest = list(bound.arguments.get("args", ()))
-    size = {"scan": 3, "grid": 4, "list": 2}[spec.layout]
+    size = _GROUP_SIZES[spec.layout]
     out = []
     for g in range(0, len(rest) - len(rest) % size, size):
         group = rest[g : g + size]

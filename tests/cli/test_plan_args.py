@@ -241,7 +241,7 @@ def test_grid_and_list_scans(RE):
         ("scan", ["motor", "-5", "5"], ["det"], "MOTOR START STOP per motor and then NUM"),
         ("scan", ["motor", "-5", "5", "2.5"], ["det"], "NUM (number of points) must be a whole"),
         ("scan", ["motor", "-5", "5", "0"], ["det"], "must be at least 1"),
-        ("scan", ["motor", "a", "5", "3"], ["det"], "no device 'a'"),
+        ("scan", ["motor", "a", "5", "3"], ["det"], "START 1: expected a number, got 'a'"),
         ("scan", ["motor", "-5", "5", "11"], [], "needs at least one detector"),
         ("scan", ["5", "-5", "5", "11"], ["det"], "MOTOR 1 must be a motor"),
         ("scan", ["motor", "true", "5", "11"], ["det"], "START 1 must be a number"),
@@ -251,7 +251,7 @@ def test_grid_and_list_scans(RE):
         ("list_scan", ["motor1", "5"], ["det"], "must be a list of positions"),
         ("count", ["det", "num=2", "num=3"], [], "given twice"),
         ("count", ["det", "1", "2", "3"], [], "count()"),
-        ("log_scan", ["motor", "1", "10", "five"], ["det"], "no device 'five'"),
+        ("log_scan", ["motor", "1", "10", "five"], ["det"], "(num): expected a whole number"),
         ("log_scan", ["motor", "1", "10"], ["det"], "missing a required argument"),
         ("polarization_scan", ["motor", "det", "0,45"], ["det"], "not from --detector"),
     ],
@@ -262,6 +262,44 @@ def test_bad_calls_are_refused_before_the_plan_runs(plan, words, detectors, mess
     text = str(info.value)
     assert message in text
     assert "Fix:" in text  # every refusal says what to write instead
+
+
+@pytest.mark.parametrize(
+    ("plan", "words", "message"),
+    [
+        ("scan", ["motor", "-5", "5", "three"], "num: expected a whole number, got 'three'."),
+        ("scan", ["motor", "-5", "5", "num=three"], "num: expected a whole number, got 'three'."),
+        ("scan", ["det1,det2", "motor", "-5", "5", "three"], "num: expected a whole number"),
+        ("scan", ["motor1", "0", "1", "motor2", "-5", "five", "3"], "STOP 2: expected a number"),
+        ("count", ["det", "num=three"], "num: expected a whole number, got 'three'."),
+        ("count", ["det", "delay=soon"], "delay: expected a number, got 'soon'."),
+        ("grid_scan", ["motor", "-5", "5", "three"], "NUM 1: expected a whole number"),
+        ("list_scan", ["motor", "abc"], "POINTS 1: expected a list of numbers, got 'abc'."),
+        ("log_scan", ["motor", "one", "10", "5"], "argument 2 (start): expected a number"),
+    ],
+)
+def test_a_word_where_the_plan_takes_a_number_says_so(plan, words, message):
+    text = refusal(
+        plan, words, detectors=[] if "," in words[0] else ["det"]
+    )  # [det1,det2] motor ...
+    assert message in text
+    assert "no device" not in text
+
+
+@pytest.mark.parametrize(
+    ("plan", "words", "unknown", "close"),
+    [
+        ("scan", ["motr1", "-5", "5", "three"], "motr1", "motor1"),
+        ("scan", ["motor", "-5", "5", "3", "motr2"], "motr2", "motor2"),  # no grouping fits
+        ("grid_scan", ["motor1", "0", "1", "2", "motr2", "0", "1", "2"], "motr2", "motor2"),
+        ("list_scan", ["motr1", "1,2"], "motr1", "motor1"),
+    ],
+)
+def test_a_word_in_a_motor_place_is_still_an_unknown_device(plan, words, unknown, close):
+    with pytest.raises(UnknownDevice) as info:
+        build_plan_call(resolve_plan(plan), words, DEVICES, detectors=["det"])
+    text = str(info.value)
+    assert f"no device {unknown!r}" in text and f"Did you mean {close!r}" in text
 
 
 def test_the_early_check_needs_only_the_profiles_ids():

@@ -1,28 +1,102 @@
-"""The stock ``TiledWriter``, able to write a run's cached events before its batch is full.
+"""bluesky-tiled-plugins' run writer, able to write a run's cached events before its batch is full.
 
 A module of its own so that importing the catalog (to read it) does not import
-bluesky-tiled-plugins' writer, with its schema validators (about a second of CPU): only the
-catalog writer's worker imports it, at the first start document.
+bluesky-tiled-plugins' writer, with its schema validators (about a second of CPU): only a
+writable catalog imports it.
+
+Nothing public in bluesky-tiled-plugins writes a run's cached rows before its batch is full
+(``TiledWriter`` writes them when 10 000 have gathered or at the stop document), so this module
+uses its private per-run writer, ``_RunWriter``. It is composed here with the public
+``event_model.RunRouter`` and ``RunNormalizer``, exactly as ``TiledWriter`` composes it, so no
+private name of ``TiledWriter`` itself is needed. A release that renames what is left would make
+the catalog silently hold each run back until its stop document; :func:`check_library` names the
+missing pieces instead, and a writable catalog calls it when it opens.
 """
 
 from __future__ import annotations
 
-import warnings
+import functools
+import inspect
+from importlib import metadata
 from typing import Any
 
-from bluesky_tiled_plugins import TiledWriter
+from bluesky_tiled_plugins.writing import tiled_writer as library
+from event_model import RunRouter
+
+from daqbridge.errors import CatalogError
 
 from ._normalizer import TrustedNormalizer
 
-try:  # private in bluesky-tiled-plugins 2.x; needed only to write a batch before it is full
-    from bluesky_tiled_plugins.writing.tiled_writer import _RunWriter
-except ImportError:  # pragma: no cover - a future layout: batches then wait for the stop document
-    _RunWriter = None
+#: The distribution whose private names are relied on, and the release they were checked on.
+LIBRARY = "bluesky-tiled-plugins"
+CHECKED_ON = "2.0.12"
+
+_RUN_WRITER = "_RunWriter"
+#: Methods of ``_RunWriter`` called (or, for ``_close_stream_tree``, overridden) here.
+_RUN_WRITER_METHODS = ("_write_internal_data", "_write_external_data", "_close_stream_tree")
+#: Its per-run caches that ``write_batch`` empties.
+_RUN_WRITER_STATE = ("_internal_data_cache", "_desc_nodes", "_external_data_cache")
+#: Its constructor's arguments, passed as ``TiledWriter`` passes them.
+_RUN_WRITER_ARGUMENTS = ("batch_size", "max_array_size", "validate", "ignore_errors")
+#: The module's defaults that ``TiledWriter`` gives its run writers, given here the same way.
+_DEFAULTS = ("BATCH_SIZE", "MAX_ARRAY_SIZE")
 
 
-if _RunWriter is not None:
+def missing_private_names() -> list[str]:
+    """The private names of bluesky-tiled-plugins this module needs that the installed release
+    lacks (empty when all are there)."""
+    where = library.__name__
+    missing = [f"{where}.{name}" for name in _DEFAULTS if not hasattr(library, name)]
+    run_writer = getattr(library, _RUN_WRITER, None)
+    if not isinstance(run_writer, type):
+        return [*missing, f"{where}.{_RUN_WRITER}"]
+    missing += [
+        f"{where}.{_RUN_WRITER}.{name}"
+        for name in _RUN_WRITER_METHODS
+        if not callable(getattr(run_writer, name, None))
+    ]
+    params = inspect.signature(run_writer).parameters
+    missing += [
+        f"{where}.{_RUN_WRITER}({name}=...)" for name in _RUN_WRITER_ARGUMENTS if name not in params
+    ]
+    try:
+        probe = run_writer(None)  # its constructor only stores the client
+    except Exception as exc:
+        missing.append(f"{where}.{_RUN_WRITER}(client) (constructing one failed: {exc})")
+    else:
+        missing += [
+            f"{where}.{_RUN_WRITER}().{name}"
+            for name in _RUN_WRITER_STATE
+            if not hasattr(probe, name)
+        ]
+    return missing
 
-    class _UnstreamedRunWriter(_RunWriter):
+
+def check_library() -> None:
+    """Raise ``CatalogError`` if the installed bluesky-tiled-plugins lacks a name this writer uses.
+
+    Cheap (no I/O): a writable catalog calls it each time it opens, before any document comes.
+    """
+    missing = missing_private_names()
+    if not missing:
+        return
+    try:
+        installed = metadata.version(LIBRARY)
+    except metadata.PackageNotFoundError:
+        installed = "(version unknown)"
+    raise CatalogError(
+        f"{LIBRARY} {installed} lacks {', '.join(missing)}, which the catalog writer uses to put "
+        "a run's events in the catalog while the run goes on; without them runs would reach the "
+        "catalog only at their stop document, so the catalog was not opened for writing.",
+        resource=LIBRARY,
+        fix=f"install the release daqbridge was checked on: .venv/bin/pip install "
+        f"'{LIBRARY}=={CHECKED_ON}' (and report the new release so daqbridge can follow it).",
+    )
+
+
+@functools.cache
+def _unstreamed(run_writer: type) -> type:
+    class UnstreamedRunWriter(run_writer):
         """The library's run writer without the "close stream" requests at the stop document.
 
         They announce the end of a run to Tiled's streaming cache and webhooks, which the
@@ -33,53 +107,47 @@ if _RunWriter is not None:
         def _close_stream_tree(self) -> None:
             return None
 
+    return UnstreamedRunWriter
 
-class BatchingTiledWriter(TiledWriter):
-    """A stock ``TiledWriter`` whose cached events can be written before its batch is full.
 
-    ``_factory`` is the library's own, minus the backup callbacks (the write-ahead log is the
-    backup), keeping a reference to the run writer so ``write_batch`` can reach its cache.
+class BatchingTiledWriter:
+    """``TiledWriter`` for one run (same normaliser, same run writer, same batch) whose cached
+    events can be written before its batch is full (``write_batch``).
+
+    No backup callbacks: the write-ahead log is the backup.
     """
 
     def __init__(self, client: Any, *, close_streams: bool = True) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            super().__init__(client, normalizer=TrustedNormalizer)
+        self.client = client.include_data_sources()  # as TiledWriter does
+        run_writer = getattr(library, _RUN_WRITER)
+        self._run_writer_class = run_writer if close_streams else _unstreamed(run_writer)
         self._run_writers: list[Any] = []
-        self._close_streams = close_streams
+        self._router = RunRouter([self._run_callbacks])
 
-    def _factory(self, name: str, doc: dict):
-        if _RunWriter is None or not hasattr(self, "_batch_size"):  # pragma: no cover
-            return super()._factory(name, doc)
-        run_writer_class = _RunWriter if self._close_streams else _UnstreamedRunWriter
-        run_writer = run_writer_class(
+    def _run_callbacks(self, name: str, doc: dict) -> tuple[list[Any], list[Any]]:
+        run_writer = self._run_writer_class(
             self.client,
-            batch_size=self._batch_size,
-            max_array_size=self._max_array_size,
-            validate=self._validate,
-            ignore_errors=self.ignore_errors,
+            batch_size=library.BATCH_SIZE,
+            max_array_size=library.MAX_ARRAY_SIZE,
+            validate=False,
+            ignore_errors=[],
         )
-        callback = run_writer
-        if self._normalizer:
-            callback = self._normalizer(
-                patches=self.patches, spec_to_mimetype=self.spec_to_mimetype
-            )
-            callback.subscribe(run_writer)
+        normalizer = TrustedNormalizer()
+        normalizer.subscribe(run_writer)
         self._run_writers.append(run_writer)
-        return [callback], []
+        return [normalizer], []
+
+    def __call__(self, name: str, doc: dict) -> None:
+        self._router(name, doc)
 
     def write_batch(self) -> None:
         """Write every cached event row and stream datum of the run to the catalog now."""
         for run_writer in self._run_writers:
-            caches = getattr(run_writer, "_internal_data_cache", None)
-            nodes = getattr(run_writer, "_desc_nodes", None)
-            if caches is None or nodes is None:  # pragma: no cover - library changed
-                return
-            for stream, rows in caches.items():
+            for stream, rows in run_writer._internal_data_cache.items():
                 if rows:
-                    run_writer._write_internal_data(rows, desc_node=nodes[stream])
+                    run_writer._write_internal_data(rows, desc_node=run_writer._desc_nodes[stream])
                     rows.clear()
-            external = getattr(run_writer, "_external_data_cache", None)
+            external = run_writer._external_data_cache
             while external:
                 _, datum = external.popitem()
                 run_writer._write_external_data(datum)

@@ -11,7 +11,8 @@ Why it is built this way:
 * The worker is NOT woken per document: waking a thread per event costs about 0.04 ms of GIL
   hand-over on the RunEngine thread. It drains the inbox every ``poll_interval`` (0.1 s) while a
   run is open, sleeps while none is, and is woken at once only by ``flush()`` and ``close()``.
-* The worker feeds a stock ``TiledWriter`` (one per run, default batch) and every
+* The worker feeds bluesky-tiled-plugins' run writer, built as ``TiledWriter`` builds it (one
+  per run, default batch; see ``_tiled_writer`` for the private names it relies on), and every
   ``flush_interval`` seconds (1 s) writes what the run has cached: readers in other processes
   see new events within about a second, while at hundreds of events per second a batch holds
   hundreds of rows, so Tiled's per-request cost (about 30 ms of CPU per append, measured) is
@@ -147,6 +148,11 @@ class CatalogWriter:
                 f"{stall_timeout!r}, {max_queue!r} and {max_runs_behind!r}.",
                 fix="pass positive intervals (seconds) and positive counts.",
             )
+        # Before any document: a bluesky-tiled-plugins release without the private names the
+        # batch writer uses would otherwise hold every run back until its stop document.
+        from ._tiled_writer import check_library
+
+        check_library()
         self._client = client
         self._wal = wal
         self.flush_interval = float(flush_interval)
