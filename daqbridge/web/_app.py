@@ -87,6 +87,13 @@ def create_app(
     def snapshot() -> dict[str, Any]:
         return link.snapshot()
 
+    @app.get("/api/frame")
+    def frame() -> Response:
+        latest = link.camera.latest
+        if latest is None:
+            return _error(404, "no camera frame yet: the run going on has no camera, or none yet.")
+        return JSONResponse(latest, headers={"Cache-Control": "no-store"})
+
     @app.get("/api/stream")
     async def stream(request: Request) -> StreamingResponse:
         queue = hub.open_page()

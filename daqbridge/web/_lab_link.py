@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from daqbridge.cli._lab import LabDocuments, LabState, _api, _drop_requeued
+from daqbridge.web._camera import CameraView
 from daqbridge.web._hub import Hub
 from daqbridge.web._worker import STATUS_FUNCTION
 
@@ -91,6 +92,7 @@ class LabLink:
         self.control_lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.camera = CameraView(hub)
         self._documents = LabDocuments(state.documents_out, [self._on_document])
 
     # --- lifetime ---------------------------------------------------------------------------
@@ -101,11 +103,13 @@ class LabLink:
             thread = threading.Thread(target=target, name=f"daqbridge-web-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        self.camera.start()
         return self._documents.start()
 
     def close(self) -> None:
         self._stopping.set()
         self._documents.stop()
+        self.camera.close()
         for thread in self._threads:
             thread.join(5)
         with contextlib.suppress(Exception):
@@ -125,6 +129,7 @@ class LabLink:
                 "worker": self.worker,
                 "worker_error": self.worker_error,
                 "documents": [{"name": n, "doc": d} for n, d in self.run.documents()],
+                "frame": self.camera.latest,
             }
 
     # --- documents --------------------------------------------------------------------------
@@ -133,6 +138,7 @@ class LabLink:
         with self.lock:
             self.run.add(name, doc)
         self.hub.publish("doc", {"name": name, "doc": doc, "received": time.time()})
+        self.camera.on_document(name, doc)
 
     # --- the queue server -------------------------------------------------------------------
 

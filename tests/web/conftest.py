@@ -4,9 +4,9 @@ Debian's headless chromium driven by selenium.
 The lab (``daqbridge lab up``: Redis, the document proxy, the RE Manager whose worker starts the
 simulated lab) takes most of the package's time, so every test shares one, started in a
 temporary HOME and data directory and brought down at the end. Its profile is the embedded
-simulated lab with one change: the power meter's simulator answers after 20 ms, as a real
+simulated lab with two changes: the power meter's simulator answers after 20 ms, as a real
 1830-C at its slow filter does, so a transaction holds the port long enough to be seen in the
-lease table while a scan runs.
+lease table while a scan runs; the camera's region holds the simulated spot off-centre.
 
 Every wait is bounded and waits for the condition the test is about (WebDriverWait, or a loop
 on the HTTP API); nothing sleeps to synchronise.
@@ -47,6 +47,11 @@ WAIT = 60.0
 SCREENSHOTS = os.environ.get("DAQBRIDGE_WEB_SCREENSHOTS")
 """Directory for the screenshots of docs/web.md (docs/img/web when the docs are refreshed)."""
 METER_REPLY_DELAY = 0.02
+CAMERA_ROI = "roi = { s1 = 0, s2 = 511, p1 = 0, p2 = 511 }"
+OFF_CENTRE_ROI = "roi = { s1 = 700, s2 = 1211, p1 = 900, p2 = 1411 }"
+"""The simulated camera's spot sits at the sensor's centre (1024, 1024), outside the profile's
+region: this region puts it off-centre in the frame (column 324, row 124 of 512), so a frame
+shown mirrored or transposed would not match the file."""
 
 
 def _skip_reason() -> str | None:
@@ -120,6 +125,8 @@ def lab(tmp_path_factory) -> Iterator[Lab]:
     text = text.replace(
         meter, f'port = "sim://newport1830c?name=sim_meter&reply_delay={METER_REPLY_DELAY}"'
     )
+    assert CAMERA_ROI in text, "the embedded profile's camera region changed: update this fixture"
+    text = text.replace(CAMERA_ROI, OFF_CENTRE_ROI)
     profile = root / "lab.toml"
     profile.write_text(text)
     the_lab = Lab(root, data, profile, child_env(HOME=str(home), DAQBRIDGE_DATA=str(data)))
@@ -275,3 +282,28 @@ def screenshot(browser: Any, name: str) -> None:
     if SCREENSHOTS:
         Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(Path(SCREENSHOTS) / f"{name}.png"))
+
+
+def fill_plan_form(
+    browser: Any, plan: str, values: dict[str, str], detectors=(), md: str = ""
+) -> None:
+    """Fill the run form as a user does and press "Queue and start"."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    Select(browser.find_element(By.ID, "plan-select")).select_by_value(plan)
+    for name, value in values.items():
+        field = browser.find_element(By.CSS_SELECTOR, f'#plan-fields [data-field="{name}"]')
+        if field.tag_name == "select":
+            Select(field).select_by_value(value)
+        else:
+            field.clear()
+            field.send_keys(value)
+    chooser = Select(browser.find_element(By.ID, "detectors"))
+    chooser.deselect_all()
+    for d in detectors:
+        chooser.select_by_value(d)
+    browser.find_element(By.ID, "plan-md").clear()
+    if md:
+        browser.find_element(By.ID, "plan-md").send_keys(md)
+    browser.find_element(By.ID, "queue-button").click()

@@ -15,13 +15,13 @@ import urllib.request
 
 import pytest
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import Select
 
 from daqbridge.cli._plan_args import DeviceRef, build_plan_call, resolve_plan
 from daqbridge.errors import PlanArgumentError
 from daqbridge.runtime.profile import PathExists, load_profile
 
 from .conftest import METER_REPLY_DELAY as DELAY
+from .conftest import fill_plan_form as _fill
 from .conftest import open_page, screenshot, wait_page
 
 pytestmark = pytest.mark.slow
@@ -39,25 +39,6 @@ def _cells(browser, table: str) -> dict[str, list[str]]:
         f"#{table} tbody tr",
     )
     return dict((key, cells) for key, cells in rows)
-
-
-def _fill(browser, plan: str, values: dict[str, str], detectors=(), md: str = "") -> None:
-    Select(browser.find_element(By.ID, "plan-select")).select_by_value(plan)
-    for name, value in values.items():
-        field = browser.find_element(By.CSS_SELECTOR, f'#plan-fields [data-field="{name}"]')
-        if field.tag_name == "select":
-            Select(field).select_by_value(value)
-        else:
-            field.clear()
-            field.send_keys(value)
-    chooser = Select(browser.find_element(By.ID, "detectors"))
-    chooser.deselect_all()
-    for d in detectors:
-        chooser.select_by_value(d)
-    browser.find_element(By.ID, "plan-md").clear()
-    if md:
-        browser.find_element(By.ID, "plan-md").send_keys(md)
-    browser.find_element(By.ID, "queue-button").click()
 
 
 def test_the_page_lists_every_instrument_with_a_value_and_its_units(lab, panel, browser):
@@ -91,8 +72,15 @@ def form_scan(panel, browser):
         detectors=["sim_meter"],
         md="sample=web-A1",
     )
-    wait_page(browser, lambda d: "success" in d.find_element(By.ID, "progress-text").text)
-    return browser.execute_script("return window.daqbridgePanel.run.start.uid")
+    # The page opens on the lab's last run (test_camera.py's count): wait for this one's end.
+    return wait_page(
+        browser,
+        lambda d: d.execute_script(
+            "const r = window.daqbridgePanel.run;"
+            "return r && r.start.sample === 'web-A1' && r.stop && r.stop.exit_status === 'success'"
+            " && r.start.uid"
+        ),
+    )
 
 
 def test_a_scan_started_from_the_form_shows_its_points_in_the_live_plot(browser, form_scan):

@@ -261,6 +261,7 @@ function onDocument(name, doc, received) {
     $("raster").classList.toggle("hidden", !raster);
     $("live-plot").classList.toggle("hidden", raster);
     if (raster) $("raster").getContext("2d").clearRect(0, 0, 300, 300);
+    $("camera-box").classList.add("hidden");
     progress();
   } else if (!panel.run || (doc.run_start && doc.run_start !== panel.run.start.uid && name !== "event")) {
     return;
@@ -430,6 +431,49 @@ function paintRaster() {
   $("live-plot").dataset.points = String(r.raster.length);
 }
 
+// The camera's latest frame: 8-bit grey, already downsampled and scaled by the server
+// (daqbridge/web/_camera.py), drawn as it comes; the server sends a few a second at most.
+function drawFrame(f) {
+  if (!f || !panel.run || f.run !== panel.run.start.uid) return;
+  const box = $("camera-box");
+  box.classList.remove("hidden");
+  if (f.error) { $("camera-caption").textContent = f.error; $("camera-caption").className = "error"; return; }
+  const canvas = $("camera");
+  const grey = Uint8Array.from(atob(f.pixels), (c) => c.charCodeAt(0));
+  canvas.width = f.width;
+  canvas.height = f.height;
+  const ctx = canvas.getContext("2d");
+  const image = ctx.createImageData(f.width, f.height);
+  for (let i = 0; i < grey.length; i++) {
+    image.data[4 * i] = image.data[4 * i + 1] = image.data[4 * i + 2] = grey[i];
+    image.data[4 * i + 3] = 255;
+  }
+  ctx.putImageData(image, 0, 0);
+  Object.assign(canvas.dataset, { run: f.run, row: String(f.row), point: String(f.point), file: f.file });
+  $("camera-caption").className = "";
+  $("camera-caption").textContent = `${f.data_key}: point ${f.point + 1}, ` +
+    `${f.frame_shape[1]}×${f.frame_shape[0]} px shown as ${f.width}×${f.height}, ` +
+    `black ${fmt(f.low)} to white ${fmt(f.high)} counts`;
+}
+
+// One fetch at a time; a frame announced meanwhile is fetched after it (the server keeps only
+// the latest, so a slow page skips frames instead of queueing them).
+let frameFetching = false, frameAgain = false;
+async function fetchFrame(note) {
+  if (note.error) { drawFrame(note); return; }
+  if (frameFetching) { frameAgain = true; return; }
+  frameFetching = true;
+  try {
+    do {
+      frameAgain = false;
+      const reply = await fetch("/api/frame", { cache: "no-store" });
+      if (reply.ok) drawFrame(await reply.json());
+    } while (frameAgain);
+  } finally {
+    frameFetching = false;
+  }
+}
+
 // --- history --------------------------------------------------------------------------------
 
 let historyQuery = "";
@@ -493,7 +537,9 @@ function connect() {
     drawDone(s.history || []);
     if (s.worker && Object.keys(s.worker).length) applyWorker(s.worker);
     for (const d of s.documents || []) onDocument(d.name, d.doc, null);
+    drawFrame(s.frame);
   });
+  source.addEventListener("frame", (e) => fetchFrame(JSON.parse(e.data)));
   source.addEventListener("manager", (e) => { panel.manager = JSON.parse(e.data); drawManager(); });
   source.addEventListener("queue", (e) => drawQueue(JSON.parse(e.data)));
   source.addEventListener("history", (e) => drawDone(JSON.parse(e.data)));
