@@ -1744,7 +1744,9 @@ def _up_command(args: argparse.Namespace) -> int:
     if not args.timeout > 0:
         raise LabError(f"--timeout must be > 0 seconds, got {args.timeout}.", fix="e.g. 300.")
     state, started = lab_up(args.profile, redis=args.redis, timeout=args.timeout)
-    if args.web:  # the web panel (daqbridge/cli/_web.py); the lab works without it
+    # The web panel (daqbridge/cli/_web.py) of a lab this call started: `lab up` on a lab that
+    # is up changes nothing (docs/lab_server.md). The lab works without it.
+    if args.web and started:
         from daqbridge.cli._web import start_panel_process
 
         start_panel_process(state, _say)

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -122,7 +123,8 @@ def lab(cli_catalog_template, tmp_path_factory):
     home = root / "home"
     home.mkdir()
     the_lab = Lab(root, data, child_env(data, HOME=str(home)))
-    rc, out, err = the_lab.cli("lab", "up")
+    # The web panel has tests of its own (tests/web); here it would only poll the worker.
+    rc, out, err = the_lab.cli("lab", "up", "--no-web")
     started = the_lab.state if (data / "lab.json").exists() else {}
     try:
         assert rc == 0, f"lab up failed ({rc}):\n{out}\n{err}"
@@ -319,6 +321,45 @@ def test_a_typo_in_a_device_id_is_refused_before_the_lab_as_without_one(lab):
     assert "no attribute" not in on_lab[2]  # the queue server's message for an unknown id
     assert on_lab[2] == cold[2]  # the same message, word for word
     assert len(_history(lab)) == before  # it never reached the lab
+
+
+@pytest.mark.slow
+def test_a_plan_on_the_lab_records_a_baseline(lab):
+    """The queue server's worker builds the runtime from daqbridge/cli/lab_startup: its runs have
+    the baseline stream too, as cold runs and the IPython profile's do."""
+    rc, out, err = lab.cli("run", "count", "sim_meter", timeout=RUN_TIMEOUT)
+    assert rc == 0, f"{out}\n{err}"
+    assert "the lab is up" in err  # submitted to the lab, not run cold
+    (uid,) = [line.split()[1] for line in out.splitlines() if line.startswith("uid:")]
+    catalog = open_catalog(lab.data, readonly=True)
+    try:
+        baseline = catalog.client[uid]["baseline"].read()
+    finally:
+        catalog.close()
+    assert baseline.sizes["time"] == 2
+    assert {"sim_meter_wavelength", "sim_laser_wavelength", "sim_stage_x"} <= set(baseline)
+
+
+@pytest.mark.slow
+def test_a_scan_on_the_lab_prints_peak_statistics_and_the_worker_saves_the_png(lab):
+    """The worker has no window to show a plot in (even where DISPLAY is set: it is a service),
+    so it saves each run's PNG in the data directory; `daqbridge run` prints a 1-D scan's peak
+    statistics below the live table."""
+    from .test_headless_plot import assert_a_drawn_png, printed_stat, the_run
+
+    rc, out, err = lab.cli(
+        "run", "scan", "sim_stage_x", "-2", "2", "5", "--detector", "sim_meter",
+        timeout=RUN_TIMEOUT,
+    )  # fmt: skip
+    assert rc == 0, f"{out}\n{err}"
+    assert "the lab is up" in err
+    uid = re.search(r"^uid: (\S+)$", out, re.MULTILINE).group(1)
+    assert out.index("peak statistics of sim_meter_power vs sim_stage_x:") > out.rindex("+----")
+    _, table, start = the_run(lab.data, uid)
+    x, y = table["sim_stage_x"].values, table["sim_meter_power"].values
+    assert printed_stat(out, "max") == pytest.approx((y.max(), x[y.argmax()]), rel=1e-5)
+    # The queue server reports the plan done after every subscriber had the stop document.
+    assert_a_drawn_png(lab.data / "plots" / f"scan_{start['scan_id']}_{uid[:8]}.png")
 
 
 _LIST_AND_SAY_WHAT_IT_IMPORTED = (
