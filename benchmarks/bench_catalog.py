@@ -72,7 +72,7 @@ def run(events: int = EVENTS, events_batch1: int = EVENTS_BATCH1, repeats: int =
     from bluesky_tiled_plugins import TiledWriter
     from ophyd.sim import det
 
-    from daqbridge.runtime.catalog import DATA_ENV, open_catalog
+    from daqbridge.catalog import DATA_ENV, open_catalog
 
     os.environ.pop(DATA_ENV, None)
     keys = ("a", "b", "c", "d", "e", "e+")
@@ -180,7 +180,7 @@ def _pending_runs(wal_dir: Path, count: int) -> None:
     from bluesky import RunEngine
     from ophyd.sim import det
 
-    from daqbridge.runtime.catalog import WriteAheadLog
+    from daqbridge.catalog import WriteAheadLog
 
     RE = RunEngine({}, context_managers=[])
     docs: list[tuple[str, dict]] = []
@@ -202,8 +202,8 @@ def attack(runs: int = ATTACK_RUNS, pending: int = ATTACK_PENDING) -> list[dict]
     from bluesky import RunEngine
     from ophyd.sim import det
 
-    from daqbridge.runtime.catalog import DATA_ENV, open_catalog
-    from daqbridge.runtime.catalog._writer import MAX_RUNS_BEHIND
+    from daqbridge.catalog import DATA_ENV, open_catalog
+    from daqbridge.catalog._writer import MAX_RUNS_BEHIND
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     os.environ.pop(DATA_ENV, None)

@@ -47,7 +47,7 @@ _SUBMIT = (
 )
 LAB_CODE = _SUBMIT.format(load="", profile="")
 LAB_WITH_PROFILE_CODE = _SUBMIT.format(
-    load="from daqbridge.runtime.profile import PathExists, load_profile\n"
+    load="from daqbridge.config import PathExists, load_profile\n"
     "profile = load_profile(None, device_cache=PathExists())\n",
     profile=", profile=profile",
 )
@@ -95,7 +95,7 @@ def run(lab_repeats: int = LAB_REPEATS, cold_repeats: int = COLD_REPEATS) -> lis
         return [_row("count num=1 via the lab", None, "s", TARGET_S, "no redis-server")]
     if importlib.util.find_spec("bluesky_queueserver_api") is None:
         return [_row("count num=1 via the lab", None, "s", TARGET_S, "no queue server")]
-    from daqbridge.runtime.catalog import open_catalog
+    from daqbridge.catalog import open_catalog
 
     tmp = Path(tempfile.mkdtemp(prefix="daqbridge-bench-lab-"))
     lab_env, cold_env = _env(tmp / "lab"), _env(tmp / "cold")

@@ -53,11 +53,11 @@ def _measure(transport: str) -> dict[str, float]:
     from ophyd.sim import det, det1, motor
 
     import daqbridge.sim as sim
-    from daqbridge.devices.legacy_adapter import LegacyDevice
+    from daqbridge.bridge._shadow import ShadowPair
+    from daqbridge.bridge.legacy_adapter import LegacyDevice
     from daqbridge.devices.newport1830c import Newport1830C
     from daqbridge.legacy import LegacyRuntime, parse_legacy_config
-    from daqbridge.runtime._shadow import ShadowPair
-    from daqbridge.runtime.resources import SerialPortPool
+    from daqbridge.transport import SerialPortPool
 
     opts = {"speed": math.inf, "response_time": 0.0, "noise": 0.0, "input_power": 1e-6}
     with ExitStack() as stack:

@@ -34,7 +34,7 @@ from time import perf_counter
 
 import serial
 
-from daqbridge.runtime.resources import SerialPortPool
+from daqbridge.transport import SerialPortPool
 
 _ECHO_PEER = r"""
 import os, sys

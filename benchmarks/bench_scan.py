@@ -60,7 +60,7 @@ def _measure(transport: str) -> dict[str, float]:
     import daqbridge.sim as sim
     from daqbridge.devices.esp300 import ESP300Controller
     from daqbridge.devices.newport1830c import Newport1830C
-    from daqbridge.runtime.resources import SerialPortPool
+    from daqbridge.transport import SerialPortPool
 
     esp_opts = {"speed": math.inf}
     pm_opts = {"speed": math.inf, "response_time": 0.0, "noise": 0.0, "input_power": 1e-6}

@@ -73,8 +73,8 @@ def _env(data: Path) -> dict[str, str]:
 
 def _scan_seconds(data: Path, points: int = POINTS) -> float:
     """One scan on the lab; the run's own duration from its documents."""
+    from daqbridge.catalog import open_catalog
     from daqbridge.cli._lab import submit_to_lab
-    from daqbridge.runtime.catalog import open_catalog
 
     out = io.StringIO()
     status = submit_to_lab(

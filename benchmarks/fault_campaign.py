@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import os
 
-    from daqbridge.runtime.catalog import DATA_ENV
+    from daqbridge.catalog import DATA_ENV
     from tests.stress import faults, support
 
     os.environ.pop(DATA_ENV, None)

@@ -51,7 +51,7 @@ def test_reading_the_catalog_imports_no_writer():
     seen = _child(
         """
         import json, sys
-        import daqbridge.runtime.catalog
+        import daqbridge.catalog
         import daqbridge.cli._catalog
         heavy = ("bluesky_tiled_plugins", "xarray", "tiled.server")
         print(json.dumps({"imported": [m for m in heavy if m in sys.modules]}))
@@ -67,7 +67,7 @@ def test_a_lab_without_epics_devices_starts_no_epics_client():
         """
         import json, sys, threading
         from daqbridge.runtime._builders import check_native_driver
-        from daqbridge.runtime.profile import load_profile
+        from daqbridge.config import load_profile
 
         profile = load_profile(None)
         for inst in profile.native_instruments():
@@ -188,7 +188,7 @@ def test_interpreter_teardown_skips_the_stack_objects():
 
         # registered before daqbridge's handler, so it runs after it
         atexit.register(lambda: print(json.dumps({"frozen": gc.get_freeze_count()}), flush=True))
-        import daqbridge.runtime.catalog
+        import daqbridge.catalog
         """
     )
     assert seen["frozen"] > 0

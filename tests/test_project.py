@@ -13,11 +13,57 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_layer_contracts_hold():
-    """import-linter contracts of pyproject.toml: resources below everything, legacy independent
-    of ophyd/bluesky, simulators reached only through the CLI, IOC and runtime._simulation."""
+    """import-linter contracts of pyproject.toml: the exhaustive layers of docs/architecture.md,
+    the legacy stack free of ophyd/bluesky, and no simulator below the runtime."""
     from importlinter.cli import lint_imports
 
     assert lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True) == 0
+
+
+# (module that gains the import, the import, the contract that must break)
+FORBIDDEN = [
+    ("devices/_base.py", "from daqbridge.config import Profile", "layers of daqbridge"),
+    ("transport/_serial.py", "import daqbridge.devices.maitai", "layers of daqbridge"),
+    ("catalog/_wal.py", "import daqbridge.plans", "layers of daqbridge"),
+    ("legacy/_maitai.py", "import bluesky", "legacy stack is independent"),
+    ("plans/_checks.py", "import daqbridge.sim.maitai", "imports the simulators"),
+]
+
+
+def _lint_copy(tmp_path: Path, edit: tuple[str, str] | None = None) -> subprocess.CompletedProcess:
+    """lint-imports on a copy of the package and pyproject.toml, perhaps with one more import."""
+    shutil.copytree(
+        ROOT / "daqbridge", tmp_path / "daqbridge", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    if edit is not None:
+        module = tmp_path / "daqbridge" / edit[0]
+        module.write_text(module.read_text(encoding="utf-8") + f"\n{edit[1]}  # noqa\n")
+    lint = Path(sys.executable).parent / "lint-imports"
+    return subprocess.run(
+        [str(lint), "--no-cache", "--config", "pyproject.toml"],
+        cwd=tmp_path,
+        # the copy, not the installed package, is the one grimp finds
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path), "NO_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_the_copy_the_contracts_are_tried_on_keeps_them(tmp_path):
+    result = _lint_copy(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert str(tmp_path) not in result.stdout  # sanity: a clean report, no paths of errors
+
+
+@pytest.mark.parametrize(("module", "line", "contract"), FORBIDDEN, ids=[f[0] for f in FORBIDDEN])
+def test_a_forbidden_import_breaks_its_contract(tmp_path, module, line, contract):
+    """The contracts bite: one import against the architecture, and lint-imports fails on it."""
+    result = _lint_copy(tmp_path, (module, line))
+    assert result.returncode == 1, result.stdout + result.stderr
+    broken = [ln for ln in result.stdout.splitlines() if ln.rstrip().endswith(" BROKEN")]
+    assert len(broken) == 1 and contract in broken[0], result.stdout
 
 
 @pytest.mark.skipif(

@@ -20,7 +20,7 @@ from daqbridge.errors import ConfigError, DaqbridgeError
 EXIT_USAGE = 2
 """Exit status of a mistake in the command, as argparse's: a ``--profile`` that names no file, an
 unknown simulator kind, a lab that cannot start as configured (what is checked before start:
-``exit_status`` of ``daqbridge.runtime.profile.NotReady``). Other errors exit 1."""
+``exit_status`` of ``daqbridge.config.NotReady``). Other errors exit 1."""
 
 # subcommand name -> module (relative to daqbridge.cli) that registers it
 SUBCOMMANDS: dict[str, str] = {
@@ -89,7 +89,7 @@ def missing_profile(path: str | None) -> ConfigError | None:
     anything: a path typed wrong is a mistake in the command (exit 2), not a failure."""
     if not isinstance(path, str) or not path or os.path.lexists(path):
         return None
-    from daqbridge.runtime.profile import load_profile
+    from daqbridge.config import load_profile
 
     try:
         load_profile(path)

@@ -95,14 +95,14 @@ def _no_subcommand(parser: argparse.ArgumentParser) -> int:
 
 def _locate(args: argparse.Namespace) -> Any:
     """Where the runs are, by the rule every command shares (``locate_data``)."""
-    from daqbridge.runtime.profile import locate_data
+    from daqbridge.config import locate_data
 
     return locate_data(args.profile, args.data)
 
 
 def _open(args: argparse.Namespace, *, readonly: bool, where: Any = None, run_list: bool = False):
     # Both keep the in-process Tiled server quiet.
-    from daqbridge.runtime.catalog import open_catalog, open_run_list
+    from daqbridge.catalog import open_catalog, open_run_list
 
     where = where or _locate(args)
     uri = args.uri or where.uri
@@ -130,8 +130,8 @@ def _open_run_list(args: argparse.Namespace):
     without the Bluesky run clients (``open_run_list``)."""
     where = _locate(args)
     if not args.uri and not where.uri:
+        from daqbridge.catalog import open_run_list
         from daqbridge.cli._lab import lab_catalog
-        from daqbridge.runtime.catalog import open_run_list
 
         served = lab_catalog(where.directory, where.catalog_dir)
         if served is not None:

@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction, where: argparse.ArgumentParser) ->
 
 
 def serve_catalog(args: argparse.Namespace) -> int:
-    from daqbridge.runtime.profile import locate_data
+    from daqbridge.config import locate_data
 
     where = locate_data(args.profile, args.data)
     if where.uri and not args.data and not os.environ.get("DAQBRIDGE_DATA"):
@@ -101,13 +101,13 @@ def _app(catalog_dir: Path, api_key: str) -> Any:
     from tiled.config import Authentication
     from tiled.server.app import build_app
 
-    from daqbridge.runtime.catalog._embedded import (
+    from daqbridge.catalog._embedded import (
         CATALOG_DB,
         CATALOG_SPECS,
         STORAGE_DB,
         is_initialized,
     )
-    from daqbridge.runtime.catalog._sqlite import LOCK_TIMEOUT, describe, wait_for_locks
+    from daqbridge.catalog._sqlite import LOCK_TIMEOUT, describe, wait_for_locks
 
     logging.getLogger("tiled.server.app").setLevel(logging.WARNING)
     db = catalog_dir / CATALOG_DB

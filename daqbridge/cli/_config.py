@@ -121,12 +121,12 @@ def _help(parser: argparse.ArgumentParser) -> int:
 
 def _device_cache(disabled: bool):
     """The runtime's DeviceCache when it is available, else a plain path check."""
-    from daqbridge.runtime.profile import PathExists
+    from daqbridge.config import PathExists
 
     if disabled:
         return None
     try:
-        from daqbridge.runtime.resources import DeviceCache  # type: ignore[attr-defined]
+        from daqbridge.transport import DeviceCache  # type: ignore[attr-defined]
 
         cache = DeviceCache()
         if callable(getattr(cache, "exists", None)):
@@ -145,7 +145,7 @@ def _print_issue(issue, stream) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from daqbridge.runtime.profile import ProfileInvalid, check_profile, preflight_issues
+    from daqbridge.config import ProfileInvalid, check_profile, preflight_issues
 
     cache = _device_cache(args.no_port_check)
     try:
@@ -217,7 +217,7 @@ def summary(profile, *, port_check: bool = True) -> str:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from daqbridge.runtime.profile import migrate_legacy
+    from daqbridge.config import migrate_legacy
 
     out = Path(args.output) if args.output else None
     if out is not None and out.exists() and not args.force:
@@ -264,7 +264,7 @@ PROFILE_ENV = "DAQBRIDGE_PROFILE"
 
 
 def _switch(args: argparse.Namespace) -> int:
-    from daqbridge.runtime.profile import switch_stack
+    from daqbridge.config import switch_stack
 
     path = args.profile or os.environ.get(PROFILE_ENV, "").strip()
     if not path:
@@ -287,7 +287,7 @@ def _switch(args: argparse.Namespace) -> int:
 
 
 def _reference(args: argparse.Namespace) -> int:
-    from daqbridge.runtime.profile import profile_reference_markdown, update_reference_doc
+    from daqbridge.config import profile_reference_markdown, update_reference_doc
 
     if args.update:
         update_reference_doc(args.update)

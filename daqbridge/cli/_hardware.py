@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _profile_rows(profile_path: str, cache: Any) -> list[dict[str, Any]]:
-    from daqbridge.runtime.profile import load_profile
+    from daqbridge.config import load_profile
 
     profile = load_profile(profile_path)
     rows = []
@@ -85,7 +85,7 @@ def _profile_rows(profile_path: str, cache: Any) -> list[dict[str, Any]]:
 
 
 def run_hardware(args: argparse.Namespace) -> int:
-    from daqbridge.runtime.resources import DeviceCache
+    from daqbridge.transport import DeviceCache
 
     if not args.timeout > 0:
         raise ConfigError(

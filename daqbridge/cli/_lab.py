@@ -69,7 +69,7 @@ from daqbridge.errors import DaqbridgeError
 
 if TYPE_CHECKING:
     from daqbridge.cli._plan_args import PlanSpec
-    from daqbridge.runtime.profile import Profile
+    from daqbridge.config import Profile
 
 LAB_FILE = "lab.json"
 LAB_FORMAT = 1
@@ -435,13 +435,13 @@ def _data_dir(profile: str | os.PathLike[str] | Profile | None) -> Path:
     """Where the lab of ``profile`` keeps lab.json: the runtime's data directory, by the one
     rule every command uses (``locate_data``; with $DAQBRIDGE_DATA set no profile is read,
     which saves ``daqbridge run`` half a second on its way to the lab)."""
-    from daqbridge.runtime.profile import locate_data
+    from daqbridge.config import locate_data
 
     return locate_data(profile).directory
 
 
 def _load(profile: str | os.PathLike[str] | Profile | None) -> Profile:
-    from daqbridge.runtime.profile import PathExists, Profile, load_profile
+    from daqbridge.config import PathExists, Profile, load_profile
 
     if isinstance(profile, Profile):
         return profile
@@ -452,7 +452,7 @@ def _load(profile: str | os.PathLike[str] | Profile | None) -> Profile:
 
 def _sha256(path: str | Path | None) -> str | None:
     if path is None:
-        from daqbridge.runtime.profile import Profile
+        from daqbridge.config import Profile
 
         path = Profile.default_path()
     try:
@@ -851,7 +851,7 @@ def _start_catalog_server(
     say: Callable[[str], None],
 ) -> subprocess.Popen | None:
     """Serve the catalog the worker writes (started after the worker, which creates it)."""
-    from daqbridge.runtime.profile import locate_data
+    from daqbridge.config import locate_data
 
     if locate_data(loaded).uri is not None:
         return None  # already on a Tiled server: clients go there

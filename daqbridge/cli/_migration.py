@@ -142,7 +142,7 @@ def _recorded_stack(start: dict[str, Any], instrument: str) -> str | None:
 
 
 def _catalog_location(profile: Any, data: str | None) -> tuple[Path, str | None]:
-    from daqbridge.runtime.profile import locate_data
+    from daqbridge.config import locate_data
 
     where = locate_data(profile, data)
     return where.catalog_dir, where.uri
@@ -156,8 +156,8 @@ def shadow_agreement(
     import tiled.server.app  # noqa: F401 - sets its logger level at import; we override it
     from tiled.queries import Key
 
-    from daqbridge.runtime._shadow import SHADOW_PLAN_NAME, ShadowReport
-    from daqbridge.runtime.catalog import open_catalog
+    from daqbridge.bridge._shadow import SHADOW_PLAN_NAME, ShadowReport
+    from daqbridge.catalog import open_catalog
 
     logging.getLogger("tiled.server.app").setLevel(logging.WARNING)
     owner: dict[str, str] = {}  # native device id -> instrument id
@@ -217,7 +217,7 @@ class _Side:
 
 def _native_side(profile: Any, inst: Any, workdir: Path) -> _Side:
     from daqbridge.runtime._builders import BuildContext, build_native
-    from daqbridge.runtime.resources import SerialPortPool, VisaSessionManager
+    from daqbridge.transport import SerialPortPool, VisaSessionManager
 
     side = _Side()
     pool = SerialPortPool()
@@ -242,7 +242,7 @@ def _legacy_side(profile: Any, inst: Any, workdir: Path) -> _Side:
         legacy_adapter_options,
         legacy_limits,
     )
-    from daqbridge.runtime.resources import SerialPortPool, VisaSessionManager
+    from daqbridge.transport import SerialPortPool, VisaSessionManager
 
     side = _Side()
     pool = SerialPortPool()
@@ -390,7 +390,7 @@ def migration_status(
     profile: Any, *, data: str | None = None, only: list[str] | None = None
 ) -> tuple[list[InstrumentStatus], str | None]:
     """Every instrument's status (those in ``only`` when given), and a note on the catalog."""
-    from daqbridge.runtime.profile import LEGACY_DRIVERS
+    from daqbridge.config import LEGACY_DRIVERS
 
     known = [inst.id for inst in profile.instruments]
     for asked in only or []:
@@ -458,7 +458,7 @@ def format_status(statuses: list[InstrumentStatus], note: str | None) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from daqbridge.runtime.profile import load_profile
+    from daqbridge.config import load_profile
 
     source = args.profile or os.environ.get(PROFILE_ENV, "").strip() or None
     profile = load_profile(source)

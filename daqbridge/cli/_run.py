@@ -300,7 +300,7 @@ def _run(args: argparse.Namespace, words: list[str]) -> int:
         make_best_effort,
         resolve_profile,
     )
-    from daqbridge.runtime.profile import PathExists, load_profile
+    from daqbridge.config import PathExists, load_profile
 
     spec = resolve_plan(args.plan)
     md = parse_md(args.md)
@@ -495,7 +495,7 @@ def _print_read_back(runtime: Any, uid: str, outcome: str) -> None:
     print("read it back:")
     print(f"  {daqbridge} catalog show {uid} {where_cli}")
     print(
-        f'  {python} -c "from daqbridge.runtime.catalog import open_catalog; '
+        f'  {python} -c "from daqbridge.catalog import open_catalog; '
         f"print(open_catalog({where_py}).client['{uid}'].primary.read())\"",
         flush=True,
     )

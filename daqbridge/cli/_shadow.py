@@ -153,7 +153,7 @@ def _channels(device: Any) -> list[str]:
 def _fields(native: Any, legacy: Any, asked: list[str]) -> list[tuple[str, str]]:
     """(native key, legacy key) per compared field; a ConfigError naming both sides' channels
     when one is missing, before any reading."""
-    from daqbridge.runtime._shadow import main_field
+    from daqbridge.bridge._shadow import main_field
 
     nch, lch = _channels(native), _channels(legacy)
     if not asked:
@@ -183,7 +183,7 @@ def run_shadow(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _usage_error(exc)
     from daqbridge.cli._session import resolve_profile
-    from daqbridge.runtime.profile import load_profile
+    from daqbridge.config import load_profile
 
     profile_path = resolve_profile(args.profile)
     try:
@@ -199,8 +199,8 @@ def run_shadow(args: argparse.Namespace) -> int:
     # the level at import, so import it first.
     import tiled.server.app  # noqa: F401
 
+    from daqbridge.bridge._shadow import ShadowComparison, ShadowReport, shadow_compare_plan
     from daqbridge.runtime import Runtime  # imported here: it loads every driver stack
-    from daqbridge.runtime._shadow import ShadowComparison, ShadowReport, shadow_compare_plan
 
     wanted = {d for pair in pairs for d in pair}
     try:

@@ -1,6 +1,6 @@
-"""Native ("V4") ophyd devices of the lab, and the adapter that makes legacy instruments devices.
+"""Native ("V4") ophyd devices of the lab, one module per instrument family.
 
-Every device talks to hardware only through ``daqbridge.runtime.resources`` (leases, bus
+Every device talks to hardware only through ``daqbridge.transport`` (leases, bus
 endpoints, VISA sessions) and does its wire I/O on its own worker thread, so the RunEngine's
 event loop never waits on a port. Names are imported lazily so that ``import daqbridge.devices``
 costs nothing until a device is used.
@@ -48,7 +48,6 @@ _EXPORTS: dict[str, str] = {
     "Frame": "pvcam_backend",
     "ImageStatus": "pvcam_backend",
     "ExposureMode": "pvcam_backend",
-    "LegacyDevice": "legacy_adapter",
     "InstrumentWorker": "_base",
     "InstrumentSignal": "_base",
 }

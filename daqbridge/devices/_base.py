@@ -7,7 +7,7 @@ Why these pieces exist:
   50 ms read stalls the loop 48 ms). Each instrument gets one worker thread that performs its wire
   I/O; device methods hand work to it and return ophyd statuses, so the loop never waits on a port.
   One thread per instrument also serialises an instrument's own calls without a lock, while the
-  port lease (runtime.resources) serialises traffic between instruments sharing a port.
+  port lease (daqbridge.transport) serialises traffic between instruments sharing a port.
 * ``InstrumentSignal``: a soft signal whose value the device updates from its worker, and whose
   ``describe()`` carries units, precision, limits and a source naming the instrument and port,
   because the catalog and BestEffortCallback read those from the descriptor. It is read-only

@@ -5,7 +5,7 @@ What the real bus does that shapes this driver (INSTRUMENTS.md, "Elliptec"):
 * Up to 16 mounts (addresses 0-F) share one half-duplex line, and a mount reports the end of a
   move (``PO``) whenever the motion ends, possibly in the middle of another mount's exchange.
   :class:`ElliptecBusRouter` frames the incoming stream into ``<addr><KIND><data>`` packets so the
-  resources layer (:class:`~daqbridge.runtime.resources.SerialBus`) files each one under its
+  resources layer (:class:`~daqbridge.transport.SerialBus`) files each one under its
   address; a mount only ever reads its own inbox, so late packets never reach the wrong mount.
 * A move command replies only when the motion ends: ``set()`` sends ``ma`` and its status
   finishes once a ``PO`` came and ``gs`` confirms the mount is idle (a late ``PO`` of an earlier
@@ -65,7 +65,7 @@ from daqbridge.errors import (
     ReplyError,
     ValueRejected,
 )
-from daqbridge.runtime.resources import (
+from daqbridge.transport import (
     BusEndpoint,
     SerialBus,
     SerialPortPool,

@@ -60,7 +60,7 @@ from daqbridge.errors import (
     ReplyError,
     ValueRejected,
 )
-from daqbridge.runtime.resources import SerialLease, SerialPortPool, SharedSerialPort, default_pool
+from daqbridge.transport import SerialLease, SerialPortPool, SharedSerialPort, default_pool
 
 __all__ = ["ESP300Axis", "ESP300Controller", "ESP300_UNITS", "esp300_error_meaning"]
 

@@ -63,7 +63,7 @@ from daqbridge.errors import (
     ReplyError,
     ValueRejected,
 )
-from daqbridge.runtime.resources import SerialPortPool, SharedSerialPort, default_pool
+from daqbridge.transport import SerialPortPool, SharedSerialPort, default_pool
 
 __all__ = [
     "MaiTaiDiagnostics",

@@ -52,7 +52,7 @@ from daqbridge.errors import (
     ReplyError,
     ValueRejected,
 )
-from daqbridge.runtime.resources import SerialLease, SerialPortPool, SharedSerialPort, default_pool
+from daqbridge.transport import SerialLease, SerialPortPool, SharedSerialPort, default_pool
 
 __all__ = [
     "FILTERS",

@@ -52,7 +52,7 @@ from daqbridge.errors import (
     ReplyError,
     ValueRejected,
 )
-from daqbridge.runtime.resources import VisaLease, VisaSession, VisaSessionManager
+from daqbridge.transport import VisaLease, VisaSession, VisaSessionManager
 
 __all__ = ["ScpiInstrument", "ScpiSignalSpec", "parse_scpi_error"]
 
@@ -361,7 +361,7 @@ class ScpiInstrument(Device):
         **kwargs: Any,
     ) -> ScpiInstrument:
         """Interactive use: open ``resource`` through ``manager`` (the process one by default)."""
-        from daqbridge.runtime.resources import default_visa_manager
+        from daqbridge.transport import default_visa_manager
 
         mgr = manager or default_visa_manager()
         session = mgr.session(

@@ -109,7 +109,7 @@ def parse_info(data: str) -> MountInfo:
 class ElliptecRouter:
     """How Elliptec device replies are framed: ``<addr><TWO UPPER LETTERS><data>\\r\\n``.
 
-    Implements the ``BusRouter`` protocol of ``daqbridge.runtime.resources``. Lines that are not
+    Implements the ``BusRouter`` protocol of ``daqbridge.transport``. Lines that are not
     replies (noise, an echo of a host packet, which has lower-case letters) are skipped and counted.
     """
 

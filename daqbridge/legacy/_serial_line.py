@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from daqbridge.errors import InstrumentTimeout, PortUnavailable, ReplyError, ValueRejected
 
 if TYPE_CHECKING:
-    from daqbridge.runtime.resources import SerialLease, SharedSerialPort
+    from daqbridge.transport import SerialLease, SharedSerialPort
 
 TERMINATORS = {"LF": b"\n", "CR": b"\r", "CRLF": b"\r\n"}
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")

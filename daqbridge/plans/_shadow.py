@@ -1,7 +1,7 @@
 """``shadow_compare``: the plan behind shadow mode, with the plans' argument checks and metadata.
 
 The comparison itself (what "agree" means, the report, the run layout) lives in
-``daqbridge.runtime._shadow`` so the ``daqbridge shadow`` command, the scripted
+``daqbridge.bridge._shadow`` so the ``daqbridge shadow`` command, the scripted
 ``ShadowComparison`` and this plan share one definition. This wrapper adds what every plan in
 this package promises: arguments checked before anything is read (a PlanArgumentError naming
 the argument), and the common start metadata (``daqbridge_devices`` says which device is which
@@ -25,12 +25,12 @@ PLAN = "shadow_compare"
 
 def _engine() -> Any:
     try:
-        from daqbridge.runtime import _shadow
+        from daqbridge.bridge import _shadow
     except ImportError as exc:  # pragma: no cover - the runtime ships it
         raise plan_error(
             PLAN,
             "(module)",
-            "daqbridge.runtime._shadow",
+            "daqbridge.bridge._shadow",
             "cannot be imported",
             fix=f"reinstall daqbridge ({exc}).",
         ) from exc

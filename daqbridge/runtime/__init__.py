@@ -1,4 +1,4 @@
-"""The coexistence runtime: profile, resources, both driver stacks, RunEngine and catalog.
+"""The coexistence runtime: profile -> transport -> legacy subsystem -> devices -> RunEngine.
 
     from daqbridge.runtime import Runtime
 
@@ -6,52 +6,46 @@
         rt.RE(bp.count([rt["sim_meter"]], 5))
         print(rt.format_status())
 
-See docs/runtime.md. This package is also the parent of ``resources``, ``profile`` and
-``catalog``, which the device and legacy layers import, so importing it must stay cheap and must
-not pull in those layers: every name below is resolved on first use.
+This is the top of the stack below the front ends: it starts and stops the layers under it in
+order (docs/runtime.md). The layers themselves are siblings of this package (``transport``,
+``config``, ``catalog``, ``bridge``, ...), so importing it loads the whole stack, as it should.
 """
 
-from __future__ import annotations
+from daqbridge.runtime._builders import (
+    LEGACY_TYPES,
+    BuildContext,
+    NativeInstrument,
+    StartupFailed,
+    register_builder,
+    registered_builders,
+)
+from daqbridge.runtime._runtime import LEGACY_CONNECT_TIMEOUT, Resources, Runtime
+from daqbridge.runtime._shutdown import (
+    PHASES,
+    PhaseForced,
+    PhaseOutcome,
+    ShutdownReport,
+    ShutdownRequested,
+    SignalHandlers,
+)
+from daqbridge.runtime._status import collect_status, format_status
 
-import importlib
-from typing import Any
-
-_LAZY: dict[str, str] = {
-    "Runtime": "daqbridge.runtime._runtime",
-    "Resources": "daqbridge.runtime._runtime",
-    "LEGACY_CONNECT_TIMEOUT": "daqbridge.runtime._runtime",
-    "ShutdownReport": "daqbridge.runtime._shutdown",
-    "PhaseOutcome": "daqbridge.runtime._shutdown",
-    "PhaseForced": "daqbridge.runtime._shutdown",
-    "ShutdownRequested": "daqbridge.runtime._shutdown",
-    "SignalHandlers": "daqbridge.runtime._shutdown",
-    "PHASES": "daqbridge.runtime._shutdown",
-    "StartupFailed": "daqbridge.runtime._builders",
-    "NativeInstrument": "daqbridge.runtime._builders",
-    "BuildContext": "daqbridge.runtime._builders",
-    "register_builder": "daqbridge.runtime._builders",
-    "registered_builders": "daqbridge.runtime._builders",
-    "LEGACY_TYPES": "daqbridge.runtime._builders",
-    "collect_status": "daqbridge.runtime._status",
-    "MeasurementBridge": "daqbridge.runtime._bridge",
-    "ShadowComparison": "daqbridge.runtime._shadow",
-    "ShadowReport": "daqbridge.runtime._shadow",
-    "ShadowPair": "daqbridge.runtime._shadow",
-    "shadow_compare_plan": "daqbridge.runtime._shadow",
-    "format_status": "daqbridge.runtime._status",
-}
-
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'daqbridge.runtime' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__all__ = [
+    "LEGACY_CONNECT_TIMEOUT",
+    "LEGACY_TYPES",
+    "PHASES",
+    "BuildContext",
+    "NativeInstrument",
+    "PhaseForced",
+    "PhaseOutcome",
+    "Resources",
+    "Runtime",
+    "ShutdownReport",
+    "ShutdownRequested",
+    "SignalHandlers",
+    "StartupFailed",
+    "collect_status",
+    "format_status",
+    "register_builder",
+    "registered_builders",
+]

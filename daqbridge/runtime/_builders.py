@@ -27,8 +27,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from daqbridge.errors import ConfigError, DaqbridgeError, InstrumentError
-from daqbridge.runtime.profile import (
+from daqbridge.config import (
     LEGACY_TWIN_SUFFIX,
     ElliptecInstrument,
     EpicsInstrument,
@@ -41,11 +40,12 @@ from daqbridge.runtime.profile import (
     ScpiInstrument,
     SerialInstrument,
 )
+from daqbridge.errors import ConfigError, DaqbridgeError, InstrumentError
 
 if TYPE_CHECKING:
     from daqbridge.legacy import LegacyInstrument
     from daqbridge.runtime._simulation import Simulation
-    from daqbridge.runtime.resources import SerialPortPool, SharedSerialPort, VisaSessionManager
+    from daqbridge.transport import SerialPortPool, SharedSerialPort, VisaSessionManager
 
 log = logging.getLogger("daqbridge.runtime.builders")
 
@@ -628,7 +628,7 @@ def legacy_fields(inst: InstrumentBase, part: str | None = None) -> dict[str, An
     (issue 18; docs/legacy.md has the table). None: the legacy driver's own names (a bus,
     which has no native device to match). Native device modules are not imported here: the
     names are the recorded contract, and tests compare them with the native descriptors."""
-    from daqbridge.devices.legacy_adapter import Field
+    from daqbridge.bridge.legacy_adapter import Field
 
     if isinstance(inst, MaiTaiInstrument):
         return {
@@ -727,11 +727,11 @@ def legacy_limits(inst: InstrumentBase) -> dict[str, tuple[float, float]]:
 
 
 def legacy_adapter_class() -> Any | None:
-    """``daqbridge.devices.legacy_adapter.LegacyDevice``, or None while it does not exist."""
+    """``daqbridge.bridge.legacy_adapter.LegacyDevice``, or None while it does not exist."""
     try:
-        module = importlib.import_module("daqbridge.devices.legacy_adapter")
+        module = importlib.import_module("daqbridge.bridge.legacy_adapter")
     except ModuleNotFoundError as exc:
-        if exc.name == "daqbridge.devices.legacy_adapter":
+        if exc.name == "daqbridge.bridge.legacy_adapter":
             return None
         raise
     return getattr(module, "LegacyDevice", None)

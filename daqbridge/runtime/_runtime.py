@@ -53,6 +53,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
+from daqbridge.config import (
+    InstrumentBase,
+    PathExists,
+    Profile,
+    SerialInstrument,
+    load_profile,
+    run_provenance,
+)
 from daqbridge.errors import (
     CatalogError,
     ConfigError,
@@ -88,23 +96,15 @@ from daqbridge.runtime._shutdown import (
     run_phase,
 )
 from daqbridge.runtime._status import collect_status, format_status
-from daqbridge.runtime.profile import (
-    InstrumentBase,
-    PathExists,
-    Profile,
-    SerialInstrument,
-    load_profile,
-    run_provenance,
-)
 
 if TYPE_CHECKING:
     from bluesky import RunEngine
     from bluesky.preprocessors import SupplementalData
 
+    from daqbridge.catalog import Catalog
     from daqbridge.legacy import LegacyRuntime
     from daqbridge.runtime._simulation import Simulation
-    from daqbridge.runtime.catalog import Catalog
-    from daqbridge.runtime.resources import DeviceCache, SerialPortPool, VisaSessionManager
+    from daqbridge.transport import DeviceCache, SerialPortPool, VisaSessionManager
 
 log = logging.getLogger("daqbridge.runtime")
 run_log = logging.getLogger("daqbridge.runtime.runs")
@@ -450,7 +450,7 @@ class Runtime:
                 key="connect_timeout",
                 fix="give seconds, or None for each driver's default.",
             )
-        from daqbridge.runtime.profile import locate_data
+        from daqbridge.config import locate_data
 
         self.profile = profile
         # The one rule of every command (DAQBRIDGE_DATA, then data_dir, then the profile).
@@ -533,7 +533,7 @@ class Runtime:
         )
         for warning in profile.warnings:
             log.warning("profile %s: %s", profile.label, warning)
-        from daqbridge.runtime.profile import ensure_ready  # the Tiled server, SDKs: see there
+        from daqbridge.config import ensure_ready  # the Tiled server, SDKs: see there
 
         ensure_ready(profile, instruments=not allow_partial)  # before anything starts
         runtime = cls(
@@ -593,7 +593,7 @@ class Runtime:
         with self._step("preflight"):
             self._preflight()
 
-        from daqbridge.runtime.resources import DeviceCache, SerialPortPool, VisaSessionManager
+        from daqbridge.transport import DeviceCache, SerialPortPool, VisaSessionManager
 
         pool = SerialPortPool()
         visa = VisaSessionManager()
@@ -690,7 +690,7 @@ class Runtime:
             log.error("instrument %s skipped (%s stack): %s", inst.id, stack, exc)
 
     def _open_catalog(self) -> Catalog:
-        from daqbridge.runtime.catalog import open_catalog
+        from daqbridge.catalog import open_catalog
 
         lab = self.profile.lab
         readable = sorted(
@@ -853,7 +853,7 @@ class Runtime:
             notes = self.notes.setdefault(lid, [])
             if adapter is None:
                 notes.append(
-                    "no ophyd adapter (daqbridge.devices.legacy_adapter is not available): the "
+                    "no ophyd adapter (daqbridge.bridge.legacy_adapter is not available): the "
                     "legacy instrument runs but plans cannot use it"
                 )
                 continue
@@ -889,7 +889,7 @@ class Runtime:
         A lab migrates on the evidence of its own experiments, not of a separate comparison;
         the native devices and their keys stay as they are.
         """
-        from daqbridge.runtime._shadow import LEGACY_TWIN, ShadowRecorder
+        from daqbridge.bridge._shadow import LEGACY_TWIN, ShadowRecorder
 
         pairs = {}
         for inst in self.profile.enabled_instruments():

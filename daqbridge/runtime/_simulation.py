@@ -33,8 +33,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from daqbridge.errors import ConfigError
-from daqbridge.runtime.profile import (
+from daqbridge.config import (
     SIM_PORT,
     SIM_TCP_RESOURCE,
     InstrumentBase,
@@ -43,9 +42,10 @@ from daqbridge.runtime.profile import (
     ScpiInstrument,
     SerialInstrument,
 )
+from daqbridge.errors import ConfigError
 
 if TYPE_CHECKING:
-    from daqbridge.runtime.profile import Coupling
+    from daqbridge.config import Coupling
 
 log = logging.getLogger("daqbridge.runtime.simulation")
 

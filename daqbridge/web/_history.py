@@ -23,7 +23,7 @@ MAX_RUNS = 200
 MAX_TERMS = 8
 _TERM = re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,63}$")
 RECOVERED = "incomplete: recovered"
-"""How recovery marks a run it closed (daqbridge/runtime/catalog/_recovery.py)."""
+"""How recovery marks a run it closed (daqbridge/catalog/_recovery.py)."""
 PLOT_POINTS = 5000
 
 
@@ -88,7 +88,7 @@ class History:
 
     def _open(self) -> Any:
         if self._catalog is None:
-            from daqbridge.runtime.catalog import open_catalog
+            from daqbridge.catalog import open_catalog
 
             self._catalog = open_catalog(self.data_dir, readonly=True, recover=False)
         return self._catalog

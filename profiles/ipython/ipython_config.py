@@ -18,7 +18,7 @@ def _history_file() -> Path:
     else:
         try:
             from daqbridge.cli._session import resolve_profile
-            from daqbridge.runtime.profile import PathExists, load_profile
+            from daqbridge.config import PathExists, load_profile
 
             profile = load_profile(resolve_profile(), device_cache=PathExists())
             data = profile.data_path().expanduser().absolute()

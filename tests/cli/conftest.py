@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from daqbridge.runtime.catalog import DATA_ENV, open_catalog
+from daqbridge.catalog import DATA_ENV, open_catalog
 
 CLI_TIMEOUT = 300.0
 """Seconds a CLI process may take: start-up is a few seconds alone, much more on a loaded box."""

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from daqbridge.runtime.catalog import open_catalog
-from daqbridge.runtime.profile import Profile
+from daqbridge.catalog import open_catalog
+from daqbridge.config import Profile
 from daqbridge.sim.maitai import PEAK_WAVELENGTH_NM
 
 from .conftest import (

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from daqbridge.runtime.catalog import open_catalog
+from daqbridge.catalog import open_catalog
 
 from .conftest import (
     PROFILE_DIR,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from daqbridge.catalog import DATA_ENV, open_catalog
 from daqbridge.cli import main
 from daqbridge.cli._lab import (
     LabError,
@@ -34,7 +35,6 @@ from daqbridge.cli._lab import (
     process_start_time,
     submit_to_lab,
 )
-from daqbridge.runtime.catalog import DATA_ENV, open_catalog
 
 from .conftest import Cli, child_env, daqbridge_argv, fresh_data_dir
 

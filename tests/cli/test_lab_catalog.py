@@ -8,9 +8,9 @@ import json
 import subprocess
 import sys
 
+from daqbridge.catalog import DATA_ENV
 from daqbridge.cli import main
 from daqbridge.cli._lab import find_lab, lab_catalog
-from daqbridge.runtime.catalog import DATA_ENV
 
 from .conftest import fresh_data_dir
 from .test_lab import _write_lab_file, sleepers  # noqa: F401 - a fixture

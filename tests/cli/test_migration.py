@@ -13,11 +13,12 @@ import json
 import bluesky.plans as bp
 import pytest
 
+from daqbridge.bridge import shadow_compare_plan
+from daqbridge.catalog import DATA_ENV
 from daqbridge.cli import main
 from daqbridge.cli._migration import switch_changes
-from daqbridge.runtime import Runtime, shadow_compare_plan
-from daqbridge.runtime.catalog import DATA_ENV
-from daqbridge.runtime.profile import load_profile
+from daqbridge.config import load_profile
+from daqbridge.runtime import Runtime
 from daqbridge.sim import Newport1830CSimulator, register, unregister
 from tests.cli.conftest import fresh_data_dir, unique
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from daqbridge.runtime.catalog import open_catalog
+from daqbridge.catalog import open_catalog
 
 from .conftest import CLI_TIMEOUT, child_env, fresh_data_dir
 

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from daqbridge.runtime.catalog import open_catalog
+from daqbridge.catalog import open_catalog
 from daqbridge.sim import serve_pty
 
 from .conftest import (

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
+from daqbridge.catalog import DATA_ENV
 from daqbridge.cli import main
-from daqbridge.runtime.catalog import DATA_ENV
 
 
 @pytest.fixture

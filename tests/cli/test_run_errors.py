@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
+from daqbridge.catalog import DATA_ENV, open_catalog
 from daqbridge.cli import main
-from daqbridge.runtime.catalog import DATA_ENV, open_catalog
 
 from .conftest import child_env, daqbridge_argv, fresh_data_dir, unique
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from daqbridge.catalog import DATA_ENV
 from daqbridge.cli import main
-from daqbridge.runtime.catalog import DATA_ENV
 from tests.cli.conftest import fresh_data_dir
 
 # The documented exit statuses (docs/shadow.md), spelled out so a renamed constant cannot hide

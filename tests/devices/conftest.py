@@ -15,7 +15,7 @@ from bluesky import RunEngine
 from event_model import DocumentNames, schema_validators
 
 import daqbridge.sim as sim
-from daqbridge.runtime.resources import SerialPortPool, VisaSessionManager
+from daqbridge.transport import SerialPortPool, VisaSessionManager
 
 
 @pytest.fixture

@@ -50,8 +50,8 @@ from daqbridge.errors import (
     ReplyError,
     ValueRejected,
 )
-from daqbridge.runtime.resources import BusRouter, SerialPortPool
 from daqbridge.sim import serve_pty, unregister
+from daqbridge.transport import BusRouter, SerialPortPool
 
 FAST = {"reply_timeout": 0.5, "poll_interval": 0.02}
 

@@ -39,8 +39,8 @@ from daqbridge.errors import (
     ReplyError,
     ValueRejected,
 )
-from daqbridge.runtime.resources import SerialPortPool
 from daqbridge.sim import serve_pty, unregister
+from daqbridge.transport import SerialPortPool
 
 FAST = {"write_delay": 0.0, "reply_timeout": 0.5, "poll_interval": 0.01}
 TRANSCRIPTS = Path(__file__).parents[1] / "transcripts" / "maitai.yaml"

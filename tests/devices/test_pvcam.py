@@ -61,7 +61,7 @@ class NoCameraBackend(SimulatedCameraBackend):
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory):
-    from daqbridge.runtime.catalog import open_catalog
+    from daqbridge.catalog import open_catalog
 
     with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

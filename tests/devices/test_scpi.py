@@ -268,7 +268,7 @@ def test_failed_point_in_a_plan(dmm, RE):
 
 
 def test_profile_signal_models_are_accepted(dmm):
-    from daqbridge.runtime.profile._models import ScpiSignal
+    from daqbridge.config._models import ScpiSignal
 
     specs = [ScpiSignal(name="voltage", query="MEAS:VOLT:DC?", units="V", kind="hinted")]
     server, d = dmm(signals=specs)
@@ -498,7 +498,7 @@ PROFILE_SIGNALS = {
 
 @pytest.mark.parametrize("personality", sorted(PROFILE_SIGNALS))
 def test_profile_signals_read_real_values_from_each_personality(dmm, RE, docs, personality):
-    from daqbridge.runtime.profile._models import ScpiSignal
+    from daqbridge.config._models import ScpiSignal
 
     idn, signals = PROFILE_SIGNALS[personality]
     specs = [ScpiSignal(**s) for s in signals]

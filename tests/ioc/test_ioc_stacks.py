@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import tomlkit
 
+from daqbridge.config import LEGACY_DRIVERS
 from daqbridge.ioc import LabIOC, free_port, loopback_ca_env
-from daqbridge.runtime.profile import LEGACY_DRIVERS
 
 SIM_PROFILE = Path(__file__).parents[2] / "daqbridge" / "profiles" / "sim.toml"
 PREFIXES = {"native": "STN:", "legacy": "STL:"}

@@ -10,8 +10,8 @@ import pytest
 from daqbridge.errors import ConfigError, InstrumentFault, PortUnavailable
 from daqbridge.legacy import Command, ElliptecRouter, LegacyRuntime, parse_legacy_config
 from daqbridge.legacy._elliptec import ElliptecBus, decode_position, encode_position, parse_info
-from daqbridge.runtime.resources import SerialPortPool
 from daqbridge.sim import serve_pty
+from daqbridge.transport import SerialPortPool
 from tests.legacy.legacy_test_instruments import wait_until
 
 SPEED = 20.0  # simulated motion 20x faster than real

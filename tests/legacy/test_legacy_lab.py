@@ -7,8 +7,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 from daqbridge.legacy import Command, LegacyConfig, LegacyRuntime, load_legacy_config
-from daqbridge.runtime.resources import SerialPortPool
 from daqbridge.sim import serve_pty
+from daqbridge.transport import SerialPortPool
 from tests.legacy.legacy_test_instruments import wait_until
 
 EXAMPLE = Path(__file__).with_name("legacy_lab.toml")

@@ -17,8 +17,8 @@ from daqbridge.errors import (
 )
 from daqbridge.legacy import Command, LegacyRuntime, MaiTai, parse_legacy_config
 from daqbridge.legacy._maitai import parse_quantity
-from daqbridge.runtime.resources import SerialPortPool
 from daqbridge.sim import serve_pty
+from daqbridge.transport import SerialPortPool
 from tests.devices.conftest import TranscriptPeer
 from tests.legacy.legacy_test_instruments import wait_until
 

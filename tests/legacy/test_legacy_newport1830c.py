@@ -16,8 +16,8 @@ from daqbridge.errors import (
 )
 from daqbridge.legacy import Command, LegacyRuntime, parse_legacy_config
 from daqbridge.legacy._newport1830c import Newport1830C, parse_reading
-from daqbridge.runtime.resources import SerialPortPool
 from daqbridge.sim import serve_pty
+from daqbridge.transport import SerialPortPool
 from tests.devices.conftest import TranscriptPeer
 from tests.legacy.legacy_test_instruments import wait_until
 

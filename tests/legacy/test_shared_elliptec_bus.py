@@ -15,8 +15,8 @@ import pytest
 
 from daqbridge.devices.elliptec import ElliptecBus as NativeBus
 from daqbridge.legacy import Command, LegacyRuntime, parse_legacy_config
-from daqbridge.runtime.resources import SerialPortPool
 from daqbridge.sim import serve_pty
+from daqbridge.transport import SerialPortPool
 from tests.legacy.legacy_test_instruments import wait_until
 
 

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from bluesky import plan_stubs as bps
 
+from daqbridge.bridge._shadow import ShadowReport
 from daqbridge.errors import PlanArgumentError, ValueRejected
 from daqbridge.legacy import Command
 from daqbridge.plans import record_legacy, shadow_compare, wavelength_scan
-from daqbridge.runtime._shadow import ShadowReport
 from tests.plans.support import catalog_run, shutter_open, wait_for
 
 

@@ -18,8 +18,8 @@ import tomlkit
 from bluesky import plan_stubs as bps
 
 from daqbridge.cli._plan_args import build_plan_call, resolve_plan
+from daqbridge.config import switch_stack
 from daqbridge.plans import PLANS, polarization_scan, raster
-from daqbridge.runtime.profile import switch_stack
 
 pytestmark = pytest.mark.slow  # two simulated labs start (about a minute on 2 loaded cores)
 

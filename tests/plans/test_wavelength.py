@@ -17,7 +17,7 @@ from daqbridge.devices.maitai import MaiTaiLaser
 from daqbridge.errors import PlanArgumentError
 from daqbridge.legacy import Command
 from daqbridge.plans import wavelength_scan
-from daqbridge.runtime.resources import SerialPortPool
+from daqbridge.transport import SerialPortPool
 from tests.plans.support import catalog_run, shutter_open, wait_for
 
 LASER_SETS = re.compile(r"^\s*(WAV\w*|SHUT\w*)\s+\S", re.IGNORECASE)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from daqbridge.runtime.catalog import DATA_ENV, open_catalog
+from daqbridge.catalog import DATA_ENV, open_catalog
 
 
 @pytest.fixture(scope="session")

@@ -12,11 +12,11 @@ import bluesky.preprocessors as bpp
 import pytest
 from bluesky.utils import FailedStatus
 
+from daqbridge.catalog import DATA_ENV, open_catalog
+from daqbridge.config import check_profile
 from daqbridge.errors import ConfigError
 from daqbridge.runtime import Runtime
 from daqbridge.runtime._baseline import resolve
-from daqbridge.runtime.catalog import DATA_ENV, open_catalog
-from daqbridge.runtime.profile import check_profile
 from daqbridge.sim import serve_pty
 
 from .conftest import copy_catalog, lab_profile, unique

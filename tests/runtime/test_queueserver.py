@@ -141,7 +141,7 @@ def test_a_queued_scan_runs_in_the_worker_and_lands_in_the_catalog(re_manager):
     from bluesky_queueserver_api import BPlan
     from bluesky_queueserver_api.zmq import REManagerAPI
 
-    from daqbridge.runtime.catalog import open_catalog
+    from daqbridge.catalog import open_catalog
 
     RM = REManagerAPI(zmq_control_addr=re_manager["control"], zmq_info_addr=re_manager["info"])
     try:

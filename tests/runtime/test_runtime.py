@@ -20,10 +20,10 @@ import pytest
 from bluesky.utils import RunEngineInterrupted
 
 import daqbridge.runtime
+from daqbridge.catalog import DATA_ENV
 from daqbridge.errors import ConfigError, IdentityMismatch, InstrumentTimeout
 from daqbridge.legacy import Command
 from daqbridge.runtime import Runtime, StartupFailed
-from daqbridge.runtime.catalog import DATA_ENV
 from daqbridge.sim import lookup, serve_pty
 
 from .conftest import copy_catalog
@@ -116,7 +116,7 @@ def test_count_with_native_devices_lands_in_the_catalog(sim_lab):
 
 
 def test_every_run_records_the_profile_hash_and_each_instruments_stack(sim_lab):
-    from daqbridge.runtime.profile import profile_sha256
+    from daqbridge.config import profile_sha256
 
     (uid,) = sim_lab.RE(bp.count([sim_lab["sim_meter"]], num=1))
     sim_lab.catalog.flush()
@@ -399,13 +399,16 @@ def test_unknown_sigint_mode_is_a_config_error(runtime_profile):
         Runtime.from_profile(path, sigint="ignore", start=False)
 
 
-def test_importing_the_runtime_stays_light(runtime_child_env):
-    # daqbridge.runtime is the parent package of resources/profile/catalog, which the device and
-    # legacy layers import: it must not drag in Tiled, bluesky, the drivers or the simulators.
+def test_a_lower_layer_imports_nothing_above_it(runtime_child_env):
+    # The transport is imported by every driver and by `daqbridge hardware`: it must not drag in
+    # the runtime, Tiled, bluesky, the drivers or the simulators (the import-linter contract says
+    # it may not import them; this says nothing imports them behind its back at run time). The
+    # runtime itself loads the stack, but never the simulators: only _simulation does, lazily.
     code = (
-        "import sys, daqbridge.runtime, daqbridge.runtime.resources\n"
-        "heavy = [m for m in ('tiled', 'bluesky', 'ophyd', 'daqbridge.sim', 'daqbridge.devices',"
-        " 'daqbridge.legacy', 'daqbridge.runtime._runtime') if m in sys.modules]\n"
+        "import sys, daqbridge.transport\n"
+        "heavy = [m for m in ('tiled', 'bluesky', 'ophyd', 'ophyd_async', 'daqbridge.sim',"
+        " 'daqbridge.devices', 'daqbridge.legacy', 'daqbridge.config', 'daqbridge.catalog',"
+        " 'daqbridge.runtime') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
         "from daqbridge.runtime import Runtime, ShutdownReport, format_status\n"
         "assert 'daqbridge.sim' not in sys.modules, 'only _simulation may import daqbridge.sim'\n"

@@ -15,21 +15,21 @@ import pytest
 from bluesky import RunEngine
 from event_model import DocumentNames, schema_validators
 
-from daqbridge.cli import main
-from daqbridge.devices.legacy_adapter import LegacyDevice
-from daqbridge.devices.newport1830c import Newport1830C
-from daqbridge.errors import ConfigError
-from daqbridge.legacy import LegacyRuntime, parse_legacy_config
-from daqbridge.runtime._shadow import (
+from daqbridge.bridge._shadow import (
     ShadowComparison,
     ShadowReport,
     agree,
     compare,
     shadow_compare_plan,
 )
-from daqbridge.runtime.catalog import DATA_ENV
-from daqbridge.runtime.resources import SerialPortPool
+from daqbridge.bridge.legacy_adapter import LegacyDevice
+from daqbridge.catalog import DATA_ENV
+from daqbridge.cli import main
+from daqbridge.devices.newport1830c import Newport1830C
+from daqbridge.errors import ConfigError
+from daqbridge.legacy import LegacyRuntime, parse_legacy_config
 from daqbridge.sim import Newport1830CSimulator, serve_pty
+from daqbridge.transport import SerialPortPool
 
 
 class Light:
@@ -136,7 +136,7 @@ def test_garbled_reply_is_reported_as_a_failed_read(shadow_pair):
 
 def test_plan_records_both_readings_and_the_difference(shadow_pair, tmp_path):
     sim, light, native, legacy = shadow_pair
-    from daqbridge.runtime.catalog import open_catalog
+    from daqbridge.catalog import open_catalog
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -266,7 +266,7 @@ class Ramp:
 def test_every_event_of_a_count_carries_the_legacy_twin_read_at_that_point(shadow_pair):
     import bluesky.plans as bp
 
-    from daqbridge.runtime._shadow import ShadowRecorder
+    from daqbridge.bridge._shadow import ShadowRecorder
 
     sim, light, native, legacy = shadow_pair
     ramp = Ramp()
@@ -349,7 +349,7 @@ def test_a_field_missing_on_one_side_is_a_config_error_naming_both_sides(shadow_
 def test_a_failed_legacy_read_is_recorded_as_nan_and_the_run_goes_on(shadow_pair):
     import bluesky.plan_stubs as bps
 
-    from daqbridge.runtime._shadow import ShadowRecorder
+    from daqbridge.bridge._shadow import ShadowRecorder
 
     sim, light, native, legacy = shadow_pair
     recorder = ShadowRecorder({native: legacy})

@@ -14,19 +14,19 @@ import warnings
 import pytest
 from bluesky import RunEngine
 
-from daqbridge.cli._shadow import EXIT_NOT_COMPARED
-from daqbridge.devices.newport1830c import Newport1830C
-from daqbridge.errors import InstrumentError
-from daqbridge.runtime._shadow import (
+from daqbridge.bridge._shadow import (
     ShadowComparison,
     ShadowPair,
     ShadowReport,
     ShadowRunUnreadable,
     shadow_compare_plan,
 )
-from daqbridge.runtime.catalog import open_catalog
-from daqbridge.runtime.resources import SerialPortPool
+from daqbridge.catalog import open_catalog
+from daqbridge.cli._shadow import EXIT_NOT_COMPARED
+from daqbridge.devices.newport1830c import Newport1830C
+from daqbridge.errors import InstrumentError
 from daqbridge.sim import Newport1830CSimulator, serve_pty
+from daqbridge.transport import SerialPortPool
 
 
 class ChannelStopped:

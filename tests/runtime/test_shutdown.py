@@ -19,6 +19,8 @@ import time
 import bluesky.plans as bp
 import pytest
 
+from daqbridge.catalog import open_catalog
+from daqbridge.config import load_profile
 from daqbridge.errors import ShutdownError
 from daqbridge.legacy import (
     ChannelInfo,
@@ -31,8 +33,6 @@ from daqbridge.legacy import (
 )
 from daqbridge.runtime import PHASES, PhaseForced, Runtime, ShutdownReport, SignalHandlers
 from daqbridge.runtime._shutdown import Skipped, run_phase
-from daqbridge.runtime.catalog import open_catalog
-from daqbridge.runtime.profile import load_profile
 
 # --- the phase runner ---------------------------------------------------------------------------
 

@@ -113,8 +113,8 @@ def test_runtime_writes_to_a_tiled_server_and_a_client_reads_it_back(
 ):
     import bluesky.plans as bp
 
+    from daqbridge.catalog import open_catalog
     from daqbridge.runtime import Runtime
-    from daqbridge.runtime.catalog import open_catalog
 
     monkeypatch.setenv("DAQBRIDGE_TEST_TILED_KEY", API_KEY)
     monkeypatch.setenv("DAQBRIDGE_DATA", str(tmp_path / "data"))
@@ -142,8 +142,8 @@ def test_runtime_writes_to_a_tiled_server_and_a_client_reads_it_back(
 
 
 def test_a_wrong_api_key_is_a_clear_catalog_error(tiled_server, tmp_path):
+    from daqbridge.catalog import open_catalog
     from daqbridge.errors import CatalogError
-    from daqbridge.runtime.catalog import open_catalog
 
     with pytest.raises(CatalogError, match="Tiled server"):
         open_catalog(tmp_path, uri=tiled_server, api_key="not-the-key", readonly=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from daqbridge.runtime.catalog import DATA_ENV, open_catalog
+from daqbridge.catalog import DATA_ENV, open_catalog
 from tests.stress import support
 
 log = logging.getLogger("tests.stress")

@@ -33,9 +33,9 @@ import pytest
 from bluesky import RunEngine
 from ophyd.sim import det
 
+from daqbridge.catalog import WriteAheadLog, _writer, open_catalog
 from daqbridge.cli import main
 from daqbridge.errors import CatalogError
-from daqbridge.runtime.catalog import WriteAheadLog, _writer, open_catalog
 from tests.stress import support
 
 pytestmark = pytest.mark.ci_short
@@ -59,7 +59,7 @@ warnings.simplefilter("ignore")
 import bluesky.plans as bp
 from bluesky import RunEngine
 from ophyd.sim import det
-from daqbridge.runtime.catalog import open_catalog
+from daqbridge.catalog import open_catalog
 
 data, runs, headroom = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 catalog = open_catalog(data)
@@ -164,7 +164,7 @@ def _crashed_runs(wal_dir: Path, count: int) -> list[str]:
 def test_pending_runs_are_recovered_by_the_writer_not_by_the_opener(stress_data, caplog):
     data = stress_data("pending")
     uids = _crashed_runs(data / "wal", 5)
-    caplog.set_level(logging.WARNING, logger="daqbridge.runtime.catalog")
+    caplog.set_level(logging.WARNING, logger="daqbridge.catalog")
     with open_catalog(data, background_recovery=True) as catalog:
         opener = threading.current_thread().name
         catalog.flush(timeout=300)  # waits for the background recovery too
@@ -359,7 +359,7 @@ import json, sys, warnings
 warnings.simplefilter("ignore")
 from pathlib import Path
 from daqbridge.errors import DaqbridgeError
-from daqbridge.runtime.catalog import WriteAheadLog, open_catalog
+from daqbridge.catalog import WriteAheadLog, open_catalog
 
 outcomes = {}
 try:
@@ -411,7 +411,7 @@ def test_recovery_failures_are_one_line_without_sql(tmp_path):
     """A real SQLAlchemy error (a write to a read-only SQLite database) becomes one line."""
     import sqlalchemy
 
-    from daqbridge.runtime.catalog._sqlite import describe
+    from daqbridge.catalog._sqlite import describe
 
     db = tmp_path / "ro.db"
     engine = sqlalchemy.create_engine(f"sqlite:///{db}")

@@ -31,7 +31,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from daqbridge.runtime.catalog import open_catalog
+from daqbridge.catalog import open_catalog
 from tests.stress import support
 
 CHILD = Path(__file__).with_name("crash_child.py")

@@ -36,10 +36,10 @@ import bluesky.preprocessors as bpp
 import pytest
 from bluesky.utils import FailedStatus
 
+from daqbridge.catalog import DATA_ENV, open_catalog
 from daqbridge.errors import DaqbridgeError, ReplyError
 from daqbridge.plans import exposure_series
 from daqbridge.runtime import ShutdownRequested
-from daqbridge.runtime.catalog import DATA_ENV, open_catalog
 from tests.stress import support
 
 pytestmark = pytest.mark.ci_short

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from daqbridge.cli._lab import LabProcess
-from daqbridge.runtime.profile import Profile
+from daqbridge.config import Profile
 
 CHROMIUM = shutil.which("chromium") or (
     "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None

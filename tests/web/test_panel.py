@@ -18,8 +18,8 @@ import pytest
 from selenium.webdriver.common.by import By
 
 from daqbridge.cli._plan_args import DeviceRef, build_plan_call, resolve_plan
+from daqbridge.config import PathExists, load_profile
 from daqbridge.errors import PlanArgumentError
-from daqbridge.runtime.profile import PathExists, load_profile
 
 from .conftest import METER_REPLY_DELAY as DELAY
 from .conftest import fill_plan_form as _fill
