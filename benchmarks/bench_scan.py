@@ -15,6 +15,14 @@ median over rounds:
   ``D?``) through the same leased ports.
 
 Target: native / ophyd.sim <= 1.5 per point (DEVICES.md).
+
+A second section (``[sim:// URL, ophyd-async]``) measures the ophyd-async 1830-C
+(``Newport1830CAsync``: every read a ``C``, ``D?``, ``Q?`` lease; every wavelength step a ``Wnnnn``
+plus ``W?`` read-back lease) in ``bp.count([meter], 200)`` and in a wavelength scan
+``bp.scan([meter], meter.wavelength, 400, 997, 200)``, next to ``ophyd.sim``'s ``det``/``motor``
+and ophyd-async's own simulated devices (``SimPointDetector`` with one channel and zero
+acquire time, ``SimMotor(instant=True)``) in the same plans, interleaved in rounds the same way.
+No target: the ratio native-async / ophyd.sim is reported for the record.
 """
 
 from __future__ import annotations
@@ -105,6 +113,103 @@ def _measure(transport: str) -> dict[str, float]:
         return out
 
 
+def _measure_async() -> dict[str, float]:
+    """Per-point wall and CPU of count and scan: async 1830-C, ophyd.sim, ophyd_async.sim."""
+    import bluesky.plans as bp
+    from bluesky import RunEngine
+    from bluesky.run_engine import call_in_bluesky_event_loop
+    from ophyd.sim import det, motor
+    from ophyd_async.sim import SimMotor, SimPointDetector
+
+    import daqbridge.sim as sim
+    from daqbridge.devices.newport1830c_async import Newport1830CAsync
+    from daqbridge.transport import SerialPortPool
+
+    with ExitStack() as stack:
+        pool = stack.enter_context(SerialPortPool())
+        name = f"bench-pm-async-{id(stack):x}"
+        stack.callback(sim.unregister, name)
+        url = (
+            f"sim://newport1830c?name={name}&speed=inf&response_time=0&noise=0"
+            "&input_power=1e-6&power_range=4"
+        )
+        RE = RunEngine({}, context_managers=[])  # noqa: N806
+        meter = Newport1830CAsync(pool.open(url, baudrate=9600), name="pm")
+        oa_det = SimPointDetector(None, num_channels=1, name="oa_det")
+        oa_motor = SimMotor(name="oa_motor", instant=True)
+
+        async def connect() -> None:
+            await meter.connect()
+            await oa_det.connect()
+            await oa_motor.connect()
+            await oa_det.acquire_time.set(0.0)
+
+        call_in_bluesky_event_loop(connect(), timeout=30)
+        plans = {
+            "async count": lambda: bp.count([meter], POINTS),
+            "ophyd.sim count": lambda: bp.count([det], POINTS),
+            "ophyd_async.sim count": lambda: bp.count([oa_det], POINTS),
+            # 400 nm up in whole steps (400..997 for 200 points): the meter takes whole nm only.
+            "async scan": lambda: bp.scan(
+                [meter], meter.wavelength, 400, 400 + 3 * (POINTS - 1), POINTS
+            ),
+            "ophyd.sim scan": lambda: bp.scan([det], motor, 0, 10, POINTS),
+            "ophyd_async.sim scan": lambda: bp.scan([oa_det], oa_motor, 0, 10, POINTS),
+        }
+        for factory in plans.values():  # warm-up: imports, first-call caches, threads
+            RE(factory())
+        got: dict[str, list[tuple[float, float]]] = {k: [] for k in plans}
+        for _ in range(ROUNDS):
+            for key, factory in plans.items():
+                got[key].append(_scan_time(RE, factory))
+        out = {k: statistics.median(w for w, _ in v) for k, v in got.items()}
+        out.update({f"{k} cpu": statistics.median(c for _, c in v) for k, v in got.items()})
+        errors = sim.lookup(name).protocol_errors
+        if errors:
+            raise RuntimeError(f"the simulated 1830-C saw protocol errors: {errors[:3]}")
+        return out
+
+
+def _async_rows() -> list[dict]:
+    m = _measure_async()
+    label = "[sim:// URL, ophyd-async]"
+    rows = []
+    for plan in ("count", "scan"):
+        what = "1830-C" if plan == "count" else "1830-C wavelength"
+        rows += [
+            _row(
+                f"{label} bp.{plan} per point, {what} (native async)",
+                m[f"async {plan}"] * 1e3,
+                "ms",
+            ),
+            _row(f"{label} bp.{plan} per point, ophyd.sim", m[f"ophyd.sim {plan}"] * 1e3, "ms"),
+            _row(
+                f"{label} bp.{plan} per point, ophyd_async.sim",
+                m[f"ophyd_async.sim {plan}"] * 1e3,
+                "ms",
+            ),
+            _row(
+                f"{label} bp.{plan} native-async / ophyd.sim per point",
+                m[f"async {plan}"] / m[f"ophyd.sim {plan}"],
+                "x",
+            ),
+            _row(
+                f"{label} bp.{plan} native-async / ophyd_async.sim per point",
+                m[f"async {plan}"] / m[f"ophyd_async.sim {plan}"],
+                "x",
+            ),
+            _row(
+                f"{label} bp.{plan} CPU per point, native async", m[f"async {plan} cpu"] * 1e3, "ms"
+            ),
+            _row(
+                f"{label} bp.{plan} CPU native-async / ophyd.sim per point",
+                m[f"async {plan} cpu"] / m[f"ophyd.sim {plan} cpu"],
+                "x",
+            ),
+        ]
+    return rows
+
+
 def _row(name, value, unit, target=None, ok=None) -> dict:
     return {
         "name": name,
@@ -142,6 +247,7 @@ def run() -> list[dict]:
                 "x",
             ),
         ]
+    rows += _async_rows()
     return rows
 
 

@@ -44,6 +44,7 @@ from daqbridge.config._models import (
     ShutdownDeadlines,
     legacy_options_model,
 )
+from daqbridge.devices.maitai import TUNING_RANGE_NM
 from daqbridge.errors import ConfigError
 
 # legacy type -> profile driver
@@ -533,8 +534,8 @@ def _canonical_options(
             extra[("maitai", "wavelength_limits")] = out.pop("wavelength_limits")
         if "wavelength_min" in out or "wavelength_max" in out:
             extra[("maitai", "wavelength_limits")] = [
-                _number(out.pop("wavelength_min", 690.0)),
-                _number(out.pop("wavelength_max", 1040.0)),
+                _number(out.pop("wavelength_min", TUNING_RANGE_NM[0])),
+                _number(out.pop("wavelength_max", TUNING_RANGE_NM[1])),
             ]
     elif driver == "elliptec":
         for alias in ("addresses", "address"):

@@ -8,6 +8,12 @@ the lab runs, not coerced or ignored.
 
 Rules that need more than one instrument (duplicate ids, shared ports, colliding data
 directories) live in ``_validate.py``; rules that need one table live here, next to its fields.
+
+A native driver that declares itself (``daqbridge.devices.register_driver``) brings the model of
+its ``[instruments.<driver>]`` table, built from the instrument's facts in its own module, and the
+entry here uses that model as it is: the profile cannot accept what the driver refuses. Each such
+table is validated for the stack its entry runs on (``_driver_table``), because a legacy twin may
+read more than the native driver (the legacy 1830-C reads dBm).
 """
 
 from __future__ import annotations
@@ -26,14 +32,19 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     PrivateAttr,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
     create_model,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+
+from daqbridge.devices import DriverSettings, settings_error
+from daqbridge.devices.maitai import MaiTaiSettings
+from daqbridge.devices.newport1830c import Newport1830cSettings
 
 # --- vocabulary ---------------------------------------------------------------------------------
 
@@ -98,13 +109,10 @@ _PV_RE = re.compile(r"^[A-Za-z0-9_:.\-\[\]<>{}$]+$")
 def bad(what: str, fix: str, *, key: str | None = None) -> PydanticCustomError:
     """A validation error carrying its own fix (and the sub-key it is about).
 
-    The text travels in ``ctx`` rather than in the message template, so braces typed by the user
-    (``SOUR:VOLT {value}``) are never mistaken for template fields.
+    The drivers' own tables raise the same error (``daqbridge.devices.settings_error``), so the
+    loader reports both alike: file, line, key, what and fix.
     """
-    ctx: dict[str, Any] = {"what": what, "fix": fix}
-    if key is not None:
-        ctx["key"] = key
-    return PydanticCustomError("profile", "{what}", ctx)
+    return settings_error(what, fix, key=key)
 
 
 def is_url_port(port: str) -> bool:
@@ -168,16 +176,11 @@ Suffix = Annotated[str, AfterValidator(_suffix)]
 Seconds = Annotated[float, Field(gt=0, le=3600)]
 
 
-class Section(BaseModel):
-    """Base of every table: strict types, no unknown keys, finite numbers unless stated."""
+class Section(DriverSettings):
+    """Base of every table: strict types, no unknown keys, finite numbers unless stated.
 
-    model_config = ConfigDict(
-        strict=True,
-        extra="forbid",
-        allow_inf_nan=False,
-        validate_assignment=True,
-        use_attribute_docstrings=False,
-    )
+    The drivers' settings models have the same base, so their tables follow the same rules.
+    """
 
 
 # --- top-level sections -------------------------------------------------------------------------
@@ -503,50 +506,6 @@ def _unique_by(items: list[Any], attr: str, where: str, label: str) -> None:
                 key=f"{where}[{i}].{attr}",
             )
         seen[value] = i
-
-
-class Newport1830cSettings(Section):
-    """``[instruments.newport1830c]``: power meter settings applied when it connects."""
-
-    wavelength_nm: int | None = Field(
-        None, ge=300, le=1100, description="Calibration wavelength (300-1100 nm); unset: keep."
-    )
-    range: int | None = Field(
-        None, ge=0, le=8, description="Range 1-8, or 0 for auto range; unset: keep."
-    )
-    filter: Literal["slow", "medium", "fast"] | None = Field(
-        None, description="Averaging filter (`F1`-`F3`); unset: keep."
-    )
-    units: Literal["W", "dBm", "dB", "REL"] = Field(
-        "W", description="Reading units; drivers parse W readings most robustly."
-    )
-    attenuator: bool | None = Field(None, description="Attenuator in (`A1`) or out; unset: keep.")
-
-
-class MaiTaiSettings(Section):
-    """``[instruments.maitai]``: laser limits and the unit's reply terminator."""
-
-    wavelength_limits: list[float] = Field(
-        [690.0, 1040.0],
-        min_length=2,
-        max_length=2,
-        description="[low, high] nm a plan may tune to, inside the laser's 690-1040 nm.",
-    )
-    reply_terminator: Literal["LF", "CR", "CRLF"] = Field(
-        "LF", description="Terminator of the unit's replies (varies by firmware)."
-    )
-
-    @field_validator("wavelength_limits")
-    @classmethod
-    def _inside_tuning_range(cls, limits: list[float]) -> list[float]:
-        low, high = limits
-        if not 690 <= low < high <= 1040:
-            raise bad(
-                f"wavelength_limits [{low:g}, {high:g}] are not an increasing pair inside "
-                "690-1040 nm",
-                "write [low, high] with 690 <= low < high <= 1040, e.g. [700, 1000]",
-            )
-        return limits
 
 
 def _hex_address(value: Any) -> Any:
@@ -990,6 +949,25 @@ def _port(value: str) -> str:
 Port = Annotated[str, AfterValidator(_text), AfterValidator(_port)]
 
 
+def _driver_table(
+    cls: type[InstrumentBase],
+    value: Any,
+    handler: ValidatorFunctionWrapHandler,
+    info: ValidationInfo,
+) -> Any:
+    """A declared driver's table, validated for the stack its entry runs on.
+
+    The entry's ``stack`` is validated before the table (it is a key of every entry), so a
+    ``stack = "legacy"`` entry may keep what only its legacy twin reads (``units = "dBm"``), and a
+    native or shadow entry is held to everything the native driver checks. Errors keep their
+    place in the file (``instruments[1].newport1830c.units``).
+    """
+    if not isinstance(value, Mapping):
+        return handler(value)  # a model instance, or the wrong type: the usual checks
+    model = cls.model_fields[str(info.field_name)].annotation
+    return model.for_stack(value, stack=info.data.get("stack", "native"))
+
+
 class SerialInstrument(InstrumentBase):
     """Keys of the instruments on a serial port."""
 
@@ -1089,6 +1067,8 @@ class Newport1830cInstrument(SerialInstrument):
         description=_legacy_only_description(Newport1830cLegacySettings),
     )
 
+    _newport1830c_for_stack = field_validator("newport1830c", mode="wrap")(_driver_table)
+
     @model_validator(mode="after")
     def _no_rtscts(self) -> Newport1830cInstrument:
         if self.flow_control == "rtscts":
@@ -1113,6 +1093,8 @@ class MaiTaiInstrument(SerialInstrument):
         default_factory=MaiTaiLegacySettings,
         description=_legacy_only_description(MaiTaiLegacySettings),
     )
+
+    _maitai_for_stack = field_validator("maitai", mode="wrap")(_driver_table)
 
     def _simulator_defaults(self) -> dict[str, Any]:
         return {"reply_terminator": self.maitai.reply_terminator}

@@ -50,6 +50,13 @@ _EXPORTS: dict[str, str] = {
     "ExposureMode": "pvcam_backend",
     "InstrumentWorker": "_base",
     "InstrumentSignal": "_base",
+    "DriverSettings": "_registry",
+    "DriverSpec": "_registry",
+    "for_native_stack": "_registry",
+    "register_driver": "_registry",
+    "registered_drivers": "_registry",
+    "settings_error": "_registry",
+    "validate_settings": "_registry",
 }
 
 __all__ = sorted(_EXPORTS)

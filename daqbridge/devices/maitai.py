@@ -13,7 +13,7 @@ What the real laser does that shapes this driver (INSTRUMENTS.md, "MaiTai"):
   where it is: the readback is always the latter; the former only confirms, right after the
   command, that the laser took it (a target it refused fails the move at once, with what
   ``SYSTEM:ERR?`` says, instead of after ``tune_timeout``).
-* Units differ in tuning range (690-1040 nm, 710-990 nm, older 750-850 nm): the laser's own
+* Units differ in tuning range (:data:`TUNING_RANGE_NM`, 710-990 nm, older 750-850 nm): its own
   ``WAVELENGTH:MIN?``/``MAX?`` are read at connect and the move limits are their intersection
   with the profile's ``wavelength_limits``.
 * The shutter can silently ignore ``SHUTTER 1`` (front-panel/local mode, open interlock): every
@@ -22,6 +22,11 @@ What the real laser does that shapes this driver (INSTRUMENTS.md, "MaiTai"):
   percentage, instead of leaving the scientist wondering why there is no light.
 * Reply terminators vary by unit and firmware: the configured one is used to frame replies and
   a unit that ends its replies differently is detected once and followed, with a warning.
+
+The laser's tuning range and reply terminators are written once, below; :class:`MaiTaiSettings`
+(the profile's ``[instruments.maitai]`` table) is declared from them, the constructor validates
+through it, and the module registers it (:func:`daqbridge.devices.register_driver`), so
+``config check`` and start-up cannot disagree.
 
 Threads: every exchange runs on the laser's :class:`InstrumentWorker`. A wavelength move runs its
 polling loop on a second thread that hands each poll to the worker, so the worker stays free
@@ -37,12 +42,13 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from ophyd import Component as Cpt
 from ophyd import Device, Kind
 from ophyd.positioner import PositionerBase
 from ophyd.status import MoveStatus, StatusBase
+from pydantic import Field, field_validator
 
 from daqbridge.devices._base import (
     InstrumentSignal,
@@ -53,6 +59,12 @@ from daqbridge.devices._base import (
     check_number,
     fail_status,
     finish_status,
+)
+from daqbridge.devices._registry import (
+    DriverSettings,
+    register_driver,
+    settings_error,
+    validate_settings,
 )
 from daqbridge.errors import (
     ConfigError,
@@ -68,9 +80,11 @@ from daqbridge.transport import SerialPortPool, SharedSerialPort, default_pool
 __all__ = [
     "MaiTaiDiagnostics",
     "MaiTaiLaser",
+    "MaiTaiSettings",
     "MaiTaiWavelength",
     "TUNING_RANGE_NM",
     "REPLY_TERMINATORS",
+    "build",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,6 +93,7 @@ TUNING_RANGE_NM = (690.0, 1040.0)
 """What the laser itself accepts; profiles may only narrow it."""
 
 REPLY_TERMINATORS = {"LF": b"\n", "CR": b"\r", "CRLF": b"\r\n"}
+"""The terminators units end their replies with (varies by firmware), by profile name."""
 
 _IDENTITY_MARK = "maitai"
 _POLL_BACKOFF = (0.0, 0.005, 0.01, 0.02)
@@ -123,6 +138,34 @@ def _parse_quantity(text: str, unit: str, *, what: str, instrument: str, resourc
 def _format_nm(nm: float) -> str:
     # Whole numbers go out as the manual writes them ("WAVELENGTH 820"); a tenth is kept otherwise.
     return str(int(round(nm))) if abs(nm - round(nm)) < 1e-9 else f"{nm:.1f}"
+
+
+class MaiTaiSettings(DriverSettings):
+    """``[instruments.maitai]``: laser limits and the unit's reply terminator."""
+
+    wavelength_limits: list[float] = Field(
+        list(TUNING_RANGE_NM),
+        min_length=2,
+        max_length=2,
+        description=f"[low, high] nm a plan may tune to, inside the laser's "
+        f"{TUNING_RANGE_NM[0]:g}-{TUNING_RANGE_NM[1]:g} nm.",
+    )
+    reply_terminator: Literal[tuple(REPLY_TERMINATORS)] = Field(  # type: ignore[valid-type]
+        "LF", description="Terminator of the unit's replies (varies by firmware)."
+    )
+
+    @field_validator("wavelength_limits")
+    @classmethod
+    def _inside_tuning_range(cls, limits: list[float]) -> list[float]:
+        low, high = limits
+        lo, hi = TUNING_RANGE_NM
+        if not lo <= low < high <= hi:
+            raise settings_error(
+                f"wavelength_limits [{low:g}, {high:g}] are not an increasing pair inside "
+                f"{lo:g}-{hi:g} nm",
+                f"write [low, high] with {lo:g} <= low < high <= {hi:g}, e.g. [700, 1000]",
+            )
+        return limits
 
 
 @dataclass(frozen=True)
@@ -346,8 +389,9 @@ def _delays(cap: float):
 class MaiTaiLaser(Device):
     """A MaiTai laser on one serial port.
 
-    Parameters mirror the lab profile (``[instruments.maitai]``): ``wavelength_limits`` narrow the
-    690-1040 nm tuning range, ``reply_terminator`` is the unit's ("LF", "CR" or "CRLF"),
+    Parameters mirror the lab profile (``[instruments.maitai]``, checked by
+    :class:`MaiTaiSettings`): ``wavelength_limits`` narrow the tuning range
+    (:data:`TUNING_RANGE_NM`), ``reply_terminator`` is the unit's ("LF", "CR" or "CRLF"),
     ``reply_timeout`` the longest a reply may take (the laser can take 2 s).
     """
 
@@ -394,19 +438,22 @@ class MaiTaiLaser(Device):
                 fix="open it with SerialPortPool.open(url) or use MaiTaiLaser.from_url(url).",
             )
         self.port = port
-        self.wavelength_limits = _check_limits(wavelength_limits, name)
+        settings = validate_settings(
+            MaiTaiSettings,
+            {
+                # A pair in any sequence from Python; the profile's TOML array is a list.
+                "wavelength_limits": list(wavelength_limits)
+                if isinstance(wavelength_limits, tuple)
+                else wavelength_limits,
+                "reply_terminator": reply_terminator,
+            },
+            instrument=name,
+        )
+        low, high = settings.wavelength_limits
+        self.wavelength_limits = (low, high)
         """What the profile lets plans request (the lab's optics)."""
         self._laser_limits: tuple[float, float] | None = None
-        if not isinstance(reply_terminator, str) or reply_terminator.upper() not in (
-            REPLY_TERMINATORS
-        ):
-            raise ConfigError(
-                f"reply_terminator {reply_terminator!r} is not one of LF, CR, CRLF.",
-                key="reply_terminator",
-                instrument=name,
-                fix='set reply_terminator = "LF", "CR" or "CRLF" (what the unit sends).',
-            )
-        self.reply_terminator = reply_terminator.upper()
+        self.reply_terminator = settings.reply_terminator
         self._write_term = REPLY_TERMINATORS[self.reply_terminator]
         self._read_term = self._write_term[-1:]
         self.reply_timeout = _positive(reply_timeout, "reply_timeout", name)
@@ -979,27 +1026,6 @@ class MaiTaiLaser(Device):
         return None
 
 
-def _check_limits(limits: Any, name: str) -> tuple[float, float]:
-    try:
-        low, high = (float(v) for v in limits)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"wavelength_limits must be [low, high] in nm, got {limits!r}.",
-            key="wavelength_limits",
-            instrument=name,
-        ) from None
-    lo, hi = TUNING_RANGE_NM
-    if not (lo <= low < high <= hi):
-        raise ConfigError(
-            f"wavelength_limits [{low:g}, {high:g}] are not an increasing pair inside "
-            f"{lo:g}-{hi:g} nm.",
-            key="wavelength_limits",
-            instrument=name,
-            fix="write [low, high] with 690 <= low < high <= 1040.",
-        )
-    return (low, high)
-
-
 def _positive(value: Any, key: str, name: str, *, zero: bool = False) -> float:
     ok = (
         not isinstance(value, bool)
@@ -1049,3 +1075,22 @@ def _on_off(value: Any, name: str) -> int:
         value=value,
         fix="use 1 or 'on' for emission on, 0 or 'off' for off.",
     )
+
+
+def build(
+    port: SharedSerialPort, *, name: str, settings: MaiTaiSettings, timeout: float
+) -> MaiTaiLaser:
+    """The laser of one profile entry, not connected (the runtime connects it); the entry's
+    ``timeout`` is how long a reply may take."""
+    return MaiTaiLaser(
+        port,
+        name=name,
+        wavelength_limits=tuple(settings.wavelength_limits),
+        reply_terminator=settings.reply_terminator,
+        reply_timeout=timeout,
+    )
+
+
+register_driver(
+    "maitai", settings=MaiTaiSettings, build=build, simulator="maitai", legacy_twin="maitai"
+)

@@ -4,7 +4,8 @@ Why it is built this way (wire facts from INSTRUMENTS.md, "Newport 1830-C"):
 
 * The meter is not SCPI and has no ``*IDN?``. Identity is judged from the *shape* of two
   replies no other instrument on the lab's ports gives together: ``W?`` answers the calibration
-  wavelength as 3-4 bare digits within 300-1100 (``0800``), and ``U?`` (after ``U1``) answers the
+  wavelength as 3-4 bare digits within :data:`WAVELENGTH_RANGE_NM` (``0800``), and ``U?`` (after
+  ``U1``) answers the
   single digit ``1``. Silence or anything else is refused with :class:`IdentityMismatch`, the
   replies shown.
 * ``E0`` and ``U1`` are forced at connect: echo left on by another program has corrupted real
@@ -27,6 +28,10 @@ Why it is built this way (wire facts from INSTRUMENTS.md, "Newport 1830-C"):
   take ``W633`` (see the simulator's docstring for the sources).
 * All I/O runs on the meter's :class:`InstrumentWorker`; ``trigger()`` returns at once and its
   status finishes when the fresh reading is stored.
+* The meter's facts (wavelength range, ranges, filters, units) are written once, below, and
+  :class:`Newport1830cSettings` (the profile's ``[instruments.newport1830c]`` table) is declared
+  from them. The constructor validates through that model and the module registers it
+  (:func:`daqbridge.devices.register_driver`), so ``config check`` and start-up cannot disagree.
 """
 
 from __future__ import annotations
@@ -34,14 +39,22 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import Any
+from typing import Any, Literal
 
 from ophyd import Component as Cpt
 from ophyd import Device, Kind
 from ophyd.status import Status
 from ophyd.status import wait as status_wait
+from pydantic import Field, ValidationInfo, field_validator
 
 from daqbridge.devices._base import InstrumentSignal, InstrumentWorker, check_number
+from daqbridge.devices._registry import (
+    DriverSettings,
+    for_native_stack,
+    register_driver,
+    settings_error,
+    validate_settings,
+)
 from daqbridge.errors import (
     ConfigError,
     IdentityMismatch,
@@ -55,12 +68,24 @@ from daqbridge.errors import (
 from daqbridge.transport import SerialLease, SerialPortPool, SharedSerialPort, default_pool
 
 __all__ = [
+    "ATTENUATOR_RANGE",
+    "FAULT_WORDS",
     "FILTERS",
     "MAX_READING_W",
+    "METER_UNITS",
+    "NATIVE_UNITS",
+    "POWER_REPLY",
+    "RANGE_RANGE",
+    "STATUS_REPLY",
     "STATUS_BUSY",
     "STATUS_OVER_RANGE",
     "STATUS_SATURATED",
+    "UNITS_WATTS",
+    "WAVELENGTH_RANGE_NM",
+    "WAVELENGTH_REPLY",
     "Newport1830C",
+    "Newport1830cSettings",
+    "build",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,10 +93,23 @@ log = logging.getLogger(__name__)
 FILTERS: dict[str, int] = {"slow": 1, "medium": 2, "fast": 3}
 """Averaging filter names and their ``F`` codes."""
 
-_POWER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-_WAVELENGTH_REPLY = re.compile(r"\d{3,4}")
-_FAULT_WORDS = ("OVER", "UNDER", "SAT", "ERR")
-_STATUS = re.compile(r"\d{1,3}")
+WAVELENGTH_RANGE_NM = (300, 1100)
+"""Calibration wavelengths the meter takes (``W0300``-``W1100``) and answers to ``W?``."""
+RANGE_RANGE = (0, 8)
+"""``R0`` auto range, ``R1``-``R8`` fixed ranges."""
+ATTENUATOR_RANGE = (0, 1)
+"""``A0`` attenuator out, ``A1`` in."""
+UNITS_WATTS = 1
+"""``U1``: W, the one mode whose ``D?`` replies have an unambiguous number format."""
+METER_UNITS = ("W", "dBm", "dB", "REL")
+"""Every unit the meter reads in, ``U1``-``U4`` in this order; the legacy driver reads all four."""
+NATIVE_UNITS = (METER_UNITS[UNITS_WATTS - 1],)
+"""What this driver reads in: W only (``E0``/``U1`` are forced at connect, module docstring)."""
+
+POWER_REPLY = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+WAVELENGTH_REPLY = re.compile(r"\d{3,4}")
+FAULT_WORDS = ("OVER", "UNDER", "SAT", "ERR")
+STATUS_REPLY = re.compile(r"\d{1,3}")
 STATUS_SATURATED = 4
 STATUS_OVER_RANGE = 8
 STATUS_BUSY = 32
@@ -82,6 +120,45 @@ MAX_READING_W = 25.0
 """The most the meter can display, either sign: the top range R8 (25 mW) with the attenuator in
 (x1000). Above its range the meter answers OVER, so a larger number (an exponent that overflows a
 float, the 9.91E37 "not a number" of SCPI instruments) did not come from a working 1830-C."""
+
+
+class Newport1830cSettings(DriverSettings):
+    """``[instruments.newport1830c]``: power meter settings applied when it connects."""
+
+    wavelength_nm: int | None = Field(
+        None,
+        ge=WAVELENGTH_RANGE_NM[0],
+        le=WAVELENGTH_RANGE_NM[1],
+        description=f"Calibration wavelength ({WAVELENGTH_RANGE_NM[0]}-{WAVELENGTH_RANGE_NM[1]} "
+        "nm); unset: keep.",
+    )
+    range: int | None = Field(
+        None,
+        ge=RANGE_RANGE[0],
+        le=RANGE_RANGE[1],
+        description=f"Range 1-{RANGE_RANGE[1]}, or {RANGE_RANGE[0]} for auto range; unset: keep.",
+    )
+    filter: Literal[tuple(FILTERS)] | None = Field(  # type: ignore[valid-type]
+        None, description="Averaging filter (`F1`-`F3`); unset: keep."
+    )
+    units: Literal[METER_UNITS] = Field(  # type: ignore[valid-type]
+        "W", description="Reading units; drivers parse W readings most robustly."
+    )
+    attenuator: bool | None = Field(None, description="Attenuator in (`A1`) or out; unset: keep.")
+
+    @field_validator("units")
+    @classmethod
+    def _native_reads_watts(cls, units: str, info: ValidationInfo) -> str:
+        # The legacy driver reads every unit; this one parses W replies only. Refused here, so a
+        # profile that would fail at start-up fails `config check` instead, in the same words.
+        if units not in NATIVE_UNITS and for_native_stack(info):
+            raise settings_error(
+                f"units {units!r} are not supported by the native 1830-C driver; it reads in W "
+                "(U1), the only mode with an unambiguous number format",
+                'set units = "W" (convert to dBm in analysis if needed), or run the meter on '
+                'the legacy stack (stack = "legacy"), whose driver reads every unit',
+            )
+        return units
 
 
 class _MeterSetting(InstrumentSignal):
@@ -127,7 +204,9 @@ class Newport1830C(Device):
     ``power`` (W, hinted) is refreshed by ``trigger()``; ``wavelength`` (nm), ``range``
     (0 = auto, 1-8), ``filter`` (1 slow, 2 medium, 3 fast) and ``attenuator`` (0/1) are
     configuration, settable with ``set()``/``bps.mv`` and read back from the meter.
-    Constructor settings left at None keep what the meter has.
+    Constructor settings left at None keep what the meter has; they are the profile's
+    ``[instruments.newport1830c]`` keys, checked by :class:`Newport1830cSettings` (a ConfigError
+    naming the key and the fix, as ``config check`` prints it).
     """
 
     power = Cpt(_PowerReading, value=math.nan, units="W", kind=Kind.hinted)
@@ -143,7 +222,7 @@ class Newport1830C(Device):
         name: str,
         wavelength_nm: int | None = None,
         range: int | None = None,
-        filter: int | str | None = None,
+        filter: str | None = None,
         attenuator: bool | None = None,
         units: str = "W",
         timeout: float = 1.0,
@@ -158,13 +237,17 @@ class Newport1830C(Device):
                 fix="open it with SerialPortPool.open(url, baudrate=9600), or use "
                 "Newport1830C.from_url(url, name=...).",
             )
-        if units != "W":
-            raise ConfigError(
-                f"1830-C {name!r}: units {units!r} are not supported by the native driver; it "
-                "reads in W (U1), the only mode with an unambiguous number format.",
-                key="units",
-                fix='set units = "W" (convert to dBm in analysis if needed).',
-            )
+        settings = validate_settings(
+            Newport1830cSettings,
+            {
+                "wavelength_nm": wavelength_nm,
+                "range": range,
+                "filter": filter,
+                "attenuator": attenuator,
+                "units": units,
+            },
+            instrument=name,
+        )
         self.port = port
         self.timeout = check_number(timeout, instrument=name, what="reply timeout (s)", low=0.001)
         self.lease_timeout = float(
@@ -172,10 +255,10 @@ class Newport1830C(Device):
         )
         self._initial: list[tuple[str, str]] = []
         for letter, value in (
-            ("W", wavelength_nm),
-            ("R", range),
-            ("F", filter),
-            ("A", attenuator),
+            ("W", settings.wavelength_nm),
+            ("R", settings.range),
+            ("F", settings.filter),
+            ("A", settings.attenuator),
         ):
             if value is not None:
                 self._initial.append((letter, self._setting_command(letter, value)))
@@ -216,13 +299,20 @@ class Newport1830C(Device):
     def _setting_command(self, letter: str, value: Any) -> str:
         name = self.name
         if letter == "W":
+            low, high = WAVELENGTH_RANGE_NM
             nm = check_number(
-                value, instrument=name, what="wavelength (nm)", low=300, high=1100, integer=True
+                value, instrument=name, what="wavelength (nm)", low=low, high=high, integer=True
             )
             return f"W{nm:04d}"
         if letter == "R":
+            low, high = RANGE_RANGE
             r = check_number(
-                value, instrument=name, what="range (0 = auto, 1-8)", low=0, high=8, integer=True
+                value,
+                instrument=name,
+                what="range (0 = auto, 1-8)",
+                low=low,
+                high=high,
+                integer=True,
             )
             return f"R{r}"
         if letter == "F":
@@ -252,8 +342,8 @@ class Newport1830C(Device):
                 value,
                 instrument=name,
                 what="attenuator (0 out, 1 in)",
-                low=0,
-                high=1,
+                low=ATTENUATOR_RANGE[0],
+                high=ATTENUATOR_RANGE[1],
                 integer=True,
             )
             return f"A{a}"
@@ -283,7 +373,7 @@ class Newport1830C(Device):
 
     def _verify(self, lease: SerialLease) -> None:
         self._write(lease, "E0")
-        self._write(lease, "U1")
+        self._write(lease, f"U{UNITS_WATTS}")
         answers = []
         try:
             w = self._query(lease, "W?")
@@ -293,12 +383,16 @@ class Newport1830C(Device):
         except InstrumentTimeout:
             answers.append("then nothing")
             w = u = None
+        low, high = WAVELENGTH_RANGE_NM
         if not (
-            w is not None and _WAVELENGTH_REPLY.fullmatch(w) and 300 <= int(w) <= 1100 and u == "1"
+            w is not None
+            and WAVELENGTH_REPLY.fullmatch(w)
+            and low <= int(w) <= high
+            and u == str(UNITS_WATTS)
         ):
             raise IdentityMismatch(
                 "no Newport 1830-C answered: after E0 and U1 it must reply to W? with a "
-                f"wavelength of 3-4 digits in 300-1100 and to U? with 1; got "
+                f"wavelength of 3-4 digits in {low}-{high} and to U? with 1; got "
                 f"{'; '.join(answers) or 'nothing'}.",
                 instrument=self.name,
                 resource=self.port.url,
@@ -471,7 +565,7 @@ class Newport1830C(Device):
         self.power.update(watts)
 
     def _check_status(self, status: str, reply: str) -> None:
-        if not (_STATUS.fullmatch(status) and int(status) <= 255):
+        if not (STATUS_REPLY.fullmatch(status) and int(status) <= 255):
             raise ReplyError(
                 "reply to 'Q?' is not a status byte (0-255)",
                 reply=status,
@@ -496,10 +590,10 @@ class Newport1830C(Device):
 
     def _parse_power(self, reply: str) -> float:
         upper = reply.upper()
-        for word in _FAULT_WORDS:
+        for word in FAULT_WORDS:
             if word in upper:
                 raise self._range_fault(word, reply)
-        if _POWER.fullmatch(reply):
+        if POWER_REPLY.fullmatch(reply):
             watts = float(reply)
             if math.isfinite(watts) and abs(watts) <= MAX_READING_W:
                 return watts
@@ -568,3 +662,19 @@ class Newport1830C(Device):
     def destroy(self) -> None:
         self.close()
         super().destroy()
+
+
+def build(
+    port: SharedSerialPort, *, name: str, settings: Newport1830cSettings, timeout: float
+) -> Newport1830C:
+    """The meter of one profile entry, not connected (the runtime connects it)."""
+    return Newport1830C(port, name=name, timeout=timeout, **settings.model_dump())
+
+
+register_driver(
+    "newport1830c",
+    settings=Newport1830cSettings,
+    build=build,
+    simulator="newport1830c",
+    legacy_twin="newport_1830c",
+)

@@ -10,6 +10,10 @@ Why it is built this way:
   reported per instrument with its port, and the whole start-up can be undone in order.
 * Profile settings are passed by keyword. A setting the driver's constructor does not take is
   never silently dropped: it is recorded as a note shown by ``status()`` and logged.
+* A driver that declared itself (``daqbridge.devices.register_driver``: the 1830-C, the MaiTai)
+  is built by its own ``build`` from its validated table (``build_declared``): the table's model
+  is the constructor's contract, so nothing can be dropped and there are no notes. Its settings
+  are checked again before its port opens, for an entry that skipped validation (``model_copy``).
 * Legacy instruments are built through the legacy stack's own registry
   (``daqbridge.legacy.register_driver``), with the per-type options validated by that driver's
   options model, exactly as a legacy configuration file would be.
@@ -40,6 +44,7 @@ from daqbridge.config import (
     ScpiInstrument,
     SerialInstrument,
 )
+from daqbridge.devices import registered_drivers, validate_settings
 from daqbridge.errors import ConfigError, DaqbridgeError, InstrumentError
 
 if TYPE_CHECKING:
@@ -338,46 +343,28 @@ def build_esp300(inst: Esp300Instrument, ctx: BuildContext) -> NativeInstrument:
     )
 
 
-def build_newport1830c(inst: Newport1830cInstrument, ctx: BuildContext) -> NativeInstrument:
-    cls = driver_class("newport1830c", *NATIVE_DRIVERS["newport1830c"], instrument=inst.id)
-    notes: list[str] = []
-    s = inst.newport1830c
+def build_declared(inst: SerialInstrument, ctx: BuildContext) -> NativeInstrument:
+    """The device of a serial driver that declared itself, built by the driver's own ``build``."""
+    spec = registered_drivers().get(inst.driver)
+    if spec is None:
+        raise ConfigError(
+            f"the native {inst.driver} driver has not declared itself.",
+            instrument=inst.id,
+            key="driver",
+            fix="update daqbridge; disable the instrument meanwhile (enabled = false).",
+        )
+    # The profile validated the table for this entry's stack; an entry copied onto the native
+    # stack without validation (``config switch`` previews) is held to the native rules here,
+    # before its port opens, in the words ``config check`` uses.
+    settings = validate_settings(
+        spec.settings,
+        inst.settings.model_dump(exclude_unset=True),
+        instrument=inst.id,
+    )
     port = ctx.open_port(inst)
-    meter = construct(
-        cls,
-        port,
-        name=inst.id,
-        wavelength_nm=s.wavelength_nm,
-        range=s.range,
-        filter=s.filter,
-        attenuator=s.attenuator,
-        units=s.units,
-        timeout=inst.timeout,
-        notes=notes,
-        what=inst.id,
-    )
+    device = spec.build(port, name=inst.id, settings=settings, timeout=inst.timeout)
     return NativeInstrument(
-        inst.id, inst.driver, port.url, meter, {inst.id: meter}, meter.connect, notes
-    )
-
-
-def build_maitai(inst: MaiTaiInstrument, ctx: BuildContext) -> NativeInstrument:
-    cls = driver_class("maitai", *NATIVE_DRIVERS["maitai"], instrument=inst.id)
-    notes: list[str] = []
-    s = inst.maitai
-    port = ctx.open_port(inst)
-    laser = construct(
-        cls,
-        port,
-        name=inst.id,
-        wavelength_limits=tuple(s.wavelength_limits),
-        reply_terminator=s.reply_terminator,
-        reply_timeout=inst.timeout,
-        notes=notes,
-        what=inst.id,
-    )
-    return NativeInstrument(
-        inst.id, inst.driver, port.url, laser, {inst.id: laser}, laser.connect, notes
+        inst.id, inst.driver, port.url, device, {inst.id: device}, device.connect
     )
 
 
@@ -485,8 +472,8 @@ def build_epics(inst: EpicsInstrument, ctx: BuildContext) -> NativeInstrument:
 
 for _driver, _builder in (
     ("esp300", build_esp300),
-    ("newport1830c", build_newport1830c),
-    ("maitai", build_maitai),
+    ("newport1830c", build_declared),
+    ("maitai", build_declared),
     ("elliptec", build_elliptec),
     ("scpi", build_scpi),
     ("pvcam", build_pvcam),

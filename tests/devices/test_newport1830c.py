@@ -112,9 +112,11 @@ def test_bad_values_are_refused_before_the_wire(meter, signal, value):
 
 
 def test_bad_constructor_settings(serial_pool):
+    """Constructor settings are the profile's keys, refused as the profile check refuses them
+    (tests/config/test_driver_settings.py proves the two agree)."""
     with serve_pty("newport1830c") as server:
         port = serial_pool.open(server.path, baudrate=9600)
-        with pytest.raises(ValueRejected, match="wavelength"):
+        with pytest.raises(ConfigError, match="wavelength"):
             Newport1830C(port, name="pm", wavelength_nm=2000)
         with pytest.raises(ConfigError, match="units"):
             Newport1830C(port, name="pm", units="dBm")

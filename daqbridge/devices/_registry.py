@@ -1,0 +1,179 @@
+"""Each native driver declares itself: profile name, settings model, builder, simulator, twin.
+
+Why this exists: the lab profile (``daqbridge.config``) and the drivers each held their own copy of
+an instrument's rules (the 1830-C's 300-1100 nm, the units it reads), so ``config check`` could
+accept a profile the driver then refused at start-up, after the simulators and the catalog had
+started. Now a driver module holds its instrument's facts once, declares the settings model of its
+``[instruments.<driver>]`` table from them, validates its own constructor through that model, and
+registers a :class:`DriverSpec`; the profile is composed from the registered models. Whatever the
+model accepts the device accepts, and the other way round.
+
+The registry lives in the devices layer, so a driver never imports ``daqbridge.config``; it names
+its simulator and its legacy twin by string only (the simulators and the legacy stack are other
+layers, and the driver must not load them).
+
+Stacks: a profile entry's table is shared by the native driver and, for ``stack = "legacy"``, by
+the legacy twin, whose rules may be wider (the legacy 1830-C driver reads dBm). A model states a
+native-only rule in a validator guarded by :func:`for_native_stack`; the profile validates each
+entry's table with the entry's stack in the validation context (:meth:`DriverSettings.for_stack`),
+and anything else (a device constructor, a bare ``model_validate``) gets the native reading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Self, TypeVar
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, ValidationInfo
+from pydantic_core import PydanticCustomError
+
+from daqbridge.errors import ConfigError
+
+__all__ = [
+    "DriverSettings",
+    "DriverSpec",
+    "for_native_stack",
+    "register_driver",
+    "registered_drivers",
+    "settings_error",
+    "validate_settings",
+]
+
+S = TypeVar("S", bound="DriverSettings")
+
+STACK = "stack"
+"""Validation-context key: the stack the entry runs on (``native``, ``legacy``, ``shadow``)."""
+
+
+def settings_error(what: str, fix: str, *, key: str | None = None) -> PydanticCustomError:
+    """A validation error carrying its own fix (and the sub-key it is about).
+
+    The profile loader turns it into an issue with file, line, key and fix. The text travels in
+    ``ctx`` rather than in the message template, so braces typed by the user
+    (``SOUR:VOLT {value}``) are never mistaken for template fields.
+    """
+    ctx: dict[str, Any] = {"what": what, "fix": fix}
+    if key is not None:
+        ctx["key"] = key
+    return PydanticCustomError("profile", "{what}", ctx)
+
+
+def for_native_stack(info: ValidationInfo) -> bool:
+    """Whether a table is being validated for the native driver.
+
+    False only when the profile validates the table of an entry with ``stack = "legacy"``: the
+    native driver never sees it. A shadow entry runs both drivers, so the native rules hold; no
+    context at all (the device constructor, a bare ``model_validate``) means native, the model's
+    strictest reading.
+    """
+    context = info.context if isinstance(info.context, Mapping) else {}
+    return context.get(STACK, "native") != "legacy"
+
+
+class DriverSettings(BaseModel):
+    """Base of a driver's settings model: strict types, no unknown keys, finite numbers.
+
+    The same rules as every table of the profile (its ``Section`` derives from this class),
+    because a profile is typed by hand: ``range = "5"`` or ``wavelenght_nm = 800`` must be caught
+    at the desk, not coerced or ignored.
+    """
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        allow_inf_nan=False,
+        validate_assignment=True,
+        use_attribute_docstrings=False,
+    )
+
+    @classmethod
+    def for_stack(cls, values: Mapping[str, Any], *, stack: str = "native") -> Self:
+        """Validate ``values`` as the table of an entry on ``stack`` (see module docstring)."""
+        return cls.model_validate(dict(values), strict=True, context={STACK: stack})
+
+
+def validate_settings(
+    model: type[S], values: Mapping[str, Any], *, instrument: str, stack: str = "native"
+) -> S:
+    """The settings a device constructor was given, checked by its driver's model.
+
+    The constructor and ``config check`` then refuse the same values with the same words (what,
+    key, fix); a refusal is a ConfigError, raised before any byte is sent.
+    """
+    try:
+        return model.for_stack(values, stack=stack)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(part) for part in err["loc"])
+        ctx = err.get("ctx") or {}
+        if err["type"] == "profile":
+            what, fix = str(ctx["what"]), str(ctx["fix"])
+            if ctx.get("key"):
+                key = f"{key}.{ctx['key']}" if key else str(ctx["key"])
+        else:
+            what = f"{err['msg'][:1].lower()}{err['msg'][1:]} (got {err.get('input')!r})"
+            fix = f"correct {key}: the reference of every key is docs/profile.md."
+        raise ConfigError(what, instrument=instrument, key=key or None, fix=fix) from None
+
+
+Build = Callable[..., Any]
+"""``build(port, *, name, settings, timeout) -> device``: a serial driver's device for one profile
+entry, built and not connected (the runtime connects it, so a failure names the instrument)."""
+
+
+@dataclass(frozen=True)
+class DriverSpec:
+    """What a native driver module declares about itself."""
+
+    driver: str
+    """The name profiles use: ``driver = "newport1830c"``."""
+    settings: type[DriverSettings]
+    """The model of its ``[instruments.<driver>]`` table; the constructor validates through it."""
+    build: Build
+    """Its device for one profile entry, from an open port and a validated settings table."""
+    simulator: str | None = None
+    """Its simulator kind (``daqbridge sim list``), by name: the devices never import the sims."""
+    legacy_twin: str | None = None
+    """The legacy driver type of the same instrument (``daqbridge.legacy.register_driver``)."""
+
+    @property
+    def module(self) -> str:
+        """The module that declared it (its one home)."""
+        return self.build.__module__
+
+
+_DRIVERS: dict[str, DriverSpec] = {}
+
+
+def register_driver(
+    driver: str,
+    *,
+    settings: type[DriverSettings],
+    build: Build,
+    simulator: str | None = None,
+    legacy_twin: str | None = None,
+    replace: bool = False,
+) -> DriverSpec:
+    """Declare a native driver; called by its module at import.
+
+    A second module claiming the same profile name is refused unless ``replace`` (two homes for
+    one instrument is the leak this registry closes); the same module importing again (a reload)
+    replaces its own entry.
+    """
+    spec = DriverSpec(driver, settings, build, simulator, legacy_twin)
+    old = _DRIVERS.get(driver)
+    if old is not None and old.module != spec.module and not replace:
+        raise ValueError(
+            f"native driver {driver!r} is already declared by {old.module}; pass replace=True "
+            "to override it on purpose"
+        )
+    _DRIVERS[driver] = spec
+    return spec
+
+
+def registered_drivers() -> Mapping[str, DriverSpec]:
+    """Every driver declared so far (the modules imported so far), by profile name."""
+    return MappingProxyType(dict(_DRIVERS))

@@ -1,0 +1,166 @@
+"""The base of wire devices: the instrument proved at connect, and proved again after a reopen.
+
+Why at connect: a profile that names the wrong port (the MaiTai's instead of the meter's) must
+fail before a run, with the replies shown, not record another instrument's numbers. Why again
+later: the transport reopens a lost port on the next lease (a USB adapter that dropped out) and
+counts opens in ``port.generation``; the instrument behind it may have been power-cycled into
+other settings (echo on, other units). So every transaction compares the generation its device
+was verified on with the port's, and on a change drains the line and runs the identity check
+again, in the same lease, before the caller's own command.
+
+Everything is a coroutine and the lease serialises bytes: a device owns no thread and no task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, ClassVar
+
+from ophyd_async.core import DeviceConnector, StandardReadable
+
+from daqbridge.devices._base import check_number
+from daqbridge.devices.core._exchange import Exchange
+from daqbridge.devices.core._transport import LeasedPort
+from daqbridge.errors import ConfigError, PortUnavailable, ValueRejected
+
+log = logging.getLogger(__name__)
+
+
+class WireDeviceConnector(DeviceConnector):
+    """Connect = prove the instrument (one lease), then connect the children (the signals)."""
+
+    async def connect_real(self, device: Any, timeout: float, force_reconnect: bool) -> None:
+        async with asyncio.timeout(timeout):
+            await device.connect_wire()
+        await super().connect_real(device, timeout, force_reconnect)
+
+
+class WireDevice(StandardReadable):
+    """A StandardReadable on one leased port; subclasses say how the instrument proves itself.
+
+    Subclasses set ``model`` (named in every descriptor ``source``: ``"1830-C <port> D?"``) and
+    implement :meth:`identify` (raise IdentityMismatch unless the replies prove the instrument)
+    and, if needed, :meth:`prepare` (profile settings and read-backs at connect, same lease).
+    """
+
+    model: ClassVar[str] = "instrument"
+    terminator: ClassVar[bytes] = b"\n"
+
+    def __init__(
+        self,
+        port: LeasedPort,
+        *,
+        name: str = "",
+        timeout: float = 1.0,
+        lease_timeout: float = 5.0,
+    ) -> None:
+        if not isinstance(port, LeasedPort):
+            raise ConfigError(
+                f"{self.model} {name!r} needs a port with async leases (url, generation, "
+                f"async_lease), got {type(port).__name__}.",
+                key="port",
+                fix="open it with SerialPortPool.open(url, baudrate=...), or pass an object "
+                "with the same interface (ReplayPort in tests).",
+            )
+        self.port = port
+        self.reply_timeout = float(timeout)
+        self.lease_timeout = float(lease_timeout)
+        self.verified_generation: int | None = None
+        """The port generation the identity was last proved on; None before connect."""
+        super().__init__(name=name, connector=WireDeviceConnector())
+
+    # --- what subclasses provide ----------------------------------------------------------------
+
+    async def identify(self, x: Exchange) -> None:
+        """Raise IdentityMismatch unless the replies prove the instrument (and set its modes)."""
+        raise NotImplementedError
+
+    async def prepare(self, x: Exchange) -> None:
+        """Connect-time work after the identity, in the same lease (profile settings)."""
+
+    # --- connection -----------------------------------------------------------------------------
+
+    async def connect_wire(self) -> None:
+        """Identity and preparation in one lease: nothing else gets in between."""
+        async with self._lease(verify=False) as x:
+            await self._verify(x)
+            await self.prepare(x)
+
+    async def _verify(self, x: Exchange) -> None:
+        await self.identify(x)
+        await x.flush()
+        self.verified_generation = self.port.generation
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Exchange]:
+        """One lease; re-verifies the instrument first if the port was reopened since."""
+        async with self._lease(verify=True) as x:
+            yield x
+
+    @asynccontextmanager
+    async def _lease(self, *, verify: bool) -> AsyncIterator[Exchange]:
+        port = self.port
+        try:
+            async with port.async_lease(self.name or self.model, self.lease_timeout) as lease:
+                x = Exchange(
+                    lease,
+                    instrument=self.name,
+                    resource=port.url,
+                    terminator=self.terminator,
+                    timeout=self.reply_timeout,
+                )
+                if verify and self.verified_generation not in (None, port.generation):
+                    log.info(
+                        "%s %s: port %s was reopened; re-verifying", self.model, self.name, port.url
+                    )
+                    await lease.drain()
+                    await self._verify(x)
+                    x.sent.clear()
+                yield x
+                await x.flush()
+        except PortUnavailable as exc:
+            if exc.instrument is not None:
+                raise
+            raise PortUnavailable(
+                port.url, exc.reason, pid=exc.pid, fix=exc.fix, instrument=self.name
+            ) from None
+
+    def set_name(self, name: str, *, child_name_separator: str | None = None) -> None:
+        """Children joined with ``_`` whatever the caller asks (``init_devices`` says ``-``).
+
+        The data keys must be the v1 devices' (``pm_power``): the catalog, plans and shadow mode
+        find a quantity by its key, whichever stack recorded it.
+        """
+        super().set_name(name, child_name_separator="_")
+
+    # --- helpers for drivers --------------------------------------------------------------------
+
+    def check_number(
+        self, value: Any, *, what: str, low: float, high: float, integer: bool = False
+    ) -> float:
+        """Validate a number before any byte is sent; the error names instrument, port, limits."""
+        try:
+            return check_number(
+                value, instrument=self.name, what=what, low=low, high=high, integer=integer
+            )
+        except ValueRejected as exc:
+            raise ValueRejected(
+                exc.what,
+                value=exc.value,
+                limit=exc.limit,
+                instrument=self.name,
+                resource=self.port.url,
+                fix=exc.fix or f"give a number between {low} and {high}.",
+            ) from None
+
+    def source_for(self, command: str) -> str:
+        """The descriptor ``source`` of a value read with ``command``: model, port, command."""
+        return f"{self.model} {self.port.url} {command}"
+
+    def rejected(self, what: str, value: Any, fix: str | None = None) -> ValueRejected:
+        return ValueRejected(
+            what, value=value, instrument=self.name, resource=self.port.url, fix=fix
+        )
