@@ -1,12 +1,14 @@
 """Run every benchmark and print one table of ratios against their targets.
 
-    python -m benchmarks [--only resources,scan] [--markdown] [--venv DIR]
+    python -m benchmarks [--only resources,scan] [--markdown] [--venv DIR] [--full]
 
 Each ``benchmarks/bench_*.py`` module exposes ``run() -> list[dict]`` with rows
 ``{name, value, unit, target, ratio, ok}``. Figures are measured side by side in one run, as
 ratios, because absolute times on a shared machine swing by 2x between runs; a ratio of two
 things measured together is what stays comparable. A benchmark that fails to run is reported as
-a row, not a crash, so one broken piece does not hide the others' figures.
+a row, not a crash, so one broken piece does not hide the others' figures. Benchmarks with a
+long form run their quick form unless ``--full`` is given (bench_experiments: minutes at the
+hardware's own speed).
 """
 
 from __future__ import annotations
@@ -54,9 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--venv", help="the venv bench_daily measures (its size and its daqbridge command)"
     )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="the long form of benchmarks that have one (bench_experiments: full-size grids)",
+    )
     args = parser.parse_args(argv)
     if args.venv:
         os.environ["DAQBRIDGE_BENCH_VENV"] = args.venv
+    if args.full:
+        os.environ["DAQBRIDGE_BENCH_FULL"] = "1"
     only = set(args.only.split(",")) if args.only else None
     if str(HERE.parent) not in sys.path:
         sys.path.insert(0, str(HERE.parent))
