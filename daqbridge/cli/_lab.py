@@ -48,7 +48,6 @@ import dataclasses
 import functools
 import hashlib
 import importlib.resources
-import inspect
 import json
 import os
 import secrets
@@ -1152,29 +1151,107 @@ class LabPublisher:
 
 def checked_plan(spec: PlanSpec) -> Callable[..., Any]:
     """The plan as the queue server calls it, with the checks a cold ``daqbridge run`` makes
-    before the RunEngine moves anything: detectors readable, targets inside the axes' soft
-    limits, the plan's own argument checks (``prime``). A scan past a limit then fails before
-    its first point, as it does without the lab, instead of after it. Same name and signature
-    (``functools.wraps``), so the queue server validates and lists it as the plan itself."""
-    from daqbridge.cli._plan_args import _check_real_devices, prime
+    before the RunEngine moves anything: detectors readable, every move inside the axes' limits
+    (``bluesky.simulators.check_limits``), the plan's own argument checks (``prime``). A scan past
+    a limit then fails before its first point, as it does without the lab. Same name and
+    signature (``functools.wraps``), so the queue server validates and lists it as the plan.
 
-    signature = inspect.signature(spec.func)
+    A plain function marked ``_is_plan_`` (how ``bluesky.utils.is_plan`` recognises decorated
+    plans), not a generator function: the worker calls it in its own thread before it hands the
+    generator to the RunEngine, and ``check_limits`` must run there, since it waits on the
+    RunEngine's event loop and refuses to run from inside it."""
+    from daqbridge.cli._plan_args import check_before_run, prime
 
     @functools.wraps(spec.func)
     def plan(*args: Any, **kwargs: Any) -> Any:
-        bound = signature.bind(*args, **kwargs)
-        detectors = next(iter(bound.arguments.values()), []) if spec.takes_detectors else []
-        _check_real_devices(spec, list(detectors or []), bound)
-        return (yield from prime(spec, spec.func(*args, **kwargs)))
+        check_before_run(spec, args, kwargs)
+        return prime(spec, spec.func(*args, **kwargs))
 
+    plan._is_plan_ = True  # type: ignore[attr-defined]
     return plan
+
+
+def lab_plans() -> dict[str, Callable[..., Any]]:
+    """The plans of the worker's namespace: every plan ``daqbridge run`` offers, checked."""
+    from daqbridge.cli._plan_args import plan_registry
+
+    return {name: checked_plan(spec) for name, spec in plan_registry().items()}
+
+
+QUEUE_USER_GROUP = "primary"
+"""The user group of ``PERMISSIONS_FILE`` that daqbridge's clients submit as (the default group
+of bluesky-queueserver-api's ``item_add``)."""
+
+DEVICE_MAX_DEPTH = 0
+"""Depth of the device trees in the allow-lists: start-re-manager's ``--device-max-depth``
+default (0, every component), which ``lab up`` keeps."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AllowLists:
+    """What the lab's queue server lets :data:`QUEUE_USER_GROUP` call, and the objects its names
+    stand for: the arguments of bluesky-queueserver's ``validate_plan`` and ``prepare_plan``."""
+
+    plans: dict[str, Any]
+    devices: dict[str, Any]
+    plans_in_nspace: dict[str, Any]
+    devices_in_nspace: dict[str, Any]
+
+
+@functools.cache
+def _permissions() -> dict[str, Any]:
+    from bluesky_queueserver.manager.profile_ops import load_user_group_permissions
+
+    return load_user_group_permissions(str(PERMISSIONS_FILE))
+
+
+def allow_lists(
+    namespace: Mapping[str, Any], *, placeholders: Mapping[str, Any] | None = None
+) -> AllowLists:
+    """The allow-lists the RE Manager computes from its worker's namespace, computed here the
+    same way: bluesky-queueserver's ``existing_plans_and_devices_from_nspace`` (with
+    ``--ignore-invalid-plans ON`` and ``DEVICE_MAX_DEPTH``, as ``lab up`` starts the manager),
+    filtered by ``PERMISSIONS_FILE`` with ``load_allowed_plans_and_devices``.
+
+    ``placeholders`` are devices known only by their profile id (not started yet): the queue
+    server cannot describe them, so each is listed as a device of any kind with no components;
+    what they are exactly is known only once the lab has started them.
+    """
+    from bluesky_queueserver.manager.profile_ops import (
+        existing_plans_and_devices_from_nspace,
+        load_allowed_plans_and_devices,
+    )
+
+    plans, devices, plans_in_nspace, devices_in_nspace = existing_plans_and_devices_from_nspace(
+        nspace=dict(namespace), max_depth=DEVICE_MAX_DEPTH, ignore_invalid_plans=True
+    )
+    for device_id, placeholder in (placeholders or {}).items():
+        devices.setdefault(
+            device_id,
+            {
+                "is_readable": True,
+                "is_movable": True,
+                "is_flyable": False,
+                "classname": type(placeholder).__name__,
+                "module": type(placeholder).__module__,
+            },
+        )
+        devices_in_nspace.setdefault(device_id, placeholder)
+    allowed_plans, allowed_devices = load_allowed_plans_and_devices(
+        existing_plans=plans, existing_devices=devices, user_group_permissions=_permissions()
+    )
+    return AllowLists(
+        plans=allowed_plans.get(QUEUE_USER_GROUP, {}),
+        devices=allowed_devices.get(QUEUE_USER_GROUP, {}),
+        plans_in_nspace=plans_in_nspace,
+        devices_in_nspace=devices_in_nspace,
+    )
 
 
 def start_lab_worker() -> dict[str, Any]:
     """The names of the worker's namespace: the session of the profile in $DAQBRIDGE_PROFILE
     (the IPython profile's code), every plan ``daqbridge run`` offers, the document publisher,
     and the function ``lab down`` calls to shut the runtime down in order."""
-    from daqbridge.cli._plan_args import plan_registry
     from daqbridge.cli._session import build_session, describe_session
 
     try:
@@ -1184,8 +1261,8 @@ def start_lab_worker() -> dict[str, Any]:
         raise
     runtime = names["runtime"]
     RE = names["RE"]  # noqa: N806 - bluesky's name
-    for name, spec in plan_registry().items():
-        names.setdefault(name, checked_plan(spec))  # a device id keeps its name
+    for name, plan in lab_plans().items():
+        names.setdefault(name, plan)  # a device id keeps its name
     address = os.environ.get(DOCUMENTS_ENV)
     if address:
         RE.subscribe(LabPublisher(address))
