@@ -16,9 +16,9 @@ median over rounds:
 
 Target: native / ophyd.sim <= 1.5 per point (DEVICES.md).
 
-A second section (``[sim:// URL, ophyd-async]``) measures the ophyd-async 1830-C
-(``Newport1830CAsync``: every read a ``C``, ``D?``, ``Q?`` lease; every wavelength step a ``Wnnnn``
-plus ``W?`` read-back lease) in ``bp.count([meter], 200)`` and in a wavelength scan
+A second section (``[sim:// URL, ophyd-async]``) measures the 1830-C alone (``Newport1830C``,
+ophyd-async: every read a ``C``, ``D?``, ``Q?`` lease; every wavelength step a ``Wnnnn`` plus
+``W?`` read-back lease) in ``bp.count([meter], 200)`` and in a wavelength scan
 ``bp.scan([meter], meter.wavelength, 400, 997, 200)``, next to ``ophyd.sim``'s ``det``/``motor``
 and ophyd-async's own simulated devices (``SimPointDetector`` with one channel and zero
 acquire time, ``SimMotor(instant=True)``) in the same plans, interleaved in rounds the same way.
@@ -63,6 +63,7 @@ def _plain_loop(esp_port, pm_port) -> tuple[float, float]:
 def _measure(transport: str) -> dict[str, float]:
     import bluesky.plans as bp
     from bluesky import RunEngine
+    from bluesky.run_engine import call_in_bluesky_event_loop
     from ophyd.sim import det, motor
 
     import daqbridge.sim as sim
@@ -92,11 +93,12 @@ def _measure(transport: str) -> dict[str, float]:
         stack.callback(controller.close)
         x = controller.axis(1, name="x", units="mm", low_limit=-100, high_limit=100)
         controller.connect()
+        # The meter is an ophyd-async device: the RunEngine (its loop) first, then connect there.
+        RE = RunEngine({}, context_managers=[])  # noqa: N806
         meter = Newport1830C(pm_port, name="pm", range=0)
         stack.callback(meter.close)
-        meter.connect()
+        call_in_bluesky_event_loop(meter.connect(), timeout=30)
 
-        RE = RunEngine({}, context_managers=[])  # noqa: N806
         native = lambda: bp.scan([meter], x, 0, 10, POINTS)  # noqa: E731
         simulated = lambda: bp.scan([det], motor, 0, 10, POINTS)  # noqa: E731
         # Warm-up: imports, first-call caches, thread start-up.
@@ -122,7 +124,7 @@ def _measure_async() -> dict[str, float]:
     from ophyd_async.sim import SimMotor, SimPointDetector
 
     import daqbridge.sim as sim
-    from daqbridge.devices.newport1830c_async import Newport1830CAsync
+    from daqbridge.devices.newport1830c import Newport1830C
     from daqbridge.transport import SerialPortPool
 
     with ExitStack() as stack:
@@ -134,7 +136,7 @@ def _measure_async() -> dict[str, float]:
             "&input_power=1e-6&power_range=4"
         )
         RE = RunEngine({}, context_managers=[])  # noqa: N806
-        meter = Newport1830CAsync(pool.open(url, baudrate=9600), name="pm")
+        meter = Newport1830C(pool.open(url, baudrate=9600), name="pm")
         oa_det = SimPointDetector(None, num_channels=1, name="oa_det")
         oa_motor = SimMotor(name="oa_motor", instant=True)
 

@@ -13,10 +13,14 @@ Why it is built this way:
 * Agreement is ``|native - legacy| <= tolerance + rtol * |native|`` (numpy's ``isclose``
   convention); two NaN (both drivers saw an out-of-range reading) agree, one NaN does not.
 * The devices are duck-typed ophyd objects (trigger/read/hints); this module imports no driver.
+  A native device on ophyd-async reads in coroutines: inside a plan the RunEngine awaits them
+  (``ShadowPair`` then answers with coroutines too), outside one (``ShadowComparison``) they run
+  on the device's loop (:func:`daqbridge.devices.core.call_sync`).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
@@ -24,6 +28,7 @@ from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from daqbridge.devices.core import CallTimeout, call_sync, is_async_device, maybe_sync
 from daqbridge.errors import (
     CatalogError,
     ConfigError,
@@ -76,6 +81,67 @@ def _difference(native: float, legacy: float) -> float:
     if math.isnan(n) and math.isnan(lg):
         return 0.0
     return n - lg
+
+
+def _both(a: Any, b: Any, combine: Any) -> Any:
+    """``combine(a, b)``; when either is awaitable (an ophyd-async device's ``read()``), a
+    coroutine that awaits them first (the RunEngine awaits it)."""
+    if not (inspect.isawaitable(a) or inspect.isawaitable(b)):
+        return combine(a, b)
+
+    async def later() -> Any:
+        x = await a if inspect.isawaitable(a) else a
+        y = await b if inspect.isawaitable(b) else b
+        return combine(x, y)
+
+    return later()
+
+
+async def _finished(status: Any) -> None:
+    """Wait for an ophyd-async status (awaitable) or an ophyd v1 one (its callback) on the loop;
+    raise what failed it."""
+    if inspect.isawaitable(status):
+        await status
+        return
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def finished(st: Any) -> None:
+        loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+    status.add_callback(finished)
+    await done
+    if not status.success:
+        raise status.exception() or InstrumentError("the trigger failed.")
+
+
+def _is_async(device: Any) -> bool:
+    """An ophyd-async device, or anything reading in coroutines like one (a wrapper of one)."""
+    return is_async_device(device) or inspect.iscoroutinefunction(getattr(device, "read", None))
+
+
+def describe_keys(device: Any) -> list[str]:
+    """The data keys ``device`` reads, without a wire exchange and without awaiting.
+
+    For an ophyd-async StandardReadable these are the names of its readable signals (known
+    since construction): inside a plan, on the RunEngine's own loop, ``describe()`` cannot be
+    awaited synchronously.
+    """
+    if is_async_device(device):
+        from ophyd_async.core import SignalR
+
+        funcs = getattr(device, "_describe_funcs", None)
+        owners = [getattr(f, "__self__", None) for f in funcs or ()]
+        if funcs is not None and all(isinstance(o, SignalR) for o in owners):
+            return [o.name for o in owners]
+        if isinstance(device, SignalR):
+            return [device.name]
+    described = device.describe()
+    if inspect.isawaitable(described):
+        return list(maybe_sync(described, device=device))
+    return list(described)
 
 
 @dataclass(frozen=True)
@@ -388,7 +454,7 @@ def main_field(device: Any) -> str:
     fields = list(hints.get("fields") or [])
     if fields:
         return fields[0]
-    keys = list(device.describe())
+    keys = describe_keys(device)
     if len(keys) == 1:
         return keys[0]
     raise ConfigError(
@@ -400,7 +466,7 @@ def main_field(device: Any) -> str:
 def check_field(device: Any, key: str) -> str:
     """``key`` if ``device`` reads it; a ConfigError naming what it does read otherwise (a
     KeyError in the middle of a comparison told nobody which side lacked what)."""
-    keys = list(device.describe())
+    keys = describe_keys(device)
     if key not in keys:
         name = getattr(device, "name", device)
         raise ConfigError(
@@ -463,6 +529,8 @@ class ShadowComparison:
         self.timeout = timeout
 
     def _read(self, side: str, device: Any, key: str) -> tuple[float, float]:
+        if _is_async(device):
+            return self._read_async(side, device, key)
         t0 = time.perf_counter()
         status = device.trigger()
         try:
@@ -474,6 +542,27 @@ class ShadowComparison:
                 fix="check the instrument answers; raise the comparison's timeout.",
             ) from None
         value = reading_of(side, device, device.read(), key)["value"]
+        return float(value), time.perf_counter() - t0
+
+    def _read_async(self, side: str, device: Any, key: str) -> tuple[float, float]:
+        """An ophyd-async device: trigger and read on its own loop, this thread waiting."""
+        t0 = time.perf_counter()
+
+        async def trigger_and_read() -> Any:
+            trigger = getattr(device, "trigger", None)
+            if callable(trigger):
+                await trigger()
+            return await device.read()
+
+        try:
+            reading = call_sync(trigger_and_read, device=device, timeout=self.timeout)
+        except CallTimeout:
+            raise InstrumentTimeout(
+                f"no reading within {self.timeout:g} s",
+                instrument=getattr(device, "name", None),
+                fix="check the instrument answers; raise the comparison's timeout.",
+            ) from None
+        value = reading_of(side, device, reading, key)["value"]
         return float(value), time.perf_counter() - t0
 
     def run(self, n: int) -> ShadowReport:
@@ -552,10 +641,25 @@ class ShadowPair:
         self.difference_field = f"{native_device.name}_minus_{legacy_device.name}"
 
     def trigger(self) -> Any:
-        return self.native.trigger() & self.legacy.trigger()
+        if not (_is_async(self.native) or _is_async(self.legacy)):
+            return self.native.trigger() & self.legacy.trigger()
+        from ophyd_async.core import AsyncStatus
 
-    def read(self) -> dict[str, dict[str, Any]]:
-        native, legacy = self.native.read(), self.legacy.read()
+        # Both started before either is waited for: the reads overlap as in ophyd v1.
+        statuses = [self.legacy.trigger(), self.native.trigger()]
+
+        async def both() -> None:
+            for status in statuses:
+                await _finished(status)
+
+        return AsyncStatus(both())
+
+    def read(self) -> Any:
+        return _both(self.native.read(), self.legacy.read(), self._combine_readings)
+
+    def _combine_readings(
+        self, native: dict[str, Any], legacy: dict[str, Any]
+    ) -> dict[str, dict[str, Any]]:
         a = reading_of("native", self.native, native, self.native_field)
         b = reading_of("legacy", self.legacy, legacy, self.legacy_field)
         diff = {
@@ -564,8 +668,12 @@ class ShadowPair:
         }
         return {**native, **legacy, self.difference_field: diff}
 
-    def describe(self) -> dict[str, dict[str, Any]]:
-        native, legacy = self.native.describe(), self.legacy.describe()
+    def describe(self) -> Any:
+        return _both(self.native.describe(), self.legacy.describe(), self._combine_descriptions)
+
+    def _combine_descriptions(
+        self, native: dict[str, Any], legacy: dict[str, Any]
+    ) -> dict[str, dict[str, Any]]:
         entry: dict[str, Any] = {
             "source": f"shadow:{self.native_field}-{self.legacy_field}",
             "dtype": "number",
@@ -576,21 +684,44 @@ class ShadowPair:
             entry["units"] = units
         return {**native, **legacy, self.difference_field: entry}
 
-    def read_configuration(self) -> dict[str, dict[str, Any]]:
-        return {**self.native.read_configuration(), **self.legacy.read_configuration()}
+    def read_configuration(self) -> Any:
+        return _both(
+            self.native.read_configuration(),
+            self.legacy.read_configuration(),
+            lambda a, b: {**a, **b},
+        )
 
-    def describe_configuration(self) -> dict[str, dict[str, Any]]:
-        return {**self.native.describe_configuration(), **self.legacy.describe_configuration()}
+    def describe_configuration(self) -> Any:
+        return _both(
+            self.native.describe_configuration(),
+            self.legacy.describe_configuration(),
+            lambda a, b: {**a, **b},
+        )
 
     @property
     def hints(self) -> dict[str, list[str]]:
         return {"fields": [self.native_field, self.legacy_field, self.difference_field]}
 
-    def stage(self) -> list[Any]:
-        return [*_call(self.native, "stage"), *_call(self.legacy, "stage")]
+    def stage(self) -> Any:
+        return self._stage_both("stage", (self.native, self.legacy))
 
-    def unstage(self) -> list[Any]:
-        return [*_call(self.legacy, "unstage"), *_call(self.native, "unstage")]
+    def unstage(self) -> Any:
+        return self._stage_both("unstage", (self.legacy, self.native))
+
+    def _stage_both(self, method: str, devices: tuple[Any, Any]) -> Any:
+        if not any(_is_async(d) for d in devices):
+            return [*_call(devices[0], method), *_call(devices[1], method)]
+        from ophyd_async.core import AsyncStatus
+
+        # ophyd-async stages with a status (called on the loop); ophyd v1 returns a list.
+        results = [getattr(d, method, lambda: None)() for d in devices]
+
+        async def staged() -> None:
+            for result in results:
+                if inspect.isawaitable(result):
+                    await result
+
+        return AsyncStatus(staged())
 
     def __repr__(self) -> str:
         return f"ShadowPair({self.native.name!r}, {self.legacy.name!r})"
@@ -775,11 +906,24 @@ class _ShadowDifference:
     def read(self) -> dict[str, dict[str, Any]]:
         return dict(self._reading)
 
-    def describe(self) -> dict[str, dict[str, Any]]:
+    def describe(self) -> Any:
         try:
             native = self.native.describe()
         except Exception:  # noqa: BLE001 - units are a courtesy; the keys must not fail
             native = {}
+        if inspect.isawaitable(native):  # an ophyd-async native device: the RunEngine awaits
+
+            async def later() -> dict[str, dict[str, Any]]:
+                try:
+                    described = await native
+                except Exception:  # noqa: BLE001 - as above
+                    described = {}
+                return self._described(described)
+
+            return later()
+        return self._described(native)
+
+    def _described(self, native: Any) -> dict[str, dict[str, Any]]:
         out = {}
         for nk, tk, dk in self.pairs or []:
             entry: dict[str, Any] = {

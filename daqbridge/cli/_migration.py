@@ -270,12 +270,15 @@ def _legacy_side(profile: Any, inst: Any, workdir: Path) -> _Side:
 
 
 def _descriptors(devices: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    from daqbridge.devices.core import maybe_sync
+
     keys: dict[str, dict[str, Any]] = {}
     for device in devices.values():
         for method in ("describe", "describe_configuration"):
             describe = getattr(device, method, None)
             if callable(describe):
-                keys.update(describe())
+                # an ophyd-async device describes itself in a coroutine (no wire traffic)
+                keys.update(maybe_sync(describe(), device=device))
     return keys
 
 

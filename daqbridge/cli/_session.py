@@ -28,6 +28,9 @@ Why it is built this way:
   readables, :func:`label_devices`), so ``%wa motors`` and ``%ct`` find them by label the way
   they do at any bluesky beamline; ``db`` is databroker's v1 view of the same catalog, for the
   scripts and habits that predate Tiled (``db[-1].table()``).
+* ``read(device)`` and ``sync(coroutine)`` at the prompt: native devices on ophyd-async read in
+  coroutines of the RunEngine's loop (``sim_meter.power.get_value()`` is a coroutine); these
+  two run them there and wait, so a scientist needs no ``await`` (docs/getting_started.md).
 * A paused, aborted or failed run is one line at the prompt, not bluesky's 40-line traceback of
   its own control flow (:func:`register_quiet_errors`): the runtime logs which run ended how, and
   an instrument's error is shown in the instrument's words. ``%tb`` still shows the traceback.
@@ -51,8 +54,52 @@ log = logging.getLogger("daqbridge.session")
 
 # Names every session has; a device id equal to one of them is reachable only via devices[...].
 STANDARD_NAMES = frozenset(
-    {"RE", "catalog", "db", "runtime", "devices", "bp", "bps", "bpp", "bec", "plans", "np"}
+    {
+        "RE",
+        "catalog",
+        "db",
+        "runtime",
+        "devices",
+        "bp",
+        "bps",
+        "bpp",
+        "bec",
+        "plans",
+        "np",
+        "read",
+        "sync",
+    }
 )
+
+PROMPT_TIMEOUT = 30.0
+"""Seconds :func:`read` and :func:`sync` wait for an instrument before giving up."""
+
+
+def sync(work: Any, timeout: float = PROMPT_TIMEOUT) -> Any:
+    """What a coroutine or status returns, at the prompt: ``sync(sim_meter.power.get_value())``.
+
+    Native devices on ophyd-async (the Newport 1830-C) answer ``get_value()``, ``read()``,
+    ``set()`` with coroutines or statuses that belong to the RunEngine's event loop; this runs
+    one there and waits (bounded) for its result. A plain value is returned as it is. Not
+    inside a plan: there, ``yield from bps.rd(...)``.
+    """
+    import inspect
+
+    from daqbridge.devices.core import call_sync
+
+    if not inspect.isawaitable(work):
+        return work
+    return call_sync(work, timeout=timeout)
+
+
+def read(obj: Any, timeout: float = PROMPT_TIMEOUT) -> dict[str, Any]:
+    """``obj.read()`` at the prompt, whichever stack ``obj`` is on: ``read(sim_meter)``,
+    ``read(sim_meter.wavelength)``, ``read(sim_stage_x)``. Each call asks the instrument."""
+    from daqbridge.devices.core import call_sync, is_async_device
+
+    if is_async_device(obj):
+        return call_sync(obj.read, device=obj, timeout=timeout)
+    return obj.read()
 
 
 def resolve_profile(profile: str | os.PathLike[str] | None = None) -> str | None:
@@ -172,6 +219,9 @@ def build_session(
         "bec": bec,
         "np": np,
         "plans": daq_plans,
+        # ophyd-async devices at the prompt, without await: read(sim_meter), sync(coroutine)
+        "read": read,
+        "sync": sync,
     }
     broker = open_broker(runtime)
     if broker is not None:
@@ -432,6 +482,8 @@ def describe_session(names: Mapping[str, Any]) -> str:
         f"daqbridge: lab {runtime.profile.lab.name!r} ({runtime.profile.label}), data in {where}",
         f"  devices: {', '.join(devices)}",
         f"  plans:   bp.*, bps.*, bpp.*, {', '.join(plans)}",
+        "  read(device) reads any device now; sync(...) waits for a coroutine "
+        "(sync(sim_meter.power.get_value())).",
         "  %holders shows who holds each port, %daqstatus the whole runtime, %wa motors "
         "where the axes are; Ctrl-C pauses a run (RE.resume() / RE.abort()).",
     ]

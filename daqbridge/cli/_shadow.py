@@ -146,8 +146,10 @@ def _pairs_from_profile(profile: Any, instrument_id: str) -> list[tuple[str, str
 
 
 def _channels(device: Any) -> list[str]:
+    from daqbridge.bridge._shadow import describe_keys  # ophyd-async devices too
+
     prefix = f"{device.name}_"
-    return [k[len(prefix) :] for k in device.describe() if k.startswith(prefix)]
+    return [k[len(prefix) :] for k in describe_keys(device) if k.startswith(prefix)]
 
 
 def _fields(native: Any, legacy: Any, asked: list[str]) -> list[tuple[str, str]]:

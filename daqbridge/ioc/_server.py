@@ -41,6 +41,7 @@ from caproto import AlarmSeverity, AlarmStatus, ChannelAlarm, ChannelType
 from caproto.server import PVGroup, pvproperty
 
 from daqbridge.errors import ConfigError, DaqbridgeError, InstrumentError
+from daqbridge.ioc._async import AsyncDeviceAdapter, AsyncSignalAdapter, served_device
 from daqbridge.ioc._link import Bridge, Pusher
 from daqbridge.ioc._motor import MotorRecord, PositionerLink
 
@@ -691,6 +692,8 @@ class LabIOC:
         self.kinds: dict[str, str] = {}
         self.skipped: dict[str, str] = {}
         self.ioc_group = IocGroup(prefix=f"{prefix}ioc:", simulation=simulation)
+        # ophyd-async devices (the 1830-C) through their v1-shaped adapter (daqbridge.ioc._async)
+        devices = {device_id: served_device(device) for device_id, device in devices.items()}
         links: dict[str, PositionerLink] = {}
         for device_id, device in devices.items():
             if _is_positioner(device):
@@ -804,7 +807,8 @@ class LabIOC:
         base = f"{self.prefix}{device_id}"
         from ophyd import Device, Signal
 
-        if not isinstance(device, Device):
+        served_async = isinstance(device, AsyncDeviceAdapter)
+        if not isinstance(device, Device) and not served_async:
             self.skipped[device_id] = (
                 f"{type(device).__name__} is not an ophyd device (its parts are served)"
             )
@@ -830,7 +834,8 @@ class LabIOC:
                     for s in self._settings_of(obj, link, suffix)
                 )
                 continue
-            if not isinstance(obj, Signal) or _kind_name(obj.kind) == "omitted":
+            is_signal = isinstance(obj, Signal | AsyncSignalAdapter)
+            if not is_signal or _kind_name(obj.kind) == "omitted":
                 continue
             spec = signal_pv(attr, obj, suffix=suffix)
             owner = self._positions.get(spec.source) if spec.source else None

@@ -8,6 +8,7 @@ the argument), and the common start metadata (``daqbridge_devices`` says which d
 stack, ``plan_args`` by device name).
 """
 
+import inspect
 from collections.abc import Generator, Mapping
 from typing import Any
 
@@ -39,7 +40,14 @@ def _engine() -> Any:
 
 def _units(device: Any, key: str) -> str | None:
     try:
-        return device.describe()[key].get("units") or None
+        described = device.describe()
+        if inspect.isawaitable(described):
+            # an ophyd-async device describes itself in a coroutine, which this plan's body (on
+            # the RunEngine's loop) cannot wait for; the recorded descriptor still has the units
+            if inspect.iscoroutine(described):
+                described.close()
+            return None
+        return described[key].get("units") or None
     except Exception:  # noqa: BLE001 - units only sharpen the check
         return None
 
@@ -90,7 +98,7 @@ def shadow_compare(
         ("legacy_field", legacy_device, legacy_field),
     ):
         if given is not None:
-            keys = list(device.describe())
+            keys = engine.describe_keys(device)  # without awaiting: ophyd-async devices too
             if given not in keys:
                 raise plan_error(
                     PLAN,

@@ -12,9 +12,11 @@ Why a wrapper (:class:`BaselineReading`) rather than the devices themselves:
 * Every value in the catalog must be one the instrument reported, never a cached or commanded
   one. The wrapper's ``trigger`` asks the instrument again through the driver's own public way
   of doing so: ``refresh_configuration()`` (legacy adapters and the native ESP300 axes,
-  Newport 1830-C, Elliptec mounts and MaiTai: each queries its settings in one lease, never
-  sending a command that changes them), ``read_signals()`` (SCPI instruments), then the device's
-  ``trigger()`` for its readings. A device with neither records its settings as last reported.
+  Elliptec mounts and MaiTai: each queries its settings in one lease, never sending a command
+  that changes them), ``read_signals()`` (SCPI instruments), then the device's ``trigger()`` for
+  its readings. A device with neither records its settings as last reported. An ophyd-async
+  device (the Newport 1830-C) has a coroutine ``refresh_configuration()``, run on its own loop
+  from the baseline's thread; its ``read()`` then asks the instrument for each reading.
 * A camera's ``trigger`` takes an exposure: a camera named in the baseline gives its settings
   only, and never triggers. Cameras are left out of the default baseline.
 * A baseline read runs on a thread of its own with a deadline: a lost instrument fails the run
@@ -33,6 +35,7 @@ from typing import Any
 
 from bluesky.preprocessors import SupplementalData
 
+from daqbridge.devices.core import CallTimeout, call_sync, is_async_device, maybe_sync
 from daqbridge.errors import ConfigError, DaqbridgeError, InstrumentError, InstrumentTimeout
 
 BASELINE_TIMEOUT = 30.0
@@ -48,7 +51,21 @@ def _has_readings(device: Any) -> bool:
     if not (callable(getattr(device, "describe", None)) and hasattr(device, "name")):
         return False
     describe_config = getattr(device, "describe_configuration", None)
-    return bool(device.describe()) or bool(callable(describe_config) and describe_config())
+    # An ophyd-async device describes itself in coroutines (no wire traffic): run on its loop.
+    if maybe_sync(device.describe(), device=device):
+        return True
+    return bool(callable(describe_config) and maybe_sync(describe_config(), device=device))
+
+
+def _root_of(device: Any) -> Any:
+    """The instrument's device: ophyd's ``root``, or the top parent of an ophyd-async part."""
+    root = getattr(device, "root", None)
+    if root is not None:
+        return root
+    node = device
+    while getattr(node, "parent", None) is not None:
+        node = node.parent
+    return node
 
 
 class BaselineReading:
@@ -72,9 +89,10 @@ class BaselineReading:
         self.instrument = instrument or self.name
         self.resource = resource
         self.timeout = timeout
-        root = getattr(device, "root", None)
-        self._root = root if root is not None else device
+        self._root = _root_of(device)
         self._settings_only = takes_exposures(self._root)
+        self._async = is_async_device(device)
+        """An ophyd-async device: its reads are coroutines, awaited by the RunEngine."""
 
     def __repr__(self) -> str:
         return f"<BaselineReading {self.name}>"
@@ -90,10 +108,25 @@ class BaselineReading:
             out.update(config())
         return out
 
-    def describe(self) -> dict[str, Any]:
+    async def _parts_async(self, reading: str, configuration: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if not self._settings_only:
+            out.update(await getattr(self.device, reading)())
+        config = getattr(self.device, configuration, None)
+        if callable(config):
+            out.update(await config())
+        return out
+
+    def describe(self) -> Any:
+        if self._async:
+            return self._parts_async("describe", "describe_configuration")
         return self._parts("describe", "describe_configuration")
 
-    def read(self) -> dict[str, Any]:
+    def read(self) -> Any:
+        if self._async:
+            # Each read asks the instrument: the settings were refreshed by trigger(), the
+            # readings (the meter's power) are taken now.
+            return self._parts_async("read", "read_configuration")
         return self._parts("read", "read_configuration")
 
     def describe_configuration(self) -> dict[str, Any]:
@@ -125,6 +158,12 @@ class BaselineReading:
         root = self._root
         refresh = getattr(root, "refresh_configuration", None)
         read_signals = getattr(root, "read_signals", None)
+        if is_async_device(root):
+            # ophyd-async: the settings asked on the device's loop (this thread waits, bounded);
+            # read() then takes the readings, each one a fresh exchange.
+            if callable(refresh):
+                self._bounded(lambda: refresh(), root)
+            return
         if callable(refresh):
             refresh(timeout=self.timeout)
         elif callable(read_signals):
@@ -138,6 +177,18 @@ class BaselineReading:
         try:
             trigger().wait(timeout=self.timeout)
         except WaitTimeoutError:
+            raise InstrumentTimeout(
+                f"the baseline reading did not finish within {self.timeout:g} s.",
+                instrument=self.instrument,
+                resource=self.resource,
+                fix="check that the instrument is powered and connected; to run without it, "
+                "leave it out of [lab] baseline in the profile.",
+            ) from None
+
+    def _bounded(self, work: Any, root: Any) -> None:
+        try:
+            call_sync(work, device=root, timeout=self.timeout)
+        except CallTimeout:
             raise InstrumentTimeout(
                 f"the baseline reading did not finish within {self.timeout:g} s.",
                 instrument=self.instrument,
@@ -189,7 +240,10 @@ def resolve(name: str, devices: Mapping[str, Any], *, profile: str | None = None
         )
     obj = devices[root]
     for i, part in enumerate(path):
-        names = getattr(obj, "component_names", ()) or ()
+        if is_async_device(obj):
+            names = tuple(name for name, _ in obj.children())
+        else:
+            names = getattr(obj, "component_names", ()) or ()
         if part not in names:
             shown = ".".join([root, *path[: i + 1]])
             raise ConfigError(

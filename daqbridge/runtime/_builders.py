@@ -45,6 +45,7 @@ from daqbridge.config import (
     SerialInstrument,
 )
 from daqbridge.devices import registered_drivers, validate_settings
+from daqbridge.devices.core import is_async_device
 from daqbridge.errors import ConfigError, DaqbridgeError, InstrumentError
 
 if TYPE_CHECKING:
@@ -112,9 +113,17 @@ class NativeInstrument:
     connected: bool = False
 
     def stop(self) -> None:
-        """Stop motion, close shutters, abort acquisitions (the devices' own ``stop()``)."""
+        """Stop motion, close shutters, abort acquisitions (the devices' own ``stop()``).
+
+        An ophyd-async device's ``stop`` is a coroutine or returns a status: it runs on the
+        device's loop, and is waited for (bounded by the shutdown phase's deadline)."""
         stop = getattr(self.root, "stop", None)
         if stop is None:
+            return
+        if is_async_device(self.root):
+            from daqbridge.devices.core import call_sync
+
+            call_sync(lambda: stop(success=False), device=self.root)
             return
         try:
             stop(success=False)
@@ -122,6 +131,7 @@ class NativeInstrument:
             stop()
 
     def close(self) -> None:
+        """Close the device: its worker joined (v1), its transactions refused (ophyd-async)."""
         close = getattr(self.root, "close", None)
         if close is not None:
             close()
@@ -136,6 +146,9 @@ class BuildContext:
     visa: VisaSessionManager
     data_dir: Path
     simulation: Simulation | None = None
+    loop: Any = None
+    """The RunEngine's event loop: ophyd-async devices are connected (and live) on it. Set by
+    the runtime once its RunEngine exists, before any native device is built."""
 
     def port_of(self, inst: SerialInstrument) -> str:
         """The port to open: the simulator's substitute for ``pty`` / unnamed ``sim://``."""
@@ -363,9 +376,29 @@ def build_declared(inst: SerialInstrument, ctx: BuildContext) -> NativeInstrumen
     )
     port = ctx.open_port(inst)
     device = spec.build(port, name=inst.id, settings=settings, timeout=inst.timeout)
-    return NativeInstrument(
-        inst.id, inst.driver, port.url, device, {inst.id: device}, device.connect
-    )
+    connect = connect_on_loop(device, ctx) if is_async_device(device) else device.connect
+    return NativeInstrument(inst.id, inst.driver, port.url, device, {inst.id: device}, connect)
+
+
+def connect_on_loop(device: Any, ctx: BuildContext) -> Callable[[float | None], None]:
+    """``connect(timeout)`` of an ophyd-async device: its coroutine run on the RunEngine's loop.
+
+    The device's leases, subscriptions and statuses belong to the loop it was connected on, and
+    plans run on the RunEngine's: connecting it anywhere else would leave it on a loop no plan
+    uses (docs/runtime.md, start-up step 6).
+    """
+    from daqbridge.devices.core import call_sync
+
+    def connect(timeout: float | None) -> None:
+        seconds = DEFAULT_CONNECT_TIMEOUT if timeout is None else float(timeout)
+        call_sync(
+            lambda: device.connect(timeout=seconds),
+            device=device,
+            timeout=seconds + 1.0,
+            loop=ctx.loop,
+        )
+
+    return connect
 
 
 def build_elliptec(inst: ElliptecInstrument, ctx: BuildContext) -> NativeInstrument:

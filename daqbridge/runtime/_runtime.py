@@ -338,8 +338,14 @@ def _in_the_instruments_words(exc: BaseException) -> BaseException:
     """``exc``, or for a FailedStatus caused by a DaqbridgeError, one that reads as that error."""
     from bluesky.utils import FailedStatus
 
+    from daqbridge.devices.core import instrument_error
+
     reworded = _instrument_failed_status_class()
-    if not isinstance(exc, FailedStatus) or isinstance(exc, reworded):
+    if not isinstance(exc, FailedStatus):
+        # An ophyd-async read that timed out reaches the plan as TimeoutError(source) from the
+        # instrument's error: the plan (and the stop document's reason) gets that error.
+        return instrument_error(exc)
+    if isinstance(exc, reworded):
         return exc
     cause = daqbridge_cause(exc)
     if cause is None:
@@ -614,6 +620,8 @@ class Runtime:
         ctx = BuildContext(self.profile, pool, visa, self.data_dir, self.simulation)
         with self._step("run_engine"):
             self.RE = self._make_run_engine()
+            # ophyd-async devices connect, and then live, on the RunEngine's loop.
+            ctx.loop = self.RE.loop
         with self._step("legacy"):
             self._start_legacy(ctx)
         with self._step("native"):

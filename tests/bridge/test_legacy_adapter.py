@@ -509,6 +509,7 @@ def catalog(tmp_path_factory):
 def test_native_and_legacy_devices_in_one_run_read_back_from_the_catalog(
     serial_pool, RE, docs, catalog, rotator_runtime
 ):
+    from daqbridge.devices.core import call_sync
     from daqbridge.devices.newport1830c import Newport1830C
 
     rt_rot, rot = rotator_runtime(rate=20)
@@ -527,7 +528,7 @@ polling_rate_hz = 0
         )
         try:
             native = Newport1830C(serial_pool.open(meter_a.path, baudrate=9600), name="meter_a")
-            native.connect()
+            call_sync(native.connect(), timeout=10)  # ophyd-async: on the RunEngine's loop
             legacy_meter = LegacyDevice(rt, "meter_b")
             legacy_meter.connect()
             stage = LegacyDevice(rt_rot, "rot", name="stage")

@@ -70,7 +70,11 @@ class Light:
 
 
 def _keys(device) -> set[str]:
-    return set(device.describe()) | set(device.describe_configuration())
+    from daqbridge.devices.core import maybe_sync  # an ophyd-async device describes in coroutines
+
+    return set(maybe_sync(device.describe(), device=device)) | set(
+        maybe_sync(device.describe_configuration(), device=device)
+    )
 
 
 @pytest.fixture(scope="module")

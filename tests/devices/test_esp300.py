@@ -13,6 +13,7 @@ import bluesky.plans as bp
 import pytest
 import yaml
 from bluesky.protocols import Configurable, Movable, Readable, Stoppable
+from bluesky.run_engine import call_in_bluesky_event_loop
 from bluesky.utils import RunEngineInterrupted
 
 from daqbridge.devices.esp300 import ESP300Axis, ESP300Controller, esp300_error_meaning
@@ -184,7 +185,7 @@ def test_scan_grid_scan_and_mv_with_power_meter(stage, serial_pool, RE, docs):
     ) as pm_server:
         meter = Newport1830C(serial_pool.open(pm_server.path, baudrate=9600), name="pm", range=0)
         try:
-            meter.connect()
+            call_in_bluesky_event_loop(meter.connect(), timeout=10)  # ophyd-async meter
             RE(bp.grid_scan([meter], x, -2, 2, 3, y, -10, 10, 3))
             RE(bp.scan([meter], x, 0, 4, 5))
             RE(bps.mv(x, 1.5, y, -3.0))

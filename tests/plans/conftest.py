@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import bluesky.plan_stubs as bps
 import pytest
 
 from daqbridge.legacy import Command
@@ -30,7 +31,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             # (the laser's watts are far above the 1830-C's highest range without it).
             result = rt.legacy.submit("sim_laser", Command.execute("on"), timeout=10)
             assert result.ok, result.message
-            rt["sim_meter"].attenuator.set(1).wait(10)
+            rt.RE(bps.mv(rt["sim_meter"].attenuator, 1))  # a native ophyd-async meter
             yield rt
         finally:
             report = rt.close()

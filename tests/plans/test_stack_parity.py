@@ -76,7 +76,7 @@ def labs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 # The lab's routine before measuring, the same lines on both stacks: emission
                 # on, and the meter's attenuator in (the laser's watts exceed its top range).
                 rt["sim_laser"].emission.set(1).wait(30)
-                rt["sim_meter"].attenuator.set(1).wait(30)
+                rt.RE(bps.mv(rt["sim_meter"].attenuator, 1))  # ophyd-async or legacy
             yield started
         finally:
             for rt in started.values():

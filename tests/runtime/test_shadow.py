@@ -25,6 +25,7 @@ from daqbridge.bridge._shadow import (
 from daqbridge.bridge.legacy_adapter import LegacyDevice
 from daqbridge.catalog import DATA_ENV
 from daqbridge.cli import main
+from daqbridge.devices.core import call_sync
 from daqbridge.devices.newport1830c import Newport1830C
 from daqbridge.errors import ConfigError
 from daqbridge.legacy import LegacyRuntime, parse_legacy_config
@@ -70,7 +71,7 @@ polling_rate_hz = 0
         assert rt.wait_running(10), rt.health()
         port = pool.open(server.path, baudrate=9600)
         native = Newport1830C(port, name="meter")
-        native.connect()
+        call_sync(native.connect(), timeout=10)  # ophyd-async: a coroutine, run on a loop
         legacy = LegacyDevice(rt, "meter_legacy")
         legacy.connect()
         try:
@@ -361,9 +362,9 @@ def test_a_failed_legacy_read_is_recorded_as_nan_and_the_run_goes_on(shadow_pair
     def plan():
         yield from bps.open_run()
         yield from bps.trigger_and_read([native])  # both read: the twin's trigger goes first
-        sim.faults.garble_next = 1  # only the twin goes to the wire in the next point
         yield from bps.create()
-        yield from bps.read(native)  # no trigger: the native value of the point before
+        yield from bps.read(native)  # no trigger: the native meter reads at read()
+        sim.faults.garble_next = 1  # only the twin goes to the wire before this point is saved
         yield from bps.save()
         yield from bps.trigger_and_read([native])
         yield from bps.close_run()

@@ -23,6 +23,7 @@ from daqbridge.bridge._shadow import (
 )
 from daqbridge.catalog import open_catalog
 from daqbridge.cli._shadow import EXIT_NOT_COMPARED
+from daqbridge.devices.core import call_sync
 from daqbridge.devices.newport1830c import Newport1830C
 from daqbridge.errors import InstrumentError
 from daqbridge.sim import Newport1830CSimulator, serve_pty
@@ -37,15 +38,16 @@ class ChannelStopped:
         self.name = device.name
         self.parent = None
         self.hints = device.hints
+        self._described = call_sync(device.describe(), timeout=10)
 
     def describe(self):
-        return self._device.describe()
+        return self._described
 
     def trigger(self):
         return self._device.trigger()
 
-    def read(self):
-        reading = dict(self._device.read())
+    async def read(self):  # the meter is ophyd-async: its reading is awaited
+        reading = dict(await self._device.read())
         del reading[f"{self.name}_power"]
         return reading
 
@@ -57,8 +59,8 @@ def meters():
         port = pool.open(server.path, baudrate=9600)
         native = Newport1830C(port, name="meter")
         twin = Newport1830C(port, name="meter_legacy")
-        native.connect()
-        twin.connect()
+        call_sync(native.connect(), timeout=10)  # ophyd-async: coroutines, run on a loop
+        call_sync(twin.connect(), timeout=10)
         try:
             yield native, twin
         finally:
@@ -81,9 +83,9 @@ def test_a_shadow_pair_names_the_side_whose_reading_lacks_the_field(meters):
 
     native, twin = meters
     pair = ShadowPair(ChannelStopped(native), twin)
-    pair.trigger().wait(10)
+    call_sync(lambda: pair.trigger(), timeout=10)  # its status is made on the devices' loop
     with pytest.raises(InstrumentError, match=r"native device 'meter' describes 'meter_power'"):
-        pair.read()
+        call_sync(pair.read, timeout=10)
 
 
 class TriggerFails:
@@ -94,9 +96,10 @@ class TriggerFails:
         self.name = device.name
         self.parent = None
         self.hints = device.hints
+        self._described = call_sync(device.describe(), timeout=10)
 
     def describe(self):
-        return self._device.describe()
+        return self._described
 
     def read(self):
         return self._device.read()

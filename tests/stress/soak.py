@@ -193,7 +193,12 @@ class Soak:
         D = self.D
 
         def trigger(device: Any) -> Callable[[], Any]:
+            from daqbridge.devices.core import call_sync, is_async_device
+
             def op() -> None:
+                if is_async_device(device):  # ophyd-async (the 1830-C): on the RunEngine's loop
+                    call_sync(device.read, device=device, timeout=10)
+                    return
                 status = device.trigger()
                 status.wait(10)
                 device.read()

@@ -24,7 +24,7 @@ from ophyd_async.core import DeviceConnector, StandardReadable
 from daqbridge.devices._base import check_number
 from daqbridge.devices.core._exchange import Exchange
 from daqbridge.devices.core._transport import LeasedPort
-from daqbridge.errors import ConfigError, PortUnavailable, ValueRejected
+from daqbridge.errors import ConfigError, InstrumentError, PortUnavailable, ValueRejected
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,11 @@ class WireDevice(StandardReadable):
         self.lease_timeout = float(lease_timeout)
         self.verified_generation: int | None = None
         """The port generation the identity was last proved on; None before connect."""
+        self.connected_loop: asyncio.AbstractEventLoop | None = None
+        """The event loop the device was connected on (the RunEngine's): synchronous callers
+        hand their work to it (:func:`daqbridge.devices.core.call_sync`)."""
+        self.closed = False
+        """Set by :meth:`close` (the runtime's shutdown): no transaction starts any more."""
         super().__init__(name=name, connector=WireDeviceConnector())
 
     # --- what subclasses provide ----------------------------------------------------------------
@@ -85,9 +90,20 @@ class WireDevice(StandardReadable):
 
     async def connect_wire(self) -> None:
         """Identity and preparation in one lease: nothing else gets in between."""
+        self.closed = False
         async with self._lease(verify=False) as x:
             await self._verify(x)
             await self.prepare(x)
+        self.connected_loop = asyncio.get_running_loop()
+
+    def close(self) -> None:
+        """Stop using the port: every later transaction is refused (the runtime's shutdown).
+
+        The device owns no thread and no task, so there is nothing to join; the port itself is
+        closed by its pool afterwards, once every stack has stopped using it.
+        """
+        self.closed = True
+        self.verified_generation = None
 
     async def _verify(self, x: Exchange) -> None:
         await self.identify(x)
@@ -103,6 +119,13 @@ class WireDevice(StandardReadable):
     @asynccontextmanager
     async def _lease(self, *, verify: bool) -> AsyncIterator[Exchange]:
         port = self.port
+        if self.closed:
+            raise InstrumentError(
+                "the device was closed (the lab is shutting down or was shut down).",
+                instrument=self.name,
+                resource=port.url,
+                fix="start the lab again; a closed device is not reopened.",
+            )
         try:
             async with port.async_lease(self.name or self.model, self.lease_timeout) as lease:
                 x = Exchange(

@@ -121,6 +121,12 @@ class WireSignalBackend(SignalBackend[T]):
         except ValueError:
             raise x.reply_error(cmd.query, reply, cmd.what) from None
 
+    @property
+    def last_reading(self) -> Reading[T] | None:
+        """The instrument's latest reply through this signal (None before the first): what a
+        synchronous front end shows without a wire exchange (the IOC's PVs)."""
+        return self._reading
+
     def store(self, value: T) -> Reading[T]:
         """Keep an instrument's reply as the latest reading and tell the subscriber."""
         reading: Reading[T] = {"value": value, "timestamp": time.time(), "alarm_severity": 0}
@@ -200,11 +206,43 @@ class WireSignalBackend(SignalBackend[T]):
             log.exception("first reading of %s for a subscriber failed", self.command.query)
 
 
+class _RecordedAsV1:
+    """A signal read on its own is recorded as an ophyd v1 signal (and the legacy adapter's) is.
+
+    A plan that reads one signal by itself (a wavelength scan reads the meter's wavelength with
+    every point) records that object's ``hints`` and ``configuration`` in the descriptor. ophyd
+    v1 signals give their own key as hints when their device hints it (else none) and their own
+    reading as configuration; ophyd-async signals give neither. The catalog must not tell the
+    stacks apart, so wire signals do as v1 ones do.
+    """
+
+    @property
+    def hints(self) -> dict[str, list[str]]:
+        parent = getattr(self, "parent", None)
+        fields = (getattr(parent, "hints", None) or {}).get("fields") or []
+        name = self.name  # type: ignore[attr-defined]
+        return {"fields": [name] if name in fields else []}
+
+    async def describe_configuration(self) -> dict[str, DataKey]:
+        return await self.describe()  # type: ignore[attr-defined,no-any-return]
+
+    async def read_configuration(self) -> dict[str, Reading]:
+        return await self.read()  # type: ignore[attr-defined,no-any-return]
+
+
+class WireSignalR(_RecordedAsV1, SignalR[T]):
+    """A read-only wire signal (:func:`wire_signal_r`)."""
+
+
+class WireSignalRW(_RecordedAsV1, SignalRW[T]):
+    """A settable wire signal (:func:`wire_signal_rw`)."""
+
+
 def wire_signal_r(
     datatype: type[T], device: WireDevice, command: WireCommand[T], name: str = ""
 ) -> SignalR[T]:
     """A read-only signal whose value is read from the instrument on every get."""
-    return SignalR(WireSignalBackend(datatype, device, command), name=name)
+    return WireSignalR(WireSignalBackend(datatype, device, command), name=name)
 
 
 def wire_signal_rw(
@@ -213,4 +251,4 @@ def wire_signal_rw(
     """A setting: set command plus read-back in one lease; reads always ask the instrument."""
     if command.set_command is None:
         raise TypeError(f"wire_signal_rw({command.query!r}) needs a set_command")
-    return SignalRW(WireSignalBackend(datatype, device, command), name=name)
+    return WireSignalRW(WireSignalBackend(datatype, device, command), name=name)

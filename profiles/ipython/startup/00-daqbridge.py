@@ -5,7 +5,8 @@ Run with ``ipython --profile-dir=profiles/ipython``. The lab profile comes from
 ``lab.data_dir`` unless ``$DAQBRIDGE_DATA`` is set. See profiles/ipython/README.md.
 
 Names: RE, catalog, db, runtime, devices, every device by id (sim_stage_x, sim_meter, ...), bp, bps,
-bpp, the lab's plans (wavelength_scan, polarization_scan, ...), bec, np.
+bpp, the lab's plans (wavelength_scan, polarization_scan, ...), bec, np, and read(device) /
+sync(coroutine) for the ophyd-async devices (no await needed: read(sim_meter)).
 """
 
 

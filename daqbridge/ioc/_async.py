@@ -1,0 +1,217 @@
+"""ophyd-async devices seen through the ophyd v1 interface the IOC serves.
+
+Why an adapter: the IOC builds its PVs from ophyd v1 devices (``component_names``, ``kind``,
+``describe()``, ``get()``, ``subscribe()``, ``set()`` returning a status) and calls them from its
+own asyncio loop and threads. An ophyd-async device (the Newport 1830-C) reads in coroutines
+that belong to the RunEngine's loop. The adapter runs them there
+(:func:`daqbridge.devices.core.call_sync`, always from an IOC thread or at build time, never on
+the RunEngine's loop), subscribes with ophyd-async's own ``subscribe_reading``/``clear_sub``, and
+shows the same names, kinds, units and writability as the v1 device it replaced:
+
+* ``get()`` never touches the wire: it is the instrument's latest reply through that signal
+  (every read, every confirmed set, by anyone: a plan's reading shows on the PV too);
+* ``trigger()`` (the IOC's ``:Trigger`` and its periodic reads) takes a fresh reading of the
+  device's readings (the meter's ``C``, ``D?``, ``Q?``), settings stay as last reported;
+* ``set()`` writes and reads back in one lease (the signal's own ``put``); the PV then shows the
+  read-back, never the commanded value;
+* writable exactly when the signal is read-write (``SignalW``), as ``write_access`` says for v1.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from daqbridge.devices.core import call_sync, is_async_device
+
+__all__ = ["AsyncDeviceAdapter", "AsyncSignalAdapter", "served_device"]
+
+CALL_TIMEOUT = 60.0
+"""Seconds one call on the device's loop may take (a reading, a set with its read-back)."""
+
+
+def served_device(device: Any) -> Any:
+    """``device`` itself (ophyd v1), or its adapter (ophyd-async)."""
+    return AsyncDeviceAdapter(device) if is_async_device(device) else device
+
+
+class AsyncSignalAdapter:
+    """One ophyd-async signal as an ophyd v1 signal (``get``, ``subscribe``, ``set``...)."""
+
+    def __init__(self, signal: Any, *, kind: Any, owner: Any, attr: str) -> None:
+        from ophyd_async.core import SignalW
+
+        self.signal = signal
+        self.owner = owner
+        self.name: str = signal.name
+        self.attr_name = attr
+        self.kind = kind
+        self.parent = None
+        self.write_access = isinstance(signal, SignalW)
+        self.__doc__ = f"{owner.name} {attr}"
+        # No wire traffic: a wire signal's datakey is declared, not asked.
+        self._description = dict(
+            call_sync(signal.describe(), device=owner, timeout=CALL_TIMEOUT).get(self.name, {})
+        )
+        self._last: dict[str, Any] | None = None
+        self._ids = itertools.count(1)
+        self._callbacks: dict[int, Callable[..., Any]] = {}
+        self._listener: Callable[[dict[str, Any]], None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<AsyncSignalAdapter {self.name}>"
+
+    # --- values ------------------------------------------------------------------------------
+
+    def _latest(self) -> dict[str, Any] | None:
+        backend = getattr(getattr(self.signal, "_connector", None), "backend", None)
+        reading = getattr(backend, "last_reading", None)
+        return reading if reading is not None else self._last
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        return {self.name: dict(self._description)}
+
+    def get(self) -> Any:
+        """The latest value the instrument reported (no wire exchange); None before any."""
+        reading = self._latest()
+        return None if reading is None else reading["value"]
+
+    @property
+    def timestamp(self) -> float | None:
+        reading = self._latest()
+        return None if reading is None else reading["timestamp"]
+
+    def store(self, reading: dict[str, Any]) -> None:
+        self._last = reading
+
+    # --- monitoring ----------------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[..., Any], run: bool = True, **_: Any) -> int:
+        """``callback(value=, timestamp=)`` for every value the instrument reports."""
+        cid = next(self._ids)
+        self._callbacks[cid] = callback
+        if self._listener is None:
+
+            def listener(readings: dict[str, Any]) -> None:
+                reading = readings.get(self.name)
+                if reading is None:
+                    return
+                self._last = reading
+                for cb in list(self._callbacks.values()):
+                    cb(value=reading["value"], timestamp=reading["timestamp"], obj=self)
+
+            self._listener = listener
+            call_sync(
+                lambda: self.signal.subscribe_reading(listener),
+                device=self.owner,
+                timeout=CALL_TIMEOUT,
+            )
+        if run and (reading := self._latest()) is not None:
+            callback(value=reading["value"], timestamp=reading["timestamp"], obj=self)
+        return cid
+
+    def unsubscribe(self, cid: int) -> None:
+        self._callbacks.pop(cid, None)
+        if self._callbacks or self._listener is None:
+            return
+        listener, self._listener = self._listener, None
+        call_sync(lambda: self.signal.clear_sub(listener), device=self.owner, timeout=CALL_TIMEOUT)
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def set(self, value: Any, **_: Any) -> Any:
+        """Write and read back on the device's loop (blocking: the IOC calls it from its
+        thread pool); a finished ophyd status, failed with the instrument's error."""
+        from ophyd.status import Status
+
+        status = Status(obj=self)
+        try:
+            call_sync(lambda: self.signal.set(value), device=self.owner, timeout=CALL_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - the status carries it to the IOC
+            status.set_exception(exc)
+        else:
+            status.set_finished()
+        return status
+
+    def put(self, value: Any, **kwargs: Any) -> None:
+        status = self.set(value)
+        if not status.success:
+            raise status.exception()
+
+
+class AsyncDeviceAdapter:
+    """An ophyd-async StandardReadable as the ophyd v1 device the IOC serves.
+
+    Components are its signals that it reads or configures, with v1 kinds: hinted for what the
+    device hints (the meter's power), config for its configuration, normal for other readings.
+    """
+
+    def __init__(self, device: Any) -> None:
+        from ophyd import Kind
+        from ophyd_async.core import SignalR
+
+        self.device = device
+        self.name: str = device.name
+        self.parent = None
+
+        def owners(attr: str) -> set[int]:
+            return {id(getattr(f, "__self__", None)) for f in getattr(device, attr, ())}
+
+        hinted = set((getattr(device, "hints", None) or {}).get("fields") or ())
+        config = owners("_describe_config_funcs")
+        readings = owners("_describe_funcs")
+        names = []
+        for attr, child in device.children():
+            if not isinstance(child, SignalR):
+                continue
+            if child.name in hinted:
+                kind = Kind.hinted
+            elif id(child) in config:
+                kind = Kind.config
+            elif id(child) in readings:
+                kind = Kind.normal
+            else:
+                kind = Kind.omitted
+            setattr(self, attr, AsyncSignalAdapter(child, kind=kind, owner=device, attr=attr))
+            names.append(attr)
+        self.component_names = tuple(names)
+
+    def __repr__(self) -> str:
+        return f"<AsyncDeviceAdapter {self.name}>"
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        from ophyd import Kind
+
+        out: dict[str, dict[str, Any]] = {}
+        for attr in self.component_names:
+            sig = getattr(self, attr)
+            if sig.kind & Kind.normal:  # hinted includes normal
+                out.update(sig.describe())
+        return out
+
+    def trigger(self) -> Any:
+        """A fresh reading of the device's readings on its loop (blocking: the IOC calls it from
+        its thread pool); a finished ophyd status, failed with the instrument's error."""
+        from ophyd.status import Status
+
+        device = self.device
+
+        async def take() -> dict[str, Any]:
+            trigger = getattr(device, "trigger", None)
+            if callable(trigger):
+                await trigger()
+            return await device.read()
+
+        status = Status(obj=self)
+        try:
+            readings = call_sync(take, device=device, timeout=CALL_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - the status carries it to the IOC
+            status.set_exception(exc)
+            return status
+        for attr in self.component_names:
+            sig = getattr(self, attr)
+            if sig.name in readings:
+                sig.store(readings[sig.name])
+        status.set_finished()
+        return status

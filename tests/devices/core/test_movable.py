@@ -1,0 +1,286 @@
+"""Unit tier of the positioner core: a made-up one-axis slide on :class:`ReplayPort`.
+
+Each test states the exact bytes, and the leases they travel in, that a behaviour costs: the
+move command in one lease, every motion-done poll in a lease of its own, nothing at all for a
+refused target. ophyd-async's mock signals cover the timeout arithmetic, which needs no bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from functools import cached_property
+from typing import Any, ClassVar
+
+import pytest
+from ophyd_async.core import StandardReadableFormat as Format
+from ophyd_async.testing import set_mock_value
+
+from daqbridge.devices.core import (
+    Exchange,
+    ReplayPort,
+    WireCommand,
+    WireDevice,
+    WireMotion,
+    WireMovableLogic,
+    WirePositioner,
+    wire_signal_r,
+    wire_target_signal,
+)
+from daqbridge.errors import (
+    IdentityMismatch,
+    InstrumentError,
+    InstrumentTimeout,
+    ReplyError,
+    ValueRejected,
+)
+
+IDN = (b"*IDN?\n", b"ACME,SLIDE-1\n")
+
+
+def flag(reply: str) -> bool:
+    if reply not in ("0", "1"):
+        raise ValueError(reply)
+    return reply == "1"
+
+
+class Slide(WireDevice, WirePositioner):
+    """A made-up slide: ``P?`` position, ``V?`` velocity, ``G<x>`` go, ``M?`` done, ``S`` stop."""
+
+    model: ClassVar[str] = "SLIDE-1"
+
+    def __init__(self, port: Any, *, move_timeout: float | None = None, backoff=None) -> None:
+        self.move_timeout = move_timeout
+        self.backoff = backoff or (0.0, 0.001)
+        with self.add_children_as_readables(Format.HINTED_UNCACHED_SIGNAL):
+            self.readback = wire_signal_r(
+                float, self, WireCommand(query="P?", parse=float, units="mm", precision=3)
+            )
+        with self.add_children_as_readables(Format.UNCACHED_SIGNAL):
+            self.setpoint = wire_target_signal(
+                self, "G", lambda v: self.movable_logic.start(v), units="mm", limits=(0, 10)
+            )
+        with self.add_children_as_readables(Format.CONFIG_SIGNAL):
+            self.velocity = wire_signal_r(float, self, WireCommand(query="V?", parse=float))
+        super().__init__(port, name="slide", timeout=0.2)
+
+    @cached_property
+    def movable_logic(self) -> WireMovableLogic:
+        return WireMovableLogic(
+            setpoint=self.setpoint,
+            readback=self.readback,
+            axis=self,
+            motion=WireMotion(
+                move="G{}",
+                done="M?",
+                is_done=flag,
+                stop="S",
+                format_target=str,
+                backoff=self.backoff,
+            ),
+            limits=(0.0, 10.0),
+            velocity=self.velocity,
+            move_timeout=self.move_timeout,
+        )
+
+    async def identify(self, x: Exchange) -> None:
+        if "SLIDE-1" not in await x.query("*IDN?"):
+            raise IdentityMismatch("not a slide", instrument=self.name)
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """One test body on a fresh loop, bounded: a hang fails instead of stalling the suite."""
+
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro, 10.0)
+
+    return asyncio.run(bounded())
+
+
+async def until(predicate, timeout: float = 5.0) -> None:
+    """Wait on the loop for a condition (other tasks run meanwhile), bounded."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0)
+
+
+def poll(done: bool, position: str) -> list[tuple[bytes, bytes | None]]:
+    return [(b"M?\n", b"1\n" if done else b"0\n"), (b"P?\n", position.encode() + b"\n")]
+
+
+# velocity for the calculated timeout, then the set's starting position (StandardMovable order)
+START = [(b"P?\n", b"0.000\n"), (b"V?\n", b"2.0\n")]
+
+
+def test_a_move_is_one_lease_for_the_command_then_one_lease_per_poll():
+    port = ReplayPort(
+        [
+            IDN,
+            *START,
+            (b"G7.5\n", None),
+            *poll(False, "3.100"),
+            *poll(True, "7.49995"),
+            (b"P?\n", b"7.49995\n"),  # locate() asks the controller again
+        ],
+        url="replay://slide",
+    )
+    seen: list[float] = []
+
+    async def body():
+        slide = Slide(port)
+        await slide.connect()
+        status = slide.set(7.5)
+        status.watch(lambda current=None, **_: seen.append(current))
+        await status
+        return await slide.locate()
+
+    location = run(body())
+    port.assert_done()
+    assert port.transactions[-4:-1] == [b"G7.5\n", b"M?\nP?\n", b"M?\nP?\n"]
+    # The readback is what the controller reported, not the target; the setpoint is the target.
+    assert location == {"setpoint": 7.5, "readback": 7.49995}
+    assert 3.1 in seen  # watchers saw the position of the poll in between
+
+
+def test_the_port_is_free_between_two_polls():
+    port = ReplayPort(
+        [
+            IDN,
+            *START,
+            (b"G5.0\n", None),
+            *poll(False, "1.000"),
+            (b"V?\n", b"2.0\n"),  # another transaction, while the slide travels
+            *poll(True, "5.000"),
+        ],
+        url="replay://slide",
+    )
+
+    async def body():
+        slide = Slide(port, backoff=(0.0, 0.2))
+        await slide.connect()
+        status = slide.set(5)
+        await until(lambda: port.used == 6)  # the first poll was answered
+        velocity = await slide.velocity.get_value()
+        await status
+        return velocity
+
+    assert run(body()) == 2.0
+    port.assert_done()
+    assert port.transactions[-4:] == [b"G5.0\n", b"M?\nP?\n", b"V?\n", b"M?\nP?\n"]
+
+
+@pytest.mark.parametrize("target", [10.5, -0.1, float("nan"), "5\nG9", None])
+def test_a_target_outside_the_soft_limits_is_refused_before_any_byte(target):
+    port = ReplayPort([IDN], url="replay://slide")
+
+    async def body():
+        slide = Slide(port)
+        await slide.connect()
+        with pytest.raises(ValueRejected) as err:
+            slide.set(target)  # synchronous: no status, no task, no position query
+        with pytest.raises(ValueRejected):
+            await slide.check_value(target)
+        return err.value
+
+    err = run(body())
+    assert err.instrument == "slide"
+    port.assert_done()
+    assert port.transactions == [b"*IDN?\n"]
+
+
+def test_stop_sends_the_stop_command_once_and_fails_the_move():
+    port = ReplayPort(
+        [IDN, *START, (b"G9.0\n", None), *poll(False, "2.000"), (b"S\n", None)],
+        url="replay://slide",
+    )
+
+    async def body():
+        slide = Slide(port, backoff=(0.0, 0.2))
+        await slide.connect()
+        status = slide.set(9)
+        await until(lambda: port.used == 6)
+        await slide.stop()
+        with pytest.raises(RuntimeError, match="was stopped"):
+            await status
+        assert not slide.movable_logic.moving
+
+    run(body())
+    port.assert_done()  # one S: the cancelled move did not send a second one
+    assert port.transactions[-1] == b"S\n"
+
+
+def test_a_move_past_its_timeout_is_stopped_and_fails():
+    port = ReplayPort(
+        [IDN, (b"P?\n", b"0.000\n"), (b"G9.0\n", None), *poll(False, "0.500"), (b"S\n", None)],
+        url="replay://slide",
+    )
+
+    async def body():
+        slide = Slide(port, move_timeout=0.0)
+        await slide.connect()
+        await slide.set(9)
+
+    with pytest.raises(InstrumentTimeout, match=r"did not reach 9 .*now at 0\.5.*stopped \(S\)"):
+        run(body())
+    port.assert_done()
+
+
+def test_a_garbled_poll_stops_the_axis_it_lost_track_of():
+    port = ReplayPort(
+        [IDN, *START, (b"G4.0\n", None), (b"M?\n", b"#\n"), (b"S\n", None)],
+        url="replay://slide",
+    )
+
+    async def body():
+        slide = Slide(port)
+        await slide.connect()
+        await slide.set(4)
+
+    with pytest.raises(ReplyError, match="M?"):
+        run(body())
+    port.assert_done()
+
+
+def test_timeout_from_distance_and_velocity_on_mock_signals():
+    async def body():
+        slide = Slide(ReplayPort([], url="replay://slide"))
+        await slide.connect(mock=True)
+        set_mock_value(slide.velocity, 2.0)
+        logic = slide.movable_logic
+        # no acceleration given: distance / velocity, doubled, plus 10 s
+        assert await logic.calculate_timeout(1.0, 9.0) == 2.0 * (8.0 / 2.0) + 10.0
+        set_mock_value(slide.velocity, 0.0)  # a velocity that cannot be right: no deadline
+        assert await logic.calculate_timeout(1.0, 9.0) is None
+        logic.move_timeout = 3.0
+        assert await logic.calculate_timeout(1.0, 9.0) == 3.0
+
+    run(body())
+
+
+def test_a_newer_move_supersedes_the_older_without_stopping_the_axis():
+    port = ReplayPort(
+        [
+            IDN,
+            *START,
+            (b"G5.0\n", None),
+            *poll(False, "1.000"),
+            # the second set: its starting position comes from the readback the first move
+            # is watching (no query), then the velocity for its timeout
+            (b"V?\n", b"2.0\n"),
+            (b"G8.0\n", None),
+            *poll(True, "8.000"),
+        ],
+        url="replay://slide",
+    )
+
+    async def body():
+        slide = Slide(port, backoff=(0.0, 0.2))
+        await slide.connect()
+        first = slide.set(5)
+        await until(lambda: port.used == 6)
+        await slide.set(8)
+        with pytest.raises(InstrumentError, match="superseded"):
+            await first
+
+    run(body())
+    port.assert_done()  # and no S: the newer move owns the axis
