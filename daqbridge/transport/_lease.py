@@ -320,10 +320,10 @@ class LeaseLock:
             while True:
                 nap = self._nap(waiter, deadline)
                 if nap > 0:
-                    try:
-                        await asyncio.wait_for(future, nap)
-                    except TimeoutError:
-                        pass
+                    # asyncio.wait, not wait_for: on Python 3.11 wait_for returns the result and
+                    # drops a cancel that arrives in the instant the lease is handed over, so a
+                    # cancelled poll (a stopped move) would go on holding and polling the port.
+                    await asyncio.wait((future,), timeout=nap)
                 wake = None
                 with self._mutex:
                     if self._settle_locked(waiter, record):

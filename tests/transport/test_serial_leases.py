@@ -296,6 +296,37 @@ def test_cancelled_async_waiter_leaves_the_queue(pool, peer):
     assert asyncio.run(main()) == b"Rx"
 
 
+def test_a_cancel_in_the_instant_the_lease_is_handed_over_is_not_lost(pool, peer):
+    """On Python 3.11 asyncio.wait_for returned the lease and dropped a cancel that arrived with
+    it, so a stopped move's poll went on holding and polling the port until its own timeout. The
+    cancel wins, and the lease passes on to the next holder."""
+    port = pool.open(peer.path)
+    entered: list[str] = []
+
+    async def poll():
+        async with port.async_lease("poll", 5.0):
+            entered.append("poll")
+
+    async def main():
+        holder = port.async_lease("holder", 5.0)
+        await holder.__aenter__()
+        task = asyncio.create_task(poll())
+        for _ in range(1000):  # bounded: until the poll waits in the queue
+            if port.stats()["waiters"] == ["poll"]:
+                break
+            await asyncio.sleep(0.001)
+        assert port.stats()["waiters"] == ["poll"]
+        await holder.__aexit__(None, None, None)  # the lease is handed to the poll ...
+        task.cancel()  # ... and the stop's cancel arrives in the same instant
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert entered == []
+        async with port.async_lease("next", 0.5) as lease:
+            return await lease.query(b"x\n", b"\n", 1.0)
+
+    assert asyncio.run(main()) == b"Rx"
+
+
 def test_cancelled_io_finishes_before_the_next_holder_talks(pool, make_peer):
     """A task cancelled mid-read must not leave its late reply to the next holder."""
     replies = {b"slow": (0.3, b"Rslow\n")}
