@@ -87,7 +87,7 @@ class FaultTimeouts:
 
     NATIVE: dict[str, tuple[str, str]] = {
         "sim_stage": ("sim_stage", "timeout"),
-        "sim_meter": ("sim_meter", "timeout"),
+        "sim_meter": ("sim_meter", "reply_timeout"),  # the ophyd-async meter (core WireDevice)
         "sim_rotators": ("sim_rotators_", "reply_timeout"),  # every mount on the bus
         "sim_dmm": ("sim_dmm", "timeout"),
     }

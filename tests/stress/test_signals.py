@@ -223,7 +223,33 @@ def test_a_garbled_reply_is_the_stop_reason_in_the_instruments_words(lab):
     # Was "DeviceStatus(device=meter, done=True, success=False)".
     assert stop["reason"].startswith("[instrument 'meter' on sim://newport1830c?name=meter_"), stop
     assert "reply to 'D?'" in stop["reason"] and "Fix:" in stop["reason"], stop
-    # What the caller gets reads the same (still a FailedStatus, as bluesky code expects).
+    # What the caller gets reads the same: the instrument's own error. The meter is an
+    # ophyd-async device, whose read raises it; a v1 device's failed status arrives as a
+    # FailedStatus caused by it (test_a_failed_status_reads_as_its_cause covers that path).
+    assert str(outcome) == stop["reason"]
+    assert isinstance(outcome, ReplyError)
+
+
+def test_a_failed_status_reads_as_its_cause(lab):
+    """The v1 path of the same rule: a move's status fails on a garbled reply, and bluesky's
+    FailedStatus reads as the instrument's error (the v1 ESP300 axis moves through a status)."""
+    rt = lab(STAGE_AND_METER)
+    stage_sim = rt.simulation.simulator("stage")
+
+    def garble_after_the_first_point(name: str, doc: dict) -> None:
+        if name == "event" and doc["seq_num"] == 1:
+            stage_sim.faults.garble_next = 1  # the reply to the next move's first query
+
+    rt.RE.subscribe(garble_after_the_first_point)
+    uids: list[str] = []
+    rt.RE.subscribe(lambda name, doc: uids.append(doc["uid"]), "start")
+    outcome = _run(rt, bp.scan([rt["meter"]], rt["stage_x"], 0, 1, 5))
+    rt.catalog.flush()
+
+    (uid,) = uids
+    stop = rt.catalog[uid].metadata["stop"]
+    assert stop["exit_status"] == "fail"
+    assert stop["reason"].startswith("[instrument 'stage"), stop
     assert str(outcome) == stop["reason"]
     assert isinstance(outcome, FailedStatus) and isinstance(outcome.__cause__, ReplyError)
 
