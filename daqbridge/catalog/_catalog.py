@@ -284,7 +284,21 @@ class Catalog:
             raise
 
     def __getitem__(self, key: str | int) -> Any:
-        """A run by full uid, unique uid prefix (5+ characters), scan id, or -1 for the latest."""
+        """A run by full uid, unique uid prefix (5+ characters), scan id, or -1 for the latest.
+
+        A key typed as digits (``"1234"``, ``"-1"``) is a scan id first; a uid may start with
+        digits too (about 1 uid in 40 has 8 leading digits), so 5+ digits that name no scan id
+        are tried as a uid prefix, and leading zeros are kept for that.
+        """
+        if isinstance(key, str) and key.lstrip("-").isdigit():
+            try:
+                return self._run(int(key))
+            except UnknownRun:
+                if key.startswith("-") or len(key) < 5:
+                    raise
+        return self._run(key)
+
+    def _run(self, key: str | int) -> Any:
         self._check_open()
         try:
             with self.reading():

@@ -196,11 +196,9 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_key(text: str) -> str | int:
-    try:
-        return int(text)
-    except ValueError:
-        return text
+def _run_key(text: str) -> str:
+    """The run as typed: the catalog tells a scan id from a uid prefix of digits (``63121478``)."""
+    return text
 
 
 def _short(value: Any, width: int = 90) -> str:
