@@ -132,12 +132,13 @@ def describe_keys(device: Any) -> list[str]:
     if is_async_device(device):
         from ophyd_async.core import SignalR
 
-        funcs = getattr(device, "_describe_funcs", None)
-        owners = [getattr(f, "__self__", None) for f in funcs or ()]
-        if funcs is not None and all(isinstance(o, SignalR) for o in owners):
-            return [o.name for o in owners]
         if isinstance(device, SignalR):
             return [device.name]
+        funcs = getattr(device, "_describe_funcs", None)
+        owners = [getattr(f, "__self__", None) for f in funcs or ()]
+        if funcs is not None and all(is_async_device(o) for o in owners):
+            # a part that is a device (the laser's wavelength positioner): its own keys
+            return [key for owner in owners for key in describe_keys(owner)]
     described = device.describe()
     if inspect.isawaitable(described):
         return list(maybe_sync(described, device=device))

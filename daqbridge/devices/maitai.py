@@ -1,89 +1,93 @@
-"""Spectra-Physics MaiTai Ti:Sapphire laser as a native ophyd device.
+"""Spectra-Physics MaiTai Ti:Sapphire laser as a native ophyd-async device.
 
-What the real laser does that shapes this driver (INSTRUMENTS.md, "MaiTai"):
+The laser's facts (tuning range, reply terminators, reply formats) are written once, below;
+:class:`MaiTaiSettings` (the profile's ``[instruments.maitai]`` table) is declared from them, the
+constructor validates through it, and the module registers the driver
+(:func:`daqbridge.devices.register_driver`), so ``config check`` and start-up cannot disagree.
+The data keys, kinds, units, limits and descriptor ``source`` are those of the v1 laser this
+device replaced (ADR 0007), so catalogs written before read the same.
 
-* Set commands are silent, replies take up to 2 s, and the unit wants a short pause after a
-  write before it listens again. So queries drain stale bytes first, set commands are followed by
-  a quiet period (``write_delay``) that only delays a command that comes sooner, and nothing ever
-  waits for a reply to a set command.
-* Tuning takes seconds and ``WAVELENGTH`` only sets a target: the move is complete when the
-  read-back wavelength has reached the target and stays there, so the driver polls it (updating
-  the readback, so progress bars move) instead of trusting the command. The laser answers
-  ``WAVELENGTH?`` with the last commanded value and ``READ:WAVELENGTH?`` (``READ:WAV?``) with
-  where it is: the readback is always the latter; the former only confirms, right after the
-  command, that the laser took it (a target it refused fails the move at once, with what
-  ``SYSTEM:ERR?`` says, instead of after ``tune_timeout``).
-* Units differ in tuning range (:data:`TUNING_RANGE_NM`, 710-990 nm, older 750-850 nm): its own
-  ``WAVELENGTH:MIN?``/``MAX?`` are read at connect and the move limits are their intersection
-  with the profile's ``wavelength_limits``.
-* The shutter can silently ignore ``SHUTTER 1`` (front-panel/local mode, open interlock): every
-  shutter change is verified with ``SHUTTER?`` and a refusal is a clear InstrumentFault.
-* ``ON`` is ignored until the warm-up reaches 100 %: emission is refused up front with the
-  percentage, instead of leaving the scientist wondering why there is no light.
-* Reply terminators vary by unit and firmware: the configured one is used to frame replies and
-  a unit that ends its replies differently is detected once and followed, with a warning.
+Wire behaviour (INSTRUMENTS.md, "Spectra-Physics MaiTai"; tests/transcripts/maitai.yaml):
 
-The laser's tuning range and reply terminators are written once, below; :class:`MaiTaiSettings`
-(the profile's ``[instruments.maitai]`` table) is declared from them, the constructor validates
-through it, and the module registers it (:func:`daqbridge.devices.register_driver`), so
-``config check`` and start-up cannot disagree.
-
-Threads: every exchange runs on the laser's :class:`InstrumentWorker`. A wavelength move runs its
-polling loop on a second thread that hands each poll to the worker, so the worker stays free
-between polls: a trigger (power reading) or a shutter command during a long tune is not queued
-behind the whole tune.
+* Connect is the transcript's ``connect`` section, in one lease: ``*IDN?`` must name a MaiTai,
+  then ``WAVELENGTH:MIN?``/``MAX?`` (the unit's own range, intersected with the profile's
+  ``wavelength_limits``), the settings (``READ:PCTWARMEDUP?``, ``*STB?``, ``PLASER:POWER?``,
+  ``READ:HUM?``), ``SHUTTER?``, ``READ:POWER?``, ``WAVELENGTH?`` (where the laser is going) and
+  ``READ:WAV?`` (where it is). Queries only: connect changes nothing on the laser.
+* Set commands are silent and the laser wants about 50 ms after a write before it listens
+  again (``write_delay``): a set goes out alone, and the next command, in the same lease or the
+  next one, waits out the quiet period. The core's habit of sending a set together with the
+  next query in one write would break that rule, so this driver flushes every set itself.
+* Replies take up to 2 s (``timeout`` defaults to 3 s); the reply terminator is the profile's
+  (LF, CR or CR LF, the same bytes going out). A unit that ends its replies with another one
+  (firmware differs) is followed: the first reply that times out but sits complete in the input
+  ending in CR or LF is taken, and that terminator frames every exchange from then on, with a
+  warning naming the profile setting to change (the laser reads CR, LF or CR LF alike).
+* The wavelength is a positioner: ``WAVELENGTH <nm>`` and, in the same lease, ``WAVELENGTH?``
+  (a target the laser refused fails at once, with what ``SYSTEM:ERR?`` says); then ``READ:WAV?``
+  polls in short leases until ``settle_reads`` readings in a row are the same and within
+  ``tolerance_nm``. The laser has no stop command: stopping a tune asks where it is and sends
+  that as the new target.
+* The shutter and emission can be silently ignored (front panel, interlock, warm-up): every
+  change is followed by read-backs (``SHUTTER?``, ``*STB?`` bit 0) until it shows or
+  ``shutter_timeout`` passes. ``ON`` is refused before any byte of it while the warm-up is
+  below 100 %.
+* Emission is what ``*STB?`` bit 0 says, never the last ``ON``/``OFF`` sent (the key switch,
+  the front panel and the watchdog turn it off too).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
-import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, ClassVar, Literal
 
-from ophyd import Component as Cpt
-from ophyd import Device, Kind
-from ophyd.positioner import PositionerBase
-from ophyd.status import MoveStatus, StatusBase
+from event_model import DataKey
+from ophyd_async.core import AsyncStatus, SignalR, SignalRW, StandardReadable
+from ophyd_async.core import StandardReadableFormat as Format
 from pydantic import Field, field_validator
 
-from daqbridge.devices._base import (
-    InstrumentSignal,
-    InstrumentWorker,
-    OwnMoveStatus,
-    SettingSignal,
-    as_instrument_error,
-    check_number,
-    fail_status,
-    finish_status,
-)
 from daqbridge.devices._registry import (
     DriverSettings,
     register_driver,
     settings_error,
     validate_settings,
 )
+from daqbridge.devices.core import (
+    Exchange,
+    LeasedPort,
+    WireCommand,
+    WireDevice,
+    WireMotion,
+    WireMovableLogic,
+    WirePositioner,
+    WireSignalBackend,
+    wire_backend,
+    wire_signal_r,
+    wire_target_signal,
+)
 from daqbridge.errors import (
     ConfigError,
     IdentityMismatch,
-    InstrumentError,
     InstrumentFault,
     InstrumentTimeout,
-    ReplyError,
     ValueRejected,
 )
-from daqbridge.transport import SerialPortPool, SharedSerialPort, default_pool
 
 __all__ = [
+    "REPLY_TERMINATORS",
+    "TUNING_RANGE_NM",
     "MaiTaiDiagnostics",
     "MaiTaiLaser",
     "MaiTaiSettings",
     "MaiTaiWavelength",
-    "TUNING_RANGE_NM",
-    "REPLY_TERMINATORS",
     "build",
 ]
 
@@ -94,6 +98,7 @@ TUNING_RANGE_NM = (690.0, 1040.0)
 
 REPLY_TERMINATORS = {"LF": b"\n", "CR": b"\r", "CRLF": b"\r\n"}
 """The terminators units end their replies with (varies by firmware), by profile name."""
+_TERMINATOR_NAMES = {b"\r": "CR", b"\n": "LF"}
 
 _IDENTITY_MARK = "maitai"
 _POLL_BACKOFF = (0.0, 0.005, 0.01, 0.02)
@@ -110,29 +115,6 @@ _ERROR_CODE = re.compile(r"^([+-]?\d+)e?$")
 _SYSTEM_ERROR = re.compile(r"^([+-]?\d+)\s*,?\s*(.*)$")
 _PUMP_MODES = ("POW", "PPOW", "PCUR")
 _ERROR_QUEUE_DEPTH = 16
-
-
-def _parse_quantity(text: str, unit: str, *, what: str, instrument: str, resource: str) -> float:
-    """``820nm`` / ``3.000W`` / ``100.00%`` -> float.
-
-    The unit is required: the laser always sends it, and a reply without it is a garbled one
-    (line noise can turn the ``W`` into a CR and leave a plausible number behind).
-    """
-    m = _QUANTITY.match(text.strip())
-    if m is None or m.group(2).lower() != unit.lower():
-        raise ReplyError(
-            f"the {what} reply is not a number in {unit}",
-            reply=text,
-            instrument=instrument,
-            resource=resource,
-            fix="check the cable and baud rate (noise garbles replies); the next query resends.",
-        )
-    value = float(m.group(1))
-    if not math.isfinite(value):
-        raise ReplyError(
-            f"the {what} reply is not finite", reply=text, instrument=instrument, resource=resource
-        )
-    return value
 
 
 def _format_nm(nm: float) -> str:
@@ -190,842 +172,6 @@ class MaiTaiDiagnostics:
     """0: disabled; otherwise the laser turns its pump off after this long without a command."""
 
 
-class MaiTaiWavelength(Device, PositionerBase):
-    """The laser's wavelength as a positioner (nm); part of :class:`MaiTaiLaser`.
-
-    ``set(nm)`` sends ``WAVELENGTH`` and finishes when the read-back has settled at the target
-    (within ``tolerance_nm``, the same value ``settle_reads`` times in a row).
-    """
-
-    readback = Cpt(InstrumentSignal, units="nm", precision=1, kind=Kind.hinted, value=0.0)
-    setpoint = Cpt(InstrumentSignal, units="nm", precision=1, kind=Kind.normal, value=0.0)
-
-    def __init__(self, prefix: str = "", *, name: str, parent: Any = None, **kwargs: Any) -> None:
-        super().__init__(prefix=prefix, name=name, parent=parent, **kwargs)
-        self.readback.name = self.name  # the data key is the device name, as for EpicsMotor
-        self._move_gen = 0
-        self._halt = threading.Event()
-        self._status: MoveStatus | None = None
-
-    @property
-    def laser(self) -> MaiTaiLaser:
-        return self.parent
-
-    @property
-    def egu(self) -> str:
-        return "nm"
-
-    @property
-    def limits(self) -> tuple[float, float]:
-        return self.laser.tuning_limits
-
-    @property
-    def precision(self) -> int:
-        return 1
-
-    def locate(self) -> dict[str, float]:
-        return {"setpoint": self.setpoint.get(), "readback": self.readback.get()}
-
-    def check_value(self, value: Any, **kwargs: Any) -> None:
-        laser = self.laser
-        nm = check_number(value, instrument=laser.name, what="wavelength (nm)")
-        low, high = self.limits
-        if low <= nm <= high:
-            return
-        plo, phi = laser.wavelength_limits
-        own = laser.laser_wavelength_limits
-        reports = (
-            f"the laser reports {own[0]:g}-{own[1]:g} nm (WAVELENGTH:MIN?/MAX?) and "
-            if own is not None
-            else ""
-        )
-        raise ValueRejected(
-            f"wavelength {nm:g} nm is outside what {laser.name} may tune: {reports}the profile "
-            f"allows {plo:g}-{phi:g} nm.",
-            instrument=laser.name,
-            resource=laser.port.url,
-            value=value,
-            limit=(low, high),
-            fix=f"choose a wavelength between {low:g} and {high:g} nm.",
-        )
-
-    def move(
-        self,
-        position: Any,
-        wait: bool = False,
-        moved_cb: Any = None,
-        timeout: float | None = None,
-        **kwargs: Any,
-    ) -> MoveStatus:
-        laser = self.laser
-        laser._require_connected("tune the wavelength")
-        self.check_value(position)  # before any byte is sent: ValueRejected names the limit
-        target = float(position)
-        old = self._status
-        if old is not None and not old.done:
-            fail_status(
-                old,
-                InstrumentError(
-                    f"tuning replaced by a new move to {target:g} nm before it settled.",
-                    instrument=laser.name,
-                    resource=laser.port.url,
-                ),
-            )
-        self._reset_sub(self._SUB_REQ_DONE)
-        self._move_gen += 1
-        gen = self._move_gen
-        self._halt.clear()
-        status = OwnMoveStatus(
-            self,
-            target,
-            timeout=timeout if timeout is not None else self._timeout,
-            settle_time=self._settle_time,
-        )
-        if moved_cb is not None:
-            status.add_callback(lambda st: moved_cb(st, obj=self))
-        self.subscribe(status._finished, event_type=self._SUB_REQ_DONE, run=False)
-        self._status = status
-        self.setpoint.update(target)
-        self._moving = True
-        self._run_subs(sub_type=self.SUB_START, timestamp=time.time())
-        laser._tuner.submit(self._tune, target, status, gen)
-        if wait:
-            status.wait()
-        return status
-
-    def stop(self, *, success: bool = False) -> None:
-        """Abandon the tune: the laser is told to stay where it is; the move's status ends."""
-        self._halt.set()
-        status = self._status
-        if status is not None and not status.done and self._moving:
-            self._moving = False
-            self._reset_sub(self._SUB_REQ_DONE)
-            if success:
-                finish_status(status)
-            else:
-                fail_status(
-                    status,
-                    InstrumentError(
-                        "wavelength tuning was stopped before it settled.",
-                        instrument=self.laser.name,
-                        resource=self.laser.port.url,
-                    ),
-                )
-
-    def _stop_move(self, status: StatusBase) -> None:
-        if status is self._status:
-            self.stop()
-
-    # --- worker side -------------------------------------------------------------------------
-
-    def _store(self, nm: float) -> None:
-        self.readback.update(nm)
-        self._set_position(nm)
-
-    def _tune(self, target: float, status: MoveStatus, gen: int) -> None:
-        laser = self.laser
-        try:
-            if gen != self._move_gen or status.done or self._halt.is_set():
-                return  # stopped or replaced before it started: send nothing
-            laser._io(laser._command, f"WAVELENGTH {_format_nm(target)}")
-            laser._io(laser._confirm_target, target)
-            deadline = time.monotonic() + laser.tune_timeout
-            readings: list[float] = []
-            for delay in _delays(laser.poll_interval):
-                if gen != self._move_gen:
-                    return  # replaced by a newer move (its status already failed)
-                if self._halt.wait(delay):  # stop(): tell the laser to stay where it is
-                    self._halt_tuning(readings)
-                    return
-                if status.done:  # the caller's timeout expired (its stop() halts, above)
-                    self._moving = False
-                    return
-                nm = laser._io(laser._read_wavelength)
-                readings.append(nm)
-                last = readings[-laser.settle_reads :]
-                if (
-                    len(last) == laser.settle_reads
-                    and all(abs(r - target) <= laser.tolerance_nm + 1e-9 for r in last)
-                    and max(last) - min(last) <= 1e-9
-                ):
-                    break
-                if time.monotonic() > deadline:
-                    raise InstrumentTimeout(
-                        f"the wavelength did not settle at {target:g} nm within "
-                        f"{laser.tune_timeout:g} s; last readings {readings[-5:]} nm.",
-                        instrument=laser.name,
-                        resource=laser.port.url,
-                        fix="check that the laser is on and tuning (front panel); raise "
-                        "tune_timeout for long tunes or tolerance_nm if it settles nearby.",
-                    )
-        except BaseException as exc:  # noqa: BLE001 - every failure must reach the status
-            if gen == self._move_gen:
-                self._moving = False
-                self._reset_sub(self._SUB_REQ_DONE)
-            fail_status(status, as_instrument_error(exc, laser.name, laser.port.url))
-            return
-        if gen == self._move_gen and not status.done:
-            self._moving = False
-            self._done_moving(success=True, value=self._position)
-
-    def _halt_tuning(self, readings: list[float]) -> None:
-        # Stop slewing: ask for where the laser is now (it moves on towards the old target
-        # otherwise). Best effort: the stop itself must not raise.
-        laser = self.laser
-        try:
-            here = readings[-1] if readings else laser._io(laser._read_wavelength)
-            laser._io(laser._command, f"WAVELENGTH {_format_nm(here)}")
-            self.setpoint.update(here)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("%s: could not halt tuning after stop: %s", laser.name, exc)
-
-
-def _delays(cap: float):
-    yield from (min(d, cap) for d in _POLL_BACKOFF)
-    while True:
-        yield cap
-
-
-class MaiTaiLaser(Device):
-    """A MaiTai laser on one serial port.
-
-    Parameters mirror the lab profile (``[instruments.maitai]``, checked by
-    :class:`MaiTaiSettings`): ``wavelength_limits`` narrow the tuning range
-    (:data:`TUNING_RANGE_NM`), ``reply_terminator`` is the unit's ("LF", "CR" or "CRLF"),
-    ``reply_timeout`` the longest a reply may take (the laser can take 2 s).
-    """
-
-    wavelength = Cpt(MaiTaiWavelength, kind=Kind.hinted)
-    power = Cpt(InstrumentSignal, units="W", precision=3, kind=Kind.hinted, value=0.0)
-    shutter = Cpt(SettingSignal, owner="root", apply="_set_shutter", kind=Kind.normal, value=0)
-    emission = Cpt(SettingSignal, owner="root", apply="_set_emission", kind=Kind.config, value=0)
-    warmup = Cpt(InstrumentSignal, units="%", precision=2, kind=Kind.config, value=0.0)
-    status_byte = Cpt(InstrumentSignal, kind=Kind.config, value=0)
-    pump_power = Cpt(InstrumentSignal, units="W", precision=2, kind=Kind.config, value=0.0)
-    humidity = Cpt(InstrumentSignal, units="%", precision=2, kind=Kind.config, value=0.0)
-
-    _SOURCES = {
-        "power": "READ:POWER?",
-        "shutter": "SHUTTER?",
-        "emission": "*STB? bit 0 (set with ON/OFF)",
-        "warmup": "READ:PCTWARMEDUP?",
-        "status_byte": "*STB?",
-        "pump_power": "PLASER:POWER?",
-        "humidity": "READ:HUM?",
-    }
-
-    def __init__(
-        self,
-        port: SharedSerialPort,
-        *,
-        name: str = "maitai",
-        wavelength_limits: tuple[float, float] | list[float] = TUNING_RANGE_NM,
-        reply_terminator: str = "LF",
-        reply_timeout: float = 3.0,
-        write_delay: float = 0.05,
-        tolerance_nm: float = 0.5,
-        settle_reads: int = 2,
-        tune_timeout: float = 60.0,
-        poll_interval: float = 0.05,
-        shutter_timeout: float = 2.0,
-        lease_timeout: float = 5.0,
-        **kwargs: Any,
-    ) -> None:
-        if not isinstance(port, SharedSerialPort):
-            raise ConfigError(
-                f"MaiTaiLaser needs an open SharedSerialPort, got {type(port).__name__}.",
-                key="port",
-                fix="open it with SerialPortPool.open(url) or use MaiTaiLaser.from_url(url).",
-            )
-        self.port = port
-        settings = validate_settings(
-            MaiTaiSettings,
-            {
-                # A pair in any sequence from Python; the profile's TOML array is a list.
-                "wavelength_limits": list(wavelength_limits)
-                if isinstance(wavelength_limits, tuple)
-                else wavelength_limits,
-                "reply_terminator": reply_terminator,
-            },
-            instrument=name,
-        )
-        low, high = settings.wavelength_limits
-        self.wavelength_limits = (low, high)
-        """What the profile lets plans request (the lab's optics)."""
-        self._laser_limits: tuple[float, float] | None = None
-        self.reply_terminator = settings.reply_terminator
-        self._write_term = REPLY_TERMINATORS[self.reply_terminator]
-        self._read_term = self._write_term[-1:]
-        self.reply_timeout = _positive(reply_timeout, "reply_timeout", name)
-        self.write_delay = _positive(write_delay, "write_delay", name, zero=True)
-        self.tolerance_nm = _positive(tolerance_nm, "tolerance_nm", name, zero=True)
-        if isinstance(settle_reads, bool) or not isinstance(settle_reads, int) or settle_reads < 1:
-            raise ConfigError(
-                f"settle_reads must be an integer >= 1, got {settle_reads!r}.",
-                key="settle_reads",
-                instrument=name,
-            )
-        self.settle_reads = settle_reads
-        self.tune_timeout = _positive(tune_timeout, "tune_timeout", name)
-        self.poll_interval = _positive(poll_interval, "poll_interval", name)
-        self.shutter_timeout = _positive(shutter_timeout, "shutter_timeout", name, zero=True)
-        self.lease_timeout = _positive(lease_timeout, "lease_timeout", name)
-        self._quiet_until = 0.0
-        self._generation: int | None = None
-        self._identity: str | None = None
-        self._connected = False
-        self._config_stale = True
-        self._held: Any = None
-        """The lease a group of queries shares (worker thread only); None between groups."""
-        self._worker = InstrumentWorker(name)
-        self._tuner = InstrumentWorker(f"{name}-tuning")
-        super().__init__(prefix="", name=name, **kwargs)
-        for attr, command in self._SOURCES.items():
-            getattr(self, attr)._source = f"{name} (MaiTai) on {port.url}: {command}"
-        self.wavelength.readback._source = f"{name} (MaiTai) on {port.url}: READ:WAV?"
-        self.wavelength.setpoint._source = f"{name} (MaiTai) on {port.url}: WAVELENGTH"
-        self._publish_limits()
-
-    # --- construction helpers ----------------------------------------------------------------
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        pool: SerialPortPool | None = None,
-        name: str = "maitai",
-        baudrate: int = 9600,
-        flow_control: str = "xonxoff",
-        connect: bool = True,
-        connect_timeout: float = 15.0,
-        **kwargs: Any,
-    ) -> MaiTaiLaser:
-        """Open ``url`` (device path or pyserial URL) from ``pool`` and build a connected laser.
-
-        The manual asks for XON/XOFF; pass ``flow_control="none"`` where the cable lacks it.
-        """
-        if flow_control not in ("none", "xonxoff", "rtscts"):
-            raise ConfigError(
-                f"flow_control {flow_control!r} is not one of none, xonxoff, rtscts.",
-                key="flow_control",
-                instrument=name,
-            )
-        port = (pool or default_pool()).open(
-            url,
-            baudrate=baudrate,
-            xonxoff=flow_control == "xonxoff",
-            rtscts=flow_control == "rtscts",
-        )
-        laser = cls(port, name=name, **kwargs)
-        if connect:
-            laser.connect(timeout=connect_timeout)
-        return laser
-
-    # --- lifecycle ---------------------------------------------------------------------------
-
-    def connect(self, timeout: float = 15.0) -> None:
-        """Check the identity (``*IDN?`` must name a MaiTai) and read the laser's state."""
-        self._worker.call(self._connect_io, timeout=timeout, resource=self.port.url)
-
-    @property
-    def identity(self) -> str | None:
-        return self._identity
-
-    @property
-    def is_connected(self) -> bool:
-        return self._connected
-
-    @property
-    def laser_wavelength_limits(self) -> tuple[float, float] | None:
-        """The unit's own tuning range (``WAVELENGTH:MIN?``/``MAX?``), read at connect."""
-        return self._laser_limits
-
-    @property
-    def tuning_limits(self) -> tuple[float, float]:
-        """What a move may request: the profile's limits inside the laser's own range."""
-        if self._laser_limits is None:
-            return self.wavelength_limits
-        return (
-            max(self.wavelength_limits[0], self._laser_limits[0]),
-            min(self.wavelength_limits[1], self._laser_limits[1]),
-        )
-
-    def diagnostics(self, timeout: float | None = None) -> MaiTaiDiagnostics:
-        """Read the pump laser and modelocker state (queries only: nothing is changed)."""
-        self._require_connected("read the diagnostics")
-        return self._worker.call(
-            self._diagnostics_io,
-            timeout=timeout or 20 * (self.reply_timeout + self.write_delay) + self.lease_timeout,
-            resource=self.port.url,
-        )
-
-    def refresh_configuration(self, timeout: float | None = None) -> None:
-        """Ask the laser for its settings now, in one lease: warm-up, ``*STB?`` (emission is its
-        bit 0), pump power, humidity and the shutter.
-
-        Outside a staged run these are otherwise the answers of connect, and the front panel or
-        another program may have changed them since; a recorded setting must be one the laser
-        reported. Queries only: nothing is changed. Blocking (the baseline reads it from its own
-        thread; interactive use), never inside a plan.
-        """
-        self._require_connected("read its settings")
-        self._worker.call(
-            self._refresh_settings,
-            timeout=timeout or 5 * (self.reply_timeout + self.write_delay) + self.lease_timeout,
-            resource=self.port.url,
-        )
-
-    def read_errors(self, timeout: float | None = None) -> list[tuple[int, str]]:
-        """Empty the laser's ``SYSTEM:ERR?`` queue: (code, text) pairs, oldest first."""
-        self._require_connected("read the error queue")
-        return self._worker.call(
-            self._drain_errors,
-            timeout=timeout
-            or _ERROR_QUEUE_DEPTH * (self.reply_timeout + self.write_delay) + self.lease_timeout,
-            resource=self.port.url,
-        )
-
-    def close(self) -> None:
-        """Stop the worker threads (the port belongs to the pool and stays open)."""
-        self.wavelength._halt.set()
-        self._connected = False
-        self._tuner.shutdown(wait=False)
-        self._worker.shutdown(wait=True)
-
-    def stop(self, *, success: bool = False) -> None:
-        """Stop tuning and close the shutter (without waiting: this runs on the RunEngine loop)."""
-        self.wavelength.stop(success=success)
-        if self._connected:
-            try:
-                self._worker.submit(self._close_shutter_quietly)
-            except InstrumentError:
-                pass
-
-    def stage(self) -> list[object]:
-        self._config_stale = True
-        return super().stage()
-
-    def trigger(self) -> StatusBase:
-        """Read power and wavelength (and, first in a run, the configuration) on the worker."""
-        self._require_connected("read the laser")
-        # No obj: ophyd would call stop() (close the shutter) when a reading fails.
-        return self._worker.status(self._refresh)
-
-    # --- emission ----------------------------------------------------------------------------
-
-    def turn_on(self, timeout: float | None = None) -> None:
-        """Emission on; refused with the warm-up percentage until the laser is warmed up."""
-        self.emission.set(1).wait(timeout=timeout or self.reply_timeout * 3)
-
-    def turn_off(self, timeout: float | None = None) -> None:
-        self.emission.set(0).wait(timeout=timeout or self.reply_timeout * 3)
-
-    def open_shutter(self, timeout: float | None = None) -> None:
-        self.shutter.set(1).wait(timeout=timeout)
-
-    def close_shutter(self, timeout: float | None = None) -> None:
-        self.shutter.set(0).wait(timeout=timeout)
-
-    # --- setting handlers (called by SettingSignal.set on the RunEngine loop: no I/O here) --
-
-    def _set_shutter(self, value: Any) -> StatusBase:
-        state = _shutter_state(value, self.name)
-        self._require_connected("move the shutter")
-        return self._worker.status(lambda: self._shutter_io(state), obj=self.shutter)
-
-    def _set_emission(self, value: Any) -> StatusBase:
-        state = _on_off(value, self.name)
-        self._require_connected("switch emission")
-        return self._worker.status(lambda: self._emission_io(state), obj=self.emission)
-
-    def _require_connected(self, what: str) -> None:
-        if not self._connected:
-            raise InstrumentError(
-                f"cannot {what}: the laser is not connected.",
-                instrument=self.name,
-                resource=self.port.url,
-                fix="call connect() first (the runtime does it at start-up).",
-            )
-
-    # --- worker side -------------------------------------------------------------------------
-
-    def _io(self, fn: Any, *args: Any) -> Any:
-        """Run ``fn`` on the worker from another thread (the tuning loop) and wait for it."""
-        return self._worker.call(
-            fn,
-            *args,
-            timeout=self.reply_timeout + self.lease_timeout + self.write_delay + 1.0,
-            resource=self.port.url,
-        )
-
-    def _connect_io(self) -> None:
-        self._connected = False
-        with self.port.lease(self.name, self.lease_timeout) as lease:
-            self._identify(lease)
-        self._read_laser_limits()
-        self._read_config()
-        self.shutter.update(self._read_shutter())
-        self.power.update(self._read_power())
-        # Connecting mid-tune: the setpoint is where the laser is going, the readback where it is.
-        self.wavelength.setpoint.update(self._quantity("WAVELENGTH?", "nm", "commanded wavelength"))
-        self._read_wavelength()
-        self._config_stale = False
-        self._connected = True
-
-    def _read_laser_limits(self) -> None:
-        low = self._quantity("WAVELENGTH:MIN?", "nm", "shortest wavelength")
-        high = self._quantity("WAVELENGTH:MAX?", "nm", "longest wavelength")
-        if not low < high:
-            raise ReplyError(
-                f"the laser's tuning range {low:g}-{high:g} nm (WAVELENGTH:MIN?/MAX?) is empty",
-                instrument=self.name,
-                resource=self.port.url,
-                fix="check the cable and baud rate; connect again.",
-            )
-        plo, phi = self.wavelength_limits
-        if high < plo or low > phi or max(low, plo) >= min(high, phi):
-            raise ConfigError(
-                f"the profile's wavelength_limits [{plo:g}, {phi:g}] nm lie outside this laser's "
-                f"own tuning range {low:g}-{high:g} nm (WAVELENGTH:MIN?/MAX?).",
-                key="wavelength_limits",
-                instrument=self.name,
-                fix=f"set wavelength_limits inside [{low:g}, {high:g}] in the profile, or check "
-                "that the port is the right laser's.",
-            )
-        self._laser_limits = (low, high)
-        self._publish_limits()
-
-    def _publish_limits(self) -> None:
-        # describe() reports these, and plans (wavelength scans) take their bounds from them.
-        self.wavelength.setpoint._limits = self.tuning_limits
-        self.wavelength.readback._limits = self.tuning_limits
-
-    def _confirm_target(self, target: float) -> None:
-        # The laser answers WAVELENGTH? with the last target it accepted: a refused or lost
-        # command shows here at once, where polling READ:WAV? would only time out.
-        commanded = self._quantity("WAVELENGTH?", "nm", "commanded wavelength")
-        if abs(commanded - target) <= 0.5 + 1e-9:  # it answers in whole nanometres
-            return
-        errors = self._drain_errors()
-        said = "; ".join(f"{code}, {text}" for code, text in errors) or "nothing"
-        raise InstrumentFault(
-            f"MaiTai did not take WAVELENGTH {_format_nm(target)}: WAVELENGTH? still answers "
-            f"{commanded:g} nm (SYSTEM:ERR? reports {said}).",
-            instrument=self.name,
-            resource=self.port.url,
-            code=errors[0][0] if errors else None,
-            fix="check that the laser is in remote control and warmed up, and that the target is "
-            "inside its tuning range; then move again.",
-        )
-
-    def _drain_errors(self) -> list[tuple[int, str]]:
-        errors: list[tuple[int, str]] = []
-        for _ in range(_ERROR_QUEUE_DEPTH):
-            reply = self._query("SYSTEM:ERR?")
-            m = _SYSTEM_ERROR.match(reply)
-            if m is None:
-                raise ReplyError(
-                    "the SYSTEM:ERR? reply is not an error code and text",
-                    reply=reply,
-                    instrument=self.name,
-                    resource=self.port.url,
-                    fix="check the cable and baud rate; the next query resends.",
-                )
-            code = int(m.group(1))
-            if code == 0:
-                break
-            errors.append((code, m.group(2).strip()))
-        return errors
-
-    def _diagnostics_io(self) -> MaiTaiDiagnostics:
-        mode = self._query("MODE?").upper()
-        if mode not in _PUMP_MODES:
-            raise self._bad_reply("MODE?", mode, "one of POW, PPOW, PCUR")
-        return MaiTaiDiagnostics(
-            mode=mode,
-            pump_setpoint_w=self._quantity("PLASER:POWER?", "W", "pump setpoint"),
-            pump_power_w=self._quantity("READ:PLASER:POWER?", "W", "pump power"),
-            pump_current_pct=self._quantity("READ:PLASER:PCURRENT?", "%", "pump current"),
-            diode_current_a=(
-                self._diode_reading(1, "CURRENT", "A"),
-                self._diode_reading(2, "CURRENT", "A"),
-            ),
-            diode_temperature_c=(
-                self._diode_reading(1, "TEMPERATURE", "C"),
-                self._diode_reading(2, "TEMPERATURE", "C"),
-            ),
-            shg_status=self._shg_status(),
-            rf_phase_pct=self._quantity("CONTROL:PHASE?", "%", "RF phase"),
-            modelocker_enabled=self._flag("CONTROL:MLENABLE?"),
-            pump_error_code=self._pump_error_code(),
-            history=self._history(),
-            watchdog_s=self._quantity("TIMER:WATCHDOG?", "", "watchdog"),
-        )
-
-    def _bad_reply(self, query: str, reply: str, expected: str) -> ReplyError:
-        return ReplyError(
-            f"the {query} reply is not {expected}",
-            reply=reply,
-            instrument=self.name,
-            resource=self.port.url,
-            fix="check the cable and baud rate; the next query resends.",
-        )
-
-    def _diode_reading(self, diode: int, what: str, unit: str) -> float:
-        query = f"READ:PLASER:DIODE{diode}:{what}?"
-        reply = self._query(query)
-        m = _DIODE_READING.match(reply)
-        if m is None or m.group(2) != unit or int(m.group(3)) != diode:
-            raise self._bad_reply(query, reply, f"a number ending in {unit}{diode}")
-        return float(m.group(1))
-
-    def _shg_status(self) -> int:
-        reply = self._query("READ:PLASER:SHGS?")
-        m = _SHG_STATUS.match(reply)
-        if m is None:
-            raise self._bad_reply("READ:PLASER:SHGS?", reply, "a status such as 0S")
-        return int(m.group(1))
-
-    def _flag(self, query: str) -> bool:
-        reply = self._query(query)
-        if reply not in ("0", "1"):
-            raise self._bad_reply(query, reply, "0 or 1")
-        return reply == "1"
-
-    def _pump_error_code(self) -> int:
-        reply = self._query("PLASER:ERRCODE?")
-        m = _ERROR_CODE.match(reply)
-        if m is None:
-            raise self._bad_reply("PLASER:ERRCODE?", reply, "an error code")
-        return int(m.group(1))
-
-    def _history(self) -> tuple[int, ...]:
-        reply = self._query("PLASER:HISTORY?")
-        codes = reply.split()
-        if not codes or not all(c.isdigit() and len(c) <= 3 for c in codes):
-            raise self._bad_reply("PLASER:HISTORY?", reply, "a list of status codes")
-        return tuple(int(c) for c in codes)
-
-    def _identify(self, lease: Any) -> None:
-        reply = self._exchange_in(lease, "*IDN?")
-        if _IDENTITY_MARK not in reply.lower().replace(" ", "").replace("-", ""):
-            raise IdentityMismatch(
-                f"expected a Spectra-Physics MaiTai, but *IDN? answered {reply!r}.",
-                instrument=self.name,
-                resource=self.port.url,
-                fix="check the port in the profile: another instrument is connected there.",
-            )
-        self._identity = reply
-        self._generation = self.port.generation
-
-    def _refresh(self) -> None:
-        if self._config_stale:
-            self._read_config()
-            self.shutter.update(self._read_shutter())
-            self._config_stale = False
-        self.power.update(self._read_power())
-        self._read_wavelength()
-
-    def _read_config(self) -> None:
-        self._store_config(self._ask_config())
-
-    def _ask_config(self) -> tuple[float, int, float, float]:
-        # Every answer first, then the signals (_store_config): a garbled reply half-way must
-        # not leave a mix of fresh and stale settings for the next reading to record.
-        return (
-            self._read_warmup(),
-            self._read_status_byte(),
-            self._quantity("PLASER:POWER?", "W", "pump power"),
-            self._quantity("READ:HUM?", "%", "humidity"),
-        )
-
-    def _store_config(self, answers: tuple[float, int, float, float]) -> None:
-        warmup, status, pump, humidity = answers
-        self.warmup.update(warmup)
-        self.status_byte.update(status)
-        self.pump_power.update(pump)
-        self.humidity.update(humidity)
-        # [M] *STB? bit 0: emission on. The laser's word, not the last ON/OFF this driver sent
-        # (the front panel, its key or the watchdog turn it off too).
-        self.emission.update(status & 1)
-
-    def _refresh_settings(self) -> None:
-        with self.port.lease(self.name, self.lease_timeout) as lease:
-            self._check_generation(lease)
-            self._held = lease  # the queries below share it: one transaction group
-            try:
-                answers = self._ask_config()
-                shutter = self._read_shutter()
-            finally:
-                self._held = None
-        self._store_config(answers)
-        self.shutter.update(shutter)
-
-    def _read_wavelength(self) -> float:
-        nm = self._quantity("READ:WAV?", "nm", "wavelength")
-        self.wavelength._store(nm)
-        return nm
-
-    def _read_power(self) -> float:
-        return self._quantity("READ:POWER?", "W", "power")
-
-    def _read_warmup(self) -> float:
-        return self._quantity("READ:PCTWARMEDUP?", "%", "warm-up")
-
-    def _read_status_byte(self) -> int:
-        reply = self._query("*STB?")
-        if not _INTEGER.match(reply) or int(reply) > 255:
-            raise ReplyError(
-                "the *STB? reply is not a status byte (0-255)",
-                reply=reply,
-                instrument=self.name,
-                resource=self.port.url,
-            )
-        return int(reply)
-
-    def _read_shutter(self) -> int:
-        reply = self._query("SHUTTER?")
-        if reply not in ("0", "1"):
-            raise ReplyError(
-                "the SHUTTER? reply is not 0 or 1",
-                reply=reply,
-                instrument=self.name,
-                resource=self.port.url,
-                fix="check the cable and baud rate; the next query resends.",
-            )
-        return int(reply)
-
-    def _quantity(self, query: str, unit: str, what: str) -> float:
-        return _parse_quantity(
-            self._query(query), unit, what=what, instrument=self.name, resource=self.port.url
-        )
-
-    def _shutter_io(self, state: int) -> None:
-        self._command(f"SHUTTER {state}")
-        deadline = time.monotonic() + self.shutter_timeout
-        for delay in _delays(self.poll_interval):
-            seen = self._read_shutter()
-            self.shutter.update(seen)
-            if seen == state:
-                return
-            if time.monotonic() + delay > deadline:
-                break
-            time.sleep(delay)
-        raise InstrumentFault(
-            f"MaiTai ignored SHUTTER {state}: the laser may be in local/front-panel mode or an "
-            f"interlock is open (SHUTTER? still reads {seen} after {self.shutter_timeout:g} s).",
-            instrument=self.name,
-            resource=self.port.url,
-            fix="switch the laser to remote control and check the interlocks, then try again.",
-        )
-
-    def _close_shutter_quietly(self) -> None:
-        try:
-            self._shutter_io(0)
-        except Exception as exc:  # noqa: BLE001 - stop() must not raise; the failure is logged
-            log.error("%s: closing the shutter on stop failed: %s", self.name, exc)
-
-    def _emission_io(self, state: int) -> None:
-        if state:
-            pct = self._read_warmup()
-            self.warmup.update(pct)
-            if pct < 100.0:
-                raise InstrumentFault(
-                    f"MaiTai refuses ON while warming up: READ:PCTWARMEDUP? reads {pct:.2f}% "
-                    "and the laser ignores ON until it reaches 100%.",
-                    instrument=self.name,
-                    resource=self.port.url,
-                    fix="wait until the warm-up reads 100% (laser.warmup), then turn emission "
-                    "on again.",
-                )
-            self._command("ON")
-        else:
-            self._command("OFF")
-        self.emission.update(state)
-
-    # --- the wire ----------------------------------------------------------------------------
-
-    def _command(self, command: str) -> None:
-        """A silent set command; the laser then gets ``write_delay`` before the next command."""
-        with self.port.lease(self.name, self.lease_timeout) as lease:
-            self._check_generation(lease)
-            self._wait_quiet()
-            lease.write(command.encode("ascii") + self._write_term)
-            self._quiet_until = time.monotonic() + self.write_delay
-
-    def _query(self, query: str) -> str:
-        if self._held is not None:
-            return self._exchange_in(self._held, query)
-        with self.port.lease(self.name, self.lease_timeout) as lease:
-            self._check_generation(lease)
-            return self._exchange_in(lease, query)
-
-    def _wait_quiet(self) -> None:
-        wait = self._quiet_until - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
-
-    def _check_generation(self, lease: Any) -> None:
-        # The port was reopened (USB unplug): the laser behind it may have been power-cycled or
-        # swapped, so it proves its identity again before anything else is sent.
-        if self._generation is not None and self.port.generation != self._generation:
-            log.warning(
-                "%s: port %s was reopened; checking identity again", self.name, self.port.url
-            )
-            self._identify(lease)
-
-    def _exchange_in(self, lease: Any, query: str) -> str:
-        self._wait_quiet()
-        stale = lease.drain()
-        if stale.strip(b"\r\n"):
-            log.debug("%s: discarded stale bytes %r before %s", self.name, stale, query)
-        lease.write(query.encode("ascii") + self._write_term)
-        try:
-            raw = lease.read_until(self._read_term, self.reply_timeout)
-        except InstrumentTimeout:
-            partial = lease.drain()
-            raw = self._other_terminator(partial)
-            if raw is None:
-                raise InstrumentTimeout(
-                    f"no reply to {query!r} within {self.reply_timeout:g} s",
-                    reply=partial,
-                    instrument=self.name,
-                    resource=self.port.url,
-                    fix="check that the laser is on and the cable and baud rate are right; "
-                    "raise reply_timeout if the unit is slow. The next query resends.",
-                ) from None
-        try:
-            text = raw.decode("ascii")
-        except UnicodeDecodeError:
-            raise ReplyError(
-                f"the reply to {query!r} is not ASCII (line noise or wrong baud rate)",
-                reply=raw,
-                instrument=self.name,
-                resource=self.port.url,
-                fix="check the baud rate and the cable; the next query resends.",
-            ) from None
-        return text.strip("\r\n\t ")
-
-    def _other_terminator(self, partial: bytes) -> bytes | None:
-        # A unit configured one way but replying with another terminator: accept a complete line
-        # that ends in CR or LF, and read with that terminator from now on.
-        for term in (b"\r", b"\n"):
-            if term != self._read_term and partial.rstrip(b"\r\n") and partial.endswith(term):
-                name = {b"\r": "CR", b"\n": "LF"}[term]
-                log.warning(
-                    "%s: replies end in %s, not %s as configured; following the unit (set "
-                    "reply_terminator = %r in the profile)",
-                    self.name,
-                    name,
-                    self.reply_terminator,
-                    name,
-                )
-                self._read_term = term
-                return partial.strip(b"\r\n").splitlines()[-1]
-        return None
-
-
 def _positive(value: Any, key: str, name: str, *, zero: bool = False) -> float:
     ok = (
         not isinstance(value, bool)
@@ -1077,17 +223,705 @@ def _on_off(value: Any, name: str) -> int:
     )
 
 
-def build(
-    port: SharedSerialPort, *, name: str, settings: MaiTaiSettings, timeout: float
-) -> MaiTaiLaser:
-    """The laser of one profile entry, not connected (the runtime connects it); the entry's
-    ``timeout`` is how long a reply may take."""
+_EMISSION_BIT = 1
+"""``*STB?`` bit 0: emission on ([M], the v1 driver's reading of it)."""
+
+
+def _quantity(unit: str) -> Callable[[str], float]:
+    """A parser for ``820nm`` / ``3.000W`` / ``100.00%``: the unit is required (a reply without
+    it is a garbled one); ValueError for anything else, which the core names with the query."""
+
+    def parse(reply: str) -> float:
+        m = _QUANTITY.match(reply.strip())
+        if m is None or m.group(2).lower() != unit.lower():
+            raise ValueError(reply)
+        value = float(m.group(1))
+        if not math.isfinite(value):
+            raise ValueError(reply)
+        return value
+
+    return parse
+
+
+def _status_byte(reply: str) -> int:
+    if not _INTEGER.match(reply) or int(reply) > 255:
+        raise ValueError(reply)
+    return int(reply)
+
+
+def _shutter(reply: str) -> int:
+    if reply not in ("0", "1"):
+        raise ValueError(reply)
+    return int(reply)
+
+
+class _FollowingExchange(Exchange):
+    """An exchange that follows a unit whose replies end with another terminator than the
+    profile's: a query that timed out with a complete line ending in CR or LF in the input takes
+    that line, and the laser frames every later exchange with that terminator."""
+
+    __slots__ = ("laser",)
+
+    def __init__(self, x: Exchange, laser: MaiTaiLaser) -> None:
+        super().__init__(
+            x.lease,
+            instrument=x.instrument,
+            resource=x.resource,
+            # The laser's, not x's: the identity check may have switched it in this very lease.
+            terminator=laser.terminator,
+            timeout=x.timeout,
+        )
+        self.sent = x.sent  # one list: echoes of commands the core sent are recognised too
+        self.laser = laser
+
+    async def query(self, command: str) -> str:
+        try:
+            return await super().query(command)
+        except InstrumentTimeout as exc:
+            line = self.laser.follow_terminator(exc.reply)
+            if line is None:
+                raise
+            self.terminator = self.laser.terminator
+            return line
+
+
+class _RangedBackend(WireSignalBackend[float]):
+    """The wavelength read-back: its descriptor limits are the laser's tuning limits as known
+    now (the profile's, narrowed at connect by ``WAVELENGTH:MIN?``/``MAX?``), as in v1."""
+
+    async def get_datakey(self, source: str) -> DataKey:
+        key = await super().get_datakey(source)
+        low, high = self.device.laser.tuning_limits  # type: ignore[attr-defined]
+        key["limits"] = {"control": {"low": low, "high": high}}
+        return key
+
+
+class _SwitchBackend(WireSignalBackend[int]):
+    """Shutter and emission: the command alone, then read-backs in short leases until the laser
+    shows the new state (it may take a moment, or ignore the command: local mode, interlock).
+
+    ``source_text`` replaces the query in the descriptor where v1 names more than the query
+    (``*STB? bit 0 (set with ON/OFF)``).
+    """
+
+    def __init__(
+        self,
+        device: MaiTaiLaser,
+        command: WireCommand[int],
+        *,
+        ignored: Callable[[int, int], str],
+        source_text: str | None = None,
+        words: tuple[str, str] | None = None,
+    ) -> None:
+        super().__init__(int, device, command)
+        self.ignored = ignored
+        self.source_text = source_text
+        self.words = words
+
+    def source(self, name: str, read: bool) -> str:
+        return self.device.source_for(self.source_text or self.command.query)
+
+    def check(self, value: Any) -> tuple[int, str]:
+        """The validated state and its command (``words``: ``OFF``/``ON`` instead of a number)."""
+        wanted, command = super().check(value)
+        return wanted, command if self.words is None else self.words[wanted]
+
+    async def put(self, value: int | None) -> None:
+        laser: MaiTaiLaser = self.device  # type: ignore[assignment]
+        wanted, command = self.check(value)
+        async with laser.transaction() as x:
+            await laser.before_switch(x, command)
+            await laser.send(x, command)
+        deadline = time.monotonic() + laser.shutter_timeout
+        for delay in laser.backoff:
+            async with laser.transaction() as x:
+                got = await self.read_in(x)
+            self.store(got)
+            if got == wanted:
+                return
+            if time.monotonic() + delay > deadline:
+                break
+            await asyncio.sleep(delay)
+        raise InstrumentFault(
+            self.ignored(wanted, got),
+            instrument=laser.name,
+            resource=laser.port.url,
+            fix="switch the laser to remote control and check the interlocks, then try again.",
+        )
+
+
+@dataclass
+class MaiTaiTuning(WireMovableLogic):
+    """How the wavelength moves: ``WAVELENGTH`` + ``WAVELENGTH?`` in one lease, ``READ:WAV?``
+    polls until it settles; a stop sends where the laser is as the new target."""
+
+    axis: MaiTaiWavelength
+    _target: float = field(default=math.nan, init=False)
+    _readings: list[float] = field(default_factory=list, init=False)
+
+    @property
+    def laser(self) -> MaiTaiLaser:
+        return self.axis.laser
+
+    def check_target(self, value: Any) -> float:
+        """A number inside the tuning limits, or v1's ValueRejected naming both ranges."""
+        laser = self.laser
+        nm = laser.check_number(value, what="wavelength (nm)", low=-math.inf, high=math.inf)
+        low, high = laser.tuning_limits
+        if low <= nm <= high:
+            return nm
+        plo, phi = laser.wavelength_limits
+        own = laser.laser_wavelength_limits
+        reports = (
+            f"the laser reports {own[0]:g}-{own[1]:g} nm (WAVELENGTH:MIN?/MAX?) and "
+            if own is not None
+            else ""
+        )
+        raise ValueRejected(
+            f"wavelength {nm:g} nm is outside what {laser.name} may tune: {reports}the profile "
+            f"allows {plo:g}-{phi:g} nm.",
+            instrument=laser.name,
+            resource=laser.port.url,
+            value=value,
+            limit=(low, high),
+            fix=f"choose a wavelength between {low:g} and {high:g} nm.",
+        )
+
+    async def start(self, target: float) -> int:
+        """The tune command, and in the same lease ``WAVELENGTH?``: a refusal shows at once."""
+        laser = self.laser
+        target = self.check_target(target)
+        move_id = next(self._ids)
+        command = self.motion.move.format(self.motion.format_target(target))
+        async with laser.transaction() as x:
+            await laser.send(x, command)
+            await laser.quiet()
+            commanded = await wire_backend(laser.commanded).read_in(x)
+            if abs(commanded - target) > 0.5 + 1e-9:  # it answers in whole nanometres
+                errors = await laser.errors_in(x)
+                said = "; ".join(f"{code}, {text}" for code, text in errors) or "nothing"
+                raise InstrumentFault(
+                    f"MaiTai did not take {command}: WAVELENGTH? still answers {commanded:g} nm "
+                    f"(SYSTEM:ERR? reports {said}).",
+                    instrument=laser.name,
+                    resource=laser.port.url,
+                    code=errors[0][0] if errors else None,
+                    fix="check that the laser is in remote control and warmed up, and that the "
+                    "target is inside its tuning range; then move again.",
+                )
+        self._target, self._readings = target, []
+        self._current = move_id
+        return move_id
+
+    async def poll(self, x: Exchange) -> tuple[bool, float]:
+        """``READ:WAV?``: settled when the last ``settle_reads`` readings agree at the target."""
+        laser = self.laser
+        if self._stopped == self._current:
+            # Halted: poll no more, even if the cancellation that should end this move was lost
+            # (Python 3.11's wait_for, in the transport's lease wait, swallows a cancel that
+            # lands in the instant the lease is granted: the halt's release grants it here).
+            raise asyncio.CancelledError(f"tuning of {laser.name} was stopped")
+        backend = wire_backend(self.readback)
+        nm = await backend.read_in(x)
+        backend.store(nm)
+        self._readings.append(nm)
+        last = self._readings[-laser.settle_reads :]
+        done = (
+            len(last) == laser.settle_reads
+            and all(abs(r - self._target) <= laser.tolerance_nm + 1e-9 for r in last)
+            and max(last) - min(last) <= 1e-9
+        )
+        return done, nm
+
+    async def stop(self) -> None:
+        """Halt a tune in progress; an idle laser is sent nothing (as v1)."""
+        if self.moving:
+            await self._send_stop(self._current)
+
+    async def _send_stop(self, move_id: int) -> None:
+        # No stop command: the laser slews on towards the old target unless it is given where
+        # it is now as the new one.
+        laser = self.laser
+        self._stopped = move_id
+        async with laser.transaction() as x:
+            here = await wire_backend(self.readback).read_in(x)
+            await laser.send(x, f"WAVELENGTH {_format_nm(here)}")
+        wire_backend(self.readback).store(here)
+        self.setpoint._connector.backend.store(here)  # type: ignore[attr-defined]
+
+
+class MaiTaiWavelength(StandardReadable, WirePositioner):
+    """The wavelength (nm): readback ``<laser>_wavelength`` (``READ:WAV?``, hinted) and
+    ``<laser>_wavelength_setpoint`` (the last ``WAVELENGTH`` target). Part of the laser."""
+
+    def __init__(self, laser: MaiTaiLaser, name: str = "") -> None:
+        object.__setattr__(self, "_laser", laser)  # not a child: the laser is the parent
+        with self.add_children_as_readables(Format.HINTED_UNCACHED_SIGNAL):
+            self.readback = SignalR(
+                _RangedBackend(
+                    float,
+                    self,  # type: ignore[arg-type]
+                    WireCommand(
+                        query="READ:WAV?",
+                        parse=_quantity("nm"),
+                        units="nm",
+                        precision=1,
+                        what="a wavelength in nm",
+                    ),
+                )
+            )
+        with self.add_children_as_readables(Format.UNCACHED_SIGNAL):
+            self.setpoint = wire_target_signal(
+                self,
+                "WAVELENGTH",
+                lambda target: self.movable_logic.start(target),
+                units="nm",
+                precision=1,
+                limits=laser.tuning_limits,
+            )
+        super().__init__(name=name)
+
+    @cached_property
+    def movable_logic(self) -> MaiTaiTuning:
+        laser = self.laser
+        cap = laser.poll_interval
+        return MaiTaiTuning(
+            setpoint=self.setpoint,
+            readback=self.readback,
+            axis=self,
+            motion=WireMotion(
+                move="WAVELENGTH {}",
+                done="READ:WAV?",
+                is_done=bool,
+                stop="WAVELENGTH",
+                format_target=_format_nm,
+                backoff=tuple(min(d, cap) for d in _POLL_BACKOFF) + (cap,),
+            ),
+            move_timeout=laser.tune_timeout,
+            what="wavelength (nm)",
+        )
+
+    @property
+    def laser(self) -> MaiTaiLaser:
+        return self._laser  # type: ignore[no-any-return]
+
+    @property
+    def port(self) -> LeasedPort:
+        return self.laser.port
+
+    def transaction(self) -> AbstractAsyncContextManager[Exchange]:
+        return self.laser.transaction()
+
+    def source_for(self, command: str) -> str:
+        return self.laser.source_for(command)
+
+    def rejected(self, what: str, value: Any, fix: str | None = None) -> ValueRejected:
+        return self.laser.rejected(what, value, fix)
+
+    @property
+    def limits(self) -> tuple[float, float]:
+        return self.laser.tuning_limits
+
+    @property
+    def egu(self) -> str:
+        return "nm"
+
+
+class MaiTaiLaser(WireDevice):
+    """A MaiTai on one leased port: ``wavelength`` (positioner, hinted), ``power`` (W, hinted),
+    ``shutter`` (0/1), configuration ``emission``, ``warmup``, ``status_byte``, ``pump_power``,
+    ``humidity``. ``timeout``: how long a reply may take.
+    """
+
+    model: ClassVar[str] = "MaiTai"
+
+    def __init__(
+        self,
+        port: LeasedPort,
+        *,
+        name: str = "maitai",
+        wavelength_limits: tuple[float, float] | list[float] = TUNING_RANGE_NM,
+        reply_terminator: str = "LF",
+        timeout: float = 3.0,
+        write_delay: float = 0.05,
+        tolerance_nm: float = 0.5,
+        settle_reads: int = 2,
+        tune_timeout: float = 60.0,
+        poll_interval: float = 0.05,
+        shutter_timeout: float = 2.0,
+        lease_timeout: float = 5.0,
+    ) -> None:
+        settings = validate_settings(
+            MaiTaiSettings,
+            {"wavelength_limits": list(wavelength_limits), "reply_terminator": reply_terminator},
+            instrument=name,
+        )
+        low, high = settings.wavelength_limits
+        self.wavelength_limits = (low, high)
+        """What the profile lets plans request (the lab's optics)."""
+        self.laser_wavelength_limits: tuple[float, float] | None = None
+        """The unit's own range (``WAVELENGTH:MIN?``/``MAX?``), read at connect."""
+        self.reply_terminator = settings.reply_terminator
+        self.write_delay = _positive(write_delay, "write_delay", name, zero=True)
+        self.tolerance_nm = _positive(tolerance_nm, "tolerance_nm", name, zero=True)
+        if isinstance(settle_reads, bool) or not isinstance(settle_reads, int) or settle_reads < 1:
+            raise ConfigError(
+                f"settle_reads must be an integer >= 1, got {settle_reads!r}.",
+                key="settle_reads",
+                instrument=name,
+            )
+        self.settle_reads = settle_reads
+        self.tune_timeout = _positive(tune_timeout, "tune_timeout", name)
+        self.poll_interval = _positive(poll_interval, "poll_interval", name)
+        self.shutter_timeout = _positive(shutter_timeout, "shutter_timeout", name, zero=True)
+        self.backoff = _Backoff(self.poll_interval)
+        # v1 refused these too: a timeout <= 0 fails every query, and the core only casts them.
+        timeout = _positive(timeout, "timeout", name)
+        lease_timeout = _positive(lease_timeout, "lease_timeout", name)
+        self.identity: str | None = None
+        self._quiet_until = 0.0
+        with self.add_children_as_readables(Format.CHILD):
+            self.wavelength = MaiTaiWavelength(self)
+        # One block per signal: a block registers its signals as a set (no order), and the
+        # recorded keys must come in the v1 laser's order.
+        with self.add_children_as_readables(Format.HINTED_UNCACHED_SIGNAL):
+            self.power = wire_signal_r(
+                float,
+                self,
+                WireCommand(
+                    query="READ:POWER?",
+                    parse=_quantity("W"),
+                    units="W",
+                    precision=3,
+                    what="a power in W",
+                ),
+            )
+        with self.add_children_as_readables(Format.UNCACHED_SIGNAL):
+            self.shutter = SignalRW(
+                _SwitchBackend(
+                    self,
+                    WireCommand(
+                        query="SHUTTER?",
+                        parse=_shutter,
+                        set_command="SHUTTER {}",
+                        validate=lambda v: _shutter_state(v, self.name),
+                        what="0 or 1",
+                    ),
+                    ignored=lambda wanted, got: (
+                        f"MaiTai ignored SHUTTER {wanted}: the laser may be in local/front-panel "
+                        f"mode or an interlock is open (SHUTTER? still reads {got} after "
+                        f"{self.shutter_timeout:g} s)."
+                    ),
+                )
+            )
+        with self.add_children_as_readables(Format.CONFIG_SIGNAL):
+            self.emission = SignalRW(
+                _SwitchBackend(
+                    self,
+                    WireCommand(
+                        query="*STB?",
+                        parse=lambda r: _status_byte(r) & _EMISSION_BIT,
+                        set_command="{}",
+                        validate=lambda v: _on_off(v, self.name),
+                        what="a status byte (0-255)",
+                    ),
+                    ignored=lambda wanted, got: (
+                        f"MaiTai ignored {'ON' if wanted else 'OFF'}: *STB? bit 0 still reads "
+                        f"{got} after {self.shutter_timeout:g} s (key switch, interlock or "
+                        "front panel)."
+                    ),
+                    source_text="*STB? bit 0 (set with ON/OFF)",
+                    words=("OFF", "ON"),
+                )
+            )
+        with self.add_children_as_readables(Format.CONFIG_SIGNAL):
+            self.warmup = self._reading("READ:PCTWARMEDUP?", "%", 2, "a warm-up in %")
+        with self.add_children_as_readables(Format.CONFIG_SIGNAL):
+            self.status_byte = wire_signal_r(
+                int,
+                self,
+                WireCommand(query="*STB?", parse=_status_byte, what="a status byte (0-255)"),
+            )
+        with self.add_children_as_readables(Format.CONFIG_SIGNAL):
+            self.pump_power = self._reading("PLASER:POWER?", "W", 2, "a pump power in W")
+        with self.add_children_as_readables(Format.CONFIG_SIGNAL):
+            self.humidity = self._reading("READ:HUM?", "%", 2, "a humidity in %")
+        # Not recorded (v1 records only the read-back's target as the setpoint): where the
+        # laser is going, which confirms a tune command in its own lease.
+        self.commanded = wire_signal_r(
+            float,
+            self,
+            WireCommand(query="WAVELENGTH?", parse=_quantity("nm"), what="a wavelength in nm"),
+        )
+        super().__init__(port, name=name, timeout=timeout, lease_timeout=lease_timeout)
+        # The same bytes frame commands and replies (v1 writes the reply terminator too).
+        self.terminator = REPLY_TERMINATORS[self.reply_terminator]
+
+    def _reading(self, query: str, unit: str, precision: int, what: str) -> SignalR[float]:
+        command = WireCommand(
+            query=query, parse=_quantity(unit), units=unit, precision=precision, what=what
+        )
+        return wire_signal_r(float, self, command)
+
+    # --- limits ---------------------------------------------------------------------------------
+
+    @property
+    def tuning_limits(self) -> tuple[float, float]:
+        """What a move may request: the profile's limits inside the laser's own range."""
+        own = self.laser_wavelength_limits
+        if own is None:
+            return self.wavelength_limits
+        low, high = self.wavelength_limits
+        return (max(low, own[0]), min(high, own[1]))
+
+    # --- the wire -------------------------------------------------------------------------------
+
+    def source_for(self, command: str) -> str:
+        """v1's descriptor ``source``: ``maitai (MaiTai) on <port>: READ:POWER?``."""
+        return f"{self.name} (MaiTai) on {self.port.url}: {command}"
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Exchange]:
+        """One lease, opened only once the quiet period after the last set command is over."""
+        async with super().transaction() as x:
+            await self.quiet()
+            following = self._following(x)
+            yield following
+            await following.flush()
+
+    def _following(self, x: Exchange) -> Exchange:
+        """``x`` as an exchange that follows the unit's reply terminator (see the module)."""
+        return x if isinstance(x, _FollowingExchange) else _FollowingExchange(x, self)
+
+    def follow_terminator(self, partial: bytes | str | None) -> str | None:
+        """The reply line in ``partial`` (what a timed-out query left in the input) if it is a
+        complete line ending in another terminator than the one in use; that terminator is used
+        from now on. None if it is not (a real timeout)."""
+        if not isinstance(partial, bytes):
+            return None
+        for term, name in _TERMINATOR_NAMES.items():
+            if term != self.terminator and partial.rstrip(b"\r\n") and partial.endswith(term):
+                log.warning(
+                    "%s on %s: replies end in %s, not %s as configured; following the unit (set "
+                    "reply_terminator = %r in the profile)",
+                    self.name,
+                    self.port.url,
+                    name,
+                    self.reply_terminator,
+                    name,
+                )
+                self.terminator = term
+                lines = partial.strip(b"\r\n").splitlines()
+                return lines[-1].decode("ascii", "replace").strip()
+        return None
+
+    async def quiet(self) -> None:
+        """Wait out ``write_delay`` after the last set command (the laser is deaf before)."""
+        wait = self._quiet_until - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def send(self, x: Exchange, command: str) -> None:
+        """A silent set command, on the wire now and alone; the quiet period starts."""
+        await self.quiet()
+        await x.write(command)
+        await x.flush()
+        self._quiet_until = time.monotonic() + self.write_delay
+
+    async def before_switch(self, x: Exchange, command: str) -> None:
+        """``ON`` is refused here, before any byte of it, until the warm-up reads 100 %."""
+        if command != "ON":
+            return
+        backend = wire_backend(self.warmup)
+        pct = await backend.read_in(x)
+        backend.store(pct)
+        if pct < 100.0:
+            raise InstrumentFault(
+                f"MaiTai refuses ON while warming up: READ:PCTWARMEDUP? reads {pct:.2f}% and "
+                "the laser ignores ON until it reaches 100%.",
+                instrument=self.name,
+                resource=self.port.url,
+                fix="wait until the warm-up reads 100% (laser.warmup), then turn emission on "
+                "again.",
+            )
+
+    async def errors_in(self, x: Exchange) -> list[tuple[int, str]]:
+        """``SYSTEM:ERR?`` until ``0`` (at most the queue's depth): (code, text), oldest first."""
+        errors: list[tuple[int, str]] = []
+        for _ in range(_ERROR_QUEUE_DEPTH):
+            reply = await x.query("SYSTEM:ERR?")
+            m = _SYSTEM_ERROR.match(reply)
+            if m is None:
+                raise x.reply_error("SYSTEM:ERR?", reply, "an error code and text")
+            code = int(m.group(1))
+            if code == 0:
+                break
+            errors.append((code, m.group(2).strip()))
+        return errors
+
+    async def read_errors(self) -> list[tuple[int, str]]:
+        """Empty the laser's ``SYSTEM:ERR?`` queue (one lease)."""
+        async with self.transaction() as x:
+            return await self.errors_in(x)
+
+    # --- connection -----------------------------------------------------------------------------
+
+    async def identify(self, x: Exchange) -> None:
+        # The first query on the port: where a unit with another reply terminator shows.
+        reply = await self._following(x).query("*IDN?")
+        if _IDENTITY_MARK not in reply.lower().replace(" ", "").replace("-", ""):
+            raise IdentityMismatch(
+                f"expected a Spectra-Physics MaiTai, but *IDN? answered {reply!r}.",
+                instrument=self.name,
+                resource=self.port.url,
+                fix="check the port in the profile: another instrument is connected there.",
+            )
+        self.identity = reply
+
+    async def prepare(self, x: Exchange) -> None:
+        """The unit's range, then every value v1 reads at connect; the answers are stored."""
+        x = self._following(x)
+        nm = _quantity("nm")
+        low = await self._ask(x, "WAVELENGTH:MIN?", nm, "a wavelength in nm")
+        high = await self._ask(x, "WAVELENGTH:MAX?", nm, "a wavelength in nm")
+        plo, phi = self.wavelength_limits
+        if not low < high:
+            raise x.reply_error("WAVELENGTH:MAX?", f"{high:g}nm", f"above the minimum {low:g} nm")
+        if max(low, plo) >= min(high, phi):
+            raise ConfigError(
+                f"the profile's wavelength_limits [{plo:g}, {phi:g}] nm lie outside this laser's "
+                f"own tuning range {low:g}-{high:g} nm (WAVELENGTH:MIN?/MAX?).",
+                key="wavelength_limits",
+                instrument=self.name,
+                fix=f"set wavelength_limits inside [{low:g}, {high:g}] in the profile, or check "
+                "that the port is the right laser's.",
+            )
+        self.laser_wavelength_limits = (low, high)
+        wavelength = self.wavelength
+        order = [
+            self.warmup,
+            self.status_byte,
+            self.pump_power,
+            self.humidity,
+            self.shutter,
+            self.power,
+            self.commanded,
+            wavelength.readback,
+        ]
+        # Every answer first, then the stores: a garbled reply half-way must not leave a mix.
+        values = [await wire_backend(s).read_in(x) for s in order]
+        for signal, value in zip(order, values, strict=True):
+            wire_backend(signal).store(value)
+        wire_backend(self.emission).store(values[1] & _EMISSION_BIT)
+        target = wavelength.setpoint._connector.backend
+        target.limits = self.tuning_limits  # type: ignore[attr-defined]
+        target.store(values[6])  # type: ignore[attr-defined] # mid-tune: where it is going
+
+    async def _ask(
+        self, x: Exchange, query: str, parse: Callable[[str], float], what: str
+    ) -> float:
+        reply = await x.query(query)
+        try:
+            return parse(reply)
+        except ValueError:
+            raise x.reply_error(query, reply, what) from None
+
+    async def refresh_configuration(self) -> None:
+        """Ask the settings and the shutter now, in one lease (the baseline's reading): the
+        answers become the signals' latest readings. Queries only."""
+        order = [self.warmup, self.status_byte, self.pump_power, self.humidity, self.shutter]
+        async with self.transaction() as x:
+            values = [await wire_backend(s).read_in(x) for s in order]
+        for signal, value in zip(order, values, strict=True):
+            wire_backend(signal).store(value)
+        wire_backend(self.emission).store(values[1] & _EMISSION_BIT)
+
+    async def diagnostics(self) -> MaiTaiDiagnostics:
+        """The pump laser and modelocker state, as service asks for it (v1's queries, in its
+        order, in one lease). Queries only: nothing is changed."""
+        async with self.transaction() as x:
+
+            async def ask(query: str, pattern: Any, what: str) -> Any:
+                reply = await x.query(query)
+                m = pattern(reply) if callable(pattern) else pattern.fullmatch(reply)
+                if not m:
+                    raise x.reply_error(query, reply, what)
+                return m
+
+            async def diode(n: int, what: str, unit: str) -> float:
+                m = await ask(f"READ:PLASER:DIODE{n}:{what}?", _DIODE_READING, f"{unit}{n}")
+                if m.group(2) != unit or int(m.group(3)) != n:
+                    raise x.reply_error(f"READ:PLASER:DIODE{n}:{what}?", m.group(0), f"{unit}{n}")
+                return float(m.group(1))
+
+            async def number(query: str, unit: str) -> float:
+                return await self._ask(x, query, _quantity(unit), f"a number in {unit or '1'}")
+
+            mode = (await x.query("MODE?")).upper()
+            if mode not in _PUMP_MODES:
+                raise x.reply_error("MODE?", mode, "one of POW, PPOW, PCUR")
+            setpoint = await number("PLASER:POWER?", "W")
+            pump = await number("READ:PLASER:POWER?", "W")
+            current = await number("READ:PLASER:PCURRENT?", "%")
+            amps = (await diode(1, "CURRENT", "A"), await diode(2, "CURRENT", "A"))
+            temps = (await diode(1, "TEMPERATURE", "C"), await diode(2, "TEMPERATURE", "C"))
+            shg = await ask("READ:PLASER:SHGS?", _SHG_STATUS, "a status such as 0S")
+            phase = await number("CONTROL:PHASE?", "%")
+            ml = await ask("CONTROL:MLENABLE?", lambda r: r in ("0", "1") and r, "0 or 1")
+            code = await ask("PLASER:ERRCODE?", _ERROR_CODE, "an error code")
+            history = (await x.query("PLASER:HISTORY?")).split()
+            if not history or not all(c.isdigit() and len(c) <= 3 for c in history):
+                raise x.reply_error("PLASER:HISTORY?", " ".join(history), "status codes")
+            watchdog = await number("TIMER:WATCHDOG?", "")
+        return MaiTaiDiagnostics(
+            mode=mode,
+            pump_setpoint_w=setpoint,
+            pump_power_w=pump,
+            pump_current_pct=current,
+            diode_current_a=amps,
+            diode_temperature_c=temps,
+            shg_status=int(shg.group(1)),
+            rf_phase_pct=phase,
+            modelocker_enabled=ml == "1",
+            pump_error_code=int(code.group(1)),
+            history=tuple(int(c) for c in history),
+            watchdog_s=watchdog,
+        )
+
+    @AsyncStatus.wrap
+    async def trigger(self) -> None:
+        """Nothing to start: every ``read()`` asks the laser (v1's trigger refreshed a cache)."""
+
+    async def stop(self, success: bool = False) -> None:
+        """Stop tuning and close the shutter, as v1's ``stop()``; a failed close is logged."""
+        await self.wavelength.stop(success=success)
+        try:
+            await self.shutter.set(0)
+        except Exception as exc:  # noqa: BLE001 - stop() must not raise
+            log.error("%s: closing the shutter on stop failed: %s", self.name, exc)
+
+
+class _Backoff:
+    """Pauses between read-backs: v1's quick first polls, then ``poll_interval`` forever."""
+
+    def __init__(self, cap: float) -> None:
+        self.cap = cap
+
+    def __iter__(self) -> Iterator[float]:
+        yield from (min(d, self.cap) for d in _POLL_BACKOFF)
+        while True:
+            yield self.cap
+
+
+def build(port: LeasedPort, *, name: str, settings: MaiTaiSettings, timeout: float) -> MaiTaiLaser:
+    """The laser of one profile entry, not connected (the runtime connects it on the
+    RunEngine's loop); the entry's ``timeout`` is how long a reply may take."""
     return MaiTaiLaser(
         port,
         name=name,
         wavelength_limits=tuple(settings.wavelength_limits),
         reply_terminator=settings.reply_terminator,
-        reply_timeout=timeout,
+        timeout=timeout,
     )
 
 

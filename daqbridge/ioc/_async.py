@@ -14,26 +14,79 @@ shows the same names, kinds, units and writability as the v1 device it replaced:
   device's readings (the meter's ``C``, ``D?``, ``Q?``), settings stay as last reported;
 * ``set()`` writes and reads back in one lease (the signal's own ``put``); the PV then shows the
   read-back, never the commanded value;
-* writable exactly when the signal is read-write (``SignalW``), as ``write_access`` says for v1.
+* writable exactly when the signal is read-write (``SignalW``), as ``write_access`` says for v1;
+* a movable part (an ophyd-async ``StandardMovable``: the MaiTai's wavelength, an ESP300 axis) is
+  a v1-shaped positioner for the motor record (:class:`AsyncPositionerAdapter`): ``set()`` refuses
+  a bad target at once (the device's own synchronous check) and returns a status that ends with
+  the move; ``position`` is the last position the controller reported, never the target.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from daqbridge.devices.core import call_sync, is_async_device
 
-__all__ = ["AsyncDeviceAdapter", "AsyncSignalAdapter", "served_device"]
+__all__ = [
+    "AsyncDeviceAdapter",
+    "AsyncPositionerAdapter",
+    "AsyncSignalAdapter",
+    "served_device",
+]
 
 CALL_TIMEOUT = 60.0
 """Seconds one call on the device's loop may take (a reading, a set with its read-back)."""
 
 
-def served_device(device: Any) -> Any:
-    """``device`` itself (ophyd v1), or its adapter (ophyd-async)."""
-    return AsyncDeviceAdapter(device) if is_async_device(device) else device
+def served_device(device: Any, *, elsewhere: Collection[int] = ()) -> Any:
+    """``device`` itself (ophyd v1), or its adapter (ophyd-async).
+
+    ``elsewhere``: ids of devices the IOC serves under their own names (an ESP300's axes, the
+    mounts of an Elliptec bus): a parent does not serve them a second time as its parts.
+    """
+    if not is_async_device(device):
+        return device
+    if is_async_movable(device):
+        return AsyncPositionerAdapter(device)
+    return AsyncDeviceAdapter(device, elsewhere=elsewhere)
+
+
+def is_async_movable(device: Any) -> bool:
+    """An ophyd-async device that moves to a target and reports where it is (a positioner)."""
+    from ophyd_async.core import SignalR
+
+    return (
+        is_async_device(device)
+        and callable(getattr(device, "set", None))
+        and callable(getattr(device, "stop", None))
+        and isinstance(getattr(device, "readback", None), SignalR)
+    )
+
+
+def _kinds_of(device: Any) -> dict[int, Any]:
+    """Signal id -> its v1 kind: hinted for what the device hints, config for its
+    configuration, normal for its other readings (ophyd-async keeps these per device)."""
+    from ophyd import Kind
+
+    def owners(attr: str) -> set[int]:
+        return {id(getattr(f, "__self__", None)) for f in getattr(device, attr, ())}
+
+    hinted = set((getattr(device, "hints", None) or {}).get("fields") or ())
+    config = owners("_describe_config_funcs")
+    readings = owners("_describe_funcs")
+    kinds: dict[int, Any] = {}
+    for _, child in device.children():
+        if child.name in hinted:
+            kinds[id(child)] = Kind.hinted
+        elif id(child) in config:
+            kinds[id(child)] = Kind.config
+        elif id(child) in readings:
+            kinds[id(child)] = Kind.normal
+        else:
+            kinds[id(child)] = Kind.omitted
+    return kinds
 
 
 class AsyncSignalAdapter:
@@ -147,33 +200,24 @@ class AsyncDeviceAdapter:
     device hints (the meter's power), config for its configuration, normal for other readings.
     """
 
-    def __init__(self, device: Any) -> None:
-        from ophyd import Kind
+    def __init__(self, device: Any, *, elsewhere: Collection[int] = ()) -> None:
         from ophyd_async.core import SignalR
 
         self.device = device
         self.name: str = device.name
         self.parent = None
-
-        def owners(attr: str) -> set[int]:
-            return {id(getattr(f, "__self__", None)) for f in getattr(device, attr, ())}
-
-        hinted = set((getattr(device, "hints", None) or {}).get("fields") or ())
-        config = owners("_describe_config_funcs")
-        readings = owners("_describe_funcs")
+        kinds = _kinds_of(device)
         names = []
         for attr, child in device.children():
-            if not isinstance(child, SignalR):
+            if id(child) in elsewhere:
                 continue
-            if child.name in hinted:
-                kind = Kind.hinted
-            elif id(child) in config:
-                kind = Kind.config
-            elif id(child) in readings:
-                kind = Kind.normal
+            if is_async_movable(child):
+                part: Any = AsyncPositionerAdapter(child)
+            elif isinstance(child, SignalR):
+                part = AsyncSignalAdapter(child, kind=kinds[id(child)], owner=device, attr=attr)
             else:
-                kind = Kind.omitted
-            setattr(self, attr, AsyncSignalAdapter(child, kind=kind, owner=device, attr=attr))
+                continue
+            setattr(self, attr, part)
             names.append(attr)
         self.component_names = tuple(names)
 
@@ -186,7 +230,9 @@ class AsyncDeviceAdapter:
         out: dict[str, dict[str, Any]] = {}
         for attr in self.component_names:
             sig = getattr(self, attr)
-            if sig.kind & Kind.normal:  # hinted includes normal
+            if isinstance(sig, AsyncPositionerAdapter):
+                out.update(sig.describe())
+            elif sig.kind & Kind.normal:  # hinted includes normal
                 out.update(sig.describe())
         return out
 
@@ -210,8 +256,129 @@ class AsyncDeviceAdapter:
             status.set_exception(exc)
             return status
         for attr in self.component_names:
-            sig = getattr(self, attr)
-            if sig.name in readings:
-                sig.store(readings[sig.name])
+            part = getattr(self, attr)
+            for sig in part.signals() if isinstance(part, AsyncPositionerAdapter) else [part]:
+                if sig.name in readings:
+                    sig.store(readings[sig.name])
         status.set_finished()
         return status
+
+
+class AsyncPositionerAdapter:
+    """An ophyd-async movable (``StandardMovable``) as the v1 positioner a motor record drives.
+
+    Components: ``readback`` (hinted), ``setpoint`` when the device has one, and its
+    configuration signals (an ESP300 axis's velocity and acceleration), each an
+    :class:`AsyncSignalAdapter`. Every call runs on the device's loop from the IOC's threads.
+    """
+
+    def __init__(self, device: Any) -> None:
+        from ophyd import Kind
+        from ophyd_async.core import SignalR
+
+        self.device = device
+        self.name: str = device.name
+        self.parent = None
+        kinds = _kinds_of(device)
+        names = []
+        for attr, child in device.children():
+            if not isinstance(child, SignalR):
+                continue
+            kind = Kind.hinted if attr == "readback" else kinds[id(child)]
+            setattr(self, attr, AsyncSignalAdapter(child, kind=kind, owner=device, attr=attr))
+            names.append(attr)
+        self.component_names = tuple(names)
+
+    def __repr__(self) -> str:
+        return f"<AsyncPositionerAdapter {self.name}>"
+
+    def signals(self) -> list[AsyncSignalAdapter]:
+        return [getattr(self, attr) for attr in self.component_names]
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        from ophyd import Kind
+
+        out: dict[str, dict[str, Any]] = {}
+        for sig in self.signals():
+            if sig.kind & Kind.normal:
+                out.update(sig.describe())
+        return out
+
+    # --- the positioner interface the motor record uses ---------------------------------------
+
+    @property
+    def position(self) -> Any:
+        """The last position the controller reported (no wire exchange); None before any."""
+        return self.readback.get()  # type: ignore[attr-defined]
+
+    @property
+    def egu(self) -> str:
+        egu = getattr(self.device, "egu", None)
+        if isinstance(egu, str) and egu:
+            return egu
+        readback: AsyncSignalAdapter = self.readback  # type: ignore[attr-defined]
+        return str(readback.describe()[readback.name].get("units") or "")
+
+    @property
+    def precision(self) -> int | None:
+        readback: AsyncSignalAdapter = self.readback  # type: ignore[attr-defined]
+        value = readback.describe()[readback.name].get("precision")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def limits(self) -> tuple[float, float] | None:
+        limits = getattr(self.device, "limits", None)
+        if limits is None:
+            return None
+        low, high = limits
+        return float(low), float(high)
+
+    @property
+    def moving(self) -> bool:
+        logic = getattr(self.device, "movable_logic", None)
+        return bool(getattr(logic, "moving", False))
+
+    def set(self, value: Any, **_: Any) -> Any:
+        """Start the move on the device's loop; a target the device refuses raises here, at
+        once (its synchronous check); the returned ophyd status ends when the move does."""
+        from ophyd.status import Status
+
+        status = Status(obj=self)
+
+        def finished(moved: Any) -> None:
+            exc = moved.exception()
+            if exc is None:
+                status.set_finished()
+            else:
+                status.set_exception(exc)
+
+        def start() -> None:
+            self.device.set(value).add_callback(finished)
+
+        call_sync(start, device=self.device, timeout=CALL_TIMEOUT)
+        return status
+
+    def stop(self, *, success: bool = False) -> None:
+        device = self.device
+        call_sync(lambda: device.stop(success=success), device=device, timeout=CALL_TIMEOUT)
+
+    @property
+    def home(self) -> Any:
+        """The device's ``home`` as a blocking call, or None (the record's HOMF/HOMR refuse)."""
+        home = getattr(self.device, "home", None)
+        if not callable(home):
+            return None
+
+        def run() -> Any:
+            from ophyd.status import Status
+
+            status = Status(obj=self)
+            try:
+                call_sync(lambda: home(), device=self.device, timeout=None)
+            except Exception as exc:  # noqa: BLE001 - the status carries it to the IOC
+                status.set_exception(exc)
+            else:
+                status.set_finished()
+            return status
+
+        return run

@@ -41,6 +41,7 @@ from caproto._data import CannotExceedLimits
 from caproto.server import PVGroup, PvpropertyDouble, pvproperty
 
 from daqbridge.errors import DaqbridgeError, ValueRejected
+from daqbridge.ioc._async import AsyncSignalAdapter
 from daqbridge.ioc._link import Bridge, Pusher
 
 log = logging.getLogger("daqbridge.ioc")
@@ -102,7 +103,7 @@ class PositionerLink:
         if isinstance(self.device, Signal):
             return self.device  # a setting moved as a positioner is its own read-back
         rb = getattr(self.device, "readback", None)
-        if isinstance(rb, Signal):
+        if isinstance(rb, Signal | AsyncSignalAdapter):
             return rb
         signal_for = getattr(self.device, "signal_for", None)
         settable = getattr(self.device, "settable", None)
@@ -116,7 +117,7 @@ class PositionerLink:
         from ophyd import Signal
 
         sig = getattr(self.device, "velocity", None)
-        if not isinstance(sig, Signal):
+        if not isinstance(sig, Signal | AsyncSignalAdapter):
             return None
         units = (sig.describe().get(sig.name, {}) or {}).get("units")
         return sig if self.egu and units == f"{self.egu}/s" else None

@@ -41,7 +41,12 @@ from caproto import AlarmSeverity, AlarmStatus, ChannelAlarm, ChannelType
 from caproto.server import PVGroup, pvproperty
 
 from daqbridge.errors import ConfigError, DaqbridgeError, InstrumentError
-from daqbridge.ioc._async import AsyncDeviceAdapter, AsyncSignalAdapter, served_device
+from daqbridge.ioc._async import (
+    AsyncDeviceAdapter,
+    AsyncPositionerAdapter,
+    AsyncSignalAdapter,
+    served_device,
+)
 from daqbridge.ioc._link import Bridge, Pusher
 from daqbridge.ioc._motor import MotorRecord, PositionerLink
 
@@ -693,7 +698,10 @@ class LabIOC:
         self.skipped: dict[str, str] = {}
         self.ioc_group = IocGroup(prefix=f"{prefix}ioc:", simulation=simulation)
         # ophyd-async devices (the 1830-C) through their v1-shaped adapter (daqbridge.ioc._async)
-        devices = {device_id: served_device(device) for device_id, device in devices.items()}
+        top = {id(device) for device in devices.values()}
+        devices = {
+            device_id: served_device(device, elsewhere=top) for device_id, device in devices.items()
+        }
         links: dict[str, PositionerLink] = {}
         for device_id, device in devices.items():
             if _is_positioner(device):
@@ -776,13 +784,13 @@ class LabIOC:
         acceleration, an Elliptec mount's velocity in %), as plain PVs ``<record>:<name>``."""
         from ophyd import Device, Signal
 
-        if not isinstance(positioner, Device):
+        if not isinstance(positioner, Device | AsyncPositionerAdapter):
             return []
         shown = {id(link.readback), id(link.velocity)}
         specs = []
         for attr in positioner.component_names:
             sig = getattr(positioner, attr)
-            if not isinstance(sig, Signal) or id(sig) in shown:
+            if not isinstance(sig, Signal | AsyncSignalAdapter) or id(sig) in shown:
                 continue
             if _kind_name(sig.kind) != "config":
                 continue  # readback/setpoint: the record's RBV and VAL

@@ -308,7 +308,8 @@ def test_every_laser_table_the_profile_accepts_builds_and_every_refusal_agrees(
             limits = table.get("wavelength_limits", list(maitai_module.TUNING_RANGE_NM))
             assert laser.wavelength_limits == tuple(float(v) for v in limits)
             assert laser.reply_terminator == terminator
-            assert math.isfinite(laser.wavelength.position)
+            # where the laser said it is at connect (READ:WAV?, the read-back's last reading)
+            assert math.isfinite(laser.wavelength.readback._connector.backend.last_reading["value"])
         finally:
             built.close()
     finally:

@@ -75,7 +75,7 @@ def labs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 started[stack] = rt
                 # The lab's routine before measuring, the same lines on both stacks: emission
                 # on, and the meter's attenuator in (the laser's watts exceed its top range).
-                rt["sim_laser"].emission.set(1).wait(30)
+                rt.RE(bps.mv(rt["sim_laser"].emission, 1))
                 rt.RE(bps.mv(rt["sim_meter"].attenuator, 1))  # ophyd-async or legacy
             yield started
         finally:

@@ -13,6 +13,7 @@ import pytest
 from bluesky.utils import FailedPause, FailedStatus, Msg, RunEngineInterrupted
 
 import daqbridge.sim
+from daqbridge.devices.core import call_sync
 from daqbridge.devices.maitai import MaiTaiLaser
 from daqbridge.errors import PlanArgumentError
 from daqbridge.legacy import Command
@@ -219,18 +220,20 @@ def native_laser() -> Iterator[tuple[MaiTaiLaser, Any]]:
     pool = SerialPortPool()
     laser = None
     try:
-        laser = MaiTaiLaser.from_url(
-            f"sim://maitai?name={name}&warmed_up=1&speed=50&reply_latency=0",
-            pool=pool,
+        port = pool.open(
+            f"sim://maitai?name={name}&warmed_up=1&speed=50&reply_latency=0", baudrate=9600
+        )
+        laser = MaiTaiLaser(
+            port,
             name="native_laser",
-            flow_control="none",
             wavelength_limits=(700.0, 1000.0),
             write_delay=0.0,
-            reply_timeout=0.5,
+            timeout=0.5,
             poll_interval=0.01,
         )
+        call_sync(laser.connect(), device=laser, timeout=10)
         sim = daqbridge.sim.lookup(name)
-        laser.turn_on(timeout=5)
+        call_sync(lambda: laser.emission.set(1), device=laser, timeout=10)
         yield laser, sim
     finally:
         if laser is not None:
