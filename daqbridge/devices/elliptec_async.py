@@ -10,14 +10,14 @@ Why it looks the way it does (INSTRUMENTS.md, "Thorlabs Elliptec ELL14"; docs/re
   ``PO`` can land inside another mount's exchange, so nothing here reads the port: the
   transport's :class:`~daqbridge.transport.SerialBus` (one reader, framed by the v1
   :class:`ElliptecBusRouter`) files every packet under its address, and each mount only talks
-  through its own :class:`~daqbridge.transport.BusEndpoint` (``transact``: the port lease for
-  the write only, then the reply from this address's inbox). Shadow mode's v1 twin shares the
-  same endpoint; ``transact``'s claims keep the two from taking each other's replies.
-* **No async side exists for the endpoint**, so its blocking calls run on the bus's own waiter
-  threads and are awaited with ``asyncio.wrap_future``, as ``AsyncSerialLease`` runs its I/O on
-  the port's I/O thread. Not on that very thread: it is one thread per port, and a ``transact``
-  waits there for its reply (three mounts would take turns), while the port lease it takes for
-  the write could wait behind an async lease whose next write is queued on the same thread.
+  through its own :class:`~daqbridge.transport.BusEndpoint` (``transact_async``: the port's
+  async lease for the write only, then the reply from this address's inbox). Shadow mode's v1
+  twin shares the same endpoint from its thread; the endpoint's claims keep the two from taking
+  each other's replies.
+* **No threads of its own.** A mount waiting for a reply is a future on the event loop that the
+  bus reader resolves when a packet for its address arrives, so three mounts waiting at once
+  (three moves polled together) cost no thread, and a cancelled wait (a stopped move) leaves
+  nothing behind in the endpoint.
 * **A move is the core's positioner logic** (:class:`WireMovableLogic`): ``ma`` goes out, then
   each poll asks ``gs`` (``09`` busy while moving, ``00`` idle, anything else a fault, reported
   by code and meaning) and ``gp`` (so the readback and progress bars move). ``gs`` replies
@@ -38,8 +38,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -483,7 +482,9 @@ class ElliptecMountAsync(StandardReadable, WirePositioner):
         """A packet that gets no reply now (``ma``: the ``PO`` comes when the move ends)."""
         packet = f"{self.address}{command}".encode("ascii")
         await self._call(
-            self.endpoint.send, packet, owner=self.name or self.model, timeout=self.lease_timeout
+            self.endpoint.send_async(
+                packet, owner=self.name or self.model, timeout=self.lease_timeout
+            )
         )
         if command.startswith(("ma", "ho")):
             self.last_move_at = time.monotonic()
@@ -494,11 +495,9 @@ class ElliptecMountAsync(StandardReadable, WirePositioner):
         packet = f"{self.address}{command}".encode("ascii")
         try:
             reply = await self._call(
-                self.endpoint.transact,
-                packet,
-                expect=kind,
-                timeout=self.reply_timeout,
-                owner=self.name or self.model,
+                self.endpoint.transact_async(
+                    packet, expect=kind, timeout=self.reply_timeout, owner=self.name or self.model
+                )
             )
         except InstrumentTimeout as exc:
             raise InstrumentTimeout(
@@ -515,9 +514,9 @@ class ElliptecMountAsync(StandardReadable, WirePositioner):
             raise self._exchange.reply_error(command, text, f"a {kind} reply")
         return text[3:]
 
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def _call(self, call: Awaitable[T]) -> T:
         try:
-            return await self.bus.run(fn, *args, **kwargs)
+            return await call
         except PortUnavailable as exc:
             if exc.instrument is not None:
                 raise
@@ -588,12 +587,8 @@ class ElliptecBusAsync:
     """The Elliptec bus on one serial port, and its native mounts.
 
     The port's :class:`SerialBus` is shared with any v1 :class:`ElliptecBus` on the same port
-    (same bus family): one reader, one set of inboxes. The bus owns the threads its mounts'
-    endpoint calls wait on (one per address at most busy at a time).
+    (same bus family): one reader, one set of inboxes.
     """
-
-    WAITERS = 16
-    """Endpoint calls in flight at once: one per address is the normal load."""
 
     def __init__(self, port: Any, *, name: str = "elliptec") -> None:
         if not callable(getattr(port, "bus", None)):
@@ -607,9 +602,6 @@ class ElliptecBusAsync:
         self.port = port
         self.serial_bus: SerialBus = port.bus(ElliptecBusRouter())
         self.mounts: dict[str, ElliptecMountAsync] = {}
-        self._waiters = ThreadPoolExecutor(
-            self.WAITERS, thread_name_prefix=f"daqbridge-elliptec {port.url}"
-        )
 
     def __repr__(self) -> str:
         return f"<ElliptecBusAsync {self.name!r} on {self.port.url!r} mounts={sorted(self.mounts)}>"
@@ -647,13 +639,8 @@ class ElliptecBusAsync:
     async def stop(self, success: bool = False) -> None:
         await asyncio.gather(*(m.stop(success=success) for m in self.mounts.values()))
 
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """A blocking endpoint call on the bus's waiter threads, awaited without blocking."""
-        return await asyncio.wrap_future(self._waiters.submit(fn, *args, **kwargs))
-
     def close(self) -> None:
-        """Close the mounts and the waiter threads; the port's bus reader stops with the port
-        (a v1 twin in shadow still reads through it)."""
+        """Close the mounts; the port's bus reader stops with the port (a v1 twin in shadow
+        still reads through it)."""
         for mount in self.mounts.values():
             mount.close()
-        self._waiters.shutdown(wait=False, cancel_futures=True)

@@ -9,10 +9,17 @@ a transaction only ever looks in its own address's inbox, for the kinds it expec
 
 Writes still go through the port's lease, so bus traffic and ordinary leases on the same port
 never interleave their bytes on the wire.
+
+Coroutines use the same inboxes (``transact_async``, ``send_async``, ``wait_for_async``): a
+waiting task parks a future that the reader thread resolves with ``call_soon_threadsafe`` when a
+packet for its address arrives, and its write takes the port's async lease. So N mounts waiting
+on the event loop cost no thread at all, and a cancelled wait leaves the inbox exactly as a timed
+out one does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections import Counter, deque
@@ -20,8 +27,8 @@ from collections.abc import Iterable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from daqbridge.errors import InstrumentTimeout, PortUnavailable, ResourceError, ResourceTimeout
-from daqbridge.transport._lease import check_owner, check_timeout
+from daqbridge.errors import InstrumentTimeout, PortUnavailable, ResourceError
+from daqbridge.transport._lease import LeaseLock, check_owner, check_timeout
 
 if TYPE_CHECKING:
     from daqbridge.transport._serial import SharedSerialPort
@@ -98,8 +105,25 @@ def _kinds(expect: Iterable[str] | str | None, resource: str) -> frozenset[str] 
     return kinds
 
 
+def _wake(loop: asyncio.AbstractEventLoop, future: asyncio.Future) -> None:
+    try:
+        loop.call_soon_threadsafe(_resolve, future)
+    except RuntimeError:
+        pass  # the waiter's loop is closed: nobody is left to wake
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class BusEndpoint:
-    """One address on a bus: its inbox, and transactions that only ever read from it."""
+    """One address on a bus: its inbox, and transactions that only ever read from it.
+
+    Every call has a coroutine twin (``transact_async``, ``send_async``, ``wait_for_async``)
+    with the same semantics and errors, for drivers on an event loop; threads and tasks may use
+    one endpoint together (shadow mode: a v1 driver in a thread, a native one on the loop).
+    """
 
     def __init__(self, bus: SerialBus, address: str) -> None:
         self.bus = bus
@@ -110,9 +134,13 @@ class BusEndpoint:
         # (mark, kinds) of the transaction in flight: the first such packet after its mark is its
         # reply, which discard() and wait_for() of another driver sharing the address must leave.
         self._claims: list[tuple[int, frozenset[str] | None]] = []
-        self._txn = threading.Lock()
-        self._txn_owner: str | None = None
-        self._txn_since = 0.0
+        # Futures of coroutines waiting on this inbox; each is woken once, then re-registers.
+        self._wakers: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+        # One transaction at a time per address, for threads and tasks alike: the port's lease
+        # lock (fair, owner-named, cancellable), not a threading.Lock a coroutine cannot wait on
+        # without blocking its loop. Each transaction takes it with a record of its own, so it
+        # is never rank-checked against the port lease taken inside it.
+        self._txn = LeaseLock(self.resource, rank=0)
         self._unsolicited: Counter[str] = Counter()
         self.received = 0
         self.dropped = 0
@@ -144,40 +172,60 @@ class BusEndpoint:
         other addresses keep talking meanwhile. Packets of other kinds stay in the inbox
         (``wait_for`` / ``discard`` them). Transactions on one address are serialised.
         """
-        owner = check_owner(owner or f"bus address {self.address}", self.resource)
-        kinds = _kinds(expect, self.resource)
-        timeout = check_timeout(timeout, "bus timeout", self.resource)
+        owner, kinds, timeout = self._check_transaction(owner, expect, timeout)
         deadline = perf_counter() + timeout
-        if not self._txn.acquire(timeout=timeout):
-            raise ResourceTimeout(
-                self.resource,
-                owner=owner,
-                holder=self._txn_owner,
-                held_for=perf_counter() - self._txn_since if self._txn_owner else None,
-                timeout=timeout,
-            )
+        record: list[LeaseLock] = []
+        self._txn.acquire(owner, timeout, record)
         try:
-            self._txn_owner = owner
-            self._txn_since = perf_counter()
-            with self._cond:
-                mark = self.bus._seq
-                self._awaiting.append(kinds)
-                self._claims.append((mark, kinds))
+            mark = self._claim(kinds)
             try:
                 self.bus._write(packet, owner, max(0.0, deadline - perf_counter()))
                 return self._take(kinds, deadline, after=mark, timeout=timeout, sent=packet)
             finally:
-                with self._cond:
-                    self._awaiting.remove(kinds)
-                    self._claims.remove((mark, kinds))
+                self._unclaim(mark, kinds)
         finally:
-            self._txn_owner = None
-            self._txn.release()
+            self._txn.release(record)
+
+    async def transact_async(
+        self,
+        packet: bytes,
+        expect: Iterable[str] | str | None = None,
+        timeout: float = 1.0,
+        owner: str | None = None,
+    ) -> bytes:
+        """:meth:`transact` for coroutines: waits on the event loop, never blocks it.
+
+        Cancelled at any point, it leaves nothing behind: no claim, no place in the address's
+        queue; a reply that comes later is an unclaimed packet, as after a timeout.
+        """
+        owner, kinds, timeout = self._check_transaction(owner, expect, timeout)
+        deadline = perf_counter() + timeout
+        record: list[LeaseLock] = []
+        await self._txn.acquire_async(owner, timeout, record)
+        try:
+            mark = self._claim(kinds)
+            try:
+                await self.bus._write_async(packet, owner, max(0.0, deadline - perf_counter()))
+                return await self._take_async(
+                    kinds, deadline, after=mark, timeout=timeout, sent=packet
+                )
+            finally:
+                self._unclaim(mark, kinds)
+        finally:
+            self._txn.release(record)
 
     def send(self, packet: bytes, owner: str | None = None, timeout: float = 1.0) -> None:
         """Write ``packet`` (under the port lease) without waiting for any reply."""
         owner = check_owner(owner or f"bus address {self.address}", self.resource)
         self.bus._write(packet, owner, check_timeout(timeout, "bus timeout", self.resource))
+
+    async def send_async(
+        self, packet: bytes, owner: str | None = None, timeout: float = 1.0
+    ) -> None:
+        """:meth:`send` for coroutines (the port's async lease for the write)."""
+        owner = check_owner(owner or f"bus address {self.address}", self.resource)
+        timeout = check_timeout(timeout, "bus timeout", self.resource)
+        await self.bus._write_async(packet, owner, timeout)
 
     def wait_for(self, kinds: Iterable[str] | str, timeout: float) -> bytes:
         """The oldest packet of one of ``kinds`` in the inbox, waiting up to ``timeout`` s.
@@ -191,6 +239,19 @@ class BusEndpoint:
             self._awaiting.append(wanted)
         try:
             return self._take(wanted, deadline, after=-1, timeout=timeout, sent=None)
+        finally:
+            with self._cond:
+                self._awaiting.remove(wanted)
+
+    async def wait_for_async(self, kinds: Iterable[str] | str, timeout: float) -> bytes:
+        """:meth:`wait_for` for coroutines."""
+        wanted = _kinds(kinds, self.resource)
+        timeout = check_timeout(timeout, "bus timeout", self.resource)
+        deadline = perf_counter() + timeout
+        with self._cond:
+            self._awaiting.append(wanted)
+        try:
+            return await self._take_async(wanted, deadline, after=-1, timeout=timeout, sent=None)
         finally:
             with self._cond:
                 self._awaiting.remove(wanted)
@@ -227,6 +288,26 @@ class BusEndpoint:
 
     # --- internals (bus lock held where noted) ---------------------------------------------------
 
+    def _check_transaction(
+        self, owner: str | None, expect: Iterable[str] | str | None, timeout: float
+    ) -> tuple[str, frozenset[str] | None, float]:
+        owner = check_owner(owner or f"bus address {self.address}", self.resource)
+        kinds = _kinds(expect, self.resource)
+        return owner, kinds, check_timeout(timeout, "bus timeout", self.resource)
+
+    def _claim(self, kinds: frozenset[str] | None) -> int:
+        """Mark the transaction's start: its reply is the first ``kinds`` packet after it."""
+        with self._cond:
+            mark = self.bus._seq
+            self._awaiting.append(kinds)
+            self._claims.append((mark, kinds))
+        return mark
+
+    def _unclaim(self, mark: int, kinds: frozenset[str] | None) -> None:
+        with self._cond:
+            self._awaiting.remove(kinds)
+            self._claims.remove((mark, kinds))
+
     def _deliver_locked(self, seq: int, kind: str, packet: bytes) -> None:
         self.received += 1
         if not any(w is None or kind in w for w in self._awaiting):
@@ -235,7 +316,14 @@ class BusEndpoint:
         if len(self._inbox) > _INBOX_LIMIT:
             self._inbox.popleft()
             self.dropped += 1
+        self._wake_locked()
+
+    def _wake_locked(self) -> None:
+        """Wake every thread and task waiting on this inbox (they re-check under the lock)."""
         self._cond.notify_all()
+        wakers, self._wakers = self._wakers, []
+        for loop, future in wakers:
+            _wake(loop, future)
 
     def _claimed_locked(self) -> set[int]:
         claimed = set()
@@ -246,6 +334,50 @@ class BusEndpoint:
                     break
         return claimed
 
+    def _poll_locked(
+        self,
+        kinds: frozenset[str] | None,
+        deadline: float,
+        *,
+        after: int,
+        timeout: float,
+        sent: bytes | None,
+    ) -> tuple[bytes | None, float]:
+        """(the packet, 0) if it is in the inbox (removed), else (None, seconds left to wait).
+
+        Raises when none can come: bus closed, port lost, deadline passed.
+        """
+        bus = self.bus
+        if bus._closed:
+            raise ResourceError(
+                "the bus was closed while waiting for a reply.",
+                resource=self.resource,
+                fix="the port is shutting down; stop using this endpoint.",
+            )
+        claimed = self._claimed_locked() if sent is None else set()
+        for i, (seq, kind, packet) in enumerate(self._inbox):
+            if seq in claimed:
+                continue  # another driver's transaction is about to take it
+            if seq > after and (kinds is None or kind in kinds):
+                del self._inbox[i]
+                return packet, 0.0
+        if bus._lost is not None:
+            raise bus._lost
+        remaining = deadline - perf_counter()
+        if remaining <= 0.0:
+            wanted = "any kind" if kinds is None else "/".join(sorted(kinds))
+            after_what = f" after sending {sent!r}" if sent is not None else ""
+            others = [p for _, _, p in self._inbox]
+            raise InstrumentTimeout(
+                f"no {wanted} packet from address {self.address} within "
+                f"{timeout:.3f} s{after_what}; other packets from it meanwhile: "
+                f"{others or 'none'}",
+                resource=bus.port.url,
+                fix="check that a device answers at this address (an absent address "
+                "stays silent) and that the command really replies with that kind.",
+            )
+        return None, remaining
+
     def _take(
         self,
         kinds: frozenset[str] | None,
@@ -255,38 +387,44 @@ class BusEndpoint:
         timeout: float,
         sent: bytes | None,
     ) -> bytes:
-        bus = self.bus
         with self._cond:
             while True:
-                if bus._closed:
-                    raise ResourceError(
-                        "the bus was closed while waiting for a reply.",
-                        resource=self.resource,
-                        fix="the port is shutting down; stop using this endpoint.",
-                    )
-                claimed = self._claimed_locked() if sent is None else set()
-                for i, (seq, kind, packet) in enumerate(self._inbox):
-                    if seq in claimed:
-                        continue  # another driver's transaction is about to take it
-                    if seq > after and (kinds is None or kind in kinds):
-                        del self._inbox[i]
-                        return packet
-                if bus._lost is not None:
-                    raise bus._lost
-                remaining = deadline - perf_counter()
-                if remaining <= 0.0:
-                    wanted = "any kind" if kinds is None else "/".join(sorted(kinds))
-                    after_what = f" after sending {sent!r}" if sent is not None else ""
-                    others = [p for _, _, p in self._inbox]
-                    raise InstrumentTimeout(
-                        f"no {wanted} packet from address {self.address} within "
-                        f"{timeout:.3f} s{after_what}; other packets from it meanwhile: "
-                        f"{others or 'none'}",
-                        resource=bus.port.url,
-                        fix="check that a device answers at this address (an absent address "
-                        "stays silent) and that the command really replies with that kind.",
-                    )
+                packet, remaining = self._poll_locked(
+                    kinds, deadline, after=after, timeout=timeout, sent=sent
+                )
+                if packet is not None:
+                    return packet
                 self._cond.wait(remaining)
+
+    async def _take_async(
+        self,
+        kinds: frozenset[str] | None,
+        deadline: float,
+        *,
+        after: int,
+        timeout: float,
+        sent: bytes | None,
+    ) -> bytes:
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._cond:
+                packet, remaining = self._poll_locked(
+                    kinds, deadline, after=after, timeout=timeout, sent=sent
+                )
+                if packet is not None:
+                    return packet
+                # Registered under the lock that delivery holds: a packet filed after the check
+                # above finds this future and resolves it, so no wake-up is lost.
+                waker = (loop, loop.create_future())
+                self._wakers.append(waker)
+            try:
+                # The future carries no packet: only a poll under the lock takes one, so a
+                # cancel here leaves the reply in the inbox, unclaimed, as a timeout does.
+                await asyncio.wait((waker[1],), timeout=remaining)
+            finally:
+                with self._cond:
+                    if waker in self._wakers:
+                        self._wakers.remove(waker)
 
 
 class SerialBus:
@@ -358,7 +496,7 @@ class SerialBus:
             self._closed = True
             self._idle.notify_all()
             for ep in self._endpoints.values():
-                ep._cond.notify_all()
+                ep._wake_locked()
         ser = self.port._ser
         if ser is not None and hasattr(ser, "cancel_read"):
             try:
@@ -380,11 +518,17 @@ class SerialBus:
         with self.port.lease(owner, timeout) as lease:
             lease.write(packet)
 
+    async def _write_async(self, packet: bytes, owner: str, timeout: float) -> None:
+        # The lease is waited for on the loop; the write itself runs on the port's I/O thread,
+        # and a cancel mid-write keeps the lease until that write is done (AsyncSerialLease).
+        async with self.port.async_lease(owner, timeout) as lease:
+            await lease.write(packet)
+
     def _port_lost(self, err: PortUnavailable) -> None:
         with self._lock:
             self._lost = err
             for ep in self._endpoints.values():
-                ep._cond.notify_all()
+                ep._wake_locked()
 
     def _port_reopened(self) -> None:
         with self._lock:

@@ -27,7 +27,6 @@ from daqbridge.errors import InstrumentFault, InstrumentTimeout, PortUnavailable
 from daqbridge.sim import serve_pty
 
 TRANSCRIPTS = Path(__file__).parents[1] / "transcripts" / "elliptec.yaml"
-IN_REPLY = b"2IN0E1140051720231701016800023000\r\n"  # INSTRUMENTS.md: a real ELL14 at address 2
 SCALE = 143360 / 360  # pulses per degree, from that IN reply
 FAST = {"reply_timeout": 0.5, "poll_interval": 0.02}
 
@@ -145,16 +144,10 @@ async def finish_call(make_status) -> None:
 # --- connect, replayed --------------------------------------------------------------------------
 
 
-def test_connect_sends_in_gs_gv_gp_in_order_and_reads_the_transcripts_latched_status(
-    serial_pool, caplog
-):
-    # The transcript has no connect section (its pairs are the maintenance commands); its
-    # latched-status pair ["2gs", "2GS04"] is used as the connect's gs, and the IN reply is
-    # INSTRUMENTS.md's real unit. GV64 = 100 %, PO00004600 = 45 deg.
-    (latched,) = [pair for pair in transcript("at_rest") if pair == (b"2gs", b"2GS04\r\n")]
-    peer = ReplayPeer(
-        [(b"2in", IN_REPLY), latched, (b"2gv", b"2GV64\r\n"), (b"2gp", b"2PO00004600\r\n")]
-    )
+def test_connect_sends_the_transcripts_connect_section_and_stores_what_it_read(serial_pool, caplog):
+    # The "connect" section of tests/transcripts/elliptec.yaml, which the simulator tests replay
+    # too: INSTRUMENTS.md's real unit, a latched GS04, GV64 = 100 %, PO00004600 = 45 deg.
+    peer = ReplayPeer(transcript("connect"))
     bus = ElliptecBusAsync(serial_pool.open(peer.path, baudrate=9600), name="sim_rotators")
     try:
         mount = bus.mount(2, name="sim_rotators_a", **FAST)

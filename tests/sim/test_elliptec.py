@@ -548,6 +548,19 @@ def test_isolated_mount_ignores_the_bus_then_says_so():
     assert ask(sim, clock, b"2gs") == b"2GS00\r\n"
 
 
+def test_connect_answers_as_the_transcript():
+    # The native driver's connect (tests/devices/test_elliptec_async.py replays the same pairs).
+    # The transcript's mount rests at 45 deg with a GS04 latched: reached here on the wire.
+    sim, clock = make()
+    sim.write_from_host(b"2ma00004600")
+    assert run_for(sim, clock, 1) == b"2PO00004600\r\n"
+    assert ask(sim, clock, b"2f20093") == b"2GS04\r\n"  # at_rest: a refused period latches 04
+    clock.advance(1)
+    for sent, reply in TRANSCRIPTS["connect"]:
+        assert ask(sim, clock, sent.encode()) == reply.encode(), sent
+    assert sim.protocol_errors == []
+
+
 def test_a_three_character_period_is_an_incomplete_packet():
     # tl_elliptec sends "FFF" to restore the factory period; the manual's word is 4 characters.
     sim, clock = make()
