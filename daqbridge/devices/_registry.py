@@ -123,6 +123,15 @@ Build = Callable[..., Any]
 """``build(port, *, name, settings, timeout) -> device``: a serial driver's device for one profile
 entry, built and not connected (the runtime connects it, so a failure names the instrument)."""
 
+Parts = Callable[[Any], Mapping[str, Any]]
+"""``parts(device) -> {device id: part}``: the parts of an entry's device that the lab addresses
+by their own ids (an ESP300's axes ``<id>_x``, the mounts of an Elliptec bus)."""
+
+
+def no_parts(device: Any) -> Mapping[str, Any]:
+    """The default: the entry's device is the only one the lab addresses."""
+    return {}
+
 
 @dataclass(frozen=True)
 class DriverSpec:
@@ -138,6 +147,8 @@ class DriverSpec:
     """Its simulator kind (``daqbridge sim list``), by name: the devices never import the sims."""
     legacy_twin: str | None = None
     """The legacy driver type of the same instrument (``daqbridge.legacy.register_driver``)."""
+    parts: Parts = no_parts
+    """The parts addressed by their own device ids (see :data:`Parts`)."""
 
     @property
     def module(self) -> str:
@@ -155,6 +166,7 @@ def register_driver(
     build: Build,
     simulator: str | None = None,
     legacy_twin: str | None = None,
+    parts: Parts = no_parts,
     replace: bool = False,
 ) -> DriverSpec:
     """Declare a native driver; called by its module at import.
@@ -163,7 +175,7 @@ def register_driver(
     one instrument is the leak this registry closes); the same module importing again (a reload)
     replaces its own entry.
     """
-    spec = DriverSpec(driver, settings, build, simulator, legacy_twin)
+    spec = DriverSpec(driver, settings, build, simulator, legacy_twin, parts)
     old = _DRIVERS.get(driver)
     if old is not None and old.module != spec.module and not replace:
         raise ValueError(

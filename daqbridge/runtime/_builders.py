@@ -377,7 +377,8 @@ def build_declared(inst: SerialInstrument, ctx: BuildContext) -> NativeInstrumen
     port = ctx.open_port(inst)
     device = spec.build(port, name=inst.id, settings=settings, timeout=inst.timeout)
     connect = connect_on_loop(device, ctx) if is_async_device(device) else device.connect
-    return NativeInstrument(inst.id, inst.driver, port.url, device, {inst.id: device}, connect)
+    devices = {inst.id: device, **spec.parts(device)}
+    return NativeInstrument(inst.id, inst.driver, port.url, device, devices, connect)
 
 
 def connect_on_loop(device: Any, ctx: BuildContext) -> Callable[[float | None], None]:
