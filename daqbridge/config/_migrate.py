@@ -594,6 +594,12 @@ def migrate_legacy(source: str | os.PathLike, *, lab_name: str | None = None) ->
     return migration
 
 
+def _comment_text(text: str) -> str:
+    """A comment line naming what the legacy file said: its control characters (a stray
+    backspace in an axis name) escaped, as TOML comments may not hold them."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def _render(
     legacy: LegacyFile, conv: _Converter, name: str, tables: dict[str, dict[str, Any]]
 ) -> str:
@@ -610,7 +616,7 @@ def _render(
         doc.add(tomlkit.comment(""))
         doc.add(tomlkit.comment("Decisions left to a person (see also the migrate report):"))
         for d in conv.decisions:
-            doc.add(tomlkit.comment(f"  - {d}"))
+            doc.add(tomlkit.comment(_comment_text(f"  - {d}")))
     doc.add(tomlkit.nl())
     top: dict[str, Any] = {
         "lab": {"name": name, "data_dir": "~/daqbridge-data"},
@@ -625,7 +631,7 @@ def _render(
         for comments, entry in conv.entries:
             table = tomlkit.table()
             for c in comments:
-                table.add(tomlkit.comment(c))
+                table.add(tomlkit.comment(_comment_text(c)))
             _fill(table, entry)
             entries.append(table)
         doc.add("instruments", entries)

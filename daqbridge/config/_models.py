@@ -43,6 +43,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from daqbridge.devices import DriverSettings, settings_error
+from daqbridge.devices.esp300 import ESP300_UNITS as ESP300_UNIT_CODES  # noqa: F401
+from daqbridge.devices.esp300 import Esp300Axis, Esp300Settings  # noqa: F401
 from daqbridge.devices.maitai import MaiTaiSettings
 from daqbridge.devices.newport1830c import Newport1830cSettings
 
@@ -437,17 +439,6 @@ class SimSettings(Section):
 
 # --- driver settings tables ---------------------------------------------------------------------
 
-Esp300Units = Literal[
-    "counts", "steps", "mm", "um", "in", "mil", "uin", "deg", "grad", "rad", "mrad", "urad"
-]
-ESP300_UNIT_CODES: dict[str, int] = {
-    u: i
-    for i, u in enumerate(
-        ("counts", "steps", "mm", "um", "in", "mil", "uin", "deg", "grad", "rad", "mrad", "urad")
-    )
-}
-"""ESP300 ``SN`` unit codes."""
-
 
 def _check_limits(low: float | None, high: float | None, what: str) -> None:
     if low is not None and high is not None and not low < high:
@@ -456,43 +447,6 @@ def _check_limits(low: float | None, high: float | None, what: str) -> None:
             "swap the limits or correct one of them",
             key="high_limit",
         )
-
-
-class Esp300Axis(Section):
-    """One axis of an ESP300 (``esp300.axes`` entry). Device id: ``<instrument id>_<name>``."""
-
-    number: int = Field(ge=1, le=3, description="Axis number on the controller (1-3).")
-    name: Suffix = Field(description="Axis name; the axis device id is `<instrument id>_<name>`.")
-    units: Esp300Units = Field("mm", description="Axis units, set on the controller with `SN`.")
-    velocity: float | None = Field(None, gt=0, description="Velocity (units/s), `VA`.")
-    acceleration: float | None = Field(None, gt=0, description="Acceleration (units/s²), `AC`.")
-    deceleration: float | None = Field(None, gt=0, description="Deceleration (units/s²), `AG`.")
-    low_limit: float = Field(description="Lowest position a plan may request (software limit).")
-    high_limit: float = Field(description="Highest position a plan may request.")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Esp300Axis:
-        _check_limits(self.low_limit, self.high_limit, f"axis {self.name}")
-        return self
-
-
-class Esp300Settings(Section):
-    """``[instruments.esp300]``: the axes connected to the controller."""
-
-    axes: list[Esp300Axis] = Field(
-        min_length=1, max_length=3, description="1 to 3 axes with unique numbers and names."
-    )
-    motor_on: bool = Field(
-        False,
-        description="Turn every axis motor on at connect (`nMO`); off: a motor found off is "
-        "reported and its moves are refused.",
-    )
-
-    @model_validator(mode="after")
-    def _unique(self) -> Esp300Settings:
-        _unique_by(self.axes, "number", "axes", "axis number")
-        _unique_by(self.axes, "name", "axes", "axis name")
-        return self
 
 
 def _unique_by(items: list[Any], attr: str, where: str, label: str) -> None:

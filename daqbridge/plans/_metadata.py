@@ -76,8 +76,11 @@ def device_stack(obj: Any) -> str:
 
 
 def _root(obj: Any) -> Any:
+    """The device the lab addresses ``obj`` by: its top-level parent, or the first one up that
+    is addressed on its own (``addressed_alone``: an ESP300's axis is ``sim_stage_x``, not the
+    controller ``sim_stage``)."""
     node = obj
-    while getattr(node, "parent", None) is not None:
+    while not getattr(node, "addressed_alone", False) and getattr(node, "parent", None):
         node = node.parent
     return node
 

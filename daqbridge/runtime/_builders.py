@@ -10,7 +10,8 @@ Why it is built this way:
   reported per instrument with its port, and the whole start-up can be undone in order.
 * Profile settings are passed by keyword. A setting the driver's constructor does not take is
   never silently dropped: it is recorded as a note shown by ``status()`` and logged.
-* A driver that declared itself (``daqbridge.devices.register_driver``: the 1830-C, the MaiTai)
+* A driver that declared itself (``daqbridge.devices.register_driver``: the 1830-C, the MaiTai,
+  the ESP300)
   is built by its own ``build`` from its validated table (``build_declared``): the table's model
   is the constructor's contract, so nothing can be dropped and there are no notes. Its settings
   are checked again before its port opens, for an entry that skipped validation (``model_copy``).
@@ -35,7 +36,6 @@ from daqbridge.config import (
     LEGACY_TWIN_SUFFIX,
     ElliptecInstrument,
     EpicsInstrument,
-    Esp300Instrument,
     InstrumentBase,
     MaiTaiInstrument,
     Newport1830cInstrument,
@@ -322,40 +322,6 @@ def _limits(low: float | None, high: float | None, span: float) -> tuple[float, 
 # --- native builders --------------------------------------------------------------------------
 
 
-def build_esp300(inst: Esp300Instrument, ctx: BuildContext) -> NativeInstrument:
-    cls = driver_class("esp300", *NATIVE_DRIVERS["esp300"], instrument=inst.id)
-    notes: list[str] = []
-    port = ctx.open_port(inst)
-    controller = construct(
-        cls,
-        port,
-        name=inst.id,
-        timeout=inst.timeout,
-        motor_on=inst.esp300.motor_on,
-        notes=notes,
-        what=inst.id,
-    )
-    devices: dict[str, Any] = {inst.id: controller}
-    for axis in inst.esp300.axes:
-        axis_id = f"{inst.id}_{axis.name}"
-        devices[axis_id] = construct(
-            controller.axis,
-            axis.number,
-            name=axis_id,
-            units=axis.units,
-            low_limit=axis.low_limit,
-            high_limit=axis.high_limit,
-            velocity=axis.velocity,
-            acceleration=axis.acceleration,
-            deceleration=axis.deceleration,
-            notes=notes,
-            what=axis_id,
-        )
-    return NativeInstrument(
-        inst.id, inst.driver, port.url, controller, devices, controller.connect, notes
-    )
-
-
 def build_declared(inst: SerialInstrument, ctx: BuildContext) -> NativeInstrument:
     """The device of a serial driver that declared itself, built by the driver's own ``build``."""
     spec = registered_drivers().get(inst.driver)
@@ -505,7 +471,7 @@ def build_epics(inst: EpicsInstrument, ctx: BuildContext) -> NativeInstrument:
 
 
 for _driver, _builder in (
-    ("esp300", build_esp300),
+    ("esp300", build_declared),
     ("newport1830c", build_declared),
     ("maitai", build_declared),
     ("elliptec", build_elliptec),

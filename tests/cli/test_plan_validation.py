@@ -160,10 +160,10 @@ def esp300_axis():
     pool = SerialPortPool()
     with serve_pty("esp300", speed=50.0) as server:
         port = pool.open(server.path, baudrate=19200)
-        controller = ESP300Controller(port, name="stage", timeout=0.5)
+        axes = {"x": {"number": 1, "units": "mm", "low_limit": -25, "high_limit": 25}}
+        controller = ESP300Controller(port, name="stage", axes=axes, timeout=0.5)
         try:
-            axis = controller.axis(1, name="stage_x", units="mm", low_limit=-25, high_limit=25)
-            yield server.simulator, axis
+            yield server.simulator, controller.x
         finally:
             controller.close()
             pool.close_all()

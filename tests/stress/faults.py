@@ -86,7 +86,7 @@ class FaultTimeouts:
     """
 
     NATIVE: dict[str, tuple[str, str]] = {
-        "sim_stage": ("sim_stage", "timeout"),
+        "sim_stage": ("sim_stage", "reply_timeout"),  # the ophyd-async controller (WireDevice)
         "sim_meter": ("sim_meter", "reply_timeout"),  # the ophyd-async meter (core WireDevice)
         "sim_rotators": ("sim_rotators_", "reply_timeout"),  # every mount on the bus
         "sim_dmm": ("sim_dmm", "timeout"),

@@ -248,6 +248,21 @@ class WirePositioner(StandardMovable[float]):
 
     movable_logic: WireMovableLogic
 
+    @property
+    def position(self) -> float:
+        """The position the controller last reported (no wire exchange; NaN before any).
+
+        For the prompt (bluesky's ``%wa`` lists what has a ``position``) and the IOC; a plan
+        reads the axis, which asks the controller."""
+        reading = getattr(wire_backend(self.movable_logic.readback), "last_reading", None)
+        return math.nan if reading is None else float(reading["value"])
+
+    @property
+    def precision(self) -> int | None:
+        """Decimals the read-back is shown with (its command's ``precision``)."""
+        command = getattr(wire_backend(self.movable_logic.readback), "command", None)
+        return getattr(command, "precision", None)
+
     def set(  # type: ignore[override]
         self, new_position: float, timeout: CalculatableTimeout = CALCULATE_TIMEOUT
     ) -> WatchableAsyncStatus[float]:
