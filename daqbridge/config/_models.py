@@ -31,7 +31,6 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     Field,
     PrivateAttr,
     ValidationInfo,
@@ -43,6 +42,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from daqbridge.devices import DriverSettings, settings_error
+from daqbridge.devices.elliptec import ElliptecAddress as ElliptecAddress  # the profile's name
+from daqbridge.devices.elliptec import ElliptecSettings
 from daqbridge.devices.esp300 import ESP300_UNITS as ESP300_UNIT_CODES  # noqa: F401
 from daqbridge.devices.esp300 import Esp300Axis, Esp300Settings  # noqa: F401
 from daqbridge.devices.maitai import MaiTaiSettings
@@ -460,62 +461,6 @@ def _unique_by(items: list[Any], attr: str, where: str, label: str) -> None:
                 key=f"{where}[{i}].{attr}",
             )
         seen[value] = i
-
-
-def _hex_address(value: Any) -> Any:
-    if isinstance(value, int) and not isinstance(value, bool):
-        if not 0 <= value <= 15:
-            raise bad(
-                f"address {value} is outside 0-15",
-                "Elliptec addresses are one hex digit: 0-9, A-F (or the integers 0-15)",
-            )
-        return f"{value:X}"
-    if isinstance(value, str):
-        if not re.fullmatch(r"[0-9A-Fa-f]", value):
-            raise bad(
-                f"address {value!r} is not one hex digit",
-                "Elliptec addresses are one hex digit: '0'-'9', 'A'-'F'",
-            )
-        return value.upper()
-    return value  # the strict str check reports the wrong type
-
-
-class ElliptecAddress(Section):
-    """One device on the Elliptec bus. Device id: ``<instrument id>_<name>``."""
-
-    address: Annotated[str, BeforeValidator(_hex_address)] = Field(
-        description="Bus address, one hex digit '0'-'F' (an integer 0-15 is accepted)."
-    )
-    name: Suffix | None = Field(
-        None,
-        description="Device name; the device id is `<instrument id>_<name>`. Defaults to the "
-        "address in lower case.",
-    )
-    low_limit: float | None = Field(None, description="Lowest angle (deg) a plan may request.")
-    high_limit: float | None = Field(None, description="Highest angle (deg) a plan may request.")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> ElliptecAddress:
-        _check_limits(self.low_limit, self.high_limit, f"address {self.address}")
-        return self
-
-    @property
-    def device_name(self) -> str:
-        return self.name if self.name is not None else self.address.lower()
-
-
-class ElliptecSettings(Section):
-    """``[instruments.elliptec]``: every device on the bus (one bus driver owns them all)."""
-
-    addresses: list[ElliptecAddress] = Field(
-        min_length=1, max_length=16, description="Devices on the bus, unique addresses and names."
-    )
-
-    @model_validator(mode="after")
-    def _unique(self) -> ElliptecSettings:
-        _unique_by(self.addresses, "address", "addresses", "address")
-        _unique_by(self.addresses, "device_name", "addresses", "name")
-        return self
 
 
 class ScpiSignal(Section):

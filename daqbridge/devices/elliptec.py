@@ -1,58 +1,76 @@
-"""Thorlabs Elliptec ELL14 rotation mounts sharing one multi-drop serial bus.
+"""Thorlabs Elliptec ELL14 rotation mounts as native ophyd-async positioners on one shared bus.
 
-What the real bus does that shapes this driver (INSTRUMENTS.md, "Elliptec"):
+The bus's facts (framing, status codes and their fixes, position encoding, the ``IN`` layout)
+are written once, below; :class:`ElliptecSettings` (the profile's ``[instruments.elliptec]``
+table) is declared from them and the module registers the driver
+(:func:`daqbridge.devices.register_driver`), so ``config check`` and start-up cannot disagree.
+The data keys, kinds, units, precision, limits and descriptor ``source`` are those of the v1
+mounts this driver replaced (ADR 0007), so catalogs written before read the same.
 
-* Up to 16 mounts (addresses 0-F) share one half-duplex line, and a mount reports the end of a
-  move (``PO``) whenever the motion ends, possibly in the middle of another mount's exchange.
-  :class:`ElliptecBusRouter` frames the incoming stream into ``<addr><KIND><data>`` packets so the
-  resources layer (:class:`~daqbridge.transport.SerialBus`) files each one under its
-  address; a mount only ever reads its own inbox, so late packets never reach the wrong mount.
-* A move command replies only when the motion ends: ``set()`` sends ``ma`` and its status
-  finishes once a ``PO`` came and ``gs`` confirms the mount is idle (a late ``PO`` of an earlier
-  exchange looks just like the end), the final ``gp`` checked against the target, or fails on a
-  ``GS`` error, reported by code and meaning. While moving, ``gp`` is polled so the readback
-  (and progress bars) move.
-* Every error status is latched and repeated by the next ``gs``: after an error the driver reads
-  ``gs`` once, so the stale code cannot be mistaken for a new failure later.
-* A move sent less than ~100 ms after the previous move to the same mount goes to 0: moves to one
-  mount are spaced by ``move_spacing`` (per address; other mounts are not delayed).
-* The scale is read from the mount (``IN``: pulses per full travel / travel), never assumed
-  (some documents give 136533 pulses per turn, wrong for these units).
-* An absent address is silent: connecting to it is a clear timeout naming address and port.
+Why it looks the way it does (INSTRUMENTS.md, "Thorlabs Elliptec ELL14"; docs/resources.md;
+tests/transcripts/elliptec.yaml):
 
-Threads: each mount has its own :class:`InstrumentWorker`, so mounts on one bus move at the same
-time (the bus serialises only the bytes on the wire, per lease, and the replies per address).
-``stop()`` sends ``st`` from a short-lived thread, because the mount's worker is busy waiting for
-the end of the very move being stopped.
+* **The bus reader owns the input.** Up to 16 mounts share one half-duplex line and a mount's
+  ``PO`` can land inside another mount's exchange, so nothing here reads the port: the
+  transport's :class:`~daqbridge.transport.SerialBus` (one reader, framed by
+  :class:`ElliptecBusRouter`) files every packet under its address, and each mount only talks
+  through its own :class:`~daqbridge.transport.BusEndpoint` (``transact_async``: the port's
+  async lease for the write only, then the reply from this address's inbox). Shadow mode's
+  legacy twin shares the same endpoint from its thread; the endpoint's claims keep the two from
+  taking each other's replies.
+* **No threads of its own.** A mount waiting for a reply is a future on the event loop that the
+  bus reader resolves when a packet for its address arrives, so three mounts waiting at once
+  (three moves polled together) cost no thread, and a cancelled wait (a stopped move) leaves
+  nothing behind in the endpoint.
+* **A move is the core's positioner logic** (:class:`WireMovableLogic`): ``ma`` goes out, then
+  each poll asks ``gs`` (``09`` busy while moving, ``00`` idle, anything else a fault, reported
+  by code and meaning) and ``gp`` (so the readback and progress bars move). ``gs`` replies
+  ``GS``, never ``PO``: a late ``PO`` (the end of an earlier move, a stop's report) can never
+  pass for the end of this one, and once ``gs`` says idle every ``PO`` the mount sent before has
+  arrived, so the ``gp`` after it is the final position. Mounts poll at most every
+  ``poll_interval`` (0.1 s: INSTRUMENTS.md, about ten polls a second per device).
+* **Every error status is latched** and repeated by the next ``gs``: after an error the driver
+  reads ``gs`` once, so the stale code cannot be mistaken for a new failure later.
+* **Moves to one mount are spaced** by ``move_spacing`` (a move sent less than ~100 ms after
+  the previous one goes to 0); other mounts are not delayed. A final position more than
+  ``tolerance`` from the target is a fault that says so.
+* The scale comes from ``IN`` (pulses per full travel / travel), never assumed (some documents
+  give 136533 pulses per turn, wrong for these units); an angle that no 32-bit position can hold
+  is refused before any byte, as are soft-limit violations. An absent address is silent:
+  connecting to it is a clear timeout naming address and port.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
-import threading
 import time
 from collections import deque
-from collections.abc import Iterable
-from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Annotated, Any, TypeVar
 
-from ophyd import Component as Cpt
-from ophyd import Device, Kind
-from ophyd.positioner import PositionerBase
-from ophyd.status import MoveStatus, StatusBase
+from ophyd_async.core import AsyncStatus, SignalRW, StandardReadable
+from ophyd_async.core import StandardReadableFormat as Format
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from daqbridge.devices._base import (
-    InstrumentSignal,
-    InstrumentWorker,
-    OwnMoveStatus,
-    SettingSignal,
-    as_instrument_error,
-    check_number,
-    fail_status,
-    finish_status,
+from daqbridge.devices._base import check_number
+from daqbridge.devices._registry import DriverSettings, register_driver, settings_error
+from daqbridge.devices.core import (
+    SetNotConfirmed,
+    WireCommand,
+    WireDeviceConnector,
+    WireMotion,
+    WireMovableLogic,
+    WirePositioner,
+    WireSignalBackend,
+    wire_backend,
+    wire_signal_r,
+    wire_target_signal,
 )
 from daqbridge.errors import (
     ConfigError,
@@ -65,26 +83,34 @@ from daqbridge.errors import (
     ReplyError,
     ValueRejected,
 )
-from daqbridge.transport import (
-    BusEndpoint,
-    SerialBus,
-    SerialPortPool,
-    SharedSerialPort,
-    default_pool,
-)
+from daqbridge.transport import BusEndpoint, SerialBus, SerialPortPool, default_pool
 
 __all__ = [
+    "ADDRESSES",
     "ELL14_MODEL",
+    "FULL_TURN_DEG",
     "STATUS_CODES",
+    "ElliptecAddress",
     "ElliptecBus",
     "ElliptecBusRouter",
     "ElliptecIdentity",
     "ElliptecMount",
+    "ElliptecSettings",
+    "build",
     "decode_position",
     "encode_position",
+    "mounts_of",
 ]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ADDRESSES = 16
+"""Addresses on one bus: one hex digit, ``0``-``F``."""
+
+FULL_TURN_DEG = 360.0
+"""An ELL14 turns +/-1 revolution from home; a limit the profile leaves out is this far away."""
 
 ELL14_MODEL = 0x0E
 
@@ -303,27 +329,273 @@ def parse_identity(address: str, data: str) -> ElliptecIdentity:
     )
 
 
-# --- the mount ---------------------------------------------------------------------------------
+# --- the profile's table ------------------------------------------------------------------------
+
+_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 
-class ElliptecMount(Device, PositionerBase):
-    """One ELL14 rotation mount on an Elliptec bus, positioned in degrees.
+def _hex_address(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value < ADDRESSES:
+            raise settings_error(
+                f"address {value} is outside 0-{ADDRESSES - 1}",
+                f"Elliptec addresses are one hex digit: 0-9, A-F (or the integers "
+                f"0-{ADDRESSES - 1})",
+            )
+        return f"{value:X}"
+    if isinstance(value, str):
+        if not re.fullmatch(r"[0-9A-Fa-f]", value):
+            raise settings_error(
+                f"address {value!r} is not one hex digit",
+                "Elliptec addresses are one hex digit: '0'-'9', 'A'-'F'",
+            )
+        return value.upper()
+    return value  # the strict str check reports the wrong type
 
-    ``bus`` is an :class:`ElliptecBus` (usual) or a ready :class:`BusEndpoint`; ``limits`` are
-    soft limits in degrees (checked before anything is sent; None: only the mount's own +/-1
-    revolution range applies, reported by the mount as GS0C).
+
+class ElliptecAddress(DriverSettings):
+    """One device on the Elliptec bus. Device id: ``<instrument id>_<name>``."""
+
+    address: Annotated[str, BeforeValidator(_hex_address)] = Field(
+        description="Bus address, one hex digit '0'-'F' (an integer 0-15 is accepted)."
+    )
+    name: str | None = Field(
+        None,
+        description="Device name; the device id is `<instrument id>_<name>`. Defaults to the "
+        "address in lower case.",
+    )
+    low_limit: float | None = Field(None, description="Lowest angle (deg) a plan may request.")
+    high_limit: float | None = Field(None, description="Highest angle (deg) a plan may request.")
+
+    @field_validator("name")
+    @classmethod
+    def _part_of_an_id(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME.match(value):
+            raise settings_error(
+                f"{value!r} cannot be part of a device id",
+                "use ASCII letters, digits and _ only (e.g. 'x', 'rot_a'): it is appended to the "
+                "instrument id as <instrument id>_<name>",
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ElliptecAddress:
+        low, high = self.low_limit, self.high_limit
+        if low is not None and high is not None and not low < high:
+            raise settings_error(
+                f"address {self.address}: low_limit {low:g} is not below high_limit {high:g}",
+                "swap the limits or correct one of them",
+                key="high_limit",
+            )
+        limits = self.limits
+        if limits is not None and not limits[0] < limits[1]:
+            key = "low_limit" if low is not None else "high_limit"
+            raise settings_error(
+                f"address {self.address}: {key} {low if low is not None else high:g} leaves no "
+                f"angle within the mount's +/-{FULL_TURN_DEG:g} deg",
+                f"give a {key} between -{FULL_TURN_DEG:g} and {FULL_TURN_DEG:g} deg, or both "
+                "limits",
+                key=key,
+            )
+        return self
+
+    @property
+    def device_name(self) -> str:
+        return self.name if self.name is not None else self.address.lower()
+
+    @property
+    def limits(self) -> tuple[float, float] | None:
+        """The mount's soft limits in degrees (a side left out is one turn away), or None."""
+        low, high = self.low_limit, self.high_limit
+        if low is None and high is None:
+            return None
+        return (
+            low if low is not None else -FULL_TURN_DEG,
+            high if high is not None else FULL_TURN_DEG,
+        )
+
+
+class ElliptecSettings(DriverSettings):
+    """``[instruments.elliptec]``: every device on the bus (one bus driver owns them all)."""
+
+    addresses: list[ElliptecAddress] = Field(
+        min_length=1,
+        max_length=ADDRESSES,
+        description="Devices on the bus, unique addresses and names.",
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> ElliptecSettings:
+        for attr, label in (("address", "address"), ("device_name", "name")):
+            seen: dict[str, int] = {}
+            for i, item in enumerate(self.addresses):
+                value = getattr(item, attr)
+                if value in seen:
+                    raise settings_error(
+                        f"{label} {value!r} appears twice (addresses[{seen[value]}] and "
+                        f"addresses[{i}])",
+                        f"give every entry of addresses its own {attr}",
+                        key=f"addresses[{i}].{attr}",
+                    )
+                seen[value] = i
+        return self
+
+
+_REPLY_KIND = {"in": "IN", "gs": "GS", "gp": "PO", "gv": "GV", "sv": "GS"}
+"""The reply kind of every command this driver asks (``sv`` answers with a status)."""
+_BUSY, _OK = 0x09, 0x00
+
+
+class _BusExchange:
+    """The :class:`~daqbridge.devices.core.Exchange` interface over one mount's endpoint.
+
+    The core's positioner logic and wire signals talk in commands and reply lines; here a
+    command is the mount's packet without its address (``gp``), a query waits for the reply
+    kind that command gets (``PO``) on this address only, and a write expects nothing.
     """
 
-    readback = Cpt(InstrumentSignal, units="deg", precision=3, kind=Kind.hinted, value=0.0)
-    setpoint = Cpt(InstrumentSignal, units="deg", precision=3, kind=Kind.normal, value=0.0)
-    velocity = Cpt(SettingSignal, apply="_set_velocity", units="%", kind=Kind.config, value=0)
+    __slots__ = ("mount",)
+
+    def __init__(self, mount: ElliptecMount) -> None:
+        self.mount = mount
+
+    async def write(self, command: str) -> None:
+        await self.mount.send(command)
+
+    async def query(self, command: str) -> str:
+        return await self.mount.ask(command)
+
+    def reply_error(self, command: str, reply: str, what: str) -> ReplyError:
+        m = self.mount
+        return ReplyError(
+            f"mount at address {m.address} answered {command!r} with {reply!r}, not {what}",
+            reply=reply,
+            instrument=m.name,
+            resource=m.resource,
+            fix="check the cable and baud rate (9600); the next command asks again.",
+        )
+
+
+class _VelocityBackend(WireSignalBackend[int]):
+    """``sv`` answers with a status: a refusal is its code; the read-back is ``gv``.
+
+    Named ``gv/sv`` in the descriptor, as the v1 mount's velocity was.
+    """
+
+    def source(self, name: str, read: bool) -> str:
+        return self.device.source_for("gv/sv")
+
+    async def put(self, value: int | None) -> None:
+        mount: ElliptecMount = self.device  # type: ignore[assignment]
+        wanted, command = self.check(value)
+        async with mount.transaction() as x:
+            code = mount.status_code(await x.query(command))
+            if code != _OK:
+                await mount.clear_latch()
+                raise mount.fault(code, f"when setting the velocity to {wanted}%")
+            got = await self.read_in(x)
+        if got != wanted:
+            raise SetNotConfirmed(
+                f"mount at address {mount.address} did not take {command!r}: gv reads {got}%.",
+                wanted=wanted,
+                got=got,
+                instrument=mount.name,
+                resource=mount.resource,
+                fix="another program may drive this bus; set it again.",
+            )
+        self.store(got)
+
+
+@dataclass
+class ElliptecMoveLogic(WireMovableLogic):
+    """The ELL14's rules around the core's move: spacing, stale packets, status, final check."""
+
+    axis: ElliptecMount
+    _next_command: str | None = field(default=None, init=False)
+    """A move command other than ``ma`` for the next start (``ho0``: homing)."""
+    _first_poll: bool = field(default=False, init=False)
+
+    def check_target(self, value: Any) -> float:
+        deg = super().check_target(value)
+        self.axis.check_pulses(value, deg)
+        return deg
+
+    async def start(self, target: float) -> int:
+        """Spacing, stale packets out, then the move in one write (the core's start)."""
+        target = self.check_target(target)
+        mount = self.axis
+        wait = mount.last_move_at + mount.move_spacing - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)  # a move too soon after the previous one goes to 0
+        stale = mount.endpoint.discard({"PO", "GS"})
+        if stale:  # late replies of earlier exchanges, a stop's PO, a refused move's GS
+            log.debug("%s: discarded stale packets %r before a move", mount.name, stale)
+        command, self._next_command = self._next_command, None
+        self._first_poll = True
+        if command is None:
+            return await super().start(target)
+        move_id = next(self._ids)
+        async with mount.transaction() as x:
+            await x.write(command)
+        self._current = move_id
+        return move_id
+
+    async def home(self) -> None:
+        """``ho0``, then polled as a move to 0 (``PO`` 0 when the mount ends homing)."""
+        self._next_command = "ho0"
+        await self.move(0.0, lambda: self.move_timeout)
+
+    async def poll(self, x: Any) -> tuple[bool, float]:
+        mount = self.axis
+        try:
+            done, position = await super().poll(x)
+        except InstrumentFault:
+            self._arrived = self._current  # the mount refused or ended the move: no st
+            raise
+        if self._first_poll:
+            # The mount had the move by the time it answered (it answers in order); USB
+            # adapters and busy hosts delay the write, so the spacing counts from here.
+            self._first_poll = False
+            mount.last_move_at = time.monotonic()
+        return done, position
+
+    async def after_move(self, x: Any, target: float) -> None:
+        mount = self.axis
+        position = wire_backend(self.readback).last_reading["value"]  # type: ignore[index]
+        if abs(position - target) > mount.tolerance:
+            raise InstrumentFault(
+                f"mount at address {mount.address} ended its move at {position:.3f} deg "
+                f"instead of {target:g} deg.",
+                instrument=mount.name,
+                resource=mount.resource,
+                fix="a move sent less than ~100 ms after the previous one goes to 0: keep "
+                "move_spacing >= 0.1 s; otherwise check for a mechanical block and home the "
+                "mount.",
+            )
+
+    async def stop(self) -> None:
+        """``st`` only while a move is in progress (the RunEngine stops every mount it moved
+        at the end of each run; an idle mount's reply would only be noise)."""
+        if self._current:
+            await self._send_stop(self._current)
+
+
+class ElliptecMount(StandardReadable, WirePositioner):
+    """One ELL14 on an Elliptec bus, in degrees: readback ``<name>`` (hinted, ``gp``),
+    ``<name>_setpoint`` (``ma``), configuration ``<name>_velocity`` (%, ``gv/sv``).
+
+    Made by :meth:`ElliptecBus.mount`; ``limits`` are soft limits in degrees (None: only
+    the mount's own +/-1 revolution applies, which it reports as GS0C).
+    """
+
+    model = "ELL14"
 
     def __init__(
         self,
-        bus: ElliptecBus | BusEndpoint,
-        address: str | int | None = None,
+        bus: ElliptecBus,
+        address: str | int,
         *,
-        name: str,
+        name: str = "",
         limits: tuple[float, float] | list[float] | None = None,
         reply_timeout: float = 1.0,
         move_timeout: float = 30.0,
@@ -331,40 +603,12 @@ class ElliptecMount(Device, PositionerBase):
         move_spacing: float = 0.12,
         tolerance: float = 0.1,
         lease_timeout: float = 5.0,
-        **kwargs: Any,
     ) -> None:
-        if isinstance(bus, ElliptecBus):
-            address = normalise_address(address)
-            bus._check_free(address)
-            endpoint = bus.endpoint(address)
-        elif isinstance(bus, BusEndpoint):
-            if not isinstance(bus.bus.router, ElliptecBusRouter):
-                raise ConfigError(
-                    f"the bus on {bus.bus.port.url} is framed by "
-                    f"{type(bus.bus.router).__name__}, not by ElliptecBusRouter.",
-                    key="bus",
-                    instrument=name,
-                    fix="open the bus with ElliptecBus(port) (or port.bus(ElliptecBusRouter())).",
-                )
-            if address is not None and normalise_address(address) != bus.address:
-                raise ConfigError(
-                    f"address {address!r} does not match the endpoint's address {bus.address!r}.",
-                    key="address",
-                    instrument=name,
-                )
-            endpoint = bus
-            address = bus.address
-        else:
-            raise ConfigError(
-                f"ElliptecMount needs an ElliptecBus or a BusEndpoint, got {type(bus).__name__}.",
-                key="bus",
-                instrument=name,
-                fix="create mounts with ElliptecBus(port).mount(address, name=...).",
-            )
-        self.endpoint = endpoint
-        self.address = address
-        self.elliptec_bus = bus if isinstance(bus, ElliptecBus) else None
-        self._soft_limits = _check_soft_limits(limits, name)
+        self.bus = bus
+        self.port = bus.port
+        self.address = normalise_address(address)
+        self.endpoint: BusEndpoint = bus.serial_bus.endpoint(self.address)
+        self.soft_limits = _check_soft_limits(limits, name)
         self.reply_timeout = _positive(reply_timeout, "reply_timeout", name)
         self.move_timeout = _positive(move_timeout, "move_timeout", name)
         self.poll_interval = _positive(poll_interval, "poll_interval", name)
@@ -373,305 +617,142 @@ class ElliptecMount(Device, PositionerBase):
         self.lease_timeout = _positive(lease_timeout, "lease_timeout", name)
         self.identity: ElliptecIdentity | None = None
         self.last_status: int | None = None
-        self._scale: float | None = None
-        self._connected = False
-        self._move_gen = 0
-        self._status: MoveStatus | None = None
-        self._stopping = False
-        self._unsettled = False
-        self._stop_thread: threading.Thread | None = None
-        self._last_move_at = -math.inf
-        self._setpoint_lock = threading.Lock()
-        self._worker = InstrumentWorker(name)
-        super().__init__(prefix="", name=name, **kwargs)
-        self.readback.name = self.name
-        source = f"{name} (ELL14 address {address}) on {self.port_url}"
-        self.readback._source = f"{source}: gp"
-        self.setpoint._source = f"{source}: ma"
-        self.velocity._source = f"{source}: gv/sv"
-        if self._soft_limits is not None:
-            self.setpoint._limits = self._soft_limits
-            self.readback._limits = self._soft_limits
-        if self.elliptec_bus is not None:
-            self.elliptec_bus._register(self)
+        """The last ``gs`` code read (connect, polls, after a fault)."""
+        self.pulses_per_degree: float | None = None
+        self.verified_generation: int | None = None
+        self.connected_loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False
+        self.last_move_at = -math.inf
+        """When the mount last had a move command (for ``move_spacing``)."""
+        self._exchange = _BusExchange(self)
+        with self.add_children_as_readables(Format.HINTED_UNCACHED_SIGNAL):
+            self.readback = wire_signal_r(
+                float,
+                self,  # type: ignore[arg-type]
+                WireCommand(
+                    query="gp",
+                    read=self._read_degrees,
+                    units="deg",
+                    precision=3,
+                    limits=self.soft_limits,
+                ),
+            )
+        with self.add_children_as_readables(Format.UNCACHED_SIGNAL):
+            self.setpoint = wire_target_signal(
+                self,  # type: ignore[arg-type]
+                "ma",
+                lambda target: self.movable_logic.start(target),
+                units="deg",
+                precision=3,
+                limits=self.soft_limits,
+            )
+        with self.add_children_as_readables(Format.CONFIG_SIGNAL):
+            self.velocity = SignalRW(
+                _VelocityBackend(
+                    int,
+                    self,  # type: ignore[arg-type]
+                    WireCommand(
+                        query="gv",
+                        read=self._read_velocity,
+                        set_command="sv{:02X}",
+                        validate=self._check_velocity,
+                        units="%",
+                    ),
+                )
+            )
+        super().__init__(name=name, connector=WireDeviceConnector())
 
-    # --- identity and limits -----------------------------------------------------------------
+    @cached_property
+    def movable_logic(self) -> ElliptecMoveLogic:
+        pi = self.poll_interval
+        low, high = self.soft_limits or (None, None)
+        return ElliptecMoveLogic(
+            setpoint=self.setpoint,
+            readback=self.readback,
+            axis=self,
+            motion=WireMotion(
+                move="ma{}",
+                done="gs",
+                is_done=self._is_idle,
+                stop="st",
+                format_target=lambda deg: encode_position(round(deg * self._scale())),
+                backoff=(0.0, pi / 4, pi / 2, pi),
+            ),
+            limits=(low, high),
+            move_timeout=self.move_timeout,
+            what="angle (deg)",
+        )
 
-    @property
-    def port_url(self) -> str:
-        return self.endpoint.bus.port.url
+    # --- names, limits, checks ------------------------------------------------------------------
+
+    def set_name(self, name: str, *, child_name_separator: str | None = None) -> None:
+        """Children joined with ``_`` (``m2_setpoint``): the v1 mount's data keys."""
+        super().set_name(name, child_name_separator="_")
 
     @property
     def resource(self) -> str:
-        return f"{self.port_url} address {self.address}"
+        return f"{self.port.url} address {self.address}"
+
+    @property
+    def limits(self) -> tuple[float, float]:
+        """Soft limits as ophyd gives them ((0, 0): none), for the IOC's motor record."""
+        return self.soft_limits if self.soft_limits is not None else (0.0, 0.0)
 
     @property
     def egu(self) -> str:
         return "deg"
 
-    @property
-    def limits(self) -> tuple[float, float]:
-        # ophyd's convention: (0, 0) means "no soft limits".
-        return self._soft_limits if self._soft_limits is not None else (0.0, 0.0)
+    def source_for(self, command: str) -> str:
+        return f"{self.name} (ELL14 address {self.address}) on {self.port.url}: {command}"
 
-    @property
-    def precision(self) -> int:
-        return 3
+    def rejected(self, what: str, value: Any, fix: str | None = None) -> ValueRejected:
+        return ValueRejected(
+            what, value=value, instrument=self.name, resource=self.resource, fix=fix
+        )
 
-    @property
-    def pulses_per_degree(self) -> float | None:
-        return self._scale
+    def _scale(self) -> float:
+        if self.pulses_per_degree is None:
+            raise InstrumentError(
+                f"the mount at address {self.address} is not connected.",
+                instrument=self.name,
+                resource=self.resource,
+                fix="connect it first (the runtime does it at start-up).",
+            )
+        return self.pulses_per_degree
 
-    @property
-    def is_connected(self) -> bool:
-        return self._connected
-
-    def locate(self) -> dict[str, float]:
-        return {"setpoint": self.setpoint.get(), "readback": self.readback.get()}
-
-    def check_value(self, value: Any, **kwargs: Any) -> None:
-        low, high = self._soft_limits if self._soft_limits is not None else (None, None)
-        deg = check_number(value, instrument=self.name, what="angle (deg)", low=low, high=high)
-        # Compared as floats: a huge finite angle times the scale overflows to inf, which
-        # round() cannot turn into pulses.
-        if self._scale is not None and abs(deg * self._scale) >= 2**31 - 0.5:
+    def check_pulses(self, value: Any, deg: float) -> None:
+        """Refuse an angle no signed 32-bit position holds (compared as floats: a huge finite
+        angle times the scale overflows to inf, which round() cannot turn into pulses)."""
+        scale = self._scale()
+        if abs(deg * scale) >= 2**31 - 0.5:
             raise ValueRejected(
-                f"angle {deg!r} deg cannot be sent to the mount at address {self.address}: it is "
-                f"beyond what its 32-bit position can hold (+/-{(2**31 - 1) / self._scale:.0f} "
+                f"angle {deg!r} deg cannot be sent to the mount at address {self.address}: it "
+                f"is beyond what its 32-bit position can hold (+/-{(2**31 - 1) / scale:.0f} "
                 "deg).",
                 instrument=self.name,
                 resource=self.resource,
                 value=value,
-                limit=(-(2**31) / self._scale, (2**31 - 1) / self._scale),
+                limit=(-(2**31) / scale, (2**31 - 1) / scale),
                 fix="use an angle within one revolution (+/-360 deg) of home.",
             )
 
-    # --- lifecycle ---------------------------------------------------------------------------
-
-    def connect(self, timeout: float = 10.0) -> None:
-        """Check that an ELL14 answers at the address and read scale, velocity and position."""
-        self._worker.call(self._connect_io, timeout=timeout, resource=self.resource)
-
-    def close(self) -> None:
-        """Stop the worker (the bus and port stay open for the other mounts)."""
-        self._connected = False
-        self._move_gen += 1
-        self._worker.shutdown(wait=True)
-        if self.elliptec_bus is not None:
-            self.elliptec_bus._forget(self)
-
-    # --- motion ------------------------------------------------------------------------------
-
-    def move(
-        self,
-        position: Any,
-        wait: bool = False,
-        moved_cb: Any = None,
-        timeout: float | None = None,
-        **kwargs: Any,
-    ) -> MoveStatus:
-        self._require_connected("move")
-        self.check_value(position)  # before any byte is sent
-        target = float(position)
-        pulses = round(target * self._scale)
-        status = self._begin(target, moved_cb=moved_cb, timeout=timeout)
-        self._submit_motion(status, "ma", encode_position(pulses), target, pulses)
-        if wait:
-            status.wait()
-        return status
-
-    def home(self, *, wait: bool = False, timeout: float | None = None) -> MoveStatus:
-        """Home the mount (``ho0``); the status finishes on its ``PO`` at position 0."""
-        self._require_connected("home")
-        status = self._begin(0.0, moved_cb=None, timeout=timeout)
-        self._submit_motion(status, "ho", "0", 0.0, 0)
-        if wait:
-            status.wait()
-        return status
-
-    def stop(self, *, success: bool = False) -> None:
-        """Send ``st`` now (from a helper thread: the worker is busy with the move) and end the
-        move's status.
-
-        The RunEngine calls ``stop(success=True)`` on every mount it moved at the end of every
-        run; an idle mount is then left alone (no ``st``, whose reply would only be noise).
-        """
-        if self._connected and (self._moving or self._unsettled or not success):
-            self._stopping = True
-            self._unsettled = True
-            thread = threading.Thread(
-                target=self._send_stop, name=f"daqbridge-{self.name}-stop", daemon=True
-            )
-            # Published only once started: a settle on the worker joins it, and joining a
-            # thread that has not started raises.
-            thread.start()
-            self._stop_thread = thread
-        status = self._status
-        if status is not None and not status.done:
-            self._reset_sub(self._SUB_REQ_DONE)
-            self._moving = False
-            if success:
-                finish_status(status)
-            else:
-                fail_status(
-                    status,
-                    InstrumentError(
-                        f"move of mount at address {self.address} stopped (st sent) before it "
-                        "reached its target.",
-                        instrument=self.name,
-                        resource=self.resource,
-                    ),
-                )
-
-    def _stop_move(self, status: StatusBase) -> None:
-        if status is self._status:
-            self.stop()
-
-    def trigger(self) -> StatusBase:
-        """Refresh the readback with ``gp`` (for use as a detector)."""
-        self._require_connected("read")
-        # No obj: ophyd would call stop() (send st) when a reading fails.
-        return self._worker.status(self._refresh_position)
-
-    # --- settings ----------------------------------------------------------------------------
-
-    def refresh_configuration(self, timeout: float | None = None) -> None:
-        """Ask the mount for its settings now: its velocity (``gv``), the one it has.
-
-        Another program (or the legacy twin in shadow) may have set it since connect or the
-        last set, and a recorded setting must be one the mount reported. A query only: nothing
-        is changed. Blocking (the baseline reads it from its own thread; interactive use), never
-        inside a plan; behind a move of this mount it waits for the move's end.
-        """
-        self._require_connected("read its settings")
-        self._worker.call(
-            lambda: self.velocity.update(self._read_velocity()),
-            timeout=timeout or self.lease_timeout + self.reply_timeout + 1.0,
-            resource=self.resource,
+    def _check_velocity(self, value: Any) -> int:
+        what = "velocity (%)"
+        return int(
+            check_number(value, instrument=self.name, what=what, low=1, high=100, integer=True)
         )
 
-    def _set_velocity(self, value: Any) -> StatusBase:
-        pct = int(
-            check_number(
-                value, instrument=self.name, what="velocity (%)", low=1, high=100, integer=True
-            )
-        )
-        self._require_connected("set the velocity")
-        return self._worker.status(lambda: self._velocity_io(pct), obj=self.velocity)
+    # --- the wire -------------------------------------------------------------------------------
 
-    def _require_connected(self, what: str) -> None:
-        if not self._connected:
-            raise InstrumentError(
-                f"cannot {what}: the mount at address {self.address} is not connected.",
-                instrument=self.name,
-                resource=self.resource,
-                fix="call connect() first (the runtime does it at start-up).",
-            )
-
-    # --- status bookkeeping (caller's thread) ------------------------------------------------
-
-    def _begin(self, target: float, *, moved_cb: Any, timeout: float | None) -> MoveStatus:
-        old = self._status
-        if old is not None and not old.done:
-            fail_status(
-                old,
-                InstrumentError(
-                    f"move replaced by a new move to {target:g} deg before it finished.",
-                    instrument=self.name,
-                    resource=self.resource,
-                ),
-            )
-        self._reset_sub(self._SUB_REQ_DONE)
-        self._move_gen += 1
-        status = OwnMoveStatus(
-            self,
-            target,
-            timeout=timeout if timeout is not None else self._timeout,
-            settle_time=self._settle_time,
-        )
-        if moved_cb is not None:
-            status.add_callback(lambda st: moved_cb(st, obj=self))
-        self.subscribe(status._finished, event_type=self._SUB_REQ_DONE, run=False)
-        self._status = status
-        self._stopping = False
-        with self._setpoint_lock:
-            self.setpoint.update(target)
-            self._moving = True
-        self._run_subs(sub_type=self.SUB_START, timestamp=time.time())
-        return status
-
-    def _submit_motion(
-        self, status: MoveStatus, command: str, data: str, target: float, pulses: int
-    ) -> None:
-        gen = self._move_gen
-
-        def task() -> None:
-            try:
-                self._motion_io(status, gen, command, data, target, pulses)
-            except BaseException as exc:  # noqa: BLE001 - every failure must reach the status
-                if gen == self._move_gen:
-                    self._moving = False
-                    self._reset_sub(self._SUB_REQ_DONE)
-                fail_status(status, as_instrument_error(exc, self.name, self.resource))
-                return
-            if gen == self._move_gen and not status.done:
-                self._moving = False
-                self._done_moving(success=True, value=self._position)
-
-        self._worker.submit(task)
-
-    # --- worker side -------------------------------------------------------------------------
-
-    def _store(self, pulses: int) -> float:
-        deg = pulses / self._scale
-        self.readback.update(deg)
-        self._set_position(deg)
-        return deg
-
-    def _connect_io(self) -> None:
-        self._connected = False
-        # No discard() of old inbox packets: in shadow the legacy driver shares this address's
-        # endpoint, and emptying the inbox took the reply its poll was about to read (it then
-        # failed start-up with "no PO packet ... after b'2gp'"). Transactions only take packets
-        # that arrive after their own request, so stale ones never pass for a reply.
-        try:
-            packet = self._transact("in", expect="IN")
-        except InstrumentTimeout as exc:
-            raise InstrumentTimeout(
-                f"no Elliptec device answers at address {self.address} on {self.port_url} "
-                f"(no IN reply to {self.address}in within {self.reply_timeout:g} s).",
-                instrument=self.name,
-                resource=self.resource,
-                fix="check the address in the profile (an absent address stays silent), that the "
-                "mount is powered and cabled to this bus, and that no `ca` moved it elsewhere.",
-            ) from exc
-        data = self._data(packet, "IN")
-        try:
-            ident = parse_identity(self.address, data)
-        except ValueError as exc:
-            raise ReplyError(
-                f"the IN reply of address {self.address} cannot be decoded: {exc}",
-                reply=packet,
-                instrument=self.name,
-                resource=self.resource,
-                fix="check the cable; connect again.",
-            ) from None
-        if ident.model != ELL14_MODEL:
-            raise IdentityMismatch(
-                f"address {self.address} on {self.port_url} answers as an Elliptec "
-                f"{ident.model_name} (model byte {ident.model:02X}, serial {ident.serial}), "
-                f"not an ELL14 rotation mount (model byte 0E).",
-                instrument=self.name,
-                resource=self.resource,
-                fix="check the address in the profile: another Elliptec device is there.",
-            )
-        self.identity = ident
-        self._scale = ident.pulses_per_unit
-        # A fault latched before we connected (noise at power-up) is read and reported once,
-        # so it is not mistaken for the result of our first command.
-        code = self._get_status()
-        self.last_status = code
-        if code not in (0x00, 0x09):
+    async def connect_wire(self) -> None:
+        """``in`` (an ELL14, and its scale), ``gs`` (a latched fault is logged once), ``gv``,
+        ``gp``: the transcript's connect, one exchange after the other on this address."""
+        self.closed = False
+        self.verified_generation = None
+        x = self._exchange
+        await self._identify()
+        code = self.last_status = self.status_code(await x.query("gs"))
+        if code not in (_OK, _BUSY):
             log.warning(
                 "%s: mount at address %s had latched status GS%02X (%s) at connect",
                 self.name,
@@ -679,337 +760,147 @@ class ElliptecMount(Device, PositionerBase):
                 code,
                 STATUS_CODES.get(code, "unknown"),
             )
-        self.velocity.update(self._read_velocity())
-        deg = self._store(self._read_pulses())
-        self.setpoint.update(deg)
-        self._connected = True
+        for signal in (self.velocity, self.readback):
+            backend = wire_backend(signal)
+            backend.store(await backend.read_in(x))
+        self.setpoint._connector.backend.store(wire_backend(self.readback).last_reading["value"])  # type: ignore[attr-defined,index]
+        self.verified_generation = self.port.generation
+        self.connected_loop = asyncio.get_running_loop()
 
-    def _refresh_position(self) -> None:
-        gen = self._move_gen
-        deg = self._store(self._read_pulses())
-        # Another driver moved the mount (its legacy twin in shadow, another program): our last
-        # target is no longer what it was commanded to, and a run recording it would record a
-        # stale setpoint. The idle mount's reported position is the target it was given.
-        with self._setpoint_lock:
-            idle = gen == self._move_gen and not (self._moving or self._unsettled)
-            if idle and abs(deg - self.setpoint.get()) > self.tolerance:
-                self.setpoint.update(deg)
-
-    def _velocity_io(self, pct: int) -> None:
-        packet = self._transact("sv", f"{pct:02X}", expect="GS")
-        code = self._status_code(packet)
-        if code != 0x00:
-            self._clear_latch()
-            raise self._fault(code, f"when setting the velocity to {pct}%")
-        self.velocity.update(self._read_velocity())
-
-    def _motion_io(
-        self, status: MoveStatus, gen: int, command: str, data: str, target: float, pulses: int
-    ) -> None:
-        if gen != self._move_gen:
-            return  # replaced before it started
-        if self._unsettled:
-            self._settle()
-        # Late packets of earlier exchanges (a reply that came after its timeout) must not be
-        # taken for the end of this move.
-        stale = self.endpoint.discard({"PO", "GS"})
-        if stale:
-            log.debug("%s: discarded stale packets %r before %s", self.name, stale, command)
-        wait = self._last_move_at + self.move_spacing - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)  # a move too soon after the previous one goes to 0 on the mount
-        if gen != self._move_gen or status.done:
-            return  # stopped or replaced while waiting: never send a move nobody wants
-        self._unsettled = True  # until the end of this move has been seen
-        self._send(command + data)
-        # The mount received the move somewhere between this send and its first reply after it
-        # (USB adapters and busy hosts add latency); _await_end moves the mark to that reply, so
-        # the spacing to the next move holds whatever the delay was.
-        self._last_move_at = time.monotonic()
-        self._await_end(status, gen, target, pulses)
-
-    def _settle(self) -> None:
-        """Wait until the mount is idle and every reply of an unfinished exchange is in.
-
-        Needed after a stop, a fault or a lost reply: the mount may still be moving, and its
-        late PO (or the stop's PO, or a poll's) would otherwise be taken for the end of the next
-        move. ``gs`` replies GS, never PO, and the mount answers in order, so once it says
-        "not busy" every earlier packet has arrived and can be discarded.
-        """
-        stopper = self._stop_thread
-        if stopper is not None and stopper is not threading.current_thread():
-            stopper.join(self.lease_timeout + 1.0)  # the st must be on the wire first
-        deadline = time.monotonic() + self.move_timeout
-        previous = None
-        while True:
-            code = self._get_status()
-            if code == 0x00 or (code != 0x09 and previous not in (None, 0x09)):
-                break
-            if code not in (0x00, 0x09):
-                log.info(
-                    "%s: address %s reported latched GS%02X (%s) while settling",
-                    self.name,
-                    self.address,
-                    code,
-                    STATUS_CODES.get(code, "unknown"),
-                )
-            previous = code
-            if time.monotonic() > deadline:
-                raise InstrumentTimeout(
-                    f"mount at address {self.address} still reports busy (GS09) after "
-                    f"{self.move_timeout:g} s.",
-                    instrument=self.name,
-                    resource=self.resource,
-                    fix="check that the mount turns freely; power-cycle a mount that stays busy.",
-                )
-            if code == 0x09:
-                time.sleep(self.poll_interval)
-        self.endpoint.discard({"PO", "GS"})
-        self._store(self._read_pulses())
-        self._unsettled = False
-
-    def _await_end(self, status: MoveStatus, gen: int, target: float, pulses: int) -> None:
-        # Every gp poll and the end of the move each produce one PO, and nothing tells them
-        # apart: a poll sent just before the end can take the end's PO for its reply while its
-        # own reply comes later (on a loaded host, later than the next poll: then every poll
-        # takes the previous poll's reply). A late PO of an earlier exchange (a reply that came
-        # after its timeout, the report of a stop) looks the same too. So POs only say "perhaps
-        # ended"; the mount decides. It answers in order, so when its reply to gs says it is
-        # idle, every PO it sent before has arrived: the end's PO is among them (or was lost),
-        # and the position it reports to a gp now is the final one.
-        deadline = time.monotonic() + self.move_timeout
-        tolerance = max(1, round(self.tolerance * self._scale))
-        polls = 0
-        seen = 0
-        last: int | None = None
-        unchanged = 0
-        while True:
-            if gen != self._move_gen or self._stopping or status.done:
-                return  # replaced, stopped or given up: the next move settles the mount first
-            try:
-                packet = self._wait_for_end(self.poll_interval)
-            except InstrumentTimeout:
-                packet = None
-            if packet is not None and self.router_kind(packet) == "GS":
-                code = self._status_code(packet)
-                if code in (0x00, 0x09):
-                    continue
-                self._clear_latch()
-                raise self._fault(code, f"while moving to {target:g} deg")
-            if packet is not None:
-                if not seen:
-                    self._last_move_at = time.monotonic()
-                seen += 1
-                last = self._pulses_of(packet)
-                self._store(last)
-            else:
-                if time.monotonic() > deadline:
-                    raise self._end_timeout(target)
-                polls += 1
-                now = self._poll_pulses(target)
-                if not seen:
-                    self._last_move_at = time.monotonic()
-                seen += 1
-                self._store(now)
-                unchanged = unchanged + 1 if now == last else 0
-                last = now
-            if seen < polls + 1 and not (packet is None and unchanged >= 2):
-                continue  # moving, and no PO beyond the polls' replies yet
-            if self._stopping or status.done:
-                return  # the PO of a stop (or of a move whose status already ended)
-            code = self._get_status()
-            if code == 0x09:
-                # Still moving: a PO beyond the polls' replies was not the end (a late one).
-                seen = min(seen, polls)
-                unchanged = 0
-                if time.monotonic() > deadline:
-                    raise self._end_timeout(target)
-                continue
-            if code != 0x00:
-                raise self._fault(code, f"at the end of its move to {target:g} deg")
-            # Idle: every PO sent before the GS is in (counted, or waiting in the inbox).
-            arrived = seen + len(self.endpoint.discard("PO"))
-            if arrived < polls + 1:
-                raise ReplyError(
-                    f"the end-of-move report (PO) from address {self.address} never arrived "
-                    f"although the mount is idle at {last / self._scale:.3f} deg (target "
-                    f"{target:g} deg): a reply was lost or garbled on the line.",
-                    instrument=self.name,
-                    resource=self.resource,
-                    fix="check the cable and that only one program drives this bus; the next "
-                    "move starts clean.",
-                )
-            self._unsettled = False
-            last = self._read_pulses()  # idle, nothing in flight: this reply is the position
-            self._store(last)
-            if abs(last - pulses) > tolerance:
-                raise InstrumentFault(
-                    f"mount at address {self.address} ended its move at "
-                    f"{last / self._scale:.3f} deg instead of {target:g} deg.",
-                    instrument=self.name,
-                    resource=self.resource,
-                    fix="a move sent less than ~100 ms after the previous one goes to 0: keep "
-                    "move_spacing >= 0.1 s; otherwise check for a mechanical block and home "
-                    "the mount.",
-                )
-            self.last_status = 0x00
-            return
-
-    def _end_timeout(self, target: float) -> InstrumentTimeout:
-        return InstrumentTimeout(
-            f"mount at address {self.address} did not report the end of its move to "
-            f"{target:g} deg within {self.move_timeout:g} s.",
-            instrument=self.name,
-            resource=self.resource,
-            fix="check that the mount turns freely; raise move_timeout for slow velocities.",
-        )
-
-    def _poll_pulses(self, target: float) -> int:
+    async def _identify(self) -> None:
         try:
-            return self._read_pulses()
+            data = await self.ask("in")
         except InstrumentTimeout as exc:
             raise InstrumentTimeout(
-                f"mount at address {self.address} did not answer gp while moving to "
-                f"{target:g} deg: a reply was lost on the line.",
+                f"no Elliptec device answers at address {self.address} on {self.port.url} "
+                f"(no IN reply to {self.address}in within {self.reply_timeout:g} s).",
                 instrument=self.name,
                 resource=self.resource,
-                fix="check the cable; the next move starts clean.",
+                fix="check the address in the profile (an absent address stays silent), that the "
+                "mount is powered and cabled to this bus, and that no `ca` moved it elsewhere.",
             ) from exc
-
-    def _send_stop(self) -> None:
         try:
-            self._send("st")
-        except Exception as exc:  # noqa: BLE001 - a stop must not raise on a helper thread
-            log.error("%s: could not send st to address %s: %s", self.name, self.address, exc)
-        try:  # then, once the worker is free, wait for the mount to stop and read where it is
-            self._worker.submit(self._settle_quietly)
-        except InstrumentError:
-            pass  # closed meanwhile
-
-    def _settle_quietly(self) -> None:
-        if not self._unsettled:
-            return
-        try:
-            self._settle()
-        except Exception as exc:  # noqa: BLE001 - the next move settles again and reports
-            log.warning(
-                "%s: settling address %s after stop failed: %s", self.name, self.address, exc
+            ident = parse_identity(self.address, data)
+        except ValueError as exc:
+            raise self._exchange.reply_error("in", data, f"an IN payload ({exc})") from None
+        if ident.model != ELL14_MODEL:
+            raise IdentityMismatch(
+                f"address {self.address} on {self.port.url} answers as an Elliptec "
+                f"{ident.model_name} (model byte {ident.model:02X}, serial {ident.serial}), "
+                f"not an ELL14 rotation mount (model byte 0E).",
+                instrument=self.name,
+                resource=self.resource,
+                fix="check the address in the profile: another Elliptec device is there.",
             )
+        known = self.identity
+        if known is not None and ident.serial != known.serial:
+            raise IdentityMismatch(
+                f"address {self.address} on {self.port.url} is now ELL14 serial {ident.serial}, "
+                f"not the {known.serial} that was there at connect.",
+                instrument=self.name,
+                resource=self.resource,
+                fix="another mount was cabled to this address: connect again to use it.",
+            )
+        self.identity = ident
+        self.pulses_per_degree = ident.pulses_per_unit
 
-    # --- protocol ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Refuse every later exchange (the runtime's shutdown); the bus stays for the others."""
+        self.closed = True
+        self.verified_generation = None
 
-    @staticmethod
-    def router_kind(packet: bytes) -> str:
-        return packet[1:3].decode("ascii", errors="replace")
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_BusExchange]:
+        """The mount's exchange; after a port reopen the mount is identified again first (it may
+        have been power-cycled, or another mount cabled to this address)."""
+        if self.closed:
+            raise InstrumentError(
+                "the mount was closed (the lab is shutting down or was shut down).",
+                instrument=self.name,
+                resource=self.resource,
+                fix="start the lab again; a closed device is not reopened.",
+            )
+        if self.verified_generation not in (None, self.port.generation):
+            log.info("%s: port %s was reopened; identifying again", self.name, self.port.url)
+            await self._identify()
+            self.verified_generation = self.port.generation
+        yield self._exchange
 
-    def _port_lost(self, exc: PortUnavailable) -> PortUnavailable:
-        # The bus knows the port, not which mount was using it: name the mount and its address.
-        if exc.instrument is not None:
-            return exc
-        return PortUnavailable(
-            self.resource, exc.reason, pid=exc.pid, fix=exc.fix, instrument=self.name
+    async def send(self, command: str) -> None:
+        """A packet that gets no reply now (``ma``: the ``PO`` comes when the move ends)."""
+        packet = f"{self.address}{command}".encode("ascii")
+        await self._call(
+            self.endpoint.send_async(
+                packet, owner=self.name or self.model, timeout=self.lease_timeout
+            )
         )
+        if command.startswith(("ma", "ho")):
+            self.last_move_at = time.monotonic()
 
-    def _send(self, body: str) -> None:
+    async def ask(self, command: str) -> str:
+        """Send ``command``, return the data of its reply (from this address, of its kind)."""
+        kind = _REPLY_KIND[command[:2]]
+        packet = f"{self.address}{command}".encode("ascii")
         try:
-            self.endpoint.send(
-                f"{self.address}{body}".encode("ascii"), owner=self.name, timeout=self.lease_timeout
+            reply = await self._call(
+                self.endpoint.transact_async(
+                    packet, expect=kind, timeout=self.reply_timeout, owner=self.name or self.model
+                )
             )
-        except PortUnavailable as exc:
-            raise self._port_lost(exc) from exc
-
-    def _wait_for_end(self, timeout: float) -> bytes:
-        try:
-            return self.endpoint.wait_for({"PO", "GS"}, timeout=timeout)
-        except PortUnavailable as exc:
-            raise self._port_lost(exc) from exc
-
-    def _transact(self, command: str, data: str = "", *, expect: str) -> bytes:
-        packet = f"{self.address}{command}{data}".encode("ascii")
-        try:
-            return self.endpoint.transact(
-                packet, expect=expect, timeout=self.reply_timeout, owner=self.name
-            )
-        except PortUnavailable as exc:
-            raise self._port_lost(exc) from exc
         except InstrumentTimeout as exc:
             raise InstrumentTimeout(
                 f"mount at address {self.address} did not answer {packet.decode()!r} with "
-                f"{expect} within {self.reply_timeout:g} s",
+                f"{kind} within {self.reply_timeout:g} s",
                 reply=exc.reply,
                 instrument=self.name,
                 resource=self.resource,
                 fix="check that the mount is powered and cabled (an absent or hung mount is "
                 "silent; power-cycle a mount that stopped answering after heavy use).",
             ) from exc
-
-    def _data(self, packet: bytes, kind: str) -> str:
-        text = packet.decode("ascii", errors="replace")
-        length = _REPLY_LENGTHS[kind]
-        if text[1:3] != kind or len(text) != 3 + length:
-            raise ReplyError(
-                f"expected a {kind} reply with {length} characters from address {self.address}",
-                reply=packet,
-                instrument=self.name,
-                resource=self.resource,
-                fix="check the cable and baud rate (9600); the next command resends.",
-            )
+        text = reply.decode("ascii", errors="replace")
+        if text[1:3] != kind or len(text) != 3 + _REPLY_LENGTHS[kind]:
+            raise self._exchange.reply_error(command, text, f"a {kind} reply")
         return text[3:]
 
-    def _pulses_of(self, packet: bytes) -> int:
-        data = self._data(packet, "PO")
+    async def _call(self, call: Awaitable[T]) -> T:
         try:
-            return decode_position(data)
-        except ValueError:
-            raise ReplyError(
-                f"the position from address {self.address} is not 8 upper-case hex digits",
-                reply=packet,
-                instrument=self.name,
-                resource=self.resource,
-                fix="check the cable and baud rate (9600); the next command resends.",
+            return await call
+        except PortUnavailable as exc:
+            if exc.instrument is not None:
+                raise
+            # The bus knows the port, not which mount was using it: name the mount.
+            raise PortUnavailable(
+                self.resource, exc.reason, pid=exc.pid, fix=exc.fix, instrument=self.name
             ) from None
 
-    def _status_code(self, packet: bytes) -> int:
-        data = self._data(packet, "GS")
-        if not _UPPER_HEX.fullmatch(data):
-            raise ReplyError(
-                f"the status from address {self.address} is not 2 upper-case hex digits",
-                reply=packet,
-                instrument=self.name,
-                resource=self.resource,
-            )
-        return int(data, 16)
-
-    def _get_status(self) -> int:
-        return self._status_code(self._transact("gs", expect="GS"))
-
-    def _clear_latch(self) -> None:
-        # The mount repeats its last error on the next gs: read it now so it is not reported
-        # again as the result of a later command. Best effort.
+    def status_code(self, data: str) -> int:
         try:
-            self.last_status = self._get_status()
+            code = int(data, 16)
+        except ValueError:
+            raise self._exchange.reply_error("gs", data, "a 2-digit hex status") from None
+        self.last_status = code
+        return code
+
+    def _is_idle(self, data: str) -> bool:
+        code = self.status_code(data)
+        if code == _BUSY:
+            return False
+        if code == _OK:
+            return True
+        raise self.fault(code, "during its move")
+
+    async def clear_latch(self) -> None:
+        """The mount repeats its last error on the next ``gs``: read it now, so it is not
+        reported again as the result of a later command. Best effort."""
+        try:
+            self.status_code(await self.ask("gs"))
         except DaqbridgeError as exc:
             log.debug("%s: gs after a fault failed: %s", self.name, exc)
 
-    def _read_pulses(self) -> int:
-        return self._pulses_of(self._transact("gp", expect="PO"))
-
-    def _read_velocity(self) -> int:
-        data = self._data(self._transact("gv", expect="GV"), "GV")
-        if not _UPPER_HEX.fullmatch(data):
-            raise ReplyError(
-                f"the velocity from address {self.address} is not 2 upper-case hex digits",
-                reply=data,
-                instrument=self.name,
-                resource=self.resource,
-            )
-        return int(data, 16)
-
-    def _fault(self, code: int, during: str) -> InstrumentFault:
+    def fault(self, code: int, during: str) -> InstrumentFault:
         meaning = STATUS_CODES.get(code, "unknown status")
-        self.last_status = code
         return InstrumentFault(
-            f"mount at address {self.address} on {self.port_url} reported GS{code:02X} "
+            f"mount at address {self.address} on {self.port.url} reported GS{code:02X} "
             f"{meaning} {during}.",
             code=code,
             instrument=self.name,
@@ -1017,19 +908,68 @@ class ElliptecMount(Device, PositionerBase):
             fix=_STATUS_FIXES.get(code, "see the Elliptec manual for this status code."),
         )
 
+    async def _read_degrees(self, x: _BusExchange) -> float:
+        data = await x.query("gp")
+        try:
+            pulses = decode_position(data)
+        except ValueError:
+            raise x.reply_error("gp", data, "8 upper-case hex digits") from None
+        return pulses / self._scale()
 
-# --- the bus -----------------------------------------------------------------------------------
+    async def _read_velocity(self, x: _BusExchange) -> int:
+        data = await x.query("gv")
+        try:
+            return int(data, 16)
+        except ValueError:
+            raise x.reply_error("gv", data, "2 hex digits") from None
+
+    async def read(self) -> dict[str, Any]:
+        """The position (``gp``) and the target; an idle mount found away from its last target
+        was moved by another driver (its legacy twin in shadow, another program), and the
+        position it reports is then the target it was given: recorded as the setpoint, never
+        this driver's stale one."""
+        reading = await super().read()
+        position = reading[self.readback.name]["value"]
+        target = self.setpoint.name
+        if (
+            not self.movable_logic.moving
+            and abs(position - reading[target]["value"]) > self.tolerance
+        ):
+            backend = self.setpoint._connector.backend  # type: ignore[attr-defined]
+            backend.store(position)
+            reading[target] = await backend.get_reading()
+        return reading
+
+    # --- more than a move -----------------------------------------------------------------------
+
+    async def refresh_configuration(self) -> None:
+        """Ask the mount for its settings now: its velocity (``gv``), the one it has.
+
+        Another program (or the legacy twin in shadow) may have set it since connect or the
+        last set, and a recorded setting must be one the mount reported (the baseline's
+        reading). A query only: nothing is changed.
+        """
+        backend = wire_backend(self.velocity)
+        async with self.transaction() as x:
+            value = await backend.read_in(x)
+        backend.store(value)
+
+    @AsyncStatus.wrap
+    async def home(self) -> None:
+        """Home the mount (``ho0``); done when it reports idle at position 0."""
+        await self.movable_logic.home()
 
 
 class ElliptecBus:
-    """The Elliptec bus on one serial port, and the mounts on it.
+    """The Elliptec bus on one serial port, and its native mounts.
 
-    Owns the port's :class:`SerialBus` (one reader routing packets by address); mounts are made
-    with :meth:`mount` and connected together with :meth:`connect`.
+    Not a device itself (it records and moves nothing: its mounts are the devices, each
+    addressed by its own id). The port's :class:`SerialBus` is shared with the legacy twin's
+    driver on the same port (same bus family): one reader, one set of inboxes.
     """
 
-    def __init__(self, port: SharedSerialPort, *, name: str = "elliptec") -> None:
-        if not isinstance(port, SharedSerialPort):
+    def __init__(self, port: Any, *, name: str = "elliptec") -> None:
+        if not callable(getattr(port, "bus", None)):
             raise ConfigError(
                 f"ElliptecBus needs an open SharedSerialPort, got {type(port).__name__}.",
                 key="port",
@@ -1039,85 +979,58 @@ class ElliptecBus:
         self.name = name
         self.port = port
         self.serial_bus: SerialBus = port.bus(ElliptecBusRouter())
-        self.router: ElliptecBusRouter = self.serial_bus.router
-        self._mounts: dict[str, ElliptecMount] = {}
-        self._lock = threading.Lock()
+        self.router: Any = self.serial_bus.router
+        """The router framing the line (the first driver's to open the bus: in shadow, maybe
+        the legacy twin's)."""
+        self.mounts: dict[str, ElliptecMount] = {}
 
     def __repr__(self) -> str:
-        return f"<ElliptecBus {self.name!r} on {self.port.url!r} mounts={sorted(self._mounts)}>"
+        return f"<ElliptecBus {self.name!r} on {self.port.url!r} mounts={sorted(self.mounts)}>"
 
     @classmethod
     def from_url(
-        cls,
-        url: str,
-        *,
-        pool: SerialPortPool | None = None,
-        name: str = "elliptec",
-        baudrate: int = 9600,
+        cls, url: str, *, pool: SerialPortPool | None = None, name: str = "elliptec"
     ) -> ElliptecBus:
-        """Open ``url`` from ``pool`` (9600 8N1, no flow control: RTS/CTS hangs the bus)."""
-        port = (pool or default_pool()).open(url, baudrate=baudrate)
-        return cls(port, name=name)
+        """Open ``url`` at 9600 8N1 without flow control (RTS/CTS hangs the bus)."""
+        return cls((pool or default_pool()).open(url, baudrate=9600), name=name)
 
-    @property
-    def mounts(self) -> dict[str, ElliptecMount]:
-        with self._lock:
-            return dict(self._mounts)
-
-    def endpoint(self, address: str | int) -> BusEndpoint:
-        return self.serial_bus.endpoint(normalise_address(address))
-
-    def mount(self, address: str | int, *, name: str | None = None, **kwargs: Any) -> ElliptecMount:
-        """Create the mount at ``address`` (not yet connected); one object per address."""
+    def mount(
+        self, address: str | int, *, name: str | None = None, **options: Any
+    ) -> ElliptecMount:
+        """The mount at ``address`` (not yet connected); one object per address."""
         address = normalise_address(address)
-        return ElliptecMount(self, address, name=name or f"{self.name}_{address.lower()}", **kwargs)
+        if address in self.mounts:
+            raise ConfigError(
+                f"address {address} on {self.port.url} already has a mount "
+                f"({self.mounts[address].name!r}).",
+                key="address",
+                instrument=self.name,
+                fix="list each address once; two objects driving one mount would fight.",
+            )
+        mount = ElliptecMount(
+            self, address, name=name or f"{self.name}_{address.lower()}", **options
+        )
+        self.mounts[address] = mount
+        return mount
 
-    def connect(self, timeout: float = 10.0) -> None:
-        """Connect every mount, in parallel; raises the first failure (naming its address)."""
-        futures: list[tuple[ElliptecMount, Future]] = [
-            (m, m._worker.submit(m._connect_io)) for m in self.mounts.values()
-        ]
-        first: BaseException | None = None
-        deadline = time.monotonic() + timeout
-        for mount, fut in futures:
-            try:
-                fut.result(timeout=max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                if fut.done():  # the mount's own timeout (InstrumentTimeout), not ours
-                    first = first or fut.exception()
-                    continue
-                first = first or InstrumentTimeout(
-                    f"connecting the mount at address {mount.address} took longer than "
-                    f"{timeout:g} s.",
-                    instrument=mount.name,
-                    resource=mount.resource,
-                    fix="check that the mount is powered and cabled.",
-                )
-            except BaseException as exc:  # noqa: BLE001 - reported below, first one wins
-                first = first or exc
-        if first is not None:
-            raise first
+    async def connect(self, timeout: float = 10.0) -> None:
+        """Connect every mount at once (the bus serialises the bytes)."""
+        await asyncio.gather(*(m.connect(timeout=timeout) for m in self.mounts.values()))
 
-    def detect(
-        self,
-        addresses: Iterable[str | int] = range(16),
-        timeout: float = 0.3,
+    async def detect(
+        self, addresses: Iterable[str | int] = range(ADDRESSES), timeout: float = 0.3
     ) -> dict[str, ElliptecIdentity]:
-        """Ask each address for ``in`` (one at a time: the line is half-duplex); answers only.
-
-        For the ``hardware`` command; addresses whose mount object is busy are reported from
-        that mount's last identity.
-        """
+        """Ask each address for ``in``, one at a time (the line is half-duplex): the identities
+        of those that answer. A connected mount is reported from its identity, not asked."""
         found: dict[str, ElliptecIdentity] = {}
         for raw in addresses:
             address = normalise_address(raw)
-            existing = self.mounts.get(address)
-            if existing is not None and existing.identity is not None:
-                found[address] = existing.identity
+            known = self.mounts.get(address)
+            if known is not None and known.identity is not None:
+                found[address] = known.identity
                 continue
-            ep = self.endpoint(address)
             try:
-                packet = ep.transact(
+                packet = await self.serial_bus.endpoint(address).transact_async(
                     f"{address}in".encode(),
                     expect="IN",
                     timeout=timeout,
@@ -1128,44 +1041,31 @@ class ElliptecBus:
                 continue
         return found
 
-    def stop(self) -> None:
+    @property
+    def connected_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop the mounts were connected on (where :func:`call_sync` runs the bus's
+        coroutines)."""
         for mount in self.mounts.values():
-            mount.stop()
+            if mount.connected_loop is not None:
+                return mount.connected_loop
+        return None
+
+    async def stop(self, success: bool = False) -> None:
+        """Stop every mount that is moving (``st``); an idle mount gets nothing."""
+        await asyncio.gather(*(m.stop(success=success) for m in self.mounts.values()))
 
     def stats(self) -> dict[str, Any]:
+        """The bus's traffic counters, and the junk lines its router dropped."""
         stats = self.serial_bus.stats()
-        stats["junk"] = self.router.junk
+        stats["junk"] = getattr(self.router, "junk", 0)
         return stats
 
     def close(self) -> None:
-        """Close every mount. The bus reader belongs to the port and stops when the port closes:
-        in shadow the legacy driver still reads through it until its own shutdown phase, and
-        closing it here failed that driver's poll ("the bus was closed ... restarting")."""
-        for mount in list(self.mounts.values()):
+        """Close the mounts. The bus reader belongs to the port and stops when the port
+        closes: in shadow the legacy driver still reads through it until its own shutdown
+        phase, and closing it here failed that driver's poll."""
+        for mount in self.mounts.values():
             mount.close()
-
-    def _check_free(self, address: str) -> None:
-        with self._lock:
-            if address in self._mounts:
-                raise ConfigError(
-                    f"address {address} on {self.port.url} already has a mount "
-                    f"({self._mounts[address].name!r}).",
-                    key="address",
-                    instrument=self.name,
-                    fix="list each address once; two objects driving one mount would fight.",
-                )
-
-    def _register(self, mount: ElliptecMount) -> None:
-        with self._lock:
-            self._mounts.setdefault(mount.address, mount)
-        if self._mounts[mount.address] is not mount:  # two threads built the same address
-            mount._worker.shutdown(wait=False)
-            self._check_free(mount.address)
-
-    def _forget(self, mount: ElliptecMount) -> None:
-        with self._lock:
-            if self._mounts.get(mount.address) is mount:
-                del self._mounts[mount.address]
 
 
 # --- small helpers ---------------------------------------------------------------------------
@@ -1206,3 +1106,36 @@ def _positive(value: Any, key: str, name: str, *, zero: bool = False) -> float:
             instrument=name,
         )
     return float(value)
+
+
+# --- the driver's declaration ------------------------------------------------------------------
+
+
+def build(port: Any, *, name: str, settings: ElliptecSettings, timeout: float) -> ElliptecBus:
+    """The bus of one profile entry and a mount per address (``<id>_<name>``), not connected
+    (the runtime connects them on the RunEngine's loop); the entry's ``timeout`` is how long a
+    mount's reply may take, and each address's limits are its mount's soft limits."""
+    bus = ElliptecBus(port, name=name)
+    for entry in settings.addresses:
+        bus.mount(
+            entry.address,
+            name=f"{name}_{entry.device_name}",
+            limits=entry.limits,
+            reply_timeout=timeout,
+        )
+    return bus
+
+
+def mounts_of(bus: ElliptecBus) -> Mapping[str, ElliptecMount]:
+    """The mounts the lab addresses by their own ids (``sim_rotators_a``)."""
+    return {mount.name: mount for mount in bus.mounts.values()}
+
+
+register_driver(
+    "elliptec",
+    settings=ElliptecSettings,
+    build=build,
+    simulator="elliptec",
+    legacy_twin="elliptec",
+    parts=mounts_of,
+)

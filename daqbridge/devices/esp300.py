@@ -791,6 +791,25 @@ def _axis_name(value: str) -> str:
 
 _AxisName = Annotated[str, AfterValidator(_axis_name)]
 
+REPLY_DECIMALS = 5
+"""The controller reports every value with five decimals (``12.34500``, INSTRUMENTS.md)."""
+
+
+def _reported_as_given(value: float) -> float:
+    # Connect reads VA/AC back and refuses a value the controller did not take: a profile value
+    # with more decimals than the reply carries (1.765625 reads 1.76562), or one so small that
+    # it is sent as 0, would pass config check and then fail every start-up.
+    if round(value, REPLY_DECIMALS) != value:
+        raise settings_error(
+            f"{value!r} has more than {REPLY_DECIMALS} decimals, the resolution the ESP300 "
+            "reports; connect could not confirm the controller took it",
+            f"round it to {REPLY_DECIMALS} decimals (at least 0.{'0' * (REPLY_DECIMALS - 1)}1)",
+        )
+    return value
+
+
+_Rate = Annotated[float, AfterValidator(_reported_as_given)]
+
 Esp300Units = Literal[
     "counts", "steps", "mm", "um", "in", "mil", "uin", "deg", "grad", "rad", "mrad", "urad"
 ]
@@ -820,9 +839,9 @@ class Esp300Axis(DriverSettings):
         description="Axis name; the axis device id is `<instrument id>_<name>`."
     )
     units: Esp300Units = Field("mm", description="Axis units, set on the controller with `SN`.")
-    velocity: float | None = Field(None, gt=0, description="Velocity (units/s), `VA`.")
-    acceleration: float | None = Field(None, gt=0, description="Acceleration (units/s²), `AC`.")
-    deceleration: float | None = Field(None, gt=0, description="Deceleration (units/s²), `AG`.")
+    velocity: _Rate | None = Field(None, gt=0, description="Velocity (units/s), `VA`.")
+    acceleration: _Rate | None = Field(None, gt=0, description="Acceleration (units/s²), `AC`.")
+    deceleration: _Rate | None = Field(None, gt=0, description="Deceleration (units/s²), `AG`.")
     low_limit: float = Field(description="Lowest position a plan may request (software limit).")
     high_limit: float = Field(description="Highest position a plan may request.")
 

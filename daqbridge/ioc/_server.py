@@ -771,6 +771,15 @@ class LabIOC:
                 "writable": writable,
                 "source": source_of(link.readback),
             }
+        setpoint = getattr(link.device, "setpoint", None)
+        if setpoint is not None and setpoint is not link.readback and is_writable(setpoint):
+            # an ophyd-async positioner's setpoint is read-write (a put starts the move): the
+            # record's VAL is that write
+            out["setpoint"] = {
+                "pv": suffix,
+                "writable": True,
+                "source": source_of(setpoint),
+            }
         if link.velocity is not None:
             out["velocity"] = {
                 "pv": suffix + ".VELO",

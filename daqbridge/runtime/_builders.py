@@ -25,7 +25,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,7 +119,7 @@ class NativeInstrument:
         stop = getattr(self.root, "stop", None)
         if stop is None:
             return
-        if is_async_device(self.root):
+        if runs_on_loop(self.root):
             from daqbridge.devices.core import call_sync
 
             call_sync(lambda: stop(success=False), device=self.root)
@@ -287,8 +286,8 @@ def construct(
 
     None means "not set in the profile" and is not passed at all, so the driver's own default
     applies. A set value the driver has no parameter for is noted, never silently lost.
-    ``signature_of`` names what really takes the keywords when ``factory`` forwards ``**kwargs``
-    (``ElliptecBus.mount`` builds an ``ElliptecMount``). A class is judged by its ``__init__``
+    ``signature_of`` names what really takes the keywords when ``factory`` forwards
+    ``**kwargs``. A class is judged by its ``__init__``
     (some devices define ``__new__`` with ``**kwargs`` to build per-instance classes).
     """
     target = signature_of or factory
@@ -311,12 +310,6 @@ def construct(
             notes.append(note)
             log.warning(note)
     return factory(*args, **kwargs)
-
-
-def _limits(low: float | None, high: float | None, span: float) -> tuple[float, float] | None:
-    if low is None and high is None:
-        return None
-    return (low if low is not None else -span, high if high is not None else span)
 
 
 # --- native builders --------------------------------------------------------------------------
@@ -342,9 +335,15 @@ def build_declared(inst: SerialInstrument, ctx: BuildContext) -> NativeInstrumen
     )
     port = ctx.open_port(inst)
     device = spec.build(port, name=inst.id, settings=settings, timeout=inst.timeout)
-    connect = connect_on_loop(device, ctx) if is_async_device(device) else device.connect
+    connect = connect_on_loop(device, ctx) if runs_on_loop(device) else device.connect
     devices = {inst.id: device, **spec.parts(device)}
     return NativeInstrument(inst.id, inst.driver, port.url, device, devices, connect)
+
+
+def runs_on_loop(device: Any) -> bool:
+    """An ophyd-async device, or a holder of some whose life cycle is coroutines (the
+    Elliptec bus: its mounts are the devices)."""
+    return is_async_device(device) or inspect.iscoroutinefunction(getattr(device, "connect", None))
 
 
 def connect_on_loop(device: Any, ctx: BuildContext) -> Callable[[float | None], None]:
@@ -366,27 +365,6 @@ def connect_on_loop(device: Any, ctx: BuildContext) -> Callable[[float | None], 
         )
 
     return connect
-
-
-def build_elliptec(inst: ElliptecInstrument, ctx: BuildContext) -> NativeInstrument:
-    cls = driver_class("elliptec", *NATIVE_DRIVERS["elliptec"], instrument=inst.id)
-    notes: list[str] = []
-    port = ctx.open_port(inst)
-    bus = cls(port, name=inst.id)
-    devices: dict[str, Any] = {inst.id: bus}
-    for addr in inst.elliptec.addresses:
-        mount_id = f"{inst.id}_{addr.device_name}"
-        devices[mount_id] = construct(
-            bus.mount,
-            addr.address,
-            name=mount_id,
-            limits=_limits(addr.low_limit, addr.high_limit, 360.0),
-            reply_timeout=inst.timeout,
-            notes=notes,
-            what=mount_id,
-            signature_of=getattr(sys.modules[cls.__module__], "ElliptecMount", None),
-        )
-    return NativeInstrument(inst.id, inst.driver, port.url, bus, devices, bus.connect, notes)
 
 
 def build_scpi(inst: ScpiInstrument, ctx: BuildContext) -> NativeInstrument:
@@ -474,7 +452,7 @@ for _driver, _builder in (
     ("esp300", build_declared),
     ("newport1830c", build_declared),
     ("maitai", build_declared),
-    ("elliptec", build_elliptec),
+    ("elliptec", build_declared),
     ("scpi", build_scpi),
     ("pvcam", build_pvcam),
     ("epics", build_epics),
@@ -706,7 +684,7 @@ def legacy_limits(inst: InstrumentBase) -> dict[str, tuple[float, float]]:
     if isinstance(inst, ElliptecInstrument):
         out = {}
         for addr in inst.elliptec.addresses:
-            limits = _limits(addr.low_limit, addr.high_limit, 360.0)
+            limits = addr.limits  # the mount's own soft limits (a side left out: one turn)
             if limits is not None:
                 out[f"position_{addr.address.upper()}"] = (float(limits[0]), float(limits[1]))
         return out

@@ -15,6 +15,7 @@ import pytest
 from bluesky import RunEngine
 
 from daqbridge.catalog import DATA_ENV, open_catalog
+from tests.devices.conftest import stop_run_engine
 
 
 @pytest.fixture(autouse=True)
@@ -59,8 +60,7 @@ def shared_catalog(template_dir, tmp_path_factory):
 def RE():
     engine = RunEngine({}, context_managers=[])
     yield engine
-    if engine.state != "idle":
-        engine.halt()
+    stop_run_engine(engine)
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from daqbridge.plans._checks import (
     max_points,
     trajectory_bytes,
 )
+from tests.devices.conftest import stop_run_engine
 
 DEVICES = {
     "det": det,
@@ -43,6 +44,7 @@ DEVICES = {
 def RE():  # noqa: N802 - bluesky's name
     engine = RunEngine({}, context_managers=[])
     yield engine
+    stop_run_engine(engine)
 
 
 def collect(RE, plan):  # noqa: N803

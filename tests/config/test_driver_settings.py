@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import io
 import math
+import re
 import tokenize
 import uuid
 from pathlib import Path
@@ -28,19 +29,31 @@ import daqbridge.sim  # noqa: F401 - registers the sim:// URL handler
 from daqbridge.cli import main
 from daqbridge.config import (
     LEGACY_DRIVER_TYPES,
+    ElliptecInstrument,
+    Esp300Instrument,
     MaiTaiInstrument,
     Newport1830cInstrument,
     check_profile,
     load_profile,
 )
+from daqbridge.devices import elliptec as elliptec_module
+from daqbridge.devices import esp300 as esp300_module
 from daqbridge.devices import maitai as maitai_module
 from daqbridge.devices import newport1830c as meter_module
 from daqbridge.devices import register_driver, registered_drivers
+from daqbridge.devices.elliptec import ElliptecBus
+from daqbridge.devices.esp300 import ESP300Controller
 from daqbridge.devices.maitai import MaiTaiLaser
 from daqbridge.devices.newport1830c import Newport1830C
-from daqbridge.errors import ConfigError, DaqbridgeError
-from daqbridge.runtime._builders import BuildContext, build_native, connect_native
-from daqbridge.sim import known_kinds, unregister
+from daqbridge.errors import ConfigError, DaqbridgeError, ValueRejected
+from daqbridge.runtime._builders import (
+    BuildContext,
+    NativeInstrument,
+    StartupFailed,
+    build_native,
+    connect_native,
+)
+from daqbridge.sim import known_kinds, lookup, unregister
 from daqbridge.transport import SerialPortPool, VisaSessionManager
 from tests.config.profile_support import ROOT
 
@@ -233,12 +246,21 @@ def constructor_refuses(factory: Any, port: Any, table: dict[str, Any]) -> bool:
     return False
 
 
-def build_and_connect(data: dict, pool: SerialPortPool, data_dir: Path) -> Any:
-    """Build and connect the entry as start-up does (``build_native``, ``connect_native``)."""
+def build_entry(data: dict, pool: SerialPortPool, data_dir: Path) -> NativeInstrument:
+    """Build (not connect) the entry as start-up does (``build_native``)."""
     profile = load_profile(data)
     (inst,) = profile.native_instruments()
-    built = build_native(inst, BuildContext(profile, pool, VisaSessionManager(), data_dir))
-    connect_native(built, 10.0)
+    return build_native(inst, BuildContext(profile, pool, VisaSessionManager(), data_dir))
+
+
+def build_and_connect(data: dict, pool: SerialPortPool, data_dir: Path) -> Any:
+    """Build and connect the entry as start-up does (``build_native``, ``connect_native``)."""
+    built = build_entry(data, pool, data_dir)
+    try:
+        connect_native(built, 10.0)
+    except BaseException:
+        built.close()
+        raise
     assert built.connected
     return built
 
@@ -316,6 +338,387 @@ def test_every_laser_table_the_profile_accepts_builds_and_every_refusal_agrees(
         unregister(name)
 
 
+# --- the ESP300 and the Elliptec bus: tables of parts (axes, mounts) -----------------------------
+
+SIM_MAX_VELOCITY = 50.0
+"""The simulated stages' maximum velocity (``nVU?``), given in the simulator's URL."""
+
+
+def spoil(draw: Any, entries: list[dict[str, Any]], edits: dict[str, Any]) -> None:
+    """Half the time, one or two edits that make a valid table wrong (or maybe wrong: junk can
+    land on a valid value), so about half the examples are accepted and build."""
+    for _ in range(draw(st.sampled_from([0, 0, 1, 2]))):
+        edit = draw(st.sampled_from(sorted(edits)))
+        event(f"edit: {edit}")
+        edits[edit](draw, entries)
+
+
+def _junk_value(draw: Any, entries: list[dict[str, Any]]) -> None:
+    entry = draw(st.sampled_from(entries))
+    entry[draw(st.sampled_from(sorted(entry)))] = draw(junk)
+
+
+def _set(key: str, values: list[Any]) -> Any:
+    def edit(draw: Any, entries: list[dict[str, Any]]) -> None:
+        draw(st.sampled_from(entries))[key] = draw(st.sampled_from(values))
+
+    return edit
+
+
+def _drop(keys: list[str]) -> Any:
+    def edit(draw: Any, entries: list[dict[str, Any]]) -> None:
+        draw(st.sampled_from(entries)).pop(draw(st.sampled_from(keys)), None)
+
+    return edit
+
+
+def _twice(key: str) -> Any:
+    def edit(draw: Any, entries: list[dict[str, Any]]) -> None:
+        if len(entries) > 1 and key in entries[0]:
+            entries[-1][key] = entries[0][key]
+
+    return edit
+
+
+def _disorder(draw: Any, entries: list[dict[str, Any]]) -> None:
+    entry = draw(st.sampled_from(entries))
+    if "low_limit" in entry and "high_limit" in entry:
+        low, high = entry["low_limit"], entry["high_limit"]
+        entry["low_limit"], entry["high_limit"] = (high, low) if draw(st.booleans()) else (low, low)
+
+
+def limit_pair(span: float) -> st.SearchStrategy:
+    """Two different limits within +/-``span``, low first: integers or decimals."""
+    value = st.one_of(st.integers(int(-span), int(span)), st.floats(-span, span))
+    return st.lists(value, min_size=2, max_size=2, unique=True).map(sorted)
+
+
+def reported_rates(top: float) -> st.SearchStrategy:
+    """Positive rates up to ``top`` as the controller reports them: integers, or decimals with
+    at most ``REPLY_DECIMALS`` places."""
+    scale = 10**esp300_module.REPLY_DECIMALS
+    return st.one_of(
+        st.integers(1, int(top)), st.integers(1, int(top * scale)).map(lambda k: k / scale)
+    )
+
+
+@st.composite
+def esp300_tables(draw) -> dict[str, Any]:
+    """``[instruments.esp300]`` tables: 1-3 valid axes (numbers, names, units, limits,
+    velocities up to 1.5 times the stage maximum, accelerations), ``motor_on`` or not; then half
+    the time the edits a user gets wrong: axis numbers out of 1-3 or twice, names twice or that
+    no device id can take (upper case, spaces), limits equal or swapped, unknown units, speeds
+    of 0 or less, a missing or unknown key, no axes or four, a value of the wrong type."""
+    count = draw(st.integers(1, 3))
+    numbers = draw(st.permutations([1, 2, 3]))[:count]
+    names = draw(
+        st.lists(
+            st.sampled_from(["x", "y", "focus", "z_2", "stage_a"]),
+            min_size=count,
+            max_size=count,
+            unique=True,
+        )
+    )
+    axes: list[dict[str, Any]] = []
+    for number, name in zip(numbers, names, strict=True):
+        low, high = draw(limit_pair(50.0))
+        axis: dict[str, Any] = {
+            "number": number,
+            "name": name,
+            "low_limit": low,
+            "high_limit": high,
+        }
+        if draw(st.booleans()):
+            axis["units"] = draw(st.sampled_from(sorted(esp300_module.ESP300_UNITS)))
+        for key, top in (
+            ("velocity", 1.5 * SIM_MAX_VELOCITY),
+            ("acceleration", 100.0),
+            ("deceleration", 100.0),
+        ):
+            if draw(st.booleans()):
+                axis[key] = draw(reported_rates(top))
+        axes.append(axis)
+    spoil(
+        draw,
+        axes,
+        {
+            "junk": _junk_value,
+            "number out of 1-3": _set("number", [0, 4, -1, 10]),
+            "number twice": _twice("number"),
+            "name twice": _twice("name"),
+            "name no id takes": _set("name", ["X", "my axis", "2x", "", "x-y", "Focus"]),
+            "limits not increasing": _disorder,
+            "more decimals than reported": _set(
+                draw(st.sampled_from(["velocity", "acceleration", "deceleration"])),
+                [1.765625, 1e-7, 0.123456, draw(st.floats(0.0, 10.0, exclude_min=True))],
+            ),
+            "velocity above the stage maximum": _set(
+                "velocity", [SIM_MAX_VELOCITY + 0.5, 2 * SIM_MAX_VELOCITY, 1000]
+            ),
+            "unknown units": _set("units", ["MM", "nm", "degree", "", "mm/s"]),
+            "speed of 0 or less": _set(
+                draw(st.sampled_from(["velocity", "acceleration", "deceleration"])), [0, -1, -0.5]
+            ),
+            "missing key": _drop(["number", "name", "low_limit", "high_limit"]),
+            "unknown key": _set("home", [0.0]),
+            "no axes": lambda draw, entries: entries.clear(),
+            "four axes": lambda draw, entries: entries.extend(
+                [{"number": 4, "name": "w", "low_limit": -1, "high_limit": 1}] * (4 - len(entries))
+            ),
+        },
+    )
+    table: dict[str, Any] = {"axes": axes}
+    if draw(st.booleans()):
+        table["motor_on"] = draw(mostly(st.booleans()))
+    return table
+
+
+def esp300_constructor_refuses(port: Any, table: dict[str, Any]) -> bool:
+    """Whether ``ESP300Controller`` refuses the table given in its own words (``axes`` keyed
+    by name, the rest of each entry as its keywords), before any byte is sent.
+
+    Its ``axes`` mapping cannot hold an axis without a name or two axes with one name (the
+    second would silently replace the first), so such a table counts as refused: the profile
+    must refuse it.
+    """
+    names = [axis.get("name") for axis in table["axes"]]
+    if None in names or len({repr(n) for n in names}) < len(names):
+        return True
+    axes = {axis["name"]: {k: v for k, v in axis.items() if k != "name"} for axis in table["axes"]}
+    options = {k: v for k, v in table.items() if k != "axes"}
+    return constructor_refuses(lambda p, **kw: ESP300Controller(p, axes=axes, **kw), port, options)
+
+
+def esp300_profile_only_refusal(table: dict[str, Any]) -> bool:
+    """Rules the profile holds and the Python constructor (v1's ``axis()`` checks) does not:
+
+    * an axis in a lab profile has both soft limits (the constructor takes an axis without);
+    * TOML types are strict: ``number = 2.0`` or ``motor_on = 1`` are refused (the constructor
+      takes an integral float as a number and anything as a flag);
+    * a velocity, acceleration or deceleration has at most the decimals the controller reports
+      (``REPLY_DECIMALS``): the constructor takes 1.765625 and its connect then fails, because
+      ``1AC?`` reads 1.76562 and the driver refuses a value the controller did not take.
+    """
+    if "motor_on" in table and not isinstance(table["motor_on"], bool):
+        return True
+    for axis in table["axes"]:
+        if "low_limit" not in axis or "high_limit" not in axis:
+            return True
+        if isinstance(axis.get("number"), float):
+            return True
+        for key in ("velocity", "acceleration", "deceleration"):
+            value = axis.get(key)
+            if isinstance(value, float) and math.isfinite(value) and value > 0:
+                if round(value, esp300_module.REPLY_DECIMALS) != value:
+                    return True
+    return False
+
+
+@PROPERTY
+@given(table=esp300_tables())
+def test_every_esp300_table_the_profile_accepts_builds_and_every_refusal_agrees(
+    table, pool, data_dir
+):
+    """The profile refuses what ``ESP300Controller`` refuses (plus its own two rules, above),
+    and an accepted table builds and connects with each axis's limits, units, velocities and
+    motor state on the controller.
+
+    One rule only the controller knows: its stage's maximum velocity (``nVU?``, asked at
+    connect). A faster profile velocity passes ``config check`` by design and is refused at
+    connect, before ``VA`` is sent, in words that name the velocity, the axis and the maximum.
+    """
+    name = f"prop-esp300-{uuid.uuid4().hex[:8]}"
+    url = f"sim://esp300?name={name}&speed=100&motors_on=0&max_velocity={SIM_MAX_VELOCITY:g}"
+    try:
+        data = profile_data("esp300", table, port=url)
+        errors = profile_errors(data)
+        assert all(e.key.startswith("instruments[0].esp300") for e in errors), errors
+        refused = esp300_constructor_refuses(pool.open(url, baudrate=19200), table)
+        expected = refused or esp300_profile_only_refusal(table)
+        assert expected == bool(errors), (table, refused, [str(e) for e in errors])
+        if errors:
+            event("refused by the profile")
+            return
+        too_fast = [a for a in table["axes"] if a.get("velocity", 0) > SIM_MAX_VELOCITY]
+        if too_fast:
+            event("accepted, refused at connect: velocity above the stage maximum")
+            built = build_entry(data, pool, data_dir)
+            try:
+                with pytest.raises(StartupFailed) as info:
+                    connect_native(built, 10.0)
+            finally:
+                built.close()
+            axis = too_fast[0]
+            assert isinstance(info.value.cause, ValueRejected), info.value
+            assert (
+                f"velocity {axis['velocity']:g} (from the profile) is above the maximum of axis "
+                f"{axis['number']} (dut_{axis['name']}), {SIM_MAX_VELOCITY:g}"
+            ) in info.value.what, info.value.what
+            return
+        event("accepted by both: built and connected")
+        built = build_and_connect(data, pool, data_dir)
+        try:
+            sim = lookup(name)
+            for axis in table["axes"]:
+                n, device = axis["number"], built.devices[f"dut_{axis['name']}"]
+                assert device.limits == (axis["low_limit"], axis["high_limit"]), axis
+                on_sim = sim.axes[n]
+                units = esp300_module.ESP300_UNITS[axis.get("units", "mm")]
+                assert on_sim.units == units, axis  # what the controller holds after nSN
+                for key in ("velocity", "acceleration", "deceleration"):
+                    if key in axis:
+                        assert getattr(on_sim, key) == pytest.approx(axis[key], abs=1e-6), key
+                assert on_sim.motor_on is table.get("motor_on", False), axis
+        finally:
+            built.close()
+    finally:
+        unregister(name)
+
+
+@st.composite
+def elliptec_tables(draw) -> dict[str, Any]:
+    """``[instruments.elliptec]`` tables: 1-3 devices at different addresses (one hex digit as
+    text in either case, or an integer), with or without a name, with none, one or both limits
+    (inside and beyond a turn); then half the time the edits a user gets wrong: an address that
+    is not one hex digit or twice, a name twice or that no device id takes, limits equal or
+    swapped, a missing or unknown key, a value of the wrong type."""
+    count = draw(st.integers(1, 3))
+    digits = draw(st.lists(st.integers(0, 15), min_size=count, max_size=count, unique=True))
+    names = draw(
+        st.lists(
+            st.sampled_from(["rot", "rot_a", "Rot2", "hwp", "qwp_1"]),
+            min_size=count,
+            max_size=count,
+            unique=True,
+        )
+    )
+    turn = elliptec_module.FULL_TURN_DEG
+    entries: list[dict[str, Any]] = []
+    for digit, name in zip(digits, names, strict=True):
+        form = draw(st.sampled_from(["int", "upper", "lower"]))
+        address = digit if form == "int" else f"{digit:X}" if form == "upper" else f"{digit:x}"
+        entry: dict[str, Any] = {"address": address}
+        if draw(st.booleans()):
+            entry["name"] = name
+        low, high = draw(limit_pair(turn + 40))
+        sides = draw(st.sampled_from(["none", "both", "low", "high"]))
+        if sides in ("both", "low"):
+            entry["low_limit"] = low
+        if sides in ("both", "high"):
+            entry["high_limit"] = high
+        entries.append(entry)
+    spoil(
+        draw,
+        entries,
+        {
+            "junk": _junk_value,
+            "address not one hex digit": _set("address", [16, -1, "G", "10", "", "0x2"]),
+            "address twice": _twice("address"),
+            "name twice": _twice("name"),
+            "name no id takes": _set("name", ["rot a", "rot-a", "", "é"]),
+            "limits not increasing": _disorder,
+            "missing address": _drop(["address"]),
+            "unknown key": _set("velocity", [50]),
+        },
+    )
+    return {"addresses": entries}
+
+
+def hex_digit(address: Any) -> str | None:
+    """The bus address character of a valid profile address, else None (written out here,
+    not taken from the driver, so the test does not share the rule it checks)."""
+    if isinstance(address, int) and not isinstance(address, bool) and 0 <= address <= 15:
+        return "0123456789ABCDEF"[address]
+    if isinstance(address, str) and len(address) == 1 and address.upper() in "0123456789ABCDEF":
+        return address.upper()
+    return None
+
+
+def elliptec_constructor_refuses(port: Any, table: dict[str, Any]) -> bool:
+    """Whether ``ElliptecBus`` and ``mount`` refuse the table in their own words: one
+    ``mount(address, name=, limits=)`` per entry, a side the profile leaves out one turn away
+    (``FULL_TURN_DEG``, the profile's documented meaning)."""
+    turn = elliptec_module.FULL_TURN_DEG
+    known = {"address", "name", "low_limit", "high_limit"}
+    try:
+        bus = ElliptecBus(port, name="dut")
+        for entry in table["addresses"]:
+            if set(entry) - known:
+                raise TypeError(f"mount() has no {sorted(set(entry) - known)}")
+            limits = None
+            if "low_limit" in entry or "high_limit" in entry:
+                limits = (entry.get("low_limit", -turn), entry.get("high_limit", turn))
+            name = entry.get("name")
+            bus.mount(entry["address"], name=f"dut_{name}" if name else None, limits=limits)
+    except (DaqbridgeError, TypeError, KeyError):
+        return True
+    bus.close()
+    return False
+
+
+def elliptec_profile_only_refusal(table: dict[str, Any]) -> bool:
+    """Rules of the profile that the bus's constructor leaves to its caller: names are parts
+    of device ids (ASCII letters, digits, ``_``; one device per id), and limits are TOML
+    numbers (the constructor reads text and booleans with ``float()``)."""
+    names = []
+    for entry in table["addresses"]:
+        name = entry.get("name")
+        if name is not None and not (isinstance(name, str) and re.fullmatch(r"\w+", name, re.A)):
+            return True
+        for key in ("low_limit", "high_limit"):
+            value = entry.get(key)
+            if isinstance(value, bool | str):
+                return True
+        digit = hex_digit(entry.get("address"))
+        names.append(name if name is not None else (digit or "?").lower())
+    return len(set(names)) < len(names)
+
+
+@PROPERTY
+@given(table=elliptec_tables())
+def test_every_elliptec_table_the_profile_accepts_builds_and_every_refusal_agrees(
+    table, pool, data_dir
+):
+    """The profile refuses what the bus's constructor refuses (plus the device-id and type
+    rules above), and an accepted table builds and connects against a bus with those addresses:
+    one mount per address, with its id and soft limits."""
+    name = f"prop-elliptec-{uuid.uuid4().hex[:8]}"
+    digits = {hex_digit(e.get("address")) for e in table["addresses"]} - {None}
+    addresses = ",".join(sorted(digits)) or "0"
+    url = f"sim://elliptec?name={name}&addresses={addresses}&speed=100&reply_latency=0"
+    try:
+        data = profile_data("elliptec", table, port=url)
+        data["instruments"][0]["flow_control"] = "none"
+        errors = profile_errors(data)
+        assert all(e.key.startswith("instruments[0].elliptec") for e in errors), errors
+        refused = elliptec_constructor_refuses(pool.open(url, baudrate=9600), table)
+        expected = refused or elliptec_profile_only_refusal(table)
+        assert expected == bool(errors), (table, refused, [str(e) for e in errors])
+        event("refused by both" if errors else "accepted by both: built and connected")
+        if errors:
+            return
+        built = build_and_connect(data, pool, data_dir)
+        try:
+            turn = elliptec_module.FULL_TURN_DEG
+            mounts = {}
+            for entry in table["addresses"]:
+                digit = hex_digit(entry["address"])
+                mount = built.devices[f"dut_{entry.get('name', digit.lower())}"]
+                mounts[digit] = mount
+                assert mount.address == digit
+                assert mount.identity is not None and mount.identity.address == digit
+                if "low_limit" in entry or "high_limit" in entry:
+                    low, high = entry.get("low_limit", -turn), entry.get("high_limit", turn)
+                    assert mount.soft_limits == (low, high), entry
+                else:
+                    assert mount.soft_limits is None, entry
+            assert sorted(mounts) == sorted(lookup(name).addresses)
+        finally:
+            built.close()
+    finally:
+        unregister(name)
+
+
 # --- one home for each fact ----------------------------------------------------------------------
 
 
@@ -327,6 +730,26 @@ def test_the_profile_uses_the_drivers_own_models():
     assert specs["newport1830c"].settings is meter_module.Newport1830cSettings
     assert MaiTaiInstrument.model_fields["maitai"].annotation is specs["maitai"].settings
     assert specs["maitai"].settings is maitai_module.MaiTaiSettings
+    assert Esp300Instrument.model_fields["esp300"].annotation is specs["esp300"].settings
+    assert specs["esp300"].settings is esp300_module.Esp300Settings
+    assert ElliptecInstrument.model_fields["elliptec"].annotation is specs["elliptec"].settings
+    assert specs["elliptec"].settings is elliptec_module.ElliptecSettings
+
+
+def test_the_esp300_and_elliptec_entries_use_the_drivers_entry_models():
+    """The axis and address entries too: no copy of ``Esp300Axis`` or ``ElliptecAddress``
+    in the profile."""
+    import daqbridge.config as config
+
+    axes = esp300_module.Esp300Settings.model_fields["axes"].annotation
+    assert axes == list[esp300_module.Esp300Axis]
+    addresses = elliptec_module.ElliptecSettings.model_fields["addresses"].annotation
+    assert addresses == list[elliptec_module.ElliptecAddress]
+    for name, model in (
+        ("Esp300Axis", esp300_module.Esp300Axis),
+        ("ElliptecAddress", elliptec_module.ElliptecAddress),
+    ):
+        assert getattr(config._models, name) is model, name
 
 
 def test_the_models_bounds_are_the_driver_modules_constants():
@@ -362,15 +785,44 @@ def test_each_range_is_written_once_in_the_drivers_and_the_profile(number, home)
     assert len(hits) == 1 and hits[0].split(":")[0].endswith(home), hits
 
 
-def test_each_driver_names_a_simulator_and_a_legacy_twin_that_exist():
+@pytest.mark.parametrize("driver", ["newport1830c", "maitai", "esp300", "elliptec"])
+def test_each_driver_names_a_simulator_and_a_legacy_twin_that_exist(driver):
+    """The ESP300 has no legacy driver: it names none, and the profile maps it to none."""
     from daqbridge.legacy import registered_drivers as legacy_drivers
 
-    for driver in ("newport1830c", "maitai"):
-        spec = registered_drivers()[driver]
-        assert spec.simulator in known_kinds()
+    spec = registered_drivers()[driver]
+    assert spec.simulator in known_kinds()
+    assert spec.module == f"daqbridge.devices.{driver}"
+    # the profile's own mapping agrees (None both ways for a native-only driver)
+    assert LEGACY_DRIVER_TYPES.get(driver) == spec.legacy_twin
+    if spec.legacy_twin is not None:
         assert spec.legacy_twin in legacy_drivers()
-        assert LEGACY_DRIVER_TYPES[driver] == spec.legacy_twin  # the profile's own mapping agrees
-        assert spec.module == f"daqbridge.devices.{driver}"
+
+
+@pytest.mark.parametrize(
+    ("driver", "parts"),
+    [
+        ("esp300", {"axes": [{"number": 2, "name": "focus", "low_limit": -1, "high_limit": 1}]}),
+        ("elliptec", {"addresses": [{"address": "A", "name": "hwp"}, {"address": 3}]}),
+    ],
+)
+def test_the_parts_the_profile_names_are_the_parts_the_driver_builds(driver, parts, pool, data_dir):
+    """``parts()`` of the profile entry (the device ids ``config check`` reserves) and the
+    driver's ``parts`` (what the runtime registers) name the same devices."""
+    name = f"parts-{driver}-{uuid.uuid4().hex[:8]}"
+    url = f"sim://{driver}?name={name}" + ("&addresses=3,A" if driver == "elliptec" else "")
+    data = profile_data(driver, parts, port=url)
+    data["instruments"][0]["flow_control"] = "none"
+    try:
+        (inst,) = load_profile(data).native_instruments()
+        built = build_entry(data, pool, data_dir)
+        try:
+            expected = {f"dut_{part}" for part in inst.parts()}
+            assert set(built.devices) == {"dut"} | expected, (built.devices, expected)
+        finally:
+            built.close()
+    finally:
+        unregister(name)
 
 
 def test_a_second_home_for_a_driver_is_refused():

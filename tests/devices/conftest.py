@@ -77,12 +77,34 @@ class DocumentLog:
         return self.of("event")
 
 
+def stop_run_engine(engine: RunEngine, timeout: float = 5.0) -> None:
+    """Halt ``engine`` if it is not idle, then stop its event-loop thread and close its loop.
+
+    bluesky starts a ``bluesky-run-engine`` thread per RunEngine and never stops it (the
+    runtime stops its own, ``Runtime._stop_run_engine_loop``): a RunEngine per test left one
+    thread, plus the loop's executor threads, behind for the rest of the session (281 threads
+    by the time tests/devices/test_scpi.py counted them)."""
+    import asyncio
+
+    if engine.state != "idle":
+        engine.halt()
+    loop = engine.loop
+    if loop.is_closed():
+        return
+    if loop.is_running():
+        done = asyncio.run_coroutine_threadsafe(loop.shutdown_default_executor(), loop)
+        done.result(timeout)
+        loop.call_soon_threadsafe(loop.stop)
+        engine._th.join(timeout)
+        assert not engine._th.is_alive(), "the RunEngine's event loop did not stop"
+    loop.close()
+
+
 @pytest.fixture
 def RE() -> Iterator[RunEngine]:  # noqa: N802 - bluesky's own spelling
     engine = RunEngine({}, context_managers=[])
     yield engine
-    if engine.state != "idle":
-        engine.halt()
+    stop_run_engine(engine)
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ from daqbridge.devices.pvcam import PvcamCamera
 from daqbridge.devices.pvcam_backend import ExposureMode
 from daqbridge.errors import IdentityMismatch, InstrumentError, InstrumentFault, ValueRejected
 from daqbridge.sim.pvcam import SimulatedCameraBackend
+from tests.devices.conftest import stop_run_engine
 from tests.devices.small_disk import MIB, small_disk
 
 SENSOR = (64, 48)  # (width, height): frames are (48, 64)
@@ -101,8 +102,7 @@ def RE():
     engine.docs = []
     engine.subscribe(lambda name, doc: engine.docs.append((name, doc)))
     yield engine
-    if engine.state != "idle":
-        engine.halt()
+    stop_run_engine(engine)
 
 
 def validate(docs) -> None:

@@ -43,10 +43,17 @@ class Served:
         return self.ioc.prefix
 
     def devices(self) -> dict[str, Any]:
-        """The ophyd devices this stack built (an Elliptec bus of the native stack is not one)."""
+        """The devices this stack built, ophyd v1 or ophyd-async (an Elliptec bus of the native
+        stack is neither: its mounts are the devices)."""
         from ophyd import Device
 
-        return {i: d for i, d in self.runtime.devices.items() if isinstance(d, Device)}
+        from daqbridge.devices.core import is_async_device
+
+        return {
+            i: d
+            for i, d in self.runtime.devices.items()
+            if isinstance(d, Device) or is_async_device(d)
+        }
 
 
 def _profile(stack: str, directory: Path) -> Path:
@@ -182,11 +189,50 @@ def _text(pv: Any) -> str:
     return bytes(pv.read(timeout=CA_TIMEOUT).data).rstrip(b"\0").decode()
 
 
+@dataclass(frozen=True)
+class _AsyncSignal:
+    """An ophyd-async signal as the walk sees it: writable when its type is ``SignalW``."""
+
+    signal: Any
+    write_access: bool
+
+    @property
+    def name(self) -> str:
+        return str(self.signal.name)
+
+    def describe(self) -> dict[str, Any]:
+        from daqbridge.devices.core import call_sync
+
+        return call_sync(self.signal.describe(), timeout=CA_TIMEOUT)
+
+
+def _async_signals(obj: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """Every signal below an ophyd-async device that it reads or configures (the omitted ones,
+    such as the laser's ``commanded`` target, are neither)."""
+    from ophyd_async.core import Device, SignalR, SignalW
+
+    from daqbridge.ioc._async import _kinds_of
+
+    kinds = _kinds_of(obj)
+    for attr, child in obj.children():
+        name = f"{path}{attr}"
+        if isinstance(child, SignalR):
+            if kinds[id(child)].name != "omitted":
+                yield name, _AsyncSignal(child, isinstance(child, SignalW))
+        elif isinstance(child, Device) and not getattr(child, "addressed_alone", False):
+            yield from _async_signals(child, f"{name}.")
+
+
 def _signals(obj: Any, path: str = "") -> Iterator[tuple[str, Any]]:
     """Every ophyd signal below ``obj`` that a device reads or configures (not omitted)."""
     from ophyd import Device, Kind, Signal
 
-    for attr in obj.component_names:
+    from daqbridge.devices.core import is_async_device
+
+    if is_async_device(obj):
+        yield from _async_signals(obj, path)
+        return
+    for attr in getattr(obj, "component_names", ()):
         child = getattr(obj, attr)
         name = f"{path}{attr}"
         if isinstance(child, Device):

@@ -12,7 +12,9 @@ from __future__ import annotations
 import threading
 
 import pytest
+from bluesky import RunEngine
 
+from daqbridge.devices.core import call_sync
 from daqbridge.devices.elliptec import ElliptecBus as NativeBus
 from daqbridge.legacy import Command, LegacyRuntime, parse_legacy_config
 from daqbridge.sim import serve_pty
@@ -46,7 +48,8 @@ move_timeout_s = 10
         port = pool.open(str(server.path), baudrate=9600)
         native = NativeBus(port, name="native_bus")
         mount = native.mount("8", name="analyser")
-        native.connect(10.0)
+        RunEngine({}, context_managers=[])  # the mount lives on the RunEngine's loop
+        call_sync(native.connect(10.0), timeout=15.0)
         try:
             assert legacy.wait_running(10.0)
             errors: list[BaseException] = []
@@ -64,7 +67,7 @@ move_timeout_s = 10
             worker = threading.Thread(target=legacy_moves)
             worker.start()
             for angle in (15.0, -25.0, 40.0):
-                mount.set(angle).wait(15.0)
+                call_sync(lambda angle=angle: mount.set(angle), device=mount, timeout=15.0)
             worker.join(60.0)
             assert not worker.is_alive()
             assert not errors, errors
@@ -90,7 +93,6 @@ def test_a_native_run_records_the_setpoint_the_legacy_driver_gave_the_mount(pool
     instrument was commanded to and reported: here the simulator's position.
     """
     import bluesky.plans as bp
-    from bluesky import RunEngine
 
     with serve_pty("elliptec", addresses=[2], speed=20.0) as server:
         sim = server.simulator
@@ -110,16 +112,16 @@ timeout_s = 5
         port = pool.open(str(server.path), baudrate=9600)
         native = NativeBus(port, name="rot")
         mount = native.mount("2", name="rot_a", reply_timeout=5.0)
-        native.connect(10.0)
+        RE = RunEngine({}, context_managers=[])  # the mount lives on the RunEngine's loop
+        call_sync(native.connect(10.0), timeout=15.0)
         try:
             assert legacy.wait_running(10.0)
-            mount.set(10.0).wait(15.0)
+            call_sync(lambda: mount.set(10.0), device=mount, timeout=15.0)
             res = legacy.submit("twin", Command.set("position_2", 30.0), timeout=15.0)
             assert res.ok, res.message
             truth = sim.position_deg("2")
             assert truth == pytest.approx(30.0, abs=0.01)
 
-            RE = RunEngine({}, context_managers=[])
             events: list[dict] = []
             RE.subscribe(lambda name, doc: events.append(doc["data"]), "event")
             RE(bp.count([mount], 2))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import bluesky.plan_stubs as bps
 import numpy as np
 import pytest
 from bluesky.utils import FailedStatus
@@ -110,5 +111,5 @@ def test_mount_fault_mid_scan(runtime: Any, docs: Any) -> None:
     assert not bus(runtime).is_moving(2)
     assert catalog_run(runtime, docs.start["uid"]).metadata["stop"]["exit_status"] == "fail"
     # the mount is usable again afterwards
-    a.set(0).wait(10)
+    runtime.RE(bps.mv(a, 0))
     assert bus(runtime).position_deg(2) == pytest.approx(0, abs=0.1)

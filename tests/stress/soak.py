@@ -261,7 +261,8 @@ class Soak:
             return True
 
         def bus_identity() -> None:
-            packet = bus.endpoint("3").transact(b"3in", expect={"IN"}, timeout=2.0, owner="soak")
+            endpoint = bus.serial_bus.endpoint("3")  # the transport's bus, under the driver
+            packet = endpoint.transact(b"3in", expect={"IN"}, timeout=2.0, owner="soak")
             if not packet.startswith(b"3IN"):
                 raise AssertionError(f"3in -> {packet!r}")
 
