@@ -45,6 +45,8 @@ from pydantic_core import PydanticCustomError
 from daqbridge.devices import DriverSettings, settings_error
 from daqbridge.devices.maitai import MaiTaiSettings
 from daqbridge.devices.newport1830c import Newport1830cSettings
+from daqbridge.devices.scpi import ScpiSettings
+from daqbridge.devices.scpi import ScpiSignalSettings as ScpiSignal  # noqa: F401 - re-exported
 
 # --- vocabulary ---------------------------------------------------------------------------------
 
@@ -561,88 +563,6 @@ class ElliptecSettings(Section):
     def _unique(self) -> ElliptecSettings:
         _unique_by(self.addresses, "address", "addresses", "address")
         _unique_by(self.addresses, "device_name", "addresses", "name")
-        return self
-
-
-class ScpiSignal(Section):
-    """One signal of a SCPI instrument (``scpi.signals`` entry)."""
-
-    name: Suffix = Field(description="Signal name (the ophyd component, data key `<id>_<name>`).")
-    query: Text | None = Field(None, description="Query that reads it, ending in `?`.")
-    command: Text | None = Field(
-        None, description="Command that sets it, with `{value}` where the value goes."
-    )
-    units: str = Field("", description="Engineering units, recorded in the descriptor.")
-    low: float | None = Field(None, description="Lowest value a plan may set.")
-    high: float | None = Field(None, description="Highest value a plan may set.")
-    kind: Literal["hinted", "normal", "config"] = Field(
-        "normal", description="ophyd Kind: hinted (plotted), normal (read), config (once per run)."
-    )
-    dtype: Literal["float", "int", "str"] = Field(
-        "float",
-        description='Type of the value: float, int, or str (text such as FUNC? -> "VOLT"; '
-        "the quotes are removed).",
-    )
-
-    @field_validator("query", "command")
-    @classmethod
-    def _one_command(cls, text: str | None) -> str | None:
-        if text is not None and ";" in text:
-            raise bad(
-                f"{text!r} contains ';' (a second command)",
-                "give one command per signal; a compound command cannot be checked or stopped",
-            )
-        return text
-
-    @model_validator(mode="after")
-    def _shape(self) -> ScpiSignal:
-        if self.query is None and self.command is None:
-            raise bad(
-                f"signal {self.name} has neither query nor command",
-                'add query = "...?" to read it and/or command = "... {value}" to set it',
-                key="query",
-            )
-        if self.query is not None and not self.query.rstrip().endswith("?"):
-            raise bad(
-                f"query {self.query!r} does not end in '?'",
-                "SCPI instruments reply only to queries; end it with ? (e.g. MEAS:VOLT:DC?)",
-                key="query",
-            )
-        if self.command is not None:
-            braces = re.findall(r"\{[^}]*\}", self.command)
-            if braces != ["{value}"] or self.command.count("{") != 1:
-                raise bad(
-                    f"command {self.command!r} must contain exactly one {{value}} placeholder",
-                    'write e.g. command = "SOUR:VOLT {value}"',
-                    key="command",
-                )
-        if self.low is not None and self.high is not None and not self.low < self.high:
-            raise bad(
-                f"signal {self.name}: low {self.low:g} is not below high {self.high:g}",
-                "swap the bounds or correct one of them",
-                key="high",
-            )
-        return self
-
-
-class ScpiSettings(Section):
-    """``[instruments.scpi]``: what to read and set on a SCPI instrument."""
-
-    signals: list[ScpiSignal] = Field(
-        min_length=1, description="Signals of the device, unique names."
-    )
-    expected_idn: Text | None = Field(
-        None,
-        description="Substring the `*IDN?` reply must contain; a different instrument at the "
-        "address is refused (IdentityMismatch).",
-    )
-    termination: Literal["LF", "CR", "CRLF"] = Field(
-        "LF", description="Read and write termination."
-    )
-
-    @model_validator(mode="after")
-    def _unique(self) -> ScpiSettings:
-        _unique_by(self.signals, "name", "signals", "signal name")
         return self
 
 

@@ -10,8 +10,9 @@ Why it is built this way:
   reported per instrument with its port, and the whole start-up can be undone in order.
 * Profile settings are passed by keyword. A setting the driver's constructor does not take is
   never silently dropped: it is recorded as a note shown by ``status()`` and logged.
-* A driver that declared itself (``daqbridge.devices.register_driver``: the 1830-C, the MaiTai)
-  is built by its own ``build`` from its validated table (``build_declared``): the table's model
+* A driver that declared itself (``daqbridge.devices.register_driver``: the 1830-C, the MaiTai,
+  the SCPI instrument) is built by its own ``build`` from its validated table (``build_declared``
+  for serial drivers; ``build_scpi`` opens a VISA session instead of a port): the table's model
   is the constructor's contract, so nothing can be dropped and there are no notes. Its settings
   are checked again before its port opens, for an entry that skipped validation (``model_copy``).
 * Legacy instruments are built through the legacy stack's own registry
@@ -54,8 +55,6 @@ if TYPE_CHECKING:
     from daqbridge.transport import SerialPortPool, SharedSerialPort, VisaSessionManager
 
 log = logging.getLogger("daqbridge.runtime.builders")
-
-_TERMINATION = {"LF": "\n", "CR": "\r", "CRLF": "\r\n"}
 
 
 class StartupFailed(InstrumentError):
@@ -424,29 +423,28 @@ def build_elliptec(inst: ElliptecInstrument, ctx: BuildContext) -> NativeInstrum
 
 
 def build_scpi(inst: ScpiInstrument, ctx: BuildContext) -> NativeInstrument:
-    cls = driver_class("scpi", *NATIVE_DRIVERS["scpi"], instrument=inst.id)
-    notes: list[str] = []
-    term = _TERMINATION[inst.scpi.termination]
-    resource = ctx.resource_of(inst)
+    """The SCPI instrument of an entry, built by its driver's own ``build`` from its validated
+    table, on a VISA session opened with the table's termination both ways (not a serial port,
+    so not :func:`build_declared`), and connected on the RunEngine's loop."""
+    # importing the driver module declares it, with its terminations
+    terminations = driver_class(
+        "scpi", "daqbridge.devices.scpi", "TERMINATIONS", instrument=inst.id
+    )
+    spec = registered_drivers()["scpi"]
+    settings = validate_settings(
+        spec.settings, inst.scpi.model_dump(exclude_unset=True), instrument=inst.id
+    )
+    term = terminations[settings.termination]
     session = ctx.visa.session(
-        resource,
+        ctx.resource_of(inst),
         backend=inst.visa_backend or "@py",
         read_termination=term,
         write_termination=term,
         timeout=inst.timeout,
     )
-    device = construct(
-        cls,
-        session,
-        signals=list(inst.scpi.signals),
-        name=inst.id,
-        expected_idn=inst.scpi.expected_idn,
-        timeout=inst.timeout,
-        notes=notes,
-        what=inst.id,
-    )
+    device = spec.build(session, name=inst.id, settings=settings, timeout=inst.timeout)
     return NativeInstrument(
-        inst.id, inst.driver, session.label, device, {inst.id: device}, device.connect, notes
+        inst.id, inst.driver, session.label, device, {inst.id: device}, connect_on_loop(device, ctx)
     )
 
 
