@@ -45,6 +45,7 @@ from pydantic_core import PydanticCustomError
 from daqbridge.devices import DriverSettings, settings_error
 from daqbridge.devices.maitai import MaiTaiSettings
 from daqbridge.devices.newport1830c import Newport1830cSettings
+from daqbridge.devices.pvcam import PvcamRoi, PvcamSettings  # noqa: F401 - PvcamRoi re-exported
 from daqbridge.devices.scpi import ScpiSettings
 from daqbridge.devices.scpi import ScpiSignalSettings as ScpiSignal  # noqa: F401 - re-exported
 
@@ -563,58 +564,6 @@ class ElliptecSettings(Section):
     def _unique(self) -> ElliptecSettings:
         _unique_by(self.addresses, "address", "addresses", "address")
         _unique_by(self.addresses, "device_name", "addresses", "name")
-        return self
-
-
-class PvcamRoi(Section):
-    """``pvcam.roi``: sensor region, inclusive pixel bounds (serial = columns, parallel = rows)."""
-
-    s1: int = Field(ge=0, description="First column.")
-    s2: int = Field(ge=0, description="Last column (inclusive).")
-    p1: int = Field(ge=0, description="First row.")
-    p2: int = Field(ge=0, description="Last row (inclusive).")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> PvcamRoi:
-        if self.s2 < self.s1:
-            raise bad(f"s2 {self.s2} is before s1 {self.s1}", "write s1 <= s2", key="s2")
-        if self.p2 < self.p1:
-            raise bad(f"p2 {self.p2} is before p1 {self.p1}", "write p1 <= p2", key="p2")
-        return self
-
-
-class PvcamSettings(Section):
-    """``[instruments.pvcam]``: camera backend, exposure, region and where frames go."""
-
-    backend: Literal["sim", "pvcam"] = Field(
-        "pvcam", description="`pvcam`: the vendor SDK through pyvcam; `sim`: simulated camera."
-    )
-    exposure_ms: float = Field(20.0, gt=0, le=3_600_000, description="Exposure time in ms.")
-    roi: PvcamRoi | None = Field(None, description="Region of interest; unset: full sensor.")
-    binning: list[int] = Field(
-        [1, 1], min_length=2, max_length=2, description="[serial, parallel] binning."
-    )
-    frames_dir: Text | None = Field(
-        None,
-        description="Directory of the HDF5 frame files; relative to data_dir. Default "
-        "`frames/<instrument id>`. Must not be shared or inside the catalog's directories.",
-    )
-
-    @model_validator(mode="after")
-    def _binning_fits(self) -> PvcamSettings:
-        for i, b in enumerate(self.binning):
-            if not 1 <= b <= 64:
-                raise bad(f"binning {b} is outside 1-64", "use 1, 2, 4 ...", key=f"binning[{i}]")
-        if self.roi is not None:
-            width = self.roi.s2 - self.roi.s1 + 1
-            height = self.roi.p2 - self.roi.p1 + 1
-            if width % self.binning[0] or height % self.binning[1]:
-                raise bad(
-                    f"ROI {width}x{height} is not a multiple of binning "
-                    f"{self.binning[0]}x{self.binning[1]}",
-                    "make the ROI width and height multiples of the binning",
-                    key="roi",
-                )
         return self
 
 
