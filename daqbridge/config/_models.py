@@ -48,6 +48,9 @@ from daqbridge.devices.esp300 import ESP300_UNITS as ESP300_UNIT_CODES  # noqa: 
 from daqbridge.devices.esp300 import Esp300Axis, Esp300Settings  # noqa: F401
 from daqbridge.devices.maitai import MaiTaiSettings
 from daqbridge.devices.newport1830c import Newport1830cSettings
+from daqbridge.devices.pvcam import PvcamRoi, PvcamSettings  # noqa: F401 - PvcamRoi re-exported
+from daqbridge.devices.scpi import ScpiSettings
+from daqbridge.devices.scpi import ScpiSignalSettings as ScpiSignal  # noqa: F401 - re-exported
 
 # --- vocabulary ---------------------------------------------------------------------------------
 
@@ -461,140 +464,6 @@ def _unique_by(items: list[Any], attr: str, where: str, label: str) -> None:
                 key=f"{where}[{i}].{attr}",
             )
         seen[value] = i
-
-
-class ScpiSignal(Section):
-    """One signal of a SCPI instrument (``scpi.signals`` entry)."""
-
-    name: Suffix = Field(description="Signal name (the ophyd component, data key `<id>_<name>`).")
-    query: Text | None = Field(None, description="Query that reads it, ending in `?`.")
-    command: Text | None = Field(
-        None, description="Command that sets it, with `{value}` where the value goes."
-    )
-    units: str = Field("", description="Engineering units, recorded in the descriptor.")
-    low: float | None = Field(None, description="Lowest value a plan may set.")
-    high: float | None = Field(None, description="Highest value a plan may set.")
-    kind: Literal["hinted", "normal", "config"] = Field(
-        "normal", description="ophyd Kind: hinted (plotted), normal (read), config (once per run)."
-    )
-    dtype: Literal["float", "int", "str"] = Field(
-        "float",
-        description='Type of the value: float, int, or str (text such as FUNC? -> "VOLT"; '
-        "the quotes are removed).",
-    )
-
-    @field_validator("query", "command")
-    @classmethod
-    def _one_command(cls, text: str | None) -> str | None:
-        if text is not None and ";" in text:
-            raise bad(
-                f"{text!r} contains ';' (a second command)",
-                "give one command per signal; a compound command cannot be checked or stopped",
-            )
-        return text
-
-    @model_validator(mode="after")
-    def _shape(self) -> ScpiSignal:
-        if self.query is None and self.command is None:
-            raise bad(
-                f"signal {self.name} has neither query nor command",
-                'add query = "...?" to read it and/or command = "... {value}" to set it',
-                key="query",
-            )
-        if self.query is not None and not self.query.rstrip().endswith("?"):
-            raise bad(
-                f"query {self.query!r} does not end in '?'",
-                "SCPI instruments reply only to queries; end it with ? (e.g. MEAS:VOLT:DC?)",
-                key="query",
-            )
-        if self.command is not None:
-            braces = re.findall(r"\{[^}]*\}", self.command)
-            if braces != ["{value}"] or self.command.count("{") != 1:
-                raise bad(
-                    f"command {self.command!r} must contain exactly one {{value}} placeholder",
-                    'write e.g. command = "SOUR:VOLT {value}"',
-                    key="command",
-                )
-        if self.low is not None and self.high is not None and not self.low < self.high:
-            raise bad(
-                f"signal {self.name}: low {self.low:g} is not below high {self.high:g}",
-                "swap the bounds or correct one of them",
-                key="high",
-            )
-        return self
-
-
-class ScpiSettings(Section):
-    """``[instruments.scpi]``: what to read and set on a SCPI instrument."""
-
-    signals: list[ScpiSignal] = Field(
-        min_length=1, description="Signals of the device, unique names."
-    )
-    expected_idn: Text | None = Field(
-        None,
-        description="Substring the `*IDN?` reply must contain; a different instrument at the "
-        "address is refused (IdentityMismatch).",
-    )
-    termination: Literal["LF", "CR", "CRLF"] = Field(
-        "LF", description="Read and write termination."
-    )
-
-    @model_validator(mode="after")
-    def _unique(self) -> ScpiSettings:
-        _unique_by(self.signals, "name", "signals", "signal name")
-        return self
-
-
-class PvcamRoi(Section):
-    """``pvcam.roi``: sensor region, inclusive pixel bounds (serial = columns, parallel = rows)."""
-
-    s1: int = Field(ge=0, description="First column.")
-    s2: int = Field(ge=0, description="Last column (inclusive).")
-    p1: int = Field(ge=0, description="First row.")
-    p2: int = Field(ge=0, description="Last row (inclusive).")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> PvcamRoi:
-        if self.s2 < self.s1:
-            raise bad(f"s2 {self.s2} is before s1 {self.s1}", "write s1 <= s2", key="s2")
-        if self.p2 < self.p1:
-            raise bad(f"p2 {self.p2} is before p1 {self.p1}", "write p1 <= p2", key="p2")
-        return self
-
-
-class PvcamSettings(Section):
-    """``[instruments.pvcam]``: camera backend, exposure, region and where frames go."""
-
-    backend: Literal["sim", "pvcam"] = Field(
-        "pvcam", description="`pvcam`: the vendor SDK through pyvcam; `sim`: simulated camera."
-    )
-    exposure_ms: float = Field(20.0, gt=0, le=3_600_000, description="Exposure time in ms.")
-    roi: PvcamRoi | None = Field(None, description="Region of interest; unset: full sensor.")
-    binning: list[int] = Field(
-        [1, 1], min_length=2, max_length=2, description="[serial, parallel] binning."
-    )
-    frames_dir: Text | None = Field(
-        None,
-        description="Directory of the HDF5 frame files; relative to data_dir. Default "
-        "`frames/<instrument id>`. Must not be shared or inside the catalog's directories.",
-    )
-
-    @model_validator(mode="after")
-    def _binning_fits(self) -> PvcamSettings:
-        for i, b in enumerate(self.binning):
-            if not 1 <= b <= 64:
-                raise bad(f"binning {b} is outside 1-64", "use 1, 2, 4 ...", key=f"binning[{i}]")
-        if self.roi is not None:
-            width = self.roi.s2 - self.roi.s1 + 1
-            height = self.roi.p2 - self.roi.p1 + 1
-            if width % self.binning[0] or height % self.binning[1]:
-                raise bad(
-                    f"ROI {width}x{height} is not a multiple of binning "
-                    f"{self.binning[0]}x{self.binning[1]}",
-                    "make the ROI width and height multiples of the binning",
-                    key="roi",
-                )
-        return self
 
 
 class EpicsSettings(Section):

@@ -15,6 +15,9 @@ shows the same names, kinds, units and writability as the v1 device it replaced:
 * ``set()`` writes and reads back in one lease (the signal's own ``put``); the PV then shows the
   read-back, never the commanded value;
 * writable exactly when the signal is read-write (``SignalW``), as ``write_access`` says for v1;
+* a camera (the PVCAM camera) is served as the IOC's camera group serves one
+  (:class:`AsyncCameraAdapter`): ``stage()``, ``trigger()`` (one point into the run's file),
+  ``unstage()`` and ``file_path``, each blocking on the device's loop;
 * a movable part (an ophyd-async ``StandardMovable``: the MaiTai's wavelength, an ESP300 axis) is
   a v1-shaped positioner for the motor record (:class:`AsyncPositionerAdapter`): ``set()`` refuses
   a bad target at once (the device's own synchronous check) and returns a status that ends with
@@ -30,6 +33,7 @@ from typing import Any
 from daqbridge.devices.core import call_sync, is_async_device
 
 __all__ = [
+    "AsyncCameraAdapter",
     "AsyncDeviceAdapter",
     "AsyncPositionerAdapter",
     "AsyncSignalAdapter",
@@ -50,6 +54,8 @@ def served_device(device: Any, *, elsewhere: Collection[int] = ()) -> Any:
         return device
     if is_async_movable(device):
         return AsyncPositionerAdapter(device)
+    if callable(getattr(device, "collect_asset_docs", None)) and hasattr(device, "exposure"):
+        return AsyncCameraAdapter(device, elsewhere=elsewhere)
     return AsyncDeviceAdapter(device, elsewhere=elsewhere)
 
 
@@ -262,6 +268,33 @@ class AsyncDeviceAdapter:
                     sig.store(readings[sig.name])
         status.set_finished()
         return status
+
+
+class AsyncCameraAdapter(AsyncDeviceAdapter):
+    """An ophyd-async camera as the IOC's camera group drives one (``:Acquire``): stage, one
+    point, unstage, each run on the camera's loop from an IOC thread; the statistics PVs show
+    the point's readings."""
+
+    def stage(self) -> list[Any]:
+        call_sync(lambda: self.device.stage(), device=self.device, timeout=CALL_TIMEOUT)
+        return [self]
+
+    def unstage(self) -> list[Any]:
+        call_sync(lambda: self.device.unstage(), device=self.device, timeout=CALL_TIMEOUT)
+        return [self]
+
+    @property
+    def file_path(self) -> Any:
+        """The HDF5 file of the current stage (None when not staged)."""
+        return self.device.file_path
+
+    def collect_asset_docs(self, index: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """The StreamResource/StreamDatum documents of the points taken since the last call."""
+
+        async def gather() -> list[tuple[str, dict[str, Any]]]:
+            return [doc async for doc in self.device.collect_asset_docs(index)]
+
+        return call_sync(gather, device=self.device, timeout=CALL_TIMEOUT)
 
 
 class AsyncPositionerAdapter:

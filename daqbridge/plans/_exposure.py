@@ -7,12 +7,14 @@ event records the exposure it was taken with (the exposure is configuration, whi
 descriptor captures only once per run).
 """
 
+import inspect
 from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
 from bluesky.protocols import Movable, Readable, Triggerable
+from bluesky.utils import Msg
 
 from daqbridge.plans._checks import (
     plan_error,
@@ -79,6 +81,7 @@ def exposure_series(
                     fix=f"use {round(value * 1000) / 1000:g} ms.",
                 )
 
+    units = yield from _units(exposure)
     _md = start_metadata(
         PLAN,
         {"camera": camera, "exposures": values, "frames_per_exposure": frames},
@@ -86,7 +89,7 @@ def exposure_series(
         dimensions=[([exposure.name], "primary")],
         md=md,
         num_points=len(values) * frames,
-        exposure_units=_units(exposure),
+        exposure_units=units,
     )
 
     def series() -> Generator:
@@ -118,8 +121,20 @@ def _microsecond_resolution(camera: Any) -> bool:
     return isinstance(camera, PvcamCamera)
 
 
-def _units(signal: Any) -> str | None:
+def _units(signal: Any) -> Generator[Any, Any, str | None]:
+    """The exposure's units from its descriptor. An ophyd-async signal describes itself in a
+    coroutine, awaited by the RunEngine (the plan runs on its loop, which must not wait)."""
+    described: Any = {}
     try:
-        return signal.describe()[signal.name].get("units")
+        answer = signal.describe()
+        if inspect.isawaitable(answer):
+
+            async def take() -> None:
+                described.update(await answer)
+
+            yield Msg("wait_for", None, [take])
+        else:
+            described = answer
+        return described[signal.name].get("units")
     except Exception:  # noqa: BLE001 - units are a nicety for the metadata
         return None

@@ -13,10 +13,11 @@ Why a wrapper (:class:`BaselineReading`) rather than the devices themselves:
   one. The wrapper's ``trigger`` asks the instrument again through the driver's own public way
   of doing so: ``refresh_configuration()`` (legacy adapters and the native ESP300 axes,
   Elliptec mounts and MaiTai: each queries its settings in one lease, never sending a command
-  that changes them), ``read_signals()`` (SCPI instruments), then the device's ``trigger()`` for
-  its readings. A device with neither records its settings as last reported. An ophyd-async
-  device (the Newport 1830-C) has a coroutine ``refresh_configuration()``, run on its own loop
-  from the baseline's thread; its ``read()`` then asks the instrument for each reading.
+  that changes them), then the device's ``trigger()`` for its readings. A device with neither
+  records its settings as last reported. An ophyd-async device (the Newport 1830-C) has a
+  coroutine ``refresh_configuration()``, run on its own loop from the baseline's thread; its
+  ``read()`` then asks the instrument for each reading, and a SCPI instrument's
+  ``read_configuration()`` asks its settings (``*IDN?`` and every config query, one lease).
 * A camera's ``trigger`` takes an exposure: a camera named in the baseline gives its settings
   only, and never triggers. Cameras are left out of the default baseline.
 * A baseline read runs on a thread of its own with a deadline: a lost instrument fails the run
@@ -157,7 +158,6 @@ class BaselineReading:
     def _ask(self) -> None:
         root = self._root
         refresh = getattr(root, "refresh_configuration", None)
-        read_signals = getattr(root, "read_signals", None)
         if is_async_device(root):
             # ophyd-async: the settings asked on the device's loop (this thread waits, bounded);
             # read() then takes the readings, each one a fresh exchange.
@@ -166,9 +166,6 @@ class BaselineReading:
             return
         if callable(refresh):
             refresh(timeout=self.timeout)
-        elif callable(read_signals):
-            read_signals()  # every signal with a query: readings and settings in one lease
-            return
         trigger = getattr(root, "trigger", None)
         if self._settings_only or not callable(trigger):
             return

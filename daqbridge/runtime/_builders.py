@@ -11,8 +11,9 @@ Why it is built this way:
 * Profile settings are passed by keyword. A setting the driver's constructor does not take is
   never silently dropped: it is recorded as a note shown by ``status()`` and logged.
 * A driver that declared itself (``daqbridge.devices.register_driver``: the 1830-C, the MaiTai,
-  the ESP300)
-  is built by its own ``build`` from its validated table (``build_declared``): the table's model
+  the ESP300, the Elliptec bus, the SCPI instrument, the PVCAM camera) is built by its own
+  ``build`` from its validated table (``build_declared`` for serial drivers; ``build_scpi`` opens
+  a VISA session instead of a port, ``build_pvcam`` hands over a camera backend): the table's model
   is the constructor's contract, so nothing can be dropped and there are no notes. Its settings
   are checked again before its port opens, for an entry that skipped validation (``model_copy``).
 * Legacy instruments are built through the legacy stack's own registry
@@ -53,8 +54,6 @@ if TYPE_CHECKING:
     from daqbridge.transport import SerialPortPool, SharedSerialPort, VisaSessionManager
 
 log = logging.getLogger("daqbridge.runtime.builders")
-
-_TERMINATION = {"LF": "\n", "CR": "\r", "CRLF": "\r\n"}
 
 
 class StartupFailed(InstrumentError):
@@ -368,37 +367,41 @@ def connect_on_loop(device: Any, ctx: BuildContext) -> Callable[[float | None], 
 
 
 def build_scpi(inst: ScpiInstrument, ctx: BuildContext) -> NativeInstrument:
-    cls = driver_class("scpi", *NATIVE_DRIVERS["scpi"], instrument=inst.id)
-    notes: list[str] = []
-    term = _TERMINATION[inst.scpi.termination]
-    resource = ctx.resource_of(inst)
+    """The SCPI instrument of an entry, built by its driver's own ``build`` from its validated
+    table, on a VISA session opened with the table's termination both ways (not a serial port,
+    so not :func:`build_declared`), and connected on the RunEngine's loop."""
+    # importing the driver module declares it, with its terminations
+    terminations = driver_class(
+        "scpi", "daqbridge.devices.scpi", "TERMINATIONS", instrument=inst.id
+    )
+    spec = registered_drivers()["scpi"]
+    settings = validate_settings(
+        spec.settings, inst.scpi.model_dump(exclude_unset=True), instrument=inst.id
+    )
+    term = terminations[settings.termination]
     session = ctx.visa.session(
-        resource,
+        ctx.resource_of(inst),
         backend=inst.visa_backend or "@py",
         read_termination=term,
         write_termination=term,
         timeout=inst.timeout,
     )
-    device = construct(
-        cls,
-        session,
-        signals=list(inst.scpi.signals),
-        name=inst.id,
-        expected_idn=inst.scpi.expected_idn,
-        timeout=inst.timeout,
-        notes=notes,
-        what=inst.id,
-    )
+    device = spec.build(session, name=inst.id, settings=settings, timeout=inst.timeout)
     return NativeInstrument(
-        inst.id, inst.driver, session.label, device, {inst.id: device}, device.connect, notes
+        inst.id, inst.driver, session.label, device, {inst.id: device}, connect_on_loop(device, ctx)
     )
 
 
 def build_pvcam(inst: PvcamInstrument, ctx: BuildContext) -> NativeInstrument:
-    cls = driver_class("pvcam", *NATIVE_DRIVERS["pvcam"], instrument=inst.id)
-    notes: list[str] = []
-    s = inst.pvcam
-    if s.backend == "sim":
+    """The camera of an entry, built by its driver's own ``build`` from its validated table on
+    the camera backend (real pyvcam, or the simulator the runtime provides: not a serial port,
+    so not :func:`build_declared`), and connected on the RunEngine's loop."""
+    driver_class("pvcam", *NATIVE_DRIVERS["pvcam"], instrument=inst.id)  # imports: declares
+    spec = registered_drivers()["pvcam"]
+    settings = validate_settings(
+        spec.settings, inst.pvcam.model_dump(exclude_unset=True), instrument=inst.id
+    )
+    if settings.backend == "sim":
         if ctx.simulation is None:
             raise ConfigError(
                 "pvcam.backend = 'sim' needs [simulation] enabled = true.",
@@ -410,25 +413,22 @@ def build_pvcam(inst: PvcamInstrument, ctx: BuildContext) -> NativeInstrument:
     else:
         load_backend = driver_class("pvcam", "daqbridge.devices.pvcam_backend", "load_backend")
         backend = load_backend("pvcam")
-    frames = ctx.frames_dir(inst)  # created and proven writable by the camera's connect()
-    roi = None if s.roi is None else [s.roi.s1, s.roi.s2, s.roi.p1, s.roi.p2]
-    camera = construct(
-        cls,
-        inst.id,
+    camera = spec.build(
         backend,
-        frames_dir=frames,
-        camera=inst.camera,
-        exposure_ms=s.exposure_ms,
-        roi=roi,
-        binning=list(s.binning),
+        name=inst.id,
+        settings=settings,
         timeout=inst.timeout,
-        notes=notes,
-        what=inst.id,
+        frames_dir=ctx.frames_dir(inst),  # created and proven writable by the camera's connect
+        camera=inst.camera,
     )
     return NativeInstrument(
-        inst.id, inst.driver, f"pvcam://{inst.camera}", camera, {inst.id: camera},
-        camera.connect, notes,
-    )  # fmt: skip
+        inst.id,
+        inst.driver,
+        f"pvcam://{inst.camera}",
+        camera,
+        {inst.id: camera},
+        connect_on_loop(camera, ctx),
+    )
 
 
 def build_epics(inst: EpicsInstrument, ctx: BuildContext) -> NativeInstrument:

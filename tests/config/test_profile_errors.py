@@ -327,7 +327,7 @@ def test_missing_settings_table_names_the_table():
                 "query", "*RST;MEAS?"
             ),
             "instruments[4].scpi.signals[0].query",
-            "contains ';'",
+            "contains a command terminator or separator [';']",
         ),
         (
             lambda d: instrument(d, "sim_camera")["pvcam"].__setitem__("binning", [3, 3]),

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import bluesky.plans as bp
 import h5py
@@ -21,6 +22,7 @@ import pytest
 import yaml
 
 from daqbridge.devices._hdf5 import FRAME_NUMBER_DATASET, FRAMES_DATASET
+from daqbridge.devices.core import call_sync
 from daqbridge.devices.pvcam import PvcamCamera
 from daqbridge.devices.pvcam_backend import ExposureMode, ImageStatus, PyVcamBackend, Roi
 from daqbridge.errors import InstrumentError, InstrumentFault
@@ -67,8 +69,14 @@ def make_backend(pvc) -> Iterator[Callable[..., PyVcamBackend]]:
         backend.close()
 
 
+def on_loop(work: Any, timeout: float = 15.0) -> Any:
+    """Run on the RunEngine's event loop (the camera lives there), bounded."""
+    return call_sync(work, timeout=timeout)
+
+
 @pytest.fixture
-def make_cam(make_backend, tmp_path) -> Iterator[Callable[..., PvcamCamera]]:
+def make_cam(make_backend, tmp_path, RE) -> Iterator[Callable[..., PvcamCamera]]:  # noqa: N803
+    """Cameras on PyVcamBackend, connected on the RunEngine's loop (the RE fixture runs it)."""
     made: list[PvcamCamera] = []
 
     def make(**kw) -> PvcamCamera:
@@ -77,7 +85,7 @@ def make_cam(make_backend, tmp_path) -> Iterator[Callable[..., PvcamCamera]]:
         kw.setdefault("trigger_mode", "EXT_TRIG_INTERNAL")
         cam = PvcamCamera("cam", make_backend(), frames_dir=tmp_path / "frames", **kw)
         made.append(cam)
-        cam.connect()
+        on_loop(cam.connect(timeout=10))
         return cam
 
     yield make
@@ -254,18 +262,18 @@ def test_a_failed_readout_is_an_instrument_fault_naming_the_camera(make_cam, pvc
     cam = make_cam(frames_per_point=2)
     pvc.sdk.fail_frame = 2
     pvc.sdk.readout_failure_is_pv_fail = pv_fail
-    cam.stage()
+    on_loop(lambda: cam.stage())
     try:
         with pytest.raises(InstrumentFault) as info:
-            cam.trigger().wait(10)
+            on_loop(lambda: cam.trigger())
         assert info.value.code == int(ImageStatus.READOUT_FAILED)
         assert "PrimeBSI" in str(info.value) and "frame 2 of 2" in str(info.value)
-        assert cam.get_index() == 0  # nothing written for the failed point
+        assert on_loop(cam.get_index()) == 0  # nothing written for the failed point
         pvc.sdk.fail_frame = None
-        cam.trigger().wait(10)
-        assert cam.get_index() == 1
+        on_loop(lambda: cam.trigger())
+        assert on_loop(cam.get_index()) == 1
     finally:
-        cam.unstage()
+        on_loop(lambda: cam.unstage())
     assert cam.backend.status() is ImageStatus.READOUT_NOT_ACTIVE
 
 
@@ -296,15 +304,15 @@ def test_close_releases_camera_and_sdk_even_when_the_sdk_fails(make_backend, pvc
 
 def test_stop_during_a_point_never_leaks_an_sdk_exception(make_cam, pvc, wait_until):
     cam = make_cam(trigger_mode="EDGE_RISING", timeout=30)  # waits for a trigger that never comes
-    cam.stage()
+    on_loop(lambda: cam.stage())
     try:
-        status = cam.trigger()
+        status = on_loop(lambda: (cam.trigger(),))[0]  # started, not waited for
         assert wait_until(lambda: pvc.sdk.acquisition(0) is not None)
         pvc.sdk.fail_on["finish_seq"] = ValueError("Failed to finish sequence")
-        cam.stop()
+        on_loop(cam.stop())
         with pytest.raises(InstrumentError, match="stopped by stop"):
-            status.wait(10)
+            on_loop(lambda: status)
     finally:
-        cam.unstage()
+        on_loop(lambda: cam.unstage())
     cam.close()
     assert names(pvc.calls)[-1] == "uninit_pvcam" and not pvc.sdk.initialised

@@ -1,19 +1,37 @@
-"""Generic SCPI device over VISA: the TCP simulator via pyvisa-py and the pyvisa-sim YAML."""
+"""Generic SCPI instrument over VISA (ophyd-async): pinned to the shared transcripts byte for byte
+(ReplayPort), checked against the simulators through real VISA (the TCP simulator over
+pyvisa-py, its model's inputs being the truth; pyvisa-sim's fixed reading), in a real RunEngine,
+with the descriptors runs have always recorded.
+
+Devices on a VISA session live on the RunEngine's loop (the ``RE`` fixture starts it); the tests
+reach them from their own thread with :func:`daqbridge.devices.core.call_sync`.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import threading
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import bluesky.plan_stubs as bps
 import bluesky.plans as bp
 import pytest
 import yaml
 from bluesky.protocols import Configurable, Movable, Readable, Triggerable
-from bluesky.utils import FailedStatus
+from ophyd_async.core import SignalR, SignalRW
 
-from daqbridge.devices.scpi import ScpiInstrument, ScpiSignalSpec, parse_scpi_error
+from daqbridge.devices.core import ReplayPort, call_sync
+from daqbridge.devices.scpi import (
+    TERMINATIONS,
+    ScpiInstrument,
+    ScpiSettings,
+    ScpiSignalSettings,
+    ScpiSignalSpec,
+    build,
+    parse_scpi_error,
+)
 from daqbridge.errors import (
     ConfigError,
     IdentityMismatch,
@@ -28,6 +46,8 @@ from daqbridge.sim.scpi import (
     SCPI_SIM_YAML,
     serve_tcp,
 )
+
+TRANSCRIPTS = Path(__file__).parents[1] / "transcripts"
 
 SIGNALS = [
     {"name": "voltage", "query": "MEAS:VOLT:DC?", "units": "V", "kind": "hinted"},
@@ -51,312 +71,6 @@ SIGNALS = [
     {"name": "vrange", "query": "VOLT:RANG?", "command": "VOLT:RANG {value}", "kind": "config"},
 ]
 
-
-@pytest.fixture
-def dmm(visa_manager):
-    """``dmm(name, signals=SIGNALS, **server_options)`` -> (server, device) on the TCP simulator."""
-    made = []
-
-    def make(name="dmm", signals=SIGNALS, expected_idn=None, **options):
-        options.setdefault("noise", 0.0)
-        cm = serve_tcp(**options)
-        server = cm.__enter__()
-        made.append((cm, None))
-        session = visa_manager.session(server.resource, backend="@py")
-        device = ScpiInstrument(
-            session, signals=signals, name=name, expected_idn=expected_idn, timeout=0.5
-        )
-        made[-1] = (cm, device)
-        return server, device
-
-    yield make
-    for cm, device in reversed(made):
-        if device is not None:
-            device.close()
-        with contextlib.suppress(Exception):
-            cm.__exit__(None, None, None)
-
-
-def test_connect_identity_and_description(dmm):
-    server, d = dmm(expected_idn="SCPI-DMM")
-    assert d.connect() == "DAQBRIDGE-SIM,SCPI-DMM,SIM0001,1.0"
-    for proto in (Readable, Triggerable, Configurable):
-        assert isinstance(d, proto)
-    assert isinstance(d.source, Movable)
-    desc = d.describe()
-    assert set(desc) == {"dmm_voltage", "dmm_source"}
-    assert desc["dmm_voltage"]["units"] == "V" and desc["dmm_voltage"]["dtype"] == "number"
-    assert "MEAS:VOLT:DC?" in desc["dmm_voltage"]["source"]
-    assert server.resource in desc["dmm_voltage"]["source"]
-    assert desc["dmm_source"]["limits"] == {"control": {"low": -20.0, "high": 20.0}}
-    conf = d.read_configuration()
-    assert conf["dmm_output"]["value"] == 0 and conf["dmm_vrange"]["value"] > 0
-    assert conf["dmm_identity"]["value"].startswith("DAQBRIDGE-SIM")
-    assert d.hints == {"fields": ["dmm_voltage"]}
-
-
-def test_identity_mismatch(dmm):
-    server, d = dmm(expected_idn="KEITHLEY")
-    with pytest.raises(IdentityMismatch) as err:
-        d.connect()
-    msg = str(err.value)
-    assert "KEITHLEY" in msg and "SCPI-DMM" in msg and server.resource in msg and "'dmm'" in msg
-
-
-def test_set_reads_back_and_measures_the_loopback(dmm, RE, docs):
-    server, d = dmm()
-    d.connect()
-    RE(bps.mv(d.output, 1))
-    RE(bp.scan([d], d.source, -2.0, 2.0, 5))
-    docs.validate()
-    events = docs.events()
-    assert len(events) == 5
-    for ev in events:
-        assert ev["data"]["dmm_voltage"] == pytest.approx(ev["data"]["dmm_source"], abs=1e-6)
-    assert [e["data"]["dmm_source"] for e in events] == [-2.0, -1.0, 0.0, 1.0, 2.0]
-    assert docs.of("descriptor")[0]["configuration"]["dmm"]["data"]["dmm_output"] == 1
-    assert "SOUR:VOLT -2" in server.model.received_lines
-
-
-def test_instrument_refusal_fails_with_its_error_text(dmm):
-    server, d = dmm()
-    d.connect()
-    d.source.set(1.5).wait(5)
-    with pytest.raises(InstrumentFault) as err:
-        d.source.set(15.0).wait(5)  # inside our limits (+-20), outside the source's (+-10)
-    msg = str(err.value)
-    assert '-222,"Data out of range"' in msg and "'dmm'" in msg and "SOUR:VOLT 15" in msg
-    assert err.value.code == -222
-    assert d.source.get() == 1.5  # the old value is still in effect
-    assert d.errors() == []  # the check drained the queue
-
-
-def test_limits_types_and_injected_terminators_never_reach_the_wire(dmm):
-    spec = [*SIGNALS, {"name": "mode", "command": "CONF:VOLT {value}", "dtype": "str"}]
-    server, d = dmm(signals=spec)
-    d.connect()
-    before = list(server.model.received_lines)
-    for sig, bad in (
-        ("source", 25.0),
-        ("source", "1;*RST"),
-        ("source", float("inf")),
-        ("output", 0.5),
-        ("output", 2),
-        ("mode", "DC\nSOUR:VOLT 9"),
-        ("mode", "DC;SOUR:VOLT 9"),
-        ("mode", 3),
-        ("voltage", 1.0),  # read-only
-    ):
-        with pytest.raises(ValueRejected) as err:
-            getattr(d, sig).set(bad)
-        assert "'dmm'" in str(err.value)
-    assert list(server.model.received_lines) == before
-    d.mode.set("10").wait(5)
-    assert d.mode.get() == "10" and "CONF:VOLT 10" in server.model.received_lines
-
-
-def test_errors_drains_the_queue(dmm):
-    server, d = dmm()
-    d.connect()
-    server.model.queue_error(-113)
-    server.model.queue_error(-222)
-    assert d.errors() == [(-113, "Undefined header"), (-222, "Data out of range")]
-    assert d.errors() == []
-    assert parse_scpi_error('+0,"No error"') == (0, "No error")
-    assert parse_scpi_error("-350,Queue overflow") == (-350, "Queue overflow")
-
-
-def test_overload_is_a_fault_not_a_number(dmm):
-    # READ? keeps the fixed range (MEAS? would autorange, as on real DMMs).
-    server, d = dmm(signals=[{**SIGNALS[0], "query": "READ?"}, *SIGNALS[1:]])
-    d.connect()
-    d.output.set(1).wait(5)
-    d.vrange.set(0.1).wait(5)
-    d.source.set(5.0).wait(5)
-    with pytest.raises(InstrumentFault, match="overload"):
-        d.trigger().wait(5)
-    d.vrange.set(10).wait(5)
-    d.trigger().wait(5)
-    assert d.voltage.get() == pytest.approx(5.0, abs=1e-6)
-
-
-def test_timeout_and_garble_fail_then_next_point_works(dmm):
-    server, d = dmm()
-    d.connect()
-    server.model.faults.stuck = True
-    with pytest.raises(InstrumentTimeout) as err:
-        d.trigger().wait(5)
-    assert "'dmm'" in str(err.value) and "MEAS:VOLT:DC?" in str(err.value)
-    server.model.faults.stuck = False
-    d.trigger().wait(5)  # back in step: the session resynchronises after the timeout
-    assert d.session.stale_discarded >= 0 and not d.session._out_of_step
-    server.model.faults.garble_next = 1
-    with pytest.raises(ReplyError, match="not a number"):
-        d.trigger().wait(5)
-    d.trigger().wait(5)
-    assert d.voltage.get() == pytest.approx(0.0, abs=1e-6)
-
-
-def test_two_tcp_instruments_are_read_concurrently(dmm, RE, docs, wait_until):
-    server_a, a = dmm("dmm_a", serial="A1")
-    server_b, b = dmm("dmm_b", serial="B2")
-    a.connect()
-    b.connect()
-    a.output.set(1).wait(5)
-    a.source.set(1.25).wait(5)
-    # Slow replies: both sessions must be held at the same moment (one lease per instrument,
-    # not one global VISA lock).
-    server_a.model.faults.reply_delay = 0.3
-    server_b.model.faults.reply_delay = 0.3
-    st_a, st_b = a.trigger(), b.trigger()
-    assert wait_until(lambda: a.session._lock.is_held and b.session._lock.is_held, timeout=5)
-    st_a.wait(5)
-    st_b.wait(5)
-    server_a.model.faults.reply_delay = 0.0
-    server_b.model.faults.reply_delay = 0.0
-    RE(bp.count([a, b], 3))
-    docs.validate()
-    events = docs.events()
-    assert len(events) == 3
-    for ev in events:
-        assert ev["data"]["dmm_a_voltage"] == pytest.approx(1.25, abs=1e-6)
-        assert ev["data"]["dmm_b_voltage"] == pytest.approx(0.0, abs=1e-6)
-    conf = docs.of("descriptor")[0]["configuration"]
-    assert "A1" in conf["dmm_a"]["data"]["dmm_a_identity"]
-    assert "B2" in conf["dmm_b"]["data"]["dmm_b_identity"]
-
-
-def test_pyvisa_sim_two_instruments_in_one_plan(visa_manager, RE, docs):
-    backend = f"{SCPI_SIM_YAML}@sim"
-    devices = [
-        ScpiInstrument(
-            visa_manager.session(resource, backend=backend),
-            signals=SIGNALS,
-            name=f"sim{i}",
-            expected_idn=f"SIM000{i + 1}",
-            timeout=0.5,
-        )
-        for i, resource in enumerate(SCPI_SIM_RESOURCES)
-    ]
-    try:
-        for d in devices:
-            d.connect()
-        devices[0].source.set(-3.5).wait(5)
-        with pytest.raises(InstrumentFault, match='-100,"Command error"'):
-            devices[1].source.set(12.0).wait(5)  # pyvisa-sim refuses out-of-spec values
-        RE(bp.count(devices, 2))
-        docs.validate()
-        events = docs.events()
-        assert len(events) == 2
-        for ev in events:
-            assert ev["data"]["sim0_voltage"] == 1.23456789
-            assert ev["data"]["sim1_voltage"] == 1.23456789
-            assert ev["data"]["sim0_source"] == -3.5
-    finally:
-        for d in devices:
-            d.close()
-
-
-def test_failed_point_in_a_plan(dmm, RE):
-    server, d = dmm()
-    d.connect()
-    server.model.faults.drop_next = 1
-    with pytest.raises(FailedStatus) as err:
-        RE(bp.count([d], 1))
-    assert isinstance(err.value.__cause__, InstrumentTimeout)
-    RE(bp.count([d], 1))
-
-
-def test_profile_signal_models_are_accepted(dmm):
-    from daqbridge.config._models import ScpiSignal
-
-    specs = [ScpiSignal(name="voltage", query="MEAS:VOLT:DC?", units="V", kind="hinted")]
-    server, d = dmm(signals=specs)
-    d.connect()
-    d.trigger().wait(5)
-    assert d.specs[0] == ScpiSignalSpec(
-        name="voltage", query="MEAS:VOLT:DC?", units="V", kind="hinted"
-    )
-
-
-@pytest.mark.parametrize(
-    ("spec", "text"),
-    [
-        ({"name": "v"}, "neither query nor command"),
-        ({"name": "v", "query": "MEAS:VOLT:DC"}, "does not end in '?'"),
-        ({"name": "v", "command": "SOUR:VOLT"}, "exactly one {value}"),
-        ({"name": "v", "command": "SOUR:VOLT {value};*RST"}, "terminator or separator"),
-        ({"name": "v", "query": "MEAS?", "kind": "fancy"}, "kind"),
-        ({"name": "v", "query": "MEAS?", "dtype": "complex"}, "dtype"),
-        ({"name": "v", "query": "MEAS?", "low": 5, "high": 1}, "not below"),
-        ({"name": "trigger", "query": "MEAS?"}, "taken by the device"),
-        ({"name": "1v", "query": "MEAS?"}, "identifier"),
-        ({"name": "v", "query": "MEAS?", "colour": "red"}, "unknown signal key"),
-    ],
-)
-def test_bad_signal_specs_are_config_errors(visa_manager, spec, text):
-    session = visa_manager.session(SCPI_SIM_RESOURCES[0], backend=f"{SCPI_SIM_YAML}@sim")
-    with pytest.raises(ConfigError, match=text.replace("?", r"\?").replace("{", r"\{")):
-        ScpiInstrument(session, signals=[spec], name="bad")
-
-
-def test_duplicate_and_empty_signal_lists(visa_manager):
-    session = visa_manager.session(SCPI_SIM_RESOURCES[0], backend=f"{SCPI_SIM_YAML}@sim")
-    with pytest.raises(ConfigError, match="twice"):
-        ScpiInstrument(session, signals=[SIGNALS[0], SIGNALS[0]], name="bad")
-    with pytest.raises(ConfigError, match="no signals"):
-        ScpiInstrument(session, signals=[], name="bad")
-    with pytest.raises(ConfigError, match="VisaSession"):
-        ScpiInstrument("GPIB0::20::INSTR", signals=SIGNALS, name="bad")
-
-
-def test_interactive_from_resource(visa_manager):
-    d = ScpiInstrument.from_resource(
-        SCPI_SIM_RESOURCES[1],
-        backend=f"{SCPI_SIM_YAML}@sim",
-        manager=visa_manager,
-        signals=SIGNALS[:1],
-        name="quick",
-    )
-    try:
-        assert d.read_signals() == {"voltage": 1.23456789}
-    finally:
-        d.close()
-
-
-def test_trigger_is_one_lease_per_point(dmm):
-    server, d = dmm()
-    d.connect()
-    leases_before = d.session.stats()["transactions"]
-    d.trigger().wait(5)
-    assert d.session.stats()["transactions"] == leases_before + 1
-    assert threading.active_count() < 200  # workers are per device, not per call
-
-
-def test_a_late_reply_never_becomes_the_next_reading(dmm):
-    """Replies come back in order: after a timeout the late answer sits in front of the next one.
-    Read as the next query's reply it would be a plausible, silently wrong value (the source
-    setting read as the measured voltage); the session resynchronises instead."""
-    server, d = dmm()
-    d.connect()
-    d.output.set(1).wait(5)
-    d.source.set(1.5).wait(5)
-    server.model.faults.reply_delay = 0.8  # longer than the device's 0.5 s timeout
-    with pytest.raises(InstrumentTimeout):
-        d.trigger().wait(5)
-    server.model.faults.reply_delay = 0.0
-    d.source.set(3.0).wait(5)
-    d.trigger().wait(5)
-    assert d.voltage.get() == pytest.approx(3.0, abs=1e-6)
-    assert d.source.get() == pytest.approx(3.0, abs=1e-6)
-    assert d.session.stale_discarded >= 1
-
-
-# --- the 34401A and Keithley 2000 personalities (issue 14) ---------------------------------------
-# Pinned to tests/transcripts/scpi_34401a.yaml and scpi_keithley2000.yaml: the transcript peer
-# answers exactly what the simulator answers to the same lines (tests/sim/test_scpi.py).
-
-TRANSCRIPTS = Path(__file__).parents[1] / "transcripts"
 
 SIGNALS_34401A = [
     {"name": "voltage", "query": "READ?", "units": "V", "kind": "hinted"},
@@ -438,7 +152,672 @@ def in_order(pairs: list[tuple[str, str | None]]) -> InOrder:
     return answers
 
 
-def test_34401a_driver_follows_the_shared_transcript(visa_manager, transcript):
+COMMAND_ONLY = {
+    "name": "offset",
+    "command": "SOUR:VOLT {value}",
+    "units": "V",
+    "low": -5,
+    "high": 5,
+}
+
+
+def transcript(personality: str, section: str) -> list[tuple[bytes, bytes | None]]:
+    """(sent, reply) byte pairs of one section of a transcript shared with the simulator tests."""
+    data = yaml.safe_load((TRANSCRIPTS / f"scpi_{personality}.yaml").read_text())[section]
+    return [(s.encode(), None if r is None else r.encode()) for s, r in data["exchanges"]]
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """One body on a fresh loop, bounded: a hang fails instead of stalling the suite."""
+
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro, 10.0)
+
+    return asyncio.run(bounded())
+
+
+def on_loop(work: Any, timeout: float = 10.0) -> Any:
+    """Run on the RunEngine's event loop (the devices live there), bounded."""
+    return call_sync(work, timeout=timeout)
+
+
+def put(signal: Any, value: Any) -> None:
+    """``signal.set(value)``, its status made and awaited on the loop."""
+    on_loop(lambda: signal.set(value))
+
+
+def last(signal: Any) -> Any:
+    """What the signal last heard from the instrument, without asking again."""
+    reading = signal._connector.backend.last_reading
+    return None if reading is None else reading["value"]
+
+
+def value(device: ScpiInstrument, signal: str) -> Any:
+    """One reading of the device (every hinted/normal signal, one lease): ``signal``'s value."""
+    return on_loop(device.read())[f"{device.name}_{signal}"]["value"]
+
+
+@pytest.fixture
+def meter(visa_manager, RE):  # noqa: N803 - the RunEngine's loop must be running
+    """``meter(name, signals=SIGNALS, **server_options)`` -> (server, device) on the TCP
+    simulator through pyvisa-py, connected on the RunEngine's loop."""
+    made = []
+
+    def make(name="dmm", signals=SIGNALS, expected_idn=None, **options):
+        options.setdefault("noise", 0.0)
+        cm = serve_tcp(**options)
+        server = cm.__enter__()
+        made.append((cm, None))
+        session = visa_manager.session(server.resource, backend="@py")
+        device = ScpiInstrument(
+            session, signals=signals, name=name, expected_idn=expected_idn, timeout=0.5
+        )
+        made[-1] = (cm, device)
+        on_loop(device.connect(timeout=5))
+        return server, device
+
+    yield make
+    for cm, device in reversed(made):
+        if device is not None:
+            device.close()
+        cm.__exit__(None, None, None)
+
+
+# --- pinned to tests/transcripts/scpi_*.yaml, byte for byte (ReplayPort) --------------------------
+
+
+def test_34401a_follows_the_shared_transcript():
+    port = ReplayPort(transcript("34401a", "driver_connect"), url="replay://34401a")
+
+    async def body() -> ScpiInstrument:
+        hp = ScpiInstrument(port, signals=SIGNALS_34401A, name="hp", expected_idn="34401A")
+        await hp.connect()
+        assert len(port.transactions) == 1  # identity, old errors and every query: one lease
+        assert last(hp.identity) == "HEWLETT-PACKARD,34401A,0,11-5-2"
+        assert last(hp.voltage) == 1.5
+        assert last(hp.function) == "VOLT"  # the meter's name, quotes removed
+        assert last(hp.setup) == "VOLT +1.000000E+01,+1.000000E-05"
+        assert (last(hp.vrange), last(hp.nplc), last(hp.display)) == (10.0, 10.0, "")
+        await hp.function.set("VOLT:AC")
+        assert last(hp.function) == "VOLT:AC"
+        # A quote inside a string parameter is sent twice and read back once (IEEE 488.2).
+        await hp.display.set('SAY "HI"')
+        assert last(hp.display) == 'SAY "HI"'
+        with pytest.raises(InstrumentFault) as err:
+            await hp.nplc.set(3)  # the 34401A integrates over 0.02, 0.2, 1, 10 or 100 PLC
+        return err.value
+
+    fault = run(body())
+    port.assert_done()  # every pair used, in order, nothing else sent
+    msg = str(fault)
+    assert fault.code == -222 and '-222,"Data out of range"' in msg
+    assert "'hp'" in msg and "replay://34401a" in msg and "VOLT:DC:NPLC 3" in msg
+    # each set is one lease: command, SYST:ERR? until 0, read-back
+    assert port.transactions[1:] == [
+        b'FUNC "VOLT:AC"\nSYST:ERR?\nFUNC?\n',
+        b'DISP:TEXT "SAY ""HI"""\nSYST:ERR?\nDISP:TEXT?\n',
+        b"VOLT:DC:NPLC 3\nSYST:ERR?\nSYST:ERR?\n",
+    ]
+
+
+def test_keithley2000_follows_the_shared_transcript():
+    port = ReplayPort(transcript("keithley2000", "driver_connect"), url="replay://k2000")
+
+    async def body() -> tuple[dict, InstrumentFault]:
+        k = ScpiInstrument(
+            port, signals=SIGNALS_KEITHLEY2000, name="k2000", expected_idn="MODEL 2000"
+        )
+        await k.connect()
+        assert last(k.identity).startswith("KEITHLEY INSTRUMENTS INC.,MODEL 2000,")
+        assert (last(k.function), last(k.continuous), last(k.nplc)) == ("VOLT:DC", 1, 1.0)
+        await k.function.set("RES")
+        reading = await k.read()  # one lease: :READ? (source has no query: nothing asked)
+        with pytest.raises(InstrumentFault) as err:
+            await k.source.set(1.0)  # a generic-meter signal: the Keithley does not know it
+        return reading, err.value
+
+    reading, fault = run(body())
+    port.assert_done()
+    assert reading["k2000_voltage"]["value"] == 1000.0  # 1 kOhm on the RES function
+    assert fault.code == -113 and '"Undefined header"' in str(fault) and "'k2000'" in str(fault)
+
+
+def test_identity_mismatch_names_both_and_sends_nothing_else():
+    port = ReplayPort(transcript("34401a", "driver_connect")[:1], url="replay://34401a")
+    d = ScpiInstrument(port, signals=SIGNALS_34401A, name="dmm", expected_idn="KEITHLEY")
+    with pytest.raises(IdentityMismatch) as err:
+        run(d.connect())
+    msg = str(err.value)
+    assert "KEITHLEY" in msg and "34401A" in msg and "'dmm'" in msg and "replay://34401a" in msg
+    port.assert_done()
+
+
+def test_a_garbled_reply_is_an_error_and_the_next_point_reads():
+    pairs = transcript("34401a", "driver_connect")[:8]  # connect
+    pairs += [(b"READ?\n", b"+1.5#000000E+00\n"), (b"READ?\n", b"+1.50000000E+00\n")]
+    port = ReplayPort(pairs, url="replay://34401a")
+
+    async def body() -> tuple[ReplyError, dict]:
+        hp = ScpiInstrument(port, signals=SIGNALS_34401A, name="hp")
+        await hp.connect()
+        with pytest.raises(ReplyError) as err:
+            await hp.read()
+        return err.value, await hp.read()
+
+    error, reading = run(body())
+    port.assert_done()
+    msg = str(error)
+    assert "not a number" in msg and "READ?" in msg and "+1.5#000000E+00" in msg
+    assert "'hp'" in msg and "replay://34401a" in msg
+    assert reading["hp_voltage"]["value"] == 1.5
+
+
+@pytest.mark.parametrize(
+    ("signal", "bad"),
+    [
+        ("vrange", "1;*RST"),
+        ("vrange", float("inf")),
+        ("function", 'VOLT"\nSYST:BEEP'),
+        ("function", "VOLT;*RST"),
+        ("function", 3),
+        ("setup", "VOLT"),  # query only
+    ],
+)
+def test_bad_values_are_refused_before_the_wire(signal, bad):
+    port = ReplayPort(transcript("34401a", "driver_connect")[:8], url="replay://34401a")
+
+    async def body() -> None:
+        hp = ScpiInstrument(port, signals=SIGNALS_34401A, name="hp")
+        await hp.connect()
+        target = getattr(hp, signal)
+        if isinstance(target, SignalRW):
+            await target.set(bad)
+        else:
+            await target._connector.backend.put(bad)
+
+    with pytest.raises(ValueRejected) as err:
+        run(body())
+    assert "'hp'" in str(err.value) and "replay://34401a" in str(err.value)
+    port.assert_done()  # nothing sent after connect
+
+
+def test_limits_of_a_spec_are_checked_before_the_wire():
+    port = ReplayPort(transcript("keithley2000", "driver_connect")[:7], url="replay://k2000")
+
+    async def body() -> None:
+        k = ScpiInstrument(port, signals=SIGNALS_KEITHLEY2000, name="k2000")
+        await k.connect()
+        await k.source.set(10.5)  # the spec's high is 10
+
+    with pytest.raises(ValueRejected, match=r"outside the limits \[-10.0, 10.0\]"):
+        run(body())
+    port.assert_done()
+
+
+# --- descriptors: what runs have always recorded, key for key -------------------------------------
+
+RESOURCE = "TCPIP0::192.168.1.100::5025::SOCKET"
+
+
+def key(query: str, dtype: str, **extra: Any) -> dict[str, Any]:
+    """One data key as recorded: source ``SCPI <session label> <query or command>``."""
+    label = f"{RESOURCE} ({SCPI_SIM_YAML}@sim)"
+    return {"source": f"SCPI {label} {query}", "dtype": dtype, "shape": [], **extra}
+
+
+def limits(low: float, high: float) -> dict[str, Any]:
+    return {"limits": {"control": {"low": low, "high": high}}}
+
+
+IDENTITY = {"meter_identity": key("*IDN?", "string")}
+DESCRIPTORS = {
+    "generic": (
+        {
+            "meter_voltage": key("MEAS:VOLT:DC?", "number", units="V"),
+            "meter_source": key("SOUR:VOLT?", "number", units="V", **limits(-20.0, 20.0)),
+            "meter_offset": key("SOUR:VOLT {value}", "number", units="V", **limits(-5, 5)),
+        },
+        {
+            **IDENTITY,
+            "meter_output": key("OUTP?", "integer", **limits(0, 1)),
+            "meter_vrange": key("VOLT:RANG?", "number"),
+        },
+    ),
+    "34401a": (
+        {"meter_voltage": key("READ?", "number", units="V")},
+        {
+            **IDENTITY,
+            "meter_function": key("FUNC?", "string"),
+            "meter_setup": key("CONF?", "string"),
+            "meter_vrange": key("VOLT:DC:RANG?", "number", units="V"),
+            "meter_nplc": key("VOLT:DC:NPLC?", "number"),
+            "meter_display": key("DISP:TEXT?", "string"),
+        },
+    ),
+    "keithley2000": (
+        {
+            "meter_voltage": key(":READ?", "number", units="V"),
+            "meter_source": key("SOUR:VOLT {value}", "number", units="V", **limits(-10.0, 10.0)),
+        },
+        {
+            **IDENTITY,
+            "meter_function": key(":SENS:FUNC?", "string"),
+            "meter_vrange": key(":SENS:VOLT:DC:RANG?", "number", units="V"),
+            "meter_nplc": key(":SENS:VOLT:DC:NPLC?", "number"),
+            "meter_continuous": key(":INIT:CONT?", "integer"),
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("signals", "expected"),
+    [
+        ([*SIGNALS, COMMAND_ONLY], DESCRIPTORS["generic"]),
+        (SIGNALS_34401A, DESCRIPTORS["34401a"]),
+        (SIGNALS_KEITHLEY2000, DESCRIPTORS["keithley2000"]),
+    ],
+    ids=["generic", "34401a", "keithley2000"],
+)
+def test_descriptors_are_the_recorded_ones(visa_manager, signals, expected):
+    """The descriptors runs recorded with the ophyd v1 driver, stated: a catalog cannot tell
+    which driver recorded a run (ADR 0007). Order matters: object_keys are lists."""
+    session = visa_manager.session(SCPI_SIM_RESOURCES[0], backend=f"{SCPI_SIM_YAML}@sim")
+    assert session.label == f"{RESOURCE} ({SCPI_SIM_YAML}@sim)"
+    native = ScpiInstrument(session, signals=signals, name="meter")
+    described = run(native.describe())
+    configuration = run(native.describe_configuration())
+    assert described == expected[0] and list(described) == list(expected[0])
+    assert configuration == expected[1] and list(configuration) == list(expected[1])
+    assert native.hints == {"fields": ["meter_voltage"]}
+
+
+def test_kinds_types_and_protocols():
+    port = ReplayPort([], url="replay://none")
+    d = ScpiInstrument(port, signals=[*SIGNALS, COMMAND_ONLY], name="dmm")
+    for proto in (Readable, Triggerable, Configurable):
+        assert isinstance(d, proto)
+    # writability is a type: a query-only spec is a SignalR, a spec with a command a SignalRW
+    assert isinstance(d.voltage, SignalR) and not isinstance(d.voltage, SignalRW)
+    for settable in (d.source, d.output, d.vrange, d.offset):
+        assert isinstance(settable, SignalRW) and isinstance(settable, Movable)
+    assert d.hints == {"fields": ["dmm_voltage"]}
+    assert list(run(d.describe())) == ["dmm_voltage", "dmm_source", "dmm_offset"]
+    assert list(run(d.describe_configuration())) == ["dmm_identity", "dmm_output", "dmm_vrange"]
+
+
+# --- through real VISA: the simulators are the truth ----------------------------------------------
+
+
+def test_pyvisa_sim_reading_is_the_simulators(visa_manager, RE):  # noqa: N803
+    session = visa_manager.session(SCPI_SIM_RESOURCES[1], backend=f"{SCPI_SIM_YAML}@sim")
+    d = ScpiInstrument(session, signals=SIGNALS, name="sim1", expected_idn="SIM0002")
+    try:
+        on_loop(d.connect(timeout=5))
+        assert value(d, "voltage") == 1.23456789  # the fixed reading of scpi_instrument.yaml
+        put(d.source, -3.5)
+        assert last(d.source) == -3.5
+        assert on_loop(d.read_signals(["voltage", "source"])) == {
+            "voltage": 1.23456789,
+            "source": -3.5,
+        }
+        with pytest.raises(InstrumentFault, match='-100,"Command error"'):
+            put(d.source, 12.0)  # pyvisa-sim refuses out-of-spec values
+        assert value(d, "source") == -3.5
+    finally:
+        d.close()
+
+
+def test_a_blocking_lease_on_the_session_holds_the_device_off(visa_manager, RE, wait_until):  # noqa: N803
+    session = visa_manager.session(SCPI_SIM_RESOURCES[0], backend=f"{SCPI_SIM_YAML}@sim")
+    d = ScpiInstrument(session, signals=SIGNALS, name="sim0")
+    try:
+        on_loop(d.connect(timeout=5))
+        with session.lease("another client"):  # a blocking lease (a script, `daqbridge hardware`)
+            reading = asyncio.run_coroutine_threadsafe(d.read(), d.connected_loop)
+            # the coroutine waits for the lease on the loop, parking no thread
+            assert wait_until(lambda: session._lock.snapshot()["waiters"] == ["sim0"])
+            assert not reading.done()
+        assert reading.result(5)["sim0_voltage"]["value"] == 1.23456789
+    finally:
+        d.close()
+
+
+def test_reading_follows_the_simulators_input(meter):
+    server, hp = meter(
+        "hp", SIGNALS_34401A[:3], expected_idn="34401A", personality="34401a", input_voltage=2.5
+    )
+    assert value(hp, "voltage") == server.model.input_voltage == 2.5
+    server.model.input_voltage = -1.25  # the signal at the meter's input changes
+    assert value(hp, "voltage") == -1.25
+
+
+def test_set_reads_back_and_a_refusal_carries_the_instruments_text(meter):
+    server, d = meter()
+    put(d.output, 1)
+    put(d.source, 1.5)
+    assert "SOUR:VOLT 1.5" in server.model.received_lines
+    assert last(d.source) == 1.5 and on_loop(d.source.get_value()) == 1.5
+    assert value(d, "voltage") == pytest.approx(1.5, abs=1e-6)  # the loopback measures it
+    with pytest.raises(InstrumentFault) as err:
+        put(d.source, 15.0)  # inside our limits (+-20), outside the source's (+-10)
+    msg = str(err.value)
+    assert '-222,"Data out of range"' in msg and "SOUR:VOLT 15" in msg
+    assert "'dmm'" in msg and server.resource in msg
+    assert err.value.code == -222
+    assert on_loop(d.source.get_value()) == 1.5  # the old value is still in effect
+    assert on_loop(d.errors()) == []  # the set drained the queue
+
+
+def test_timeout_and_garble_through_visa_then_the_next_point_reads(meter):
+    server, d = meter()
+    server.model.faults.stuck = True
+    with pytest.raises(InstrumentTimeout) as err:
+        on_loop(d.read())
+    assert "'dmm'" in str(err.value) and "MEAS:VOLT:DC?" in str(err.value)
+    server.model.faults.stuck = False
+    assert value(d, "voltage") == pytest.approx(0.0, abs=1e-6)  # back in step
+    server.model.faults.garble_next = 1
+    with pytest.raises(ReplyError, match="not a number"):
+        on_loop(d.read())
+    assert value(d, "voltage") == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_reply_that_is_not_ascii_is_an_error_and_the_line_stays_in_step(
+    visa_manager,
+    transcript,
+    RE,  # noqa: N803
+):
+    # pyvisa decodes replies as ASCII: line noise above 0x7F must be a ReplyError naming the
+    # instrument, not a UnicodeDecodeError, and the next reply must be read as the next one.
+    lines = [
+        ("*IDN?", "HEWLETT-PACKARD,34401A,0,11-5-2"),
+        ("SYST:ERR?", '+0,"No error"'),
+        ("READ?", "+1.50000000E+00"),
+    ]
+    peer = transcript({})
+    peer.replies = in_order(lines)
+    peer.replies["READ?"] += [b"+1.5\xb10000000E+00\n", b"+2.50000000E+00\n"]
+    session = visa_manager.session(f"ASRL{peer.path}::INSTR", backend="@py")
+    hp = ScpiInstrument(session, signals=SIGNALS_34401A[:1], name="hp", timeout=1.0)
+    try:
+        on_loop(hp.connect(timeout=5))
+        with pytest.raises(ReplyError) as err:
+            on_loop(hp.read())
+        msg = str(err.value)
+        assert "not ASCII" in msg and "READ?" in msg and "'hp'" in msg and peer.path in msg
+        assert value(hp, "voltage") == 2.5
+        assert peer.received == ["*IDN?", "SYST:ERR?", "READ?", "READ?", "READ?"]
+    finally:
+        hp.close()
+
+
+# --- in a real RunEngine --------------------------------------------------------------------------
+
+
+def test_count_and_scan_in_a_run_engine(meter, RE, docs):  # noqa: N803
+    server, d = meter()
+    RE(bps.mv(d.output, 1))
+    RE(bp.count([d], 3))
+    RE(bp.scan([d], d.source, -2.0, 2.0, 5))
+    docs.validate()
+    events = docs.events()
+    assert len(events) == 8
+    assert all(e["data"]["dmm_voltage"] == 0.0 for e in events[:3])  # the source is at 0 V
+    for ev in events[3:]:
+        assert ev["data"]["dmm_voltage"] == pytest.approx(ev["data"]["dmm_source"], abs=1e-6)
+    assert [e["data"]["dmm_source"] for e in events[3:]] == [-2.0, -1.0, 0.0, 1.0, 2.0]
+    conf = docs.of("descriptor")[0]["configuration"]["dmm"]["data"]
+    assert conf["dmm_output"] == 1 and conf["dmm_identity"].startswith("DAQBRIDGE-SIM")
+    assert "SOUR:VOLT -2" in server.model.received_lines
+
+
+# --- the [instruments.scpi] table and build() ---------------------------------------------------
+
+
+def test_build_on_a_session_with_the_tables_termination(visa_manager, RE):  # noqa: N803
+    from daqbridge import config
+
+    table = {"signals": SIGNALS, "expected_idn": "SIM0001", "termination": "LF"}
+    settings = ScpiSettings.for_stack(table)
+    # the profile's table is the driver's model itself
+    assert config.ScpiSettings is ScpiSettings and config.ScpiSignal is ScpiSignalSettings
+    term = TERMINATIONS[settings.termination]
+    session = visa_manager.session(
+        SCPI_SIM_RESOURCES[0],
+        backend=f"{SCPI_SIM_YAML}@sim",
+        read_termination=term,
+        write_termination=term,
+    )
+    d = build(session, name="dmm", settings=settings, timeout=0.5)
+    try:
+        on_loop(d.connect(timeout=5))
+        assert value(d, "voltage") == 1.23456789
+        assert d.reply_timeout == 0.5
+    finally:
+        d.close()
+    cr = ScpiSettings.for_stack({**table, "termination": "CR"})
+    with pytest.raises(ConfigError, match="termination"):
+        build(session, name="dmm", settings=cr, timeout=0.5)
+
+
+@pytest.mark.parametrize(
+    ("signals", "text"),
+    [
+        ([], "no signals"),
+        ([SIGNALS[0], SIGNALS[0]], "twice"),
+        ([{"name": "v", "query": "MEAS:VOLT:DC"}], "does not end in '?'"),
+        ([{"name": "v", "command": "SOUR:VOLT"}], "exactly one {value}"),
+        ([{"name": "trigger", "query": "MEAS?"}], "taken by the device"),
+        ([{"name": "port", "query": "MEAS?"}], "taken by the device"),
+        ([{"name": "drain_errors", "query": "MEAS?"}], "taken by the device"),
+        ([{"name": "v"}], "neither query nor command"),
+        ([{"name": "v", "command": "SOUR:VOLT {value};*RST"}], "terminator or separator"),
+        ([{"name": "v", "query": "MEAS?", "kind": "fancy"}], "kind"),
+        ([{"name": "v", "query": "MEAS?", "dtype": "complex"}], "dtype"),
+        ([{"name": "v", "query": "MEAS?", "low": 5, "high": 1}], "not below"),
+        ([{"name": "1v", "query": "MEAS?"}], "identifier"),
+        ([{"name": "v", "query": "MEAS?", "colour": "red"}], "unknown signal key"),
+        ("MEAS?", "must be a list"),
+    ],
+)
+def test_bad_signal_lists_are_config_errors_before_any_byte(signals, text):
+    port = ReplayPort([], url="replay://none")
+    with pytest.raises(ConfigError, match=text.replace("?", r"\?").replace("{", r"\{")):
+        ScpiInstrument(port, signals=signals, name="bad")
+    port.assert_done()
+
+
+def test_the_table_refuses_what_the_device_refuses():
+    from daqbridge.devices._registry import validate_settings
+
+    for signals, text in (
+        ([{"name": "1v", "query": "MEAS?"}], "identifier"),
+        ([{"name": "port", "query": "MEAS?"}], "taken by the device"),
+        ([{"name": "v", "query": "MEAS?", "dtype": "str", "low": 0}], "limits"),
+        ([{"name": "v", "query": "MEAS?;*RST"}], "terminator or separator"),
+    ):
+        with pytest.raises(ConfigError, match=text):
+            validate_settings(ScpiSettings, {"signals": signals}, instrument="dmm")
+        with pytest.raises(ConfigError):
+            ScpiInstrument(ReplayPort([]), signals=signals, name="dmm")
+    with pytest.raises(ConfigError, match="expected_idn"):
+        ScpiInstrument(ReplayPort([]), signals=SIGNALS, name="dmm", expected_idn="\n")
+
+
+# --- the error queue, overload, faults and several instruments (through VISA) --------------------
+
+
+def test_errors_drains_the_queue(meter):
+    server, d = meter()
+    server.model.queue_error(-113)
+    server.model.queue_error(-222)
+    assert on_loop(d.errors()) == [(-113, "Undefined header"), (-222, "Data out of range")]
+    assert on_loop(d.errors()) == []
+    assert parse_scpi_error('+0,"No error"') == (0, "No error")
+    assert parse_scpi_error("-350,Queue overflow") == (-350, "Queue overflow")
+
+
+def test_overload_is_a_fault_not_a_number(meter):
+    # READ? keeps the fixed range (MEAS? would autorange, as on real DMMs).
+    server, d = meter(signals=[{**SIGNALS[0], "query": "READ?"}, *SIGNALS[1:]])
+    put(d.output, 1)
+    put(d.vrange, 0.1)
+    put(d.source, 5.0)
+    with pytest.raises(InstrumentFault, match="overload"):
+        on_loop(d.read())
+    put(d.vrange, 10)
+    assert value(d, "voltage") == pytest.approx(5.0, abs=1e-6)
+
+
+def test_limits_types_and_injected_terminators_never_reach_the_wire(meter):
+    spec = [*SIGNALS, {"name": "mode", "command": "CONF:VOLT {value}", "dtype": "str"}]
+    server, d = meter(signals=spec)
+    before = list(server.model.received_lines)
+    for sig, bad in (
+        ("source", 25.0),
+        ("source", "1;*RST"),
+        ("source", float("inf")),
+        ("output", 0.5),
+        ("output", 2),
+        ("mode", "DC\nSOUR:VOLT 9"),
+        ("mode", "DC;SOUR:VOLT 9"),
+        ("mode", 3),
+    ):
+        with pytest.raises(ValueRejected) as err:
+            put(getattr(d, sig), bad)
+        assert "'dmm'" in str(err.value)
+    with pytest.raises(ValueRejected, match="read-only"):
+        on_loop(d.voltage._connector.backend.put(1.0))
+    assert list(server.model.received_lines) == before
+    put(d.mode, "10")
+    assert last(d.mode) == "10" and "CONF:VOLT 10" in server.model.received_lines
+    assert on_loop(d.mode.get_value()) == "10"  # what the instrument last accepted
+
+
+def test_a_point_is_one_lease(meter):
+    server, d = meter()
+    session = d.port.session
+    before = session.stats()["transactions"]
+    on_loop(d.read())
+    assert session.stats()["transactions"] == before + 1
+    on_loop(d.read_configuration())
+    assert session.stats()["transactions"] == before + 2
+
+
+def test_a_late_reply_never_becomes_the_next_reading(meter):
+    """Replies come back in order: after a timeout the late answer sits in front of the next one.
+    Read as the next query's reply it would be a plausible, silently wrong value (the source
+    setting read as the measured voltage); the session resynchronises instead."""
+    server, d = meter()
+    put(d.output, 1)
+    put(d.source, 1.5)
+    server.model.faults.reply_delay = 0.8  # longer than the device's 0.5 s timeout
+    with pytest.raises(InstrumentTimeout):
+        on_loop(d.read())
+    server.model.faults.reply_delay = 0.0
+    put(d.source, 3.0)
+    reading = on_loop(d.read())
+    assert reading["dmm_voltage"]["value"] == pytest.approx(3.0, abs=1e-6)
+    assert reading["dmm_source"]["value"] == pytest.approx(3.0, abs=1e-6)
+    assert d.port.session.stale_discarded >= 1
+
+
+def test_two_tcp_instruments_are_read_concurrently(meter, RE, docs, wait_until):  # noqa: N803
+    server_a, a = meter("dmm_a", serial="A1")
+    server_b, b = meter("dmm_b", serial="B2")
+    put(a.output, 1)
+    put(a.source, 1.25)
+    # Slow replies: both sessions must be held at the same moment (one lease per instrument,
+    # not one global VISA lock).
+    server_a.model.faults.reply_delay = 0.3
+    server_b.model.faults.reply_delay = 0.3
+    loop = a.connected_loop
+    reads = [asyncio.run_coroutine_threadsafe(d.read(), loop) for d in (a, b)]
+    assert wait_until(
+        lambda: a.port.session._lock.is_held and b.port.session._lock.is_held, timeout=5
+    )
+    for future in reads:
+        future.result(5)
+    server_a.model.faults.reply_delay = 0.0
+    server_b.model.faults.reply_delay = 0.0
+    RE(bp.count([a, b], 3))
+    docs.validate()
+    events = docs.events()
+    assert len(events) == 3
+    for ev in events:
+        assert ev["data"]["dmm_a_voltage"] == pytest.approx(1.25, abs=1e-6)
+        assert ev["data"]["dmm_b_voltage"] == pytest.approx(0.0, abs=1e-6)
+    conf = docs.of("descriptor")[0]["configuration"]
+    assert "A1" in conf["dmm_a"]["data"]["dmm_a_identity"]
+    assert "B2" in conf["dmm_b"]["data"]["dmm_b_identity"]
+    # no thread of their own (the v1 device had a worker each): only the shared VISA I/O pool
+    assert not [t.name for t in threading.enumerate() if "dmm_" in t.name]
+
+
+def test_pyvisa_sim_two_instruments_in_one_plan(visa_manager, RE, docs):  # noqa: N803
+    backend = f"{SCPI_SIM_YAML}@sim"
+    devices = [
+        ScpiInstrument(
+            visa_manager.session(resource, backend=backend),
+            signals=SIGNALS,
+            name=f"sim{i}",
+            expected_idn=f"SIM000{i + 1}",
+            timeout=0.5,
+        )
+        for i, resource in enumerate(SCPI_SIM_RESOURCES)
+    ]
+    try:
+        for d in devices:
+            on_loop(d.connect(timeout=5))
+        put(devices[0].source, -3.5)
+        with pytest.raises(InstrumentFault, match='-100,"Command error"'):
+            put(devices[1].source, 12.0)  # pyvisa-sim refuses out-of-spec values
+        RE(bp.count(devices, 2))
+        docs.validate()
+        events = docs.events()
+        assert len(events) == 2
+        for ev in events:
+            assert ev["data"]["sim0_voltage"] == 1.23456789
+            assert ev["data"]["sim1_voltage"] == 1.23456789
+            assert ev["data"]["sim0_source"] == -3.5
+    finally:
+        for d in devices:
+            d.close()
+
+
+def test_failed_point_in_a_plan(meter, RE):  # noqa: N803
+    server, d = meter()
+    server.model.faults.drop_next = 1
+    with pytest.raises(InstrumentTimeout) as err:
+        RE(bp.count([d], 1))  # an ophyd-async read raises the instrument's own error
+    assert "'dmm'" in str(err.value)
+    RE(bp.count([d], 1))
+
+
+def test_profile_signal_models_are_accepted(meter):
+    specs = [ScpiSignalSettings(name="voltage", query="MEAS:VOLT:DC?", units="V", kind="hinted")]
+    server, d = meter(signals=specs)
+    assert value(d, "voltage") == pytest.approx(0.0, abs=1e-6)
+    assert d.specs[0] == ScpiSignalSpec(
+        name="voltage", query="MEAS:VOLT:DC?", units="V", kind="hinted"
+    )
+
+
+def test_read_signals_asks_now(visa_manager, RE):  # noqa: N803
+    session = visa_manager.session(SCPI_SIM_RESOURCES[1], backend=f"{SCPI_SIM_YAML}@sim")
+    d = ScpiInstrument(session, signals=SIGNALS[:1], name="quick")
+    try:
+        call_sync(d.connect(timeout=5), timeout=10)
+        assert call_sync(d.read_signals(), device=d, timeout=10) == {"voltage": 1.23456789}
+    finally:
+        d.close()
+
+
+# --- the 34401A and Keithley 2000 personalities through VISA (issue 14) --------------------------
+
+
+def test_34401a_through_visa_follows_the_shared_transcript(visa_manager, transcript, RE):  # noqa: N803
     _, pairs = personality_section("34401a", "driver_connect")
     peer = transcript({})
     peer.replies = in_order(pairs)  # the peer copies a mapping into a plain dict
@@ -447,43 +826,34 @@ def test_34401a_driver_follows_the_shared_transcript(visa_manager, transcript):
         session, signals=SIGNALS_34401A, name="hp", expected_idn="34401A", timeout=1.0
     )
     try:
-        d.connect()
-        conf = d.read_configuration()
-        assert conf["hp_function"]["value"] == "VOLT"  # the meter's name, quotes removed
-        assert conf["hp_setup"]["value"] == "VOLT +1.000000E+01,+1.000000E-05"
-        assert conf["hp_nplc"]["value"] == 10.0 and conf["hp_display"]["value"] == ""
-        assert d.voltage.get() == 1.5
-        d.function.set("VOLT:AC").wait(5)
-        assert d.function.get() == "VOLT:AC"
-        # A quote inside a string parameter is sent twice and read back once (IEEE 488.2).
-        d.display.set('SAY "HI"').wait(5)
-        assert d.display.get() == 'SAY "HI"'
+        on_loop(d.connect(timeout=5))
+        assert last(d.function) == "VOLT" and last(d.voltage) == 1.5
+        put(d.function, "VOLT:AC")
+        put(d.display, 'SAY "HI"')
+        assert (last(d.function), last(d.display)) == ("VOLT:AC", 'SAY "HI"')
         with pytest.raises(InstrumentFault) as err:
-            d.nplc.set(3).wait(5)  # the 34401A integrates over 0.02, 0.2, 1, 10 or 100 PLC
+            put(d.nplc, 3)
         assert err.value.code == -222 and '"Data out of range"' in str(err.value)
         assert peer.received == [sent for sent, _ in pairs]  # every pair, in order
     finally:
         d.close()
 
 
-def test_keithley2000_driver_follows_the_shared_transcript(visa_manager, transcript):
+def test_keithley2000_through_visa_follows_the_shared_transcript(visa_manager, transcript, RE):  # noqa: N803
     _, pairs = personality_section("keithley2000", "driver_connect")
     peer = transcript({})
-    peer.replies = in_order(pairs)  # the peer copies a mapping into a plain dict
+    peer.replies = in_order(pairs)
     session = visa_manager.session(f"ASRL{peer.path}::INSTR", backend="@py")
     d = ScpiInstrument(
         session, signals=SIGNALS_KEITHLEY2000, name="k2000", expected_idn="MODEL 2000", timeout=1.0
     )
     try:
-        assert d.connect().startswith("KEITHLEY INSTRUMENTS INC.,MODEL 2000,")
-        conf = d.read_configuration()
-        assert conf["k2000_function"]["value"] == "VOLT:DC"
-        assert conf["k2000_continuous"]["value"] == 1 and conf["k2000_nplc"]["value"] == 1.0
-        d.function.set("RES").wait(5)
-        d.trigger().wait(5)
-        assert d.function.get() == "RES" and d.voltage.get() == 1000.0
+        on_loop(d.connect(timeout=5))
+        assert last(d.identity).startswith("KEITHLEY INSTRUMENTS INC.,MODEL 2000,")
+        put(d.function, "RES")
+        assert value(d, "voltage") == 1000.0 and last(d.function) == "RES"
         with pytest.raises(InstrumentFault) as err:
-            d.source.set(1.0).wait(5)  # a generic-meter signal: the Keithley does not know it
+            put(d.source, 1.0)  # a generic-meter signal: the Keithley does not know it
         assert err.value.code == -113 and '"Undefined header"' in str(err.value)
         assert peer.received == [sent for sent, _ in pairs]
     finally:
@@ -497,20 +867,17 @@ PROFILE_SIGNALS = {
 
 
 @pytest.mark.parametrize("personality", sorted(PROFILE_SIGNALS))
-def test_profile_signals_read_real_values_from_each_personality(dmm, RE, docs, personality):
-    from daqbridge.config._models import ScpiSignal
-
+def test_profile_signals_read_real_values_from_each_personality(meter, RE, docs, personality):  # noqa: N803
     idn, signals = PROFILE_SIGNALS[personality]
-    specs = [ScpiSignal(**s) for s in signals]
-    server, d = dmm(
-        name="meter",
-        signals=specs,
+    specs = [ScpiSignalSettings(**s) for s in signals]
+    server, d = meter(
+        "meter",
+        specs,
         expected_idn=idn,
         personality=personality,
         input_voltage=2.5,
         input_resistance=4700.0,
     )
-    d.connect()
     RE(bp.count([d], 2))
     server.model.input_voltage = -1.25  # the signal at the meter's input changes
     RE(bp.count([d], 1))
@@ -519,15 +886,14 @@ def test_profile_signals_read_real_values_from_each_personality(dmm, RE, docs, p
     conf = docs.of("descriptor")[0]["configuration"]["meter"]["data"]
     assert conf["meter_vrange"] == 10.0 and conf["meter_function"] in ("VOLT", "VOLT:DC")
     RE(bps.mv(d.function, "RES"))
-    d.trigger().wait(5)
-    assert d.voltage.get() == 4700.0 and d.function.get() == "RES"
+    assert value(d, "voltage") == 4700.0 and last(d.function) == "RES"
     RE(bps.mv(d.vrange, 1.0, d.function, "VOLT:DC"))
     with pytest.raises(InstrumentFault, match="overload"):
-        d.trigger().wait(5)  # -1.25 V on the fixed 1 V range
-    assert d.errors() == []
+        on_loop(d.read())  # -1.25 V on the fixed 1 V range
+    assert on_loop(d.errors()) == []
 
 
-def test_pyvisa_sim_personalities_read_through_the_driver(visa_manager):
+def test_pyvisa_sim_personalities_read_through_the_driver(visa_manager, RE):  # noqa: N803
     backend = f"{SCPI_SIM_YAML}@sim"
     hp = ScpiInstrument(
         visa_manager.session(SCPI_SIM_PERSONALITY_RESOURCES["34401a"], backend=backend),
@@ -548,16 +914,16 @@ def test_pyvisa_sim_personalities_read_through_the_driver(visa_manager):
         timeout=0.5,
     )
     try:
-        hp.connect()
-        k2000.connect()
-        assert hp.read_signals() == {
+        on_loop(hp.connect(timeout=5))
+        on_loop(k2000.connect(timeout=5))
+        assert on_loop(hp.read_signals()) == {
             "voltage": 1.23456789,
             "function": "VOLT",
             "setup": "VOLT +1.000000E+01,+1.000000E-05",
         }
-        hp.function.set("VOLT:AC").wait(5)
-        k2000.function.set("RES").wait(5)
-        assert (hp.function.get(), k2000.function.get()) == ("VOLT:AC", "RES")
+        put(hp.function, "VOLT:AC")
+        put(k2000.function, "RES")
+        assert (last(hp.function), last(k2000.function)) == ("VOLT:AC", "RES")
     finally:
         hp.close()
         k2000.close()

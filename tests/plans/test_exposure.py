@@ -8,21 +8,27 @@ import numpy as np
 import pytest
 from bluesky.utils import FailedStatus
 
+from daqbridge.devices.core import call_sync
 from daqbridge.errors import PlanArgumentError
 from daqbridge.plans import exposure_series
 from tests.plans.support import catalog_run
 
 
+def exposure_of(cam: Any) -> float:
+    """The camera's exposure setting, asked on its loop (it is an ophyd-async device)."""
+    return call_sync(cam.exposure.get_value(), device=cam, timeout=10)
+
+
 def test_series_records_each_exposure_and_restores_the_original(runtime: Any, docs: Any) -> None:
     cam = runtime["sim_camera"]
-    original = cam.exposure.get()
+    original = exposure_of(cam)
     (uid,) = runtime.RE(exposure_series(cam, [5, 12.5], frames_per_exposure=2))
     docs.validate()
     events = docs.events()
     assert [e["data"]["sim_camera_exposure"] for e in events] == [5.0, 5.0, 12.5, 12.5]
     sums = [e["data"]["sim_camera_sum"] for e in events]
     assert sums[2] > sums[0]  # longer exposure, more counts
-    assert cam.exposure.get() == original
+    assert exposure_of(cam) == original
 
     start = docs.start
     assert start["plan_name"] == "exposure_series"
@@ -45,7 +51,7 @@ def test_series_records_each_exposure_and_restores_the_original(runtime: Any, do
 
 def test_readout_failure_mid_series_restores_the_exposure(runtime: Any, docs: Any) -> None:
     cam = runtime["sim_camera"]
-    original = cam.exposure.get()
+    original = exposure_of(cam)
 
     def fail(name: str, doc: dict) -> None:
         if name == "event" and doc["seq_num"] == 2:
@@ -57,7 +63,7 @@ def test_readout_failure_mid_series_restores_the_exposure(runtime: Any, docs: An
     docs.validate()
     assert docs.stop["exit_status"] == "fail"
     assert len(docs.events()) == 2
-    assert cam.exposure.get() == original
+    assert exposure_of(cam) == original
     assert catalog_run(runtime, docs.start["uid"]).metadata["stop"]["exit_status"] == "fail"
     # the camera takes frames again afterwards
     runtime.RE(exposure_series(cam, [2]))
@@ -79,7 +85,7 @@ def test_bad_arguments_fail_before_the_camera_is_touched(
     runtime: Any, docs: Any, kwargs: dict, words: list[str]
 ) -> None:
     cam = runtime["sim_camera"]
-    original = cam.exposure.get()
+    original = exposure_of(cam)
     args: dict[str, Any] = {"camera": cam, "exposures": [5]}
     args.update({k: runtime["sim_meter"] if v == "@meter" else v for k, v in kwargs.items()})
     with pytest.raises(PlanArgumentError) as info:
@@ -88,5 +94,5 @@ def test_bad_arguments_fail_before_the_camera_is_touched(
     assert "exposure_series(): " in text
     for word in words:
         assert word in text, text
-    assert cam.exposure.get() == original
+    assert exposure_of(cam) == original
     assert docs.of("start") == []

@@ -14,6 +14,7 @@ from bluesky.utils import FailedStatus
 
 from daqbridge.catalog import DATA_ENV, open_catalog
 from daqbridge.config import check_profile
+from daqbridge.devices.core import call_sync
 from daqbridge.errors import ConfigError
 from daqbridge.runtime import Runtime
 from daqbridge.runtime._baseline import resolve
@@ -81,7 +82,8 @@ def test_every_run_reads_each_instrument_at_its_start_and_end(runtime_data, runt
             yield from bps.null()
 
         uid = rt.RE(turn_the_source_knob())[0]
-        fresh = rt["dmm"].read_signals(["source"])["source"]
+        dmm = rt["dmm"]
+        fresh = call_sync(dmm.read_signals(["source"]), device=dmm, timeout=10)["source"]
     streams = _streams(runtime_data, uid)
 
     baseline = streams["baseline"]

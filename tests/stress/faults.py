@@ -89,7 +89,7 @@ class FaultTimeouts:
         "sim_stage": ("sim_stage", "reply_timeout"),  # the ophyd-async controller (WireDevice)
         "sim_meter": ("sim_meter", "reply_timeout"),  # the ophyd-async meter (core WireDevice)
         "sim_rotators": ("sim_rotators_", "reply_timeout"),  # every mount on the bus
-        "sim_dmm": ("sim_dmm", "timeout"),
+        "sim_dmm": ("sim_dmm", "reply_timeout"),  # the ophyd-async SCPI instrument
     }
     LEGACY: dict[str, str] = {"sim_meter": "sim_meter_legacy", "sim_laser": "sim_laser"}
 
@@ -368,7 +368,7 @@ def _resync_dmm(rt: Any, limit: float = OWED_REPLIES_LIMIT) -> str | None:
     discard every line until its answer (the one line with four comma-separated fields), however
     late the lines before it come (bounded by ``limit``). Returns None, or why the connection
     could not be brought in step."""
-    session = rt.devices["sim_dmm"].session
+    session = rt.devices["sim_dmm"].port.session  # the VISA session under the device
     deadline = time.monotonic() + limit
     try:
         session.write("*IDN?")

@@ -206,7 +206,10 @@ class Soak:
             return op
 
         def dmm() -> None:
-            values = D["sim_dmm"].read_signals(["voltage"])
+            from daqbridge.devices.core import call_sync
+
+            device = D["sim_dmm"]  # ophyd-async: asked on the RunEngine's loop
+            values = call_sync(lambda: device.read_signals(["voltage"]), device=device, timeout=10)
             assert "voltage" in values, values
 
         return [
@@ -267,7 +270,7 @@ class Soak:
                 raise AssertionError(f"3in -> {packet!r}")
 
         def visa_identity() -> None:
-            reply = dmm.session.query("*IDN?") if hasattr(dmm, "session") else None
+            reply = dmm.port.session.query("*IDN?")  # the VISA session, beside the device
             if reply is not None and "DAQBRIDGE-SIM" not in reply:
                 raise AssertionError(f"*IDN? -> {reply!r}")
 
