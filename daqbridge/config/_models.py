@@ -444,28 +444,6 @@ class SimSettings(Section):
 # --- driver settings tables ---------------------------------------------------------------------
 
 
-def _check_limits(low: float | None, high: float | None, what: str) -> None:
-    if low is not None and high is not None and not low < high:
-        raise bad(
-            f"{what}: low_limit {low:g} is not below high_limit {high:g}",
-            "swap the limits or correct one of them",
-            key="high_limit",
-        )
-
-
-def _unique_by(items: list[Any], attr: str, where: str, label: str) -> None:
-    seen: dict[Any, int] = {}
-    for i, item in enumerate(items):
-        value = getattr(item, attr)
-        if value in seen:
-            raise bad(
-                f"{label} {value!r} appears twice ({where}[{seen[value]}] and {where}[{i}])",
-                f"give every entry of {where} its own {attr}",
-                key=f"{where}[{i}].{attr}",
-            )
-        seen[value] = i
-
-
 class EpicsSettings(Section):
     """``[instruments.epics]``: what the IOC serves at the instrument's prefix."""
 

@@ -31,7 +31,13 @@ from ophyd import Kind, Signal
 from ophyd.status import DeviceStatus, MoveStatus, Status, StatusBase
 from ophyd.utils import InvalidState, StatusTimeoutError
 
-from daqbridge.errors import DaqbridgeError, InstrumentError, InstrumentTimeout, ValueRejected
+from daqbridge.errors import (
+    ConfigError,
+    DaqbridgeError,
+    InstrumentError,
+    InstrumentTimeout,
+    ValueRejected,
+)
 
 T = TypeVar("T")
 
@@ -217,6 +223,24 @@ def check_wire_text(value: str, *, instrument: str, what: str) -> str:
             fix="pass a single value without CR, LF, ';' or control characters.",
         )
     return value
+
+
+def positive_setting(value: Any, key: str, name: str, *, zero: bool = False) -> float:
+    """A constructor's timing or tolerance argument: a finite number > 0 (>= 0 with ``zero``),
+    or a ConfigError naming the key and the instrument, before any byte is sent."""
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+        and (value >= 0 if zero else value > 0)
+    )
+    if not ok:
+        raise ConfigError(
+            f"{key} must be a finite number {'>= 0' if zero else '> 0'}, got {value!r}.",
+            key=key,
+            instrument=name,
+        )
+    return float(value)
 
 
 def check_number(

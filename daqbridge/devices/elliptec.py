@@ -58,7 +58,7 @@ from ophyd_async.core import AsyncStatus, SignalRW, StandardReadable
 from ophyd_async.core import StandardReadableFormat as Format
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from daqbridge.devices._base import check_number
+from daqbridge.devices._base import check_number, positive_setting
 from daqbridge.devices._registry import DriverSettings, register_driver, settings_error
 from daqbridge.devices.core import (
     SetNotConfirmed,
@@ -609,12 +609,12 @@ class ElliptecMount(StandardReadable, WirePositioner):
         self.address = normalise_address(address)
         self.endpoint: BusEndpoint = bus.serial_bus.endpoint(self.address)
         self.soft_limits = _check_soft_limits(limits, name)
-        self.reply_timeout = _positive(reply_timeout, "reply_timeout", name)
-        self.move_timeout = _positive(move_timeout, "move_timeout", name)
-        self.poll_interval = _positive(poll_interval, "poll_interval", name)
-        self.move_spacing = _positive(move_spacing, "move_spacing", name, zero=True)
-        self.tolerance = _positive(tolerance, "tolerance", name, zero=True)
-        self.lease_timeout = _positive(lease_timeout, "lease_timeout", name)
+        self.reply_timeout = positive_setting(reply_timeout, "reply_timeout", name)
+        self.move_timeout = positive_setting(move_timeout, "move_timeout", name)
+        self.poll_interval = positive_setting(poll_interval, "poll_interval", name)
+        self.move_spacing = positive_setting(move_spacing, "move_spacing", name, zero=True)
+        self.tolerance = positive_setting(tolerance, "tolerance", name, zero=True)
+        self.lease_timeout = positive_setting(lease_timeout, "lease_timeout", name)
         self.identity: ElliptecIdentity | None = None
         self.last_status: int | None = None
         """The last ``gs`` code read (connect, polls, after a fault)."""
@@ -1090,22 +1090,6 @@ def _check_soft_limits(limits: Any, name: str) -> tuple[float, float] | None:
             fix="write [low, high] in degrees, e.g. [-180, 180].",
         )
     return (low, high)
-
-
-def _positive(value: Any, key: str, name: str, *, zero: bool = False) -> float:
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, int | float)
-        and math.isfinite(value)
-        and (value >= 0 if zero else value > 0)
-    )
-    if not ok:
-        raise ConfigError(
-            f"{key} must be a finite number {'>= 0' if zero else '> 0'}, got {value!r}.",
-            key=key,
-            instrument=name,
-        )
-    return float(value)
 
 
 # --- the driver's declaration ------------------------------------------------------------------

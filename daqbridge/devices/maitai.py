@@ -54,6 +54,7 @@ from ophyd_async.core import AsyncStatus, SignalR, SignalRW, StandardReadable
 from ophyd_async.core import StandardReadableFormat as Format
 from pydantic import Field, field_validator
 
+from daqbridge.devices._base import positive_setting
 from daqbridge.devices._registry import (
     DriverSettings,
     register_driver,
@@ -170,23 +171,6 @@ class MaiTaiDiagnostics:
     """The power supply's last status codes, most recent first."""
     watchdog_s: float
     """0: disabled; otherwise the laser turns its pump off after this long without a command."""
-
-
-def _positive(value: Any, key: str, name: str, *, zero: bool = False) -> float:
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, int | float)
-        and math.isfinite(value)
-        and (value >= 0 if zero else value > 0)
-    )
-    if not ok:
-        raise ConfigError(
-            f"{key} must be a finite number of seconds/units {'>= 0' if zero else '> 0'}, "
-            f"got {value!r}.",
-            key=key,
-            instrument=name,
-        )
-    return float(value)
 
 
 _OPEN_WORDS = {"1": 1, "open": 1, "opened": 1, "0": 0, "close": 0, "closed": 0, "shut": 0}
@@ -562,8 +546,8 @@ class MaiTaiLaser(WireDevice):
         self.laser_wavelength_limits: tuple[float, float] | None = None
         """The unit's own range (``WAVELENGTH:MIN?``/``MAX?``), read at connect."""
         self.reply_terminator = settings.reply_terminator
-        self.write_delay = _positive(write_delay, "write_delay", name, zero=True)
-        self.tolerance_nm = _positive(tolerance_nm, "tolerance_nm", name, zero=True)
+        self.write_delay = positive_setting(write_delay, "write_delay", name, zero=True)
+        self.tolerance_nm = positive_setting(tolerance_nm, "tolerance_nm", name, zero=True)
         if isinstance(settle_reads, bool) or not isinstance(settle_reads, int) or settle_reads < 1:
             raise ConfigError(
                 f"settle_reads must be an integer >= 1, got {settle_reads!r}.",
@@ -571,13 +555,13 @@ class MaiTaiLaser(WireDevice):
                 instrument=name,
             )
         self.settle_reads = settle_reads
-        self.tune_timeout = _positive(tune_timeout, "tune_timeout", name)
-        self.poll_interval = _positive(poll_interval, "poll_interval", name)
-        self.shutter_timeout = _positive(shutter_timeout, "shutter_timeout", name, zero=True)
+        self.tune_timeout = positive_setting(tune_timeout, "tune_timeout", name)
+        self.poll_interval = positive_setting(poll_interval, "poll_interval", name)
+        self.shutter_timeout = positive_setting(shutter_timeout, "shutter_timeout", name, zero=True)
         self.backoff = _Backoff(self.poll_interval)
         # v1 refused these too: a timeout <= 0 fails every query, and the core only casts them.
-        timeout = _positive(timeout, "timeout", name)
-        lease_timeout = _positive(lease_timeout, "lease_timeout", name)
+        timeout = positive_setting(timeout, "timeout", name)
+        lease_timeout = positive_setting(lease_timeout, "lease_timeout", name)
         self.identity: str | None = None
         self._quiet_until = 0.0
         with self.add_children_as_readables(Format.CHILD):

@@ -348,6 +348,8 @@ def spoil(draw: Any, entries: list[dict[str, Any]], edits: dict[str, Any]) -> No
     """Half the time, one or two edits that make a valid table wrong (or maybe wrong: junk can
     land on a valid value), so about half the examples are accepted and build."""
     for _ in range(draw(st.sampled_from([0, 0, 1, 2]))):
+        if not entries:
+            break  # "no axes" (or mounts) came first: nothing left to edit
         edit = draw(st.sampled_from(sorted(edits)))
         event(f"edit: {edit}")
         edits[edit](draw, entries)
@@ -355,7 +357,8 @@ def spoil(draw: Any, entries: list[dict[str, Any]], edits: dict[str, Any]) -> No
 
 def _junk_value(draw: Any, entries: list[dict[str, Any]]) -> None:
     entry = draw(st.sampled_from(entries))
-    entry[draw(st.sampled_from(sorted(entry)))] = draw(junk)
+    # an earlier edit may have dropped every key of the entry: junk under a key it must have
+    entry[draw(st.sampled_from(sorted(entry) or ["name"]))] = draw(junk)
 
 
 def _set(key: str, values: list[Any]) -> Any:
