@@ -89,12 +89,13 @@ def _measure(transport: str) -> dict[str, float]:
             pm_url = stack.enter_context(sim.serve_pty("newport1830c", **pm_opts)).path
         esp_port = pool.open(esp_url, baudrate=19200)
         pm_port = pool.open(pm_url, baudrate=9600)
-        controller = ESP300Controller(esp_port, name="esp")
-        stack.callback(controller.close)
-        x = controller.axis(1, name="x", units="mm", low_limit=-100, high_limit=100)
-        controller.connect()
-        # The meter is an ophyd-async device: the RunEngine (its loop) first, then connect there.
+        # ophyd-async devices: the RunEngine (its loop) first, then connect them there.
         RE = RunEngine({}, context_managers=[])  # noqa: N806
+        axes = {"x": {"number": 1, "units": "mm", "low_limit": -100, "high_limit": 100}}
+        controller = ESP300Controller(esp_port, name="esp", axes=axes)
+        stack.callback(controller.close)
+        call_in_bluesky_event_loop(controller.connect(), timeout=30)
+        x = controller.x
         meter = Newport1830C(pm_port, name="pm", range=0)
         stack.callback(meter.close)
         call_in_bluesky_event_loop(meter.connect(), timeout=30)

@@ -407,3 +407,37 @@ def test_lease_waits_are_bounded_when_the_port_is_closed(pool, peer):
     assert time.monotonic() - t0 < 3
     assert len(results) == 1 and isinstance(results[0], PortUnavailable)
     assert "closed" in str(results[0])
+
+
+def test_drain_query_drops_stale_input_and_is_one_job_of_the_io_thread(pool, make_peer):
+    """A query's drain and its write-read go to the port's I/O thread as one job (a sim:// meter
+    reading went from four hand-overs to two); the drain still drops what arrived unasked."""
+
+    def handler(line):
+        return b"R" + line + b"\nlate\n" if line == b"first" else b"R" + line + b"\n"
+
+    peer = make_peer(handler)
+    port = pool.open(peer.path)
+    worker = port._io_worker()
+    jobs: list[object] = []
+    submit = worker.submit
+
+    def counting(fn, *args, **kwargs):
+        jobs.append(fn)
+        return submit(fn, *args, **kwargs)
+
+    async def main():
+        async with port.async_lease("reader", 5.0) as lease:
+            first = await lease.drain_query(b"first\n", b"\n", 1.0)
+            stale = port.stale_bytes
+            worker.submit = counting
+            try:
+                second = await lease.drain_query(b"second\n", b"\n", 1.0)
+            finally:
+                del worker.submit
+        return first, second, port.stale_bytes - stale
+
+    first, second, dropped = asyncio.run(main())
+    assert (first, second) == (b"Rfirst", b"Rsecond")
+    assert dropped == len(b"late\n")
+    assert len(jobs) == 1

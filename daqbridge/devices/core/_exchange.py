@@ -11,7 +11,9 @@ for every line instrument and must hold on every query, so they live here once:
 
 Silent commands are held back and go out with the next query in one write (``C\\nD?\\n``): the
 bytes on the wire are those of two back-to-back writes, one round trip to the port's I/O thread
-cheaper. ``flush()`` sends what is still held at the end of the transaction.
+cheaper. ``flush()`` sends what is still held at the end of the transaction. For the same reason
+the drain before a query and the query itself are one job of that thread where the lease offers
+it (``drain_query``).
 """
 
 from __future__ import annotations
@@ -75,10 +77,14 @@ class Exchange:
         """Drain, send (after any held-back commands), return the reply line, echoes skipped."""
         data = bytes(self._pending) + self._encode(command)
         self._pending = bytearray()
-        await self.lease.drain()
         self.sent.append(command)
         try:
-            raw = await self.lease.query(data, self.terminator, self.timeout)
+            drain_query = getattr(self.lease, "drain_query", None)
+            if drain_query is not None:  # the serial transport: both in one I/O-thread job
+                raw = await drain_query(data, self.terminator, self.timeout)
+            else:
+                await self.lease.drain()
+                raw = await self.lease.query(data, self.terminator, self.timeout)
             for _ in range(MAX_ECHO_LINES):
                 line = raw.decode("ascii", "replace").strip()
                 if line not in self.sent:
