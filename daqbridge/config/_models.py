@@ -10,10 +10,15 @@ Rules that need more than one instrument (duplicate ids, shared ports, colliding
 directories) live in ``_validate.py``; rules that need one table live here, next to its fields.
 
 A native driver that declares itself (``daqbridge.devices.register_driver``) brings the model of
-its ``[instruments.<driver>]`` table, built from the instrument's facts in its own module, and the
-entry here uses that model as it is: the profile cannot accept what the driver refuses. Each such
-table is validated for the stack its entry runs on (``_driver_table``), because a legacy twin may
-read more than the native driver (the legacy 1830-C reads dBm).
+its ``[instruments.<driver>]`` table, built from the instrument's facts in its own module, and
+what its ``[[instruments]]`` entry needs (``ProfileEntry``: transport, defaults, refused flow
+controls, parts, simulator options). The entry classes here are composed from those declarations
+(``compose_entry``) on the transports' bases, which are the profile's own vocabulary
+(``SerialInstrument``, ``VisaInstrument``, ``CameraInstrument``): the profile cannot accept what
+the driver refuses, and a new driver needs no line here. A table whose driver has a legacy twin
+is validated for the stack its entry runs on (``_driver_table``), because the twin may read more
+than the native driver (the legacy 1830-C reads dBm). Only ``epics`` is written by hand: it is
+ophyd's EpicsMotor client, not a daqbridge driver.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     AfterValidator,
@@ -41,34 +46,48 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from daqbridge.devices import DriverSettings, settings_error
-from daqbridge.devices.elliptec import ElliptecAddress as ElliptecAddress  # the profile's name
-from daqbridge.devices.elliptec import ElliptecSettings
+from daqbridge.devices import DriverSettings, DriverSpec, known_drivers, settings_error
+
+# The drivers' own names for the sub-tables of their tables, re-exported as the profile's words
+# (the reference documents them; tests and tools import them from daqbridge.config).
+from daqbridge.devices.elliptec import ElliptecAddress as ElliptecAddress
+from daqbridge.devices.elliptec import ElliptecSettings as ElliptecSettings
 from daqbridge.devices.esp300 import ESP300_UNITS as ESP300_UNIT_CODES  # noqa: F401
-from daqbridge.devices.esp300 import Esp300Axis, Esp300Settings  # noqa: F401
-from daqbridge.devices.maitai import MaiTaiSettings
-from daqbridge.devices.newport1830c import Newport1830cSettings
-from daqbridge.devices.pvcam import PvcamRoi, PvcamSettings  # noqa: F401 - PvcamRoi re-exported
-from daqbridge.devices.scpi import ScpiSettings
+from daqbridge.devices.esp300 import Esp300Axis as Esp300Axis
+from daqbridge.devices.esp300 import Esp300Settings as Esp300Settings
+from daqbridge.devices.maitai import MaiTaiSettings as MaiTaiSettings
+from daqbridge.devices.newport1830c import Newport1830cSettings as Newport1830cSettings
+from daqbridge.devices.pvcam import PvcamRoi as PvcamRoi
+from daqbridge.devices.pvcam import PvcamSettings as PvcamSettings
+from daqbridge.devices.scpi import ScpiSettings as ScpiSettings
 from daqbridge.devices.scpi import ScpiSignalSettings as ScpiSignal  # noqa: F401 - re-exported
 
 # --- vocabulary ---------------------------------------------------------------------------------
 
-DRIVERS: tuple[str, ...] = (
-    "esp300",
-    "newport1830c",
-    "maitai",
-    "elliptec",
-    "scpi",
-    "pvcam",
-    "epics",
-)
+DECLARED_DRIVERS: Mapping[str, DriverSpec] = {
+    driver: spec for driver, spec in known_drivers().items() if spec.entry is not None
+}
+"""The native drivers whose modules declared a profile entry, in the order profiles list them."""
+
+DRIVERS: tuple[str, ...] = (*DECLARED_DRIVERS, "epics")
 """Every driver a profile may name."""
 
-SERIAL_DRIVERS: frozenset[str] = frozenset({"esp300", "newport1830c", "maitai", "elliptec"})
+SERIAL_DRIVERS: frozenset[str] = frozenset(
+    driver
+    for driver, spec in DECLARED_DRIVERS.items()
+    if spec.entry is not None and spec.entry.transport == "serial"
+)
 """Drivers reached through a serial ``port``."""
 
-LEGACY_DRIVERS: frozenset[str] = frozenset({"newport1830c", "maitai", "elliptec"})
+LEGACY_DRIVER_TYPES: dict[str, str] = {
+    driver: spec.legacy_twin
+    for driver, spec in DECLARED_DRIVERS.items()
+    if spec.legacy_twin is not None
+}
+"""Profile driver -> the legacy driver type (``daqbridge.legacy.register_driver``), as each
+driver names its twin."""
+
+LEGACY_DRIVERS: frozenset[str] = frozenset(LEGACY_DRIVER_TYPES)
 """Drivers that also exist in the legacy stack (so may be ``legacy`` or ``shadow``)."""
 
 STACKS: tuple[str, ...] = ("native", "legacy", "shadow")
@@ -473,13 +492,6 @@ class EpicsSettings(Section):
 
 # --- the legacy drivers' own keys -------------------------------------------------------------
 
-LEGACY_DRIVER_TYPES: dict[str, str] = {
-    "newport1830c": "newport_1830c",
-    "maitai": "maitai",
-    "elliptec": "elliptec",
-}
-"""Profile driver -> the legacy driver type (``daqbridge.legacy.register_driver``)."""
-
 
 def _same(value: Any) -> Any:
     return value
@@ -559,7 +571,7 @@ def _legacy_only_table(driver: str, title: str) -> type[Section]:
     defaults are the legacy driver's own and a new legacy option needs no edit here.
     """
     model = legacy_options_model(driver)
-    mapped = {k.option for k in LEGACY_KEYS[driver]}
+    mapped = {k.option for k in LEGACY_KEYS.get(driver, ())}
     fields: dict[str, Any] = {}
     if model is not None:
         for name, info in model.model_fields.items():
@@ -590,11 +602,6 @@ def _plain_default(value: Any) -> str:
     return ("true" if value else "false") if isinstance(value, bool) else f"{value!r}"
 
 
-Newport1830cLegacySettings = _legacy_only_table("newport1830c", "Newport1830c")
-MaiTaiLegacySettings = _legacy_only_table("maitai", "MaiTai")
-ElliptecLegacySettings = _legacy_only_table("elliptec", "Elliptec")
-
-
 # --- instruments --------------------------------------------------------------------------------
 
 
@@ -616,6 +623,8 @@ class InstrumentBase(Section):
 
     hardware_key: ClassVar[str] = "port"
     has_legacy_driver: ClassVar[bool] = False
+    declared: ClassVar[DriverSpec | None] = None
+    """The declaration of the native driver the entry is composed from (None: ``epics``)."""
 
     id: Ident = Field(description="Unique id; also the device name in plans and the catalog.")
     driver: str = Field(description=f"One of: {', '.join(DRIVERS)}.")
@@ -662,7 +671,10 @@ class InstrumentBase(Section):
 
     def parts(self) -> list[str]:
         """Names of the sub-devices (axes, bus devices), each addressable as ``<id>_<name>``."""
-        return []
+        entry = self.declared.entry if self.declared is not None else None
+        if entry is None or entry.part_names is None:
+            return []
+        return list(entry.part_names(self.settings))
 
     def devices(self) -> list[DeviceRef]:
         """Every device this entry produces (both twins of a shadow instrument)."""
@@ -738,6 +750,14 @@ class SerialInstrument(InstrumentBase):
     )
     sim: SimSettings | None = Field(None, description="Simulator settings (simulated ports).")
 
+    @model_validator(mode="after")
+    def _flow_control_usable(self) -> SerialInstrument:
+        entry = self.declared.entry if self.declared is not None else None
+        why = entry.refused_flow_controls.get(self.flow_control) if entry is not None else None
+        if why:
+            raise bad(why, 'set flow_control = "none"', key="flow_control")
+        return self
+
     @field_validator("baud_rate")
     @classmethod
     def _standard_baud(cls, baud: int) -> int:
@@ -771,8 +791,11 @@ class SerialInstrument(InstrumentBase):
             opts.setdefault(key, value)
         return opts
 
-    def _simulator_defaults(self) -> dict[str, Any]:
-        return {}
+    def _simulator_defaults(self) -> Mapping[str, Any]:
+        entry = self.declared.entry if self.declared is not None else None
+        if entry is None or entry.simulator_options is None:
+            return {}
+        return entry.simulator_options(self.settings)
 
     def legacy_options(self) -> dict[str, Any]:
         """The options of this entry's legacy driver: the keys the profile says in its own
@@ -788,89 +811,6 @@ class SerialInstrument(InstrumentBase):
         if isinstance(table, BaseModel):
             options.update(table.model_dump(exclude_unset=True))
         return options
-
-
-class Esp300Instrument(SerialInstrument):
-    """Newport ESP300 motion controller, 1-3 axes on one RS-232 port."""
-
-    driver: Literal["esp300"]
-    baud_rate: int = Field(19200, description="Baud rate (ESP300: 19200).")
-    esp300: Esp300Settings = Field(description="The axes (`[instruments.esp300]`).")
-
-    def parts(self) -> list[str]:
-        return [axis.name for axis in self.esp300.axes]
-
-
-class Newport1830cInstrument(SerialInstrument):
-    """Newport 1830-C optical power meter."""
-
-    driver: Literal["newport1830c"]
-    newport1830c: Newport1830cSettings = Field(
-        default_factory=Newport1830cSettings, description="Meter settings."
-    )
-    legacy: Newport1830cLegacySettings = Field(
-        default_factory=Newport1830cLegacySettings,
-        description=_legacy_only_description(Newport1830cLegacySettings),
-    )
-
-    _newport1830c_for_stack = field_validator("newport1830c", mode="wrap")(_driver_table)
-
-    @model_validator(mode="after")
-    def _no_rtscts(self) -> Newport1830cInstrument:
-        if self.flow_control == "rtscts":
-            raise bad(
-                "RTS/CTS flow control breaks the 1830-C's serial link",
-                'set flow_control = "none"',
-                key="flow_control",
-            )
-        return self
-
-
-class MaiTaiInstrument(SerialInstrument):
-    """Spectra-Physics MaiTai Ti:Sapphire laser."""
-
-    driver: Literal["maitai"]
-    flow_control: Literal["none", "xonxoff", "rtscts"] = Field(
-        "xonxoff", description="Serial flow control (the MaiTai manual asks for XON/XOFF)."
-    )
-    timeout: float = Field(3.0, gt=0, le=600, description="Seconds to wait (replies take 2 s).")
-    maitai: MaiTaiSettings = Field(default_factory=MaiTaiSettings, description="Laser settings.")
-    legacy: MaiTaiLegacySettings = Field(
-        default_factory=MaiTaiLegacySettings,
-        description=_legacy_only_description(MaiTaiLegacySettings),
-    )
-
-    _maitai_for_stack = field_validator("maitai", mode="wrap")(_driver_table)
-
-    def _simulator_defaults(self) -> dict[str, Any]:
-        return {"reply_terminator": self.maitai.reply_terminator}
-
-
-class ElliptecInstrument(SerialInstrument):
-    """Thorlabs Elliptec bus: every ELL device on one serial line, addressed 0-F."""
-
-    driver: Literal["elliptec"]
-    elliptec: ElliptecSettings = Field(description="The devices on the bus.")
-    legacy: ElliptecLegacySettings = Field(
-        default_factory=ElliptecLegacySettings,
-        description=_legacy_only_description(ElliptecLegacySettings),
-    )
-
-    @model_validator(mode="after")
-    def _no_rtscts(self) -> ElliptecInstrument:
-        if self.flow_control == "rtscts":
-            raise bad(
-                "RTS/CTS flow control hangs the Elliptec bus",
-                'set flow_control = "none"',
-                key="flow_control",
-            )
-        return self
-
-    def parts(self) -> list[str]:
-        return [a.device_name for a in self.elliptec.addresses]
-
-    def _simulator_defaults(self) -> dict[str, Any]:
-        return {"addresses": [int(a.address, 16) for a in self.elliptec.addresses]}
 
 
 def _visa_resource(value: str) -> str:
@@ -893,10 +833,9 @@ def _visa_backend(value: str) -> str:
     return value
 
 
-class ScpiInstrument(InstrumentBase):
-    """A SCPI instrument over VISA (DMM, source, scope ...)."""
+class VisaInstrument(InstrumentBase):
+    """Keys of the instruments reached through VISA."""
 
-    driver: Literal["scpi"]
     hardware_key: ClassVar[str] = "resource"
     resource: Annotated[str, AfterValidator(_text), AfterValidator(_visa_resource)] = Field(
         description="VISA resource string, or `sim-tcp`: the runtime starts the SCPI TCP "
@@ -905,12 +844,11 @@ class ScpiInstrument(InstrumentBase):
     visa_backend: Annotated[str, AfterValidator(_visa_backend)] | None = Field(
         None, description="pyvisa backend: `@py`, `@ivi`, `@sim` or `file.yaml@sim`; unset: @py."
     )
-    timeout: float = Field(2.0, gt=0, le=600, description="Seconds to wait for a reply.")
+    timeout: float = Field(1.0, gt=0, le=600, description="Seconds to wait for a reply.")
     sim: SimSettings | None = Field(None, description="Simulator settings (`sim-tcp` only).")
-    scpi: ScpiSettings = Field(description="Signals and identity.")
 
     @model_validator(mode="after")
-    def _sim_tcp_backend(self) -> ScpiInstrument:
+    def _sim_tcp_backend(self) -> VisaInstrument:
         if self.resource == SIM_TCP_RESOURCE and self.visa_backend not in (None, "@py"):
             raise bad(
                 f"resource 'sim-tcp' is served over TCP by pyvisa-py, not {self.visa_backend!r}",
@@ -926,18 +864,76 @@ class ScpiInstrument(InstrumentBase):
         )
 
 
-class PvcamInstrument(InstrumentBase):
-    """A Photometrics camera through PVCAM (or its simulated backend)."""
+class CameraInstrument(InstrumentBase):
+    """Keys of the cameras, named as their SDK enumerates them."""
 
-    driver: Literal["pvcam"]
     hardware_key: ClassVar[str] = "camera"
     camera: Text = Field(description="Camera name as PVCAM enumerates it (e.g. `PrimeBSI`).")
-    timeout: float = Field(10.0, gt=0, le=3600, description="Seconds to wait for a frame.")
-    pvcam: PvcamSettings = Field(default_factory=PvcamSettings, description="Camera settings.")
+    timeout: float = Field(1.0, gt=0, le=3600, description="Seconds to wait for a frame.")
 
     @property
     def simulated(self) -> bool:
-        return self.pvcam.backend == "sim"
+        """A camera driver's table names its backend; ``sim`` is the simulated camera."""
+        return getattr(self.settings, "backend", None) == "sim"
+
+
+TRANSPORT_BASES: dict[str, type[InstrumentBase]] = {
+    "serial": SerialInstrument,
+    "visa": VisaInstrument,
+    "camera": CameraInstrument,
+}
+"""The base of an entry, by the transport its driver declares (``ProfileEntry.transport``)."""
+
+
+def compose_entry(spec: DriverSpec) -> type[InstrumentBase]:
+    """The ``[[instruments]]`` entry class of a declared driver.
+
+    The transport's base, ``driver = "<name>"``, the keys whose default is the instrument's own,
+    the driver's settings model as the ``[instruments.<driver>]`` table, and, where the driver
+    has a legacy twin, the ``legacy`` table and the table validated for the entry's stack. The
+    refused flow controls, parts and simulator options are read from the declaration by the
+    base (``declared``).
+    """
+    entry = spec.entry
+    if entry is None:
+        raise ValueError(f"driver {spec.driver!r} declares no profile entry")
+    base = TRANSPORT_BASES[entry.transport]
+    title = spec.settings.__name__.removesuffix("Settings")
+    fields: dict[str, Any] = {
+        "declared": (ClassVar[DriverSpec | None], spec),
+        "driver": (Literal[spec.driver], ...),
+    }
+    for key, (value, description) in entry.defaults.items():
+        info = base.model_fields[key]
+        annotation = (
+            Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        )
+        fields[key] = (annotation, Field(value, description=description))
+    table = spec.settings
+    fields[spec.driver] = (
+        table,
+        Field(description=entry.table_description)
+        if entry.table_required
+        else Field(default_factory=table, description=entry.table_description),
+    )
+    validators: dict[str, Any] = {}
+    if spec.legacy_twin is not None:
+        legacy = _legacy_only_table(spec.driver, title)
+        fields["legacy"] = (
+            legacy,
+            Field(default_factory=legacy, description=_legacy_only_description(legacy)),
+        )
+        validators[f"_{spec.driver}_for_stack"] = field_validator(spec.driver, mode="wrap")(
+            _driver_table
+        )
+    return create_model(  # type: ignore[call-overload, no-any-return]
+        f"{title}Instrument",
+        __base__=base,
+        __module__=__name__,
+        __doc__=entry.description,
+        __validators__=validators,
+        **fields,
+    )
 
 
 class EpicsInstrument(InstrumentBase):
@@ -960,23 +956,21 @@ class EpicsInstrument(InstrumentBase):
 
 
 INSTRUMENT_CLASSES: dict[str, type[InstrumentBase]] = {
-    "esp300": Esp300Instrument,
-    "newport1830c": Newport1830cInstrument,
-    "maitai": MaiTaiInstrument,
-    "elliptec": ElliptecInstrument,
-    "scpi": ScpiInstrument,
-    "pvcam": PvcamInstrument,
+    **{driver: compose_entry(spec) for driver, spec in DECLARED_DRIVERS.items()},
     "epics": EpicsInstrument,
 }
+"""The entry class of every driver a profile may name, in the order of :data:`DRIVERS`."""
+
+# The lab's entries by the names the runtime, the CLI and tests have always imported.
+Esp300Instrument = INSTRUMENT_CLASSES["esp300"]
+Newport1830cInstrument = INSTRUMENT_CLASSES["newport1830c"]
+MaiTaiInstrument = INSTRUMENT_CLASSES["maitai"]
+ElliptecInstrument = INSTRUMENT_CLASSES["elliptec"]
+ScpiInstrument = INSTRUMENT_CLASSES["scpi"]
+PvcamInstrument = INSTRUMENT_CLASSES["pvcam"]
 
 Instrument = Annotated[
-    Esp300Instrument
-    | Newport1830cInstrument
-    | MaiTaiInstrument
-    | ElliptecInstrument
-    | ScpiInstrument
-    | PvcamInstrument
-    | EpicsInstrument,
+    Union[tuple(INSTRUMENT_CLASSES.values())],  # noqa: UP007 - built from the registry
     Field(discriminator="driver"),
 ]
 

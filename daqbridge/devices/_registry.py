@@ -21,10 +21,13 @@ and anything else (a device constructor, a bare ``model_validate``) gets the nat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, NamedTuple, Self, TypeVar
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, ValidationInfo
@@ -35,10 +38,15 @@ from daqbridge.errors import ConfigError
 __all__ = [
     "DriverSettings",
     "DriverSpec",
+    "EntryDefault",
+    "ProfileEntry",
+    "declared_driver",
     "for_native_stack",
+    "known_drivers",
     "register_driver",
     "registered_drivers",
     "settings_error",
+    "unregister_driver",
     "validate_settings",
 ]
 
@@ -133,6 +141,46 @@ def no_parts(device: Any) -> Mapping[str, Any]:
     return {}
 
 
+Transport = Literal["serial", "visa", "camera"]
+"""How a profile entry names its hardware: a serial ``port``, a VISA ``resource`` (or
+``sim-tcp``), a ``camera`` name. The keys of each are the profile's (``daqbridge.config``)."""
+
+
+class EntryDefault(NamedTuple):
+    """A key of the transport whose default differs for this instrument, and why."""
+
+    value: Any
+    description: str
+    """The key's line in the profile reference (``Baud rate (ESP300: 19200).``)."""
+
+
+@dataclass(frozen=True)
+class ProfileEntry:
+    """What the profile's ``[[instruments]]`` entry of a driver needs to know about it.
+
+    The profile (``daqbridge.config``) composes the entry from it and the settings model: the
+    transport's keys, these defaults and refusals, the driver's table under its own name.
+    """
+
+    description: str
+    """One line: what the instrument is (the entry's heading in docs/profile.md)."""
+    transport: Transport = "serial"
+    table_description: str = "Settings."
+    """The line of the ``[instruments.<driver>]`` key in the profile reference."""
+    table_required: bool = True
+    """False when every key of the settings model has a default (the table may be left out)."""
+    defaults: Mapping[str, EntryDefault] = field(default_factory=dict)
+    """Transport keys whose default is this instrument's own (``baud_rate``, ``timeout``)."""
+    refused_flow_controls: Mapping[str, str] = field(default_factory=dict)
+    """Serial flow controls the instrument cannot use -> what goes wrong with them."""
+    part_names: Callable[[Any], Sequence[str]] | None = None
+    """``part_names(settings) -> names``: the parts the table declares, each addressed as
+    ``<id>_<name>`` (the same parts :attr:`DriverSpec.parts` builds)."""
+    simulator_options: Callable[[Any], Mapping[str, Any]] | None = None
+    """``simulator_options(settings) -> options``: what the table already tells the simulator
+    (the MaiTai's reply terminator), so a simulated entry need not repeat it in ``sim``."""
+
+
 @dataclass(frozen=True)
 class DriverSpec:
     """What a native driver module declares about itself."""
@@ -149,6 +197,8 @@ class DriverSpec:
     """The legacy driver type of the same instrument (``daqbridge.legacy.register_driver``)."""
     parts: Parts = no_parts
     """The parts addressed by their own device ids (see :data:`Parts`)."""
+    entry: ProfileEntry | None = None
+    """Its ``[[instruments]]`` entry; None: a driver profiles cannot name (yet)."""
 
     @property
     def module(self) -> str:
@@ -167,6 +217,7 @@ def register_driver(
     simulator: str | None = None,
     legacy_twin: str | None = None,
     parts: Parts = no_parts,
+    entry: ProfileEntry | None = None,
     replace: bool = False,
 ) -> DriverSpec:
     """Declare a native driver; called by its module at import.
@@ -175,7 +226,7 @@ def register_driver(
     one instrument is the leak this registry closes); the same module importing again (a reload)
     replaces its own entry.
     """
-    spec = DriverSpec(driver, settings, build, simulator, legacy_twin, parts)
+    spec = DriverSpec(driver, settings, build, simulator, legacy_twin, parts, entry)
     old = _DRIVERS.get(driver)
     if old is not None and old.module != spec.module and not replace:
         raise ValueError(
@@ -189,3 +240,45 @@ def register_driver(
 def registered_drivers() -> Mapping[str, DriverSpec]:
     """Every driver declared so far (the modules imported so far), by profile name."""
     return MappingProxyType(dict(_DRIVERS))
+
+
+def unregister_driver(driver: str) -> DriverSpec | None:
+    """Forget a declared driver (tests that declare a made-up one); returns its spec."""
+    return _DRIVERS.pop(driver, None)
+
+
+@contextmanager
+def declared_driver(driver: str, **declaration: Any) -> Iterator[DriverSpec]:
+    """A driver declared for the duration of a ``with`` block (tests), then forgotten."""
+    spec = register_driver(driver, **declaration)
+    try:
+        yield spec
+    finally:
+        if _DRIVERS.get(driver) is spec:
+            del _DRIVERS[driver]
+
+
+_LISTED_FIRST = ("esp300", "newport1830c", "maitai", "elliptec", "scpi", "pvcam")
+"""The order profiles' messages and docs/profile.md have always listed the lab's drivers in; any
+other driver module of this package comes after them, by name."""
+
+
+def known_drivers() -> Mapping[str, DriverSpec]:
+    """Every driver declared by a module of ``daqbridge.devices`` (imported here, so a new driver
+    module needs no line anywhere else), and any declared before, by profile name.
+
+    Ordered: the lab's drivers as listed always, then the other modules' by module name, then
+    drivers declared from outside the package in the order they were declared.
+    """
+    package = importlib.import_module("daqbridge.devices")
+    names = sorted(
+        info.name
+        for info in pkgutil.iter_modules(package.__path__)
+        if not info.ispkg and not info.name.startswith("_")
+    )
+    order = [n for n in _LISTED_FIRST if n in names] + [n for n in names if n not in _LISTED_FIRST]
+    for name in order:
+        importlib.import_module(f"daqbridge.devices.{name}")
+    rank = {f"daqbridge.devices.{name}": i for i, name in enumerate(order)}
+    specs = sorted(_DRIVERS.values(), key=lambda spec: rank.get(spec.module, len(rank)))
+    return MappingProxyType({spec.driver: spec for spec in specs})

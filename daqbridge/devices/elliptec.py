@@ -59,7 +59,12 @@ from ophyd_async.core import StandardReadableFormat as Format
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from daqbridge.devices._base import check_number, positive_setting
-from daqbridge.devices._registry import DriverSettings, register_driver, settings_error
+from daqbridge.devices._registry import (
+    DriverSettings,
+    ProfileEntry,
+    register_driver,
+    settings_error,
+)
 from daqbridge.devices.core import (
     SetNotConfirmed,
     WireCommand,
@@ -1122,4 +1127,13 @@ register_driver(
     simulator="elliptec",
     legacy_twin="elliptec",
     parts=mounts_of,
+    entry=ProfileEntry(
+        "Thorlabs Elliptec bus: every ELL device on one serial line, addressed 0-F.",
+        table_description="The devices on the bus.",
+        refused_flow_controls={"rtscts": "RTS/CTS flow control hangs the Elliptec bus"},
+        part_names=lambda settings: [a.device_name for a in settings.addresses],
+        simulator_options=lambda settings: {
+            "addresses": [int(a.address, 16) for a in settings.addresses]
+        },
+    ),
 )

@@ -44,7 +44,13 @@ from ophyd_async.core import StandardReadableFormat as Format
 from pydantic import AfterValidator, Field, model_validator
 
 from daqbridge.devices._base import check_number
-from daqbridge.devices._registry import DriverSettings, register_driver, settings_error
+from daqbridge.devices._registry import (
+    DriverSettings,
+    EntryDefault,
+    ProfileEntry,
+    register_driver,
+    settings_error,
+)
 from daqbridge.devices.core import (
     Exchange,
     LeasedPort,
@@ -908,4 +914,16 @@ def axes_of(controller: ESP300Controller) -> dict[str, ESP300Axis]:
     return {axis.name: axis for axis in controller.axes.values()}
 
 
-register_driver("esp300", settings=Esp300Settings, build=build, simulator="esp300", parts=axes_of)
+register_driver(
+    "esp300",
+    settings=Esp300Settings,
+    build=build,
+    simulator="esp300",
+    parts=axes_of,
+    entry=ProfileEntry(
+        "Newport ESP300 motion controller, 1-3 axes on one RS-232 port.",
+        table_description="The axes (`[instruments.esp300]`).",
+        defaults={"baud_rate": EntryDefault(19200, "Baud rate (ESP300: 19200).")},
+        part_names=lambda settings: [axis.name for axis in settings.axes],
+    ),
+)

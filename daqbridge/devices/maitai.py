@@ -57,6 +57,8 @@ from pydantic import Field, field_validator
 from daqbridge.devices._base import positive_setting
 from daqbridge.devices._registry import (
     DriverSettings,
+    EntryDefault,
+    ProfileEntry,
     register_driver,
     settings_error,
     validate_settings,
@@ -910,5 +912,21 @@ def build(port: LeasedPort, *, name: str, settings: MaiTaiSettings, timeout: flo
 
 
 register_driver(
-    "maitai", settings=MaiTaiSettings, build=build, simulator="maitai", legacy_twin="maitai"
+    "maitai",
+    settings=MaiTaiSettings,
+    build=build,
+    simulator="maitai",
+    legacy_twin="maitai",
+    entry=ProfileEntry(
+        "Spectra-Physics MaiTai Ti:Sapphire laser.",
+        table_description="Laser settings.",
+        table_required=False,
+        defaults={
+            "flow_control": EntryDefault(
+                "xonxoff", "Serial flow control (the MaiTai manual asks for XON/XOFF)."
+            ),
+            "timeout": EntryDefault(3.0, "Seconds to wait (replies take 2 s)."),
+        },
+        simulator_options=lambda settings: {"reply_terminator": settings.reply_terminator},
+    ),
 )

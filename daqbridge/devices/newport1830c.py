@@ -46,6 +46,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from daqbridge.devices._registry import (
     DriverSettings,
+    ProfileEntry,
     for_native_stack,
     register_driver,
     settings_error,
@@ -508,4 +509,10 @@ register_driver(
     build=build,
     simulator="newport1830c",
     legacy_twin="newport_1830c",
+    entry=ProfileEntry(
+        "Newport 1830-C optical power meter.",
+        table_description="Meter settings.",
+        table_required=False,
+        refused_flow_controls={"rtscts": "RTS/CTS flow control breaks the 1830-C's serial link"},
+    ),
 )

@@ -86,7 +86,13 @@ from pydantic import Field, field_validator, model_validator
 
 from daqbridge.devices._base import check_number
 from daqbridge.devices._hdf5 import FRAMES_DATASET, FrameFileError, FrameWriter, check_frames_dir
-from daqbridge.devices._registry import DriverSettings, register_driver, settings_error
+from daqbridge.devices._registry import (
+    DriverSettings,
+    EntryDefault,
+    ProfileEntry,
+    register_driver,
+    settings_error,
+)
 from daqbridge.devices.pvcam_backend import CameraBackend, ExposureMode, ImageStatus, Roi
 from daqbridge.errors import (
     DaqbridgeError,
@@ -1058,4 +1064,15 @@ def build(
     )
 
 
-register_driver("pvcam", settings=PvcamSettings, build=build)
+register_driver(
+    "pvcam",
+    settings=PvcamSettings,
+    build=build,
+    entry=ProfileEntry(
+        "A Photometrics camera through PVCAM (or its simulated backend).",
+        transport="camera",
+        table_description="Camera settings.",
+        table_required=False,
+        defaults={"timeout": EntryDefault(10.0, "Seconds to wait for a frame.")},
+    ),
+)

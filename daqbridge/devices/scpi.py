@@ -60,6 +60,8 @@ from pydantic import Field, field_validator, model_validator
 from daqbridge.devices._base import check_number, check_wire_text
 from daqbridge.devices._registry import (
     DriverSettings,
+    EntryDefault,
+    ProfileEntry,
     register_driver,
     settings_error,
     validate_settings,
@@ -826,4 +828,15 @@ def build(
     )
 
 
-register_driver("scpi", settings=ScpiSettings, build=build, simulator="scpi")
+register_driver(
+    "scpi",
+    settings=ScpiSettings,
+    build=build,
+    simulator="scpi",
+    entry=ProfileEntry(
+        "A SCPI instrument over VISA (DMM, source, scope ...).",
+        transport="visa",
+        table_description="Signals and identity.",
+        defaults={"timeout": EntryDefault(2.0, "Seconds to wait for a reply.")},
+    ),
+)
