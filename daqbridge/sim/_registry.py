@@ -18,22 +18,44 @@ import math
 import re
 import threading
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from daqbridge.errors import ConfigError
 from daqbridge.sim._core import Faults, SerialSimulator
 
-SERIAL_KINDS: dict[str, str] = {
-    "esp300": "daqbridge.sim.esp300:ESP300Simulator",
-    "newport1830c": "daqbridge.sim.newport1830c:Newport1830CSimulator",
-    "maitai": "daqbridge.sim.maitai:MaiTaiSimulator",
-    "elliptec": "daqbridge.sim.elliptec:ElliptecBusSimulator",
-}
+_DECLARATION = re.compile(
+    r'^SIMULATOR = "(?P<transport>serial|socket):(?P<attr>[A-Za-z_][A-Za-z0-9_]*)"', re.M
+)
+
+
+def _declared_kinds(package: Path = Path(__file__).parent) -> dict[str, dict[str, str]]:
+    """{transport: {kind: "module:attr"}} of the simulator modules of this package.
+
+    A simulator module declares itself with one line, ``SIMULATOR = "serial:MaiTaiSimulator"``
+    (or ``"socket:serve_tcp"``); its kind is its module name. The line is found in the source,
+    without importing the module: a new simulator needs no line here, and a broken one still
+    lists its kind and fails only when it is used (with a clear error, :func:`load_target`).
+    """
+    kinds: dict[str, dict[str, str]] = {"serial": {}, "socket": {}}
+    for source in sorted(package.glob("*.py")):
+        if source.stem.startswith("_"):
+            continue
+        try:
+            text = source.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if (m := _DECLARATION.search(text)) is not None:
+            kinds[m["transport"]][source.stem] = f"daqbridge.sim.{source.stem}:{m['attr']}"
+    return kinds
+
+
+_DECLARED = _declared_kinds()
+
+SERIAL_KINDS: dict[str, str] = _DECLARED["serial"]
 """Serial instruments: kind -> ``module:Class`` of a :class:`SerialSimulator` subclass."""
 
-SOCKET_KINDS: dict[str, str] = {
-    "scpi": "daqbridge.sim.scpi:serve_tcp",
-}
+SOCKET_KINDS: dict[str, str] = _DECLARED["socket"]
 """Instruments served on a TCP socket instead of a serial port: kind -> ``module:callable``."""
 
 _FAULT_FIELDS = {f.name: f for f in fields(Faults)}

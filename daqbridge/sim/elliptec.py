@@ -728,3 +728,7 @@ class ElliptecBusSimulator(SerialSimulator):
             self._status(mount, STATUS_MECH_TIMEOUT, latency=False)
         else:
             self._send(mount, "PO", to_hex32(mount.position), latency=False)
+
+
+SIMULATOR = "serial:ElliptecBusSimulator"
+"""How ``daqbridge.sim`` finds this simulator (its kind is this module's name)."""

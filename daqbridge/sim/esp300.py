@@ -832,3 +832,7 @@ class ESP300Simulator(SerialSimulator):
         if self._moving(ax):
             self._halt(ax)  # no torque: the stage stops where it is
         ax.motor_on = False
+
+
+SIMULATOR = "serial:ESP300Simulator"
+"""How ``daqbridge.sim`` finds this simulator (its kind is this module's name)."""

@@ -717,3 +717,7 @@ class MaiTaiSimulator(SerialSimulator):
 
     def _save(self) -> None:
         self._saved = self._settings()
+
+
+SIMULATOR = "serial:MaiTaiSimulator"
+"""How ``daqbridge.sim`` finds this simulator (its kind is this module's name)."""

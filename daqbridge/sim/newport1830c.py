@@ -357,3 +357,7 @@ class Newport1830CSimulator(SerialSimulator):
         else:
             return False
         return True
+
+
+SIMULATOR = "serial:Newport1830CSimulator"
+"""How ``daqbridge.sim`` finds this simulator (its kind is this module's name)."""

@@ -1800,3 +1800,7 @@ def serve_tcp(
         yield server
     finally:
         server.close()
+
+
+SIMULATOR = "socket:serve_tcp"
+"""How ``daqbridge.sim`` finds this simulator (its kind is this module's name)."""

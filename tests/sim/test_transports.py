@@ -425,3 +425,33 @@ def test_cli_serve_scpi_prints_visa_address():
     finally:
         rc, _, err = _stop(proc, signal.SIGINT)
     assert rc == 0, err
+
+
+def test_a_simulator_module_declares_its_kind_in_one_line(tmp_path):
+    """A new simulator is found from its own module (``SIMULATOR = "serial:Class"``), with no
+    line in the registry; private modules and modules without the line are not kinds; a module
+    that does not even import still lists its kind (it fails when used, with a clear error)."""
+    (tmp_path / "lamp.py").write_text(
+        'class LampSimulator: ...\n\nSIMULATOR = "serial:LampSimulator"\n'
+    )
+    (tmp_path / "horn.py").write_text('def serve(): ...\n\nSIMULATOR = "socket:serve"\n')
+    (tmp_path / "broken.py").write_text('this is not python (\nSIMULATOR = "serial:Broken"\n')
+    (tmp_path / "_helpers.py").write_text('SIMULATOR = "serial:Nope"\n')
+    (tmp_path / "notes.py").write_text("# SIMULATOR = 'serial:Nope' only in a comment\n")
+    kinds = _registry._declared_kinds(tmp_path)
+    assert kinds == {
+        "serial": {
+            "broken": "daqbridge.sim.broken:Broken",
+            "lamp": "daqbridge.sim.lamp:LampSimulator",
+        },
+        "socket": {"horn": "daqbridge.sim.horn:serve"},
+    }
+
+
+def test_the_packaged_simulators_are_the_kinds_the_drivers_name():
+    from daqbridge.devices import known_drivers
+
+    named = {spec.simulator for spec in known_drivers().values() if spec.simulator}
+    assert named <= set(_registry.known_kinds())
+    assert {"esp300", "newport1830c", "maitai", "elliptec"} <= set(_registry.SERIAL_KINDS)
+    assert set(_registry.SOCKET_KINDS) == {"scpi"}
