@@ -19,9 +19,11 @@ from daqbridge.bridge._shadow import (
     ShadowReport,
     shadow_compare_plan,
 )
+from daqbridge.bridge._signals import InstrumentSignal
 from daqbridge.bridge.legacy_adapter import Field, LegacyDevice, LegacySetting, LegacySignal
 
 __all__ = [
+    "InstrumentSignal",
     "BRIDGE_PLAN_NAME",
     "LEGACY_TWIN",
     "SHADOW_PLAN_NAME",

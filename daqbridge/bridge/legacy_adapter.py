@@ -55,13 +55,8 @@ from ophyd import Device, Kind
 from ophyd.status import DeviceStatus, StatusBase
 from ophyd.utils import ReadOnlyError
 
-from daqbridge.devices._base import (
-    InstrumentSignal,
-    check_number,
-    check_wire_text,
-    fail_status,
-    finish_status,
-)
+from daqbridge.bridge._signals import InstrumentSignal, fail_status, finish_status
+from daqbridge.devices._base import check_number, check_wire_text
 from daqbridge.errors import (
     ConfigError,
     DaqbridgeError,

@@ -49,8 +49,6 @@ _EXPORTS: dict[str, str] = {
     "Frame": "pvcam_backend",
     "ImageStatus": "pvcam_backend",
     "ExposureMode": "pvcam_backend",
-    "InstrumentWorker": "_base",
-    "InstrumentSignal": "_base",
     "DriverSettings": "_registry",
     "DriverSpec": "_registry",
     "EntryDefault": "_registry",
@@ -126,7 +124,7 @@ class _OphydWithEpicsAsleep(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             loader.exec_module(module)
         finally:
             os.environ.pop(_CONTROL_LAYER_VARIABLE, None)
-        from daqbridge.devices.epics import defer_epics_client
+        from daqbridge.devices._epics_layer import defer_epics_client
 
         defer_epics_client(module)
 

@@ -13,8 +13,8 @@ from ophyd import Device, Kind, Signal, SignalRO
 from ophyd.sim import SynAxis
 from ophyd.status import Status
 
+from daqbridge.bridge import InstrumentSignal
 from daqbridge.bridge.legacy_adapter import LegacyDevice
-from daqbridge.devices import InstrumentSignal
 from daqbridge.errors import ConfigError, InstrumentFault, ValueRejected
 from daqbridge.ioc import LabIOC, RecordRefused, SignalPV
 from daqbridge.ioc._server import is_writable
