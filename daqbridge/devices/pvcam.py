@@ -66,7 +66,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from bluesky.protocols import Reading, StreamAsset
@@ -93,6 +93,7 @@ from daqbridge.devices._registry import (
     register_driver,
     settings_error,
 )
+from daqbridge.devices.core import RecordedAsV1
 from daqbridge.devices.pvcam_backend import CameraBackend, ExposureMode, ImageStatus, Roi
 from daqbridge.errors import (
     DaqbridgeError,
@@ -306,26 +307,7 @@ class _HeldValue(SignalBackend[T]):
             callback(self.reading)
 
 
-class _RecordedAsV1(Generic[T]):
-    """A signal read on its own records what an ophyd v1 signal records: its own key as hints
-    when its device hints it, its own reading as configuration (an exposure series reads
-    ``cam_exposure`` with every point). As ``daqbridge.devices.core``'s wire signals do."""
-
-    @property
-    def hints(self) -> dict[str, list[str]]:
-        parent = getattr(self, "parent", None)
-        fields = (getattr(parent, "hints", None) or {}).get("fields") or []
-        name = self.name  # type: ignore[attr-defined]
-        return {"fields": [name] if name in fields else []}
-
-    async def describe_configuration(self) -> dict[str, DataKey]:
-        return await self.describe()  # type: ignore[attr-defined,no-any-return]
-
-    async def read_configuration(self) -> dict[str, Reading]:
-        return await self.read()  # type: ignore[attr-defined,no-any-return]
-
-
-class _Reported(_RecordedAsV1[T], SignalR[T]):
+class _Reported(RecordedAsV1, SignalR[T]):
     """What the camera reported (chip, sensor, temperature, per-point statistics)."""
 
     @property
@@ -333,7 +315,7 @@ class _Reported(_RecordedAsV1[T], SignalR[T]):
         return self._connector.backend  # type: ignore[return-value]
 
 
-class _Setting(_RecordedAsV1[T], SignalRW[T]):
+class _Setting(RecordedAsV1, SignalRW[T]):
     """A camera setting: checked by the device when set, applied at the next setup."""
 
     @property

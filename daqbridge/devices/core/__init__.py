@@ -27,6 +27,7 @@ from daqbridge.devices.core._movable import (
 )
 from daqbridge.devices.core._replay import ReplayMismatch, ReplayPort
 from daqbridge.devices.core._signal import (
+    RecordedAsV1,
     WireCommand,
     WireSignalBackend,
     wire_signal_r,
@@ -43,6 +44,7 @@ from daqbridge.devices.core._sync import (
 from daqbridge.devices.core._transport import AsyncLease, LeasedPort
 
 __all__ = [
+    "RecordedAsV1",
     "AsyncLease",
     "CallTimeout",
     "Exchange",

@@ -206,7 +206,7 @@ class WireSignalBackend(SignalBackend[T]):
             log.exception("first reading of %s for a subscriber failed", self.command.query)
 
 
-class _RecordedAsV1:
+class RecordedAsV1:
     """A signal read on its own is recorded as an ophyd v1 signal (and the legacy adapter's) is.
 
     A plan that reads one signal by itself (a wavelength scan reads the meter's wavelength with
@@ -230,11 +230,11 @@ class _RecordedAsV1:
         return await self.read()  # type: ignore[attr-defined,no-any-return]
 
 
-class WireSignalR(_RecordedAsV1, SignalR[T]):
+class WireSignalR(RecordedAsV1, SignalR[T]):
     """A read-only wire signal (:func:`wire_signal_r`)."""
 
 
-class WireSignalRW(_RecordedAsV1, SignalRW[T]):
+class WireSignalRW(RecordedAsV1, SignalRW[T]):
     """A settable wire signal (:func:`wire_signal_rw`)."""
 
 
