@@ -50,7 +50,7 @@ from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 from event_model import DataKey
-from ophyd_async.core import AsyncStatus, SignalR, SignalRW, StandardReadable
+from ophyd_async.core import SignalR, SignalRW, StandardReadable
 from ophyd_async.core import StandardReadableFormat as Format
 from pydantic import Field, field_validator
 
@@ -64,6 +64,8 @@ from daqbridge.devices._registry import (
     validate_settings,
 )
 from daqbridge.devices.core import (
+    COMPLETED,
+    Completed,
     Exchange,
     LeasedPort,
     WireCommand,
@@ -874,9 +876,9 @@ class MaiTaiLaser(WireDevice):
             watchdog_s=watchdog,
         )
 
-    @AsyncStatus.wrap
-    async def trigger(self) -> None:
+    def trigger(self) -> Completed:
         """Nothing to start: every ``read()`` asks the laser (v1's trigger refreshed a cache)."""
+        return COMPLETED
 
     async def stop(self, success: bool = False) -> None:
         """Stop tuning and close the shutter, as v1's ``stop()``; a failed close is logged."""

@@ -40,7 +40,7 @@ import math
 import re
 from typing import Any, ClassVar, Literal
 
-from ophyd_async.core import AsyncStatus
+from bluesky.protocols import Reading
 from ophyd_async.core import StandardReadableFormat as Format
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -53,6 +53,8 @@ from daqbridge.devices._registry import (
     validate_settings,
 )
 from daqbridge.devices.core import (
+    COMPLETED,
+    Completed,
     Exchange,
     LeasedPort,
     WireCommand,
@@ -406,14 +408,28 @@ class Newport1830C(WireDevice):
         for backend, value in zip(backends, values, strict=True):
             backend.store(value)
 
-    @AsyncStatus.wrap
-    async def trigger(self) -> None:
+    def trigger(self) -> Completed:
         """Nothing to start: ``read()`` takes the reading (``C``, ``D?``, ``Q?``, one lease).
 
         The meter has no acquisition to arm; a triggered reading kept until ``read()`` would be
         a stored value the next read could pass off as fresh. Present so plans and the IOC treat
-        the meter as the detector it is (bluesky's Triggerable).
+        the meter as the detector it is (bluesky's Triggerable); the status is done when
+        returned, so a plan's wait costs nothing.
         """
+        return COMPLETED
+
+    async def read(self) -> dict[str, Reading]:
+        """The power, straight from its wire backend: one lease, no task.
+
+        ``StandardReadable.read`` gathers each signal in a task of its own and each signal's
+        read runs under ``asyncio.wait_for`` (another task): two tasks and six turns of the
+        event loop per point, for one transaction that its reply and lease timeouts already
+        bound. A mock-connected meter (the unit tier) reads through ophyd-async as usual.
+        """
+        backend = self.power._connector.backend
+        if not isinstance(backend, WireSignalBackend):
+            return await super().read()
+        return {self.power.name: await backend.get_reading()}
 
     # --- the reading ----------------------------------------------------------------------------
 

@@ -53,7 +53,7 @@ from contextlib import asynccontextmanager
 from typing import Any, ClassVar, Literal
 
 from bluesky.protocols import Reading
-from ophyd_async.core import AsyncStatus, SignalR
+from ophyd_async.core import SignalR
 from ophyd_async.core import StandardReadableFormat as Format
 from pydantic import Field, field_validator, model_validator
 
@@ -66,7 +66,15 @@ from daqbridge.devices._registry import (
     settings_error,
     validate_settings,
 )
-from daqbridge.devices.core import Exchange, LeasedPort, WireCommand, WireDevice, WireSignalBackend
+from daqbridge.devices.core import (
+    COMPLETED,
+    Completed,
+    Exchange,
+    LeasedPort,
+    WireCommand,
+    WireDevice,
+    WireSignalBackend,
+)
 from daqbridge.devices.core._signal import WireSignalR, WireSignalRW
 from daqbridge.errors import (
     ConfigError,
@@ -679,9 +687,9 @@ class ScpiInstrument(WireDevice):
 
     # --- reading --------------------------------------------------------------------------------
 
-    @AsyncStatus.wrap
-    async def trigger(self) -> None:
+    def trigger(self) -> Completed:
         """Nothing to start: ``read()`` asks the instrument (one lease for the whole point)."""
+        return COMPLETED
 
     async def read(self) -> dict[str, Reading]:
         """Every hinted/normal signal, asked in ONE lease: the values of a point belong together."""

@@ -57,6 +57,11 @@ def parse_sim_url(url: str) -> tuple[str, str | None, dict[str, str]]:
 class Serial(SerialBase):
     """A pyserial port whose far end is a simulator object (see module docstring)."""
 
+    never_blocks_host_io = True
+    """``write()`` hands the bytes to the simulator at once and ``read()`` of what
+    ``in_waiting`` reports returns at once, so daqbridge's transport may call them on an event
+    loop instead of handing them to a thread."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.simulator: SerialSimulator | None = None
         self._rx = bytearray()

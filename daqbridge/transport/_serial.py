@@ -162,6 +162,16 @@ def _check_bytes(data: object, what: str, resource: str) -> None:
         )
 
 
+def _check_terminator(terminator: object, resource: str) -> None:
+    if not terminator or not isinstance(terminator, bytes):
+        raise ValueRejected(
+            f"terminator must be non-empty bytes, got {terminator!r}.",
+            value=terminator,
+            resource=resource,
+            fix="pass e.g. b'\\r\\n'.",
+        )
+
+
 class SerialLease:
     """Exclusive use of a port for one transaction; only valid inside its ``with`` block."""
 
@@ -213,26 +223,14 @@ class SerialLease:
         those bytes stay buffered (``drain()`` returns them).
         """
         port = self._check()
-        if not terminator or not isinstance(terminator, bytes):
-            raise ValueRejected(
-                f"terminator must be non-empty bytes, got {terminator!r}.",
-                value=terminator,
-                resource=port.url,
-                fix="pass e.g. b'\\r\\n'.",
-            )
+        _check_terminator(terminator, port.url)
         return port._read_until(terminator, check_timeout(timeout, "read timeout", port.url))
 
     def query(self, data: bytes, terminator: bytes, timeout: float) -> bytes:
         """Write ``data`` and return the reply up to ``terminator`` (excluded)."""
         port = self._check()
         _check_bytes(data, "data", port.url)
-        if not terminator or not isinstance(terminator, bytes):
-            raise ValueRejected(
-                f"terminator must be non-empty bytes, got {terminator!r}.",
-                value=terminator,
-                resource=port.url,
-                fix="pass e.g. b'\\r\\n'.",
-            )
+        _check_terminator(terminator, port.url)
         if timeout.__class__ is not float or not (0.0 <= timeout < math.inf):  # hot path
             timeout = check_timeout(timeout, "read timeout", port.url)
         port._write(data)
@@ -250,6 +248,40 @@ class SerialLease:
     def read_available(self) -> bytes:
         """Whatever input has arrived (buffered or waiting), without waiting for more."""
         return self._check()._take_available()
+
+    # --- the parts of a query that never wait (the async lease runs them on its event loop) --
+
+    def start_query(self, data: bytes, terminator: bytes, timeout: float) -> tuple[bytes, bool]:
+        """Check the arguments, write what goes out without waiting, and take the reply if it
+        is already there. Returns ``(reply, True)``, or ``(unsent, False)``: the bytes still to
+        write (usually none) before ``finish_query`` waits for the reply."""
+        port = self._check()
+        _check_bytes(data, "data", port.url)
+        _check_terminator(terminator, port.url)
+        if timeout.__class__ is not float or not (0.0 <= timeout < math.inf):  # hot path
+            check_timeout(timeout, "read timeout", port.url)
+        unsent = port._write_now(data)
+        if not unsent:
+            reply = port._reply_now(terminator)
+            if reply is not None:
+                port.queries += 1
+                return reply, True
+        return unsent, False
+
+    def finish_query(self, unsent: bytes, terminator: bytes, timeout: float) -> bytes:
+        """The waiting half of a query begun by ``start_query`` (runs on the I/O thread)."""
+        port = self._check()
+        if unsent:
+            port._write(unsent)
+        reply = port._read_until(terminator, float(timeout))
+        port.queries += 1
+        return reply
+
+    def write_now(self, data: bytes) -> bytes:
+        """Write what the port takes without waiting; return the rest (usually nothing)."""
+        port = self._check()
+        _check_bytes(data, "data", port.url)
+        return port._write_now(data)
 
 
 class AsyncSerialLease:
@@ -302,21 +334,54 @@ class AsyncSerialLease:
         self._last = fut
         return asyncio.wrap_future(fut)
 
+    def _now_ok(self) -> bool:
+        """Whether this call may do its non-waiting part on the event loop itself: the port
+        promises its writes and polls never block, it is open, and no earlier call of this
+        holder is still running on the I/O thread (its bytes come first)."""
+        port = self.port
+        last = self._last
+        return port._now_io and port._ser is not None and (last is None or last.done())
+
     async def write(self, data: bytes) -> None:
+        if self._now_ok():
+            data = self._sync.write_now(data)
+            if not data:
+                return
         await self._run(self._sync.write, data)
 
     async def read_until(self, terminator: bytes, timeout: float) -> bytes:
+        if self._now_ok():
+            url = self._sync._check().url
+            _check_terminator(terminator, url)
+            check_timeout(timeout, "read timeout", url)
+            reply = self.port._reply_now(terminator)
+            if reply is not None:
+                return reply
         return await self._run(self._sync.read_until, terminator, timeout)
 
     async def query(self, data: bytes, terminator: bytes, timeout: float) -> bytes:
+        if self._now_ok():
+            got, done = self._sync.start_query(data, terminator, timeout)
+            if done:
+                return got
+            return await self._run(self._sync.finish_query, got, terminator, timeout)
         return await self._run(self._sync.query, data, terminator, timeout)
 
     async def drain(self) -> bytes:
+        if self._now_ok():
+            return self._sync.drain()
         return await self._run(self._sync.drain)
 
     async def drain_query(self, data: bytes, terminator: bytes, timeout: float) -> bytes:
-        """``drain()`` then ``query()`` in one job of the I/O thread: a query's usual pair, at
-        the cost of one hand-over to that thread and back instead of two."""
+        """``drain()`` then ``query()`` with at most one hand-over to the I/O thread and back
+        (none when the reply is already there as the command goes out, as from an in-process
+        simulator)."""
+        if self._now_ok():
+            self._sync.drain()
+            got, done = self._sync.start_query(data, terminator, timeout)
+            if done:
+                return got
+            return await self._run(self._sync.finish_query, got, terminator, timeout)
         return await self._run(self._drain_query, data, terminator, timeout)
 
     def _drain_query(self, data: bytes, terminator: bytes, timeout: float) -> bytes:
@@ -324,6 +389,8 @@ class AsyncSerialLease:
         return self._sync.query(data, terminator, timeout)
 
     async def read_available(self) -> bytes:
+        if self._now_ok():
+            return self._sync.read_available()
         return await self._run(self._sync.read_available)
 
 
@@ -358,6 +425,10 @@ class SharedSerialPort:
         self._direct_timeout = False
         self._fd: int | None = None
         self._abort_fd: int | None = None
+        self._now_io = False
+        """Writes and polls of this port never block (a plain POSIX port, whose descriptor is
+        non-blocking, or a handler that says so), so async leases do them on their event loop
+        and hand only real waiting to the I/O thread."""
         self._rx = bytearray()
         self._lost: PortUnavailable | None = None
         self._reopen_failed_at = -math.inf
@@ -578,6 +649,7 @@ class SharedSerialPort:
         plain_posix = _POSIX_SERIAL is not None and type(ser) is _POSIX_SERIAL
         self._fd = ser.fd if plain_posix else None
         self._abort_fd = ser.pipe_abort_read_r if plain_posix else None
+        self._now_io = plain_posix or bool(getattr(type(ser), "never_blocks_host_io", False))
         self._lost = None
         self._rx.clear()
         self.generation += 1
@@ -769,6 +841,63 @@ class SharedSerialPort:
                     reply = bytes(rx[:i])
                     del rx[: i + tlen]
                     return reply
+
+    def _write_now(self, data: bytes) -> bytes:
+        """Write without waiting; return what the port did not take (only a POSIX port whose
+        output buffer is full leaves a rest, which then goes out from the I/O thread)."""
+        ser = self._ser
+        if ser is None:
+            raise self._lost_error("write")
+        fd = self._fd
+        if fd is None:
+            self._write(data)  # a handler that never blocks (``never_blocks_host_io``)
+            return b""
+        try:
+            n = os.write(fd, data)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            raise self._lose(ser, exc, "write") from None
+        self.bytes_out += n
+        return data[n:] if n < len(data) else b""
+
+    def _reply_now(self, terminator: bytes) -> bytes | None:
+        """The reply up to ``terminator`` if it has already arrived, else None; never waits."""
+        if self._bus is not None:
+            raise self._bus_owns_reads("read")
+        rx = self._rx
+        i = rx.find(terminator)
+        if i < 0:
+            ser = self._ser
+            if ser is None:
+                raise self._lost_error("read")
+            start = len(rx) - len(terminator) + 1
+            try:
+                fd = self._fd
+                if fd is not None:
+                    try:
+                        chunk = os.read(fd, 4096)
+                    except BlockingIOError:
+                        return None
+                    if not chunk:
+                        # Nothing yet (a tty with VMIN=0 says so with b""). A hang-up also reads
+                        # b"": the waiting path's select tells the two apart and reports it.
+                        return None
+                else:
+                    n = ser.in_waiting
+                    if not n:
+                        return None
+                    chunk = ser.read(n)
+            except (serial.SerialException, OSError, ValueError) as exc:
+                raise self._lose(ser, exc, "read") from None
+            rx += chunk
+            self.bytes_in += len(chunk)
+            i = rx.find(terminator, start if start > 0 else 0)
+            if i < 0:
+                return None
+        reply = bytes(rx[:i])
+        del rx[: i + len(terminator)]
+        return reply
 
     def _take_available(self) -> bytes:
         if self._bus is not None:

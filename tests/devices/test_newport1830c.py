@@ -148,6 +148,57 @@ def test_describe_is_the_v1_meters_key_for_key(meter):
     ]
 
 
+def test_its_own_read_gives_what_ophyd_async_would(meter):
+    """``read()`` skips StandardReadable's tasks; it must still give exactly the readings the
+    descriptor declares, each from the instrument (the simulator's power), and the subscriber
+    of ``power`` sees each one as ophyd-async's read would show it."""
+    from ophyd_async.core import StandardReadable
+
+    server, pm = meter(input_power=3.0e-7)
+    seen = []
+    on_loop(_subscribed(pm.power, seen.append))
+    ours = on_loop(pm.read())
+    theirs = on_loop(StandardReadable.read(pm))
+    assert list(ours) == list(theirs) == list(on_loop(pm.describe())) == ["pm_power"]
+    assert ours["pm_power"]["value"] == pytest.approx(3.0e-7, rel=1e-3)
+    assert ours["pm_power"]["timestamp"] < theirs["pm_power"]["timestamp"]  # both asked
+    assert [r["pm_power"]["timestamp"] for r in seen][-2:] == [
+        ours["pm_power"]["timestamp"],
+        theirs["pm_power"]["timestamp"],
+    ]
+
+
+def test_a_mock_connected_meter_reads_through_ophyd_async(RE):  # noqa: N803
+    from ophyd_async.core import set_mock_value
+
+    pm = Newport1830C(ReplayPort({}), name="pm")
+    on_loop(pm.connect(mock=True))
+    set_mock_value(pm.power, 1.5e-6)
+    assert on_loop(pm.read())["pm_power"]["value"] == 1.5e-6
+
+
+def test_trigger_is_done_when_returned(meter):
+    """Nothing to arm: the status is finished at once, so a plan's wait takes no loop turn."""
+    server, pm = meter()
+    status = pm.trigger()
+    assert status.done and status.success and status.exception() is None
+    called = []
+    status.add_callback(called.append)
+    assert called == [status]
+    on_loop(_awaited(status))  # ophyd-async callers await it
+    sent = len(server.simulator.received_lines)
+    pm.trigger()
+    assert len(server.simulator.received_lines) == sent  # nothing on the wire
+
+
+async def _subscribed(signal: Any, callback: Any) -> None:
+    signal.subscribe_reading(callback)
+
+
+async def _awaited(status: Any) -> None:
+    await status
+
+
 def test_profile_settings_are_applied_and_read_back(meter):
     server, pm = meter({"wavelength_nm": 1064, "range": 5, "filter": "medium", "attenuator": True})
     sim = server.simulator

@@ -8,6 +8,7 @@
   can hand it :class:`ReplayPort`, which replays a transcript and fails on any unexpected byte.
 * :class:`WireMovableLogic` / :class:`WirePositioner` / :func:`wire_target_signal`: positioners
   whose moves are coroutines (move command in one lease, motion-done polls in short ones).
+* :data:`COMPLETED`: the status of a trigger with nothing to start (done when returned).
 * :func:`call_sync` / :func:`maybe_sync`: a device's coroutines from synchronous code (another
   thread), run on the loop the device was connected on.
 """
@@ -33,6 +34,7 @@ from daqbridge.devices.core._signal import (
     wire_signal_r,
     wire_signal_rw,
 )
+from daqbridge.devices.core._status import COMPLETED, Completed
 from daqbridge.devices.core._sync import (
     CallTimeout,
     call_sync,
@@ -44,6 +46,8 @@ from daqbridge.devices.core._sync import (
 from daqbridge.devices.core._transport import AsyncLease, LeasedPort
 
 __all__ = [
+    "COMPLETED",
+    "Completed",
     "RecordedAsV1",
     "AsyncLease",
     "CallTimeout",
