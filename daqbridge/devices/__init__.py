@@ -53,6 +53,7 @@ _EXPORTS: dict[str, str] = {
     "DriverSpec": "_registry",
     "EntryDefault": "_registry",
     "ProfileEntry": "_registry",
+    "addressed_parts": "_registry",
     "declared_driver": "_registry",
     "known_drivers": "_registry",
     "unregister_driver": "_registry",

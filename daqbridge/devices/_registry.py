@@ -40,6 +40,7 @@ __all__ = [
     "DriverSpec",
     "EntryDefault",
     "ProfileEntry",
+    "addressed_parts",
     "declared_driver",
     "for_native_stack",
     "known_drivers",
@@ -104,27 +105,93 @@ class DriverSettings(BaseModel):
 
 
 def validate_settings(
-    model: type[S], values: Mapping[str, Any], *, instrument: str, stack: str = "native"
+    model: type[S],
+    values: Mapping[str, Any],
+    *,
+    instrument: str,
+    stack: str = "native",
+    resource: str | None = None,
 ) -> S:
     """The settings a device constructor was given, checked by its driver's model.
 
     The constructor and ``config check`` then refuse the same values with the same words (what,
-    key, fix); a refusal is a ConfigError, raised before any byte is sent.
+    key, fix); a refusal is a ConfigError naming the instrument (and ``resource``, its port,
+    when the caller has one), raised before any byte is sent.
     """
     try:
         return model.for_stack(values, stack=stack)
     except pydantic.ValidationError as exc:
         err = exc.errors()[0]
-        key = ".".join(str(part) for part in err["loc"])
+        loc = list(err["loc"])
+        key = _format_key(loc)
         ctx = err.get("ctx") or {}
+        owner, description = _field_of(model, loc)
+        name = str(loc[-1]) if loc else ""
         if err["type"] == "profile":
             what, fix = str(ctx["what"]), str(ctx["fix"])
             if ctx.get("key"):
                 key = f"{key}.{ctx['key']}" if key else str(ctx["key"])
+        elif err["type"] == "missing":
+            what = f"missing required key {name!r}"
+            fix = f"add {key}" + (f": {_unsentence(description)}" if description else "")
+        elif err["type"] == "extra_forbidden":
+            what = f"unknown key {name!r}"
+            known = ", ".join(owner.model_fields) if owner is not None else ""
+            fix = f"use one of {known}" if known else "remove it (see docs/profile.md)"
+        elif err["type"] in ("too_short", "too_long"):
+            what = f"{key} has {ctx.get('actual_length')} entries; " + (
+                f"at least {ctx.get('min_length')} needed"
+                if err["type"] == "too_short"
+                else f"at most {ctx.get('max_length')} allowed"
+            )
+            fix = _unsentence(description) or "see docs/profile.md"
         else:
             what = f"{err['msg'][:1].lower()}{err['msg'][1:]} (got {err.get('input')!r})"
-            fix = f"correct {key}: the reference of every key is docs/profile.md."
-        raise ConfigError(what, instrument=instrument, key=key or None, fix=fix) from None
+            fix = f"correct {key}: " + (
+                _unsentence(description) or "the reference of every key is docs/profile.md"
+            )
+        raise ConfigError(
+            what, instrument=instrument, resource=resource, key=key or None, fix=fix
+        ) from None
+
+
+def _format_key(loc: Sequence[Any]) -> str:
+    """``['axes', 1, 'number']`` -> ``axes[1].number``, as the profile's messages write it."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text
+
+
+def _field_of(model: type[BaseModel], loc: Sequence[Any]) -> tuple[type[BaseModel] | None, str]:
+    """The model holding the last key of ``loc`` (None where ``loc`` leaves the models) and
+    that key's description ("" if it has none)."""
+    owner: type[BaseModel] | None = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue  # an entry of a list: the list's item model was found with the list
+        info = owner.model_fields.get(part) if owner is not None else None
+        if info is None:
+            return None, ""
+        owner = _model_in(info.annotation)
+    last = loc[-1] if loc else None
+    info = owner.model_fields.get(last) if owner is not None and isinstance(last, str) else None
+    return owner, (info.description or "") if info is not None else ""
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The settings model an annotation holds (``list[Esp300Axis] | None`` -> Esp300Axis)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _unsentence(text: str) -> str:
+    return text.rstrip(".")
 
 
 Build = Callable[..., Any]
@@ -133,7 +200,9 @@ entry, built and not connected (the runtime connects it, so a failure names the 
 
 Parts = Callable[[Any], Mapping[str, Any]]
 """``parts(device) -> {device id: part}``: the parts of an entry's device that the lab addresses
-by their own ids (an ESP300's axes ``<id>_x``, the mounts of an Elliptec bus)."""
+by their own ids (an ESP300's axes ``<id>_x``, the mounts of an Elliptec bus). The one answer to
+that question: the runtime serves and names these parts (:func:`addressed_parts` gives it to the
+plans' metadata for a device built from Python too)."""
 
 
 def no_parts(device: Any) -> Mapping[str, Any]:
@@ -199,6 +268,9 @@ class DriverSpec:
     """The parts addressed by their own device ids (see :data:`Parts`)."""
     entry: ProfileEntry | None = None
     """Its ``[[instruments]]`` entry; None: a driver profiles cannot name (yet)."""
+    device: type | None = None
+    """The class of the device :attr:`build` returns, which :attr:`parts` takes; required with
+    :attr:`parts`, so :func:`addressed_parts` finds the declaration of any such device."""
 
     @property
     def module(self) -> str:
@@ -218,15 +290,21 @@ def register_driver(
     legacy_twin: str | None = None,
     parts: Parts = no_parts,
     entry: ProfileEntry | None = None,
+    device: type | None = None,
     replace: bool = False,
 ) -> DriverSpec:
     """Declare a native driver; called by its module at import.
 
     A second module claiming the same profile name is refused unless ``replace`` (two homes for
     one instrument is the leak this registry closes); the same module importing again (a reload)
-    replaces its own entry.
+    replaces its own entry. A driver with ``parts`` names the ``device`` class they are parts of.
     """
-    spec = DriverSpec(driver, settings, build, simulator, legacy_twin, parts, entry)
+    if parts is not no_parts and device is None:
+        raise ValueError(
+            f"native driver {driver!r} declares parts: name the class of its device (device=...), "
+            "which the parts belong to"
+        )
+    spec = DriverSpec(driver, settings, build, simulator, legacy_twin, parts, entry, device)
     old = _DRIVERS.get(driver)
     if old is not None and old.module != spec.module and not replace:
         raise ValueError(
@@ -240,6 +318,16 @@ def register_driver(
 def registered_drivers() -> Mapping[str, DriverSpec]:
     """Every driver declared so far (the modules imported so far), by profile name."""
     return MappingProxyType(dict(_DRIVERS))
+
+
+def addressed_parts(device: Any) -> Mapping[str, Any]:
+    """The parts of ``device`` the lab addresses by their own ids, as its driver declares them
+    (:attr:`DriverSpec.parts`: ``{"stage_x": <axis>, ...}`` for an ESP300 controller named
+    ``stage``); empty for a device whose driver declares none, or no driver at all."""
+    for spec in tuple(_DRIVERS.values()):  # a driver module imported meanwhile may declare
+        if spec.device is not None and isinstance(device, spec.device):
+            return spec.parts(device)
+    return {}
 
 
 def unregister_driver(driver: str) -> DriverSpec | None:

@@ -1127,6 +1127,7 @@ register_driver(
     simulator="elliptec",
     legacy_twin="elliptec",
     parts=mounts_of,
+    device=ElliptecBus,
     entry=ProfileEntry(
         "Thorlabs Elliptec bus: every ELL device on one serial line, addressed 0-F.",
         table_description="The devices on the bus.",

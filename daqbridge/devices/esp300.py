@@ -2,7 +2,8 @@
 
 The instrument's facts (unit codes, error meanings and fixes, number format) are written once,
 below, and the profile's ``[instruments.esp300]`` table (:class:`Esp300Settings`) is declared
-from them; the module registers the driver, so ``config check`` and start-up cannot disagree.
+from them; the controller's constructor validates through that model and the module registers
+the driver, so ``config check``, start-up and Python code cannot disagree.
 A move is a coroutine (``PA`` in one lease, then ``MD?`` + ``TP?`` polls in short leases) and the
 port's lease is the only scheduler, so two axes on one port move at once with no thread at all
 (the v1 driver this replaced needed a cooperative scheduler on a worker thread). Data keys,
@@ -33,9 +34,9 @@ import asyncio
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -50,6 +51,7 @@ from daqbridge.devices._registry import (
     ProfileEntry,
     register_driver,
     settings_error,
+    validate_settings,
 )
 from daqbridge.devices.core import (
     Exchange,
@@ -76,7 +78,6 @@ from daqbridge.errors import (
 __all__ = [
     "ESP300_UNITS",
     "ESP300Axis",
-    "ESP300AxisSettings",
     "ESP300Controller",
     "Esp300Axis",
     "Esp300Settings",
@@ -184,21 +185,6 @@ def _stage(reply: str) -> tuple[str, str]:
     return model.strip(), serial.strip()
 
 
-@dataclass(frozen=True)
-class ESP300AxisSettings:
-    """One axis as the profile's ``esp300.axes`` entry gives it (the v1 ``axis()`` arguments)."""
-
-    number: int
-    units: str | None = None
-    low_limit: float | None = None
-    high_limit: float | None = None
-    velocity: float | None = None
-    acceleration: float | None = None
-    deceleration: float | None = None
-    motor_on: bool | None = None
-    move_timeout: float | None = None
-
-
 class _SettingBackend(WireSignalBackend[float]):
     """``VA``/``AC``: set, read back and drain ``TE?`` in one lease, as the v1 axis does.
 
@@ -264,15 +250,11 @@ class ESP300MoveLogic(WireMovableLogic):
 class ESP300Axis(StandardReadable, WirePositioner):
     """One axis: readback ``<name>`` (hinted, ``nTP?``), ``<name>_setpoint`` (``nPA``),
     configuration ``velocity``, ``acceleration``, ``max_velocity``, ``stage_model``,
-    ``stage_serial``. Built by :class:`ESP300Controller`; talks through its leases."""
+    ``stage_serial``. Built by :class:`ESP300Controller` from its validated :class:`Esp300Axis`
+    entry; talks through its leases. The lab addresses it by its own id (``sim_stage_x``): the
+    driver declares the axes as its parts (``register_driver(parts=...)``, below)."""
 
-    addressed_alone: ClassVar[bool] = True
-    """The lab addresses an axis by its own id (``sim_stage_x``), not as a part of the
-    controller: plans record it under that name."""
-
-    def __init__(
-        self, controller: ESP300Controller, settings: ESP300AxisSettings, name: str = ""
-    ) -> None:
+    def __init__(self, controller: ESP300Controller, settings: Esp300Axis, name: str = "") -> None:
         # Not a child (Device.__setattr__ would make the controller a child of its axis).
         object.__setattr__(self, "_controller", controller)
         self.number = n = settings.number
@@ -282,8 +264,7 @@ class ESP300Axis(StandardReadable, WirePositioner):
         self.stage_identity: tuple[str, str] | None = None
         """(model, serial) the stage answered to ``nID?`` at connect; ("", "") if unknown."""
         egu = settings.units
-        per_s = f"{egu}/s" if egu else None
-        low, high = settings.low_limit, settings.high_limit
+        per_s = f"{egu}/s"
         with self.add_children_as_readables(Format.HINTED_UNCACHED_SIGNAL):
             self.readback = wire_signal_r(
                 float,
@@ -299,12 +280,12 @@ class ESP300Axis(StandardReadable, WirePositioner):
                 lambda target: self.movable_logic.start(target),
                 units=egu,
                 precision=5,
-                limits=(low, high) if low is not None and high is not None else None,
+                limits=(settings.low_limit, settings.high_limit),
             )
         with self.add_children_as_readables(Format.CONFIG_SIGNAL):
             self.velocity = self._setting("VA", "velocity", per_s, self._check_velocity)
             self.acceleration = self._setting(
-                "AC", "acceleration", f"{egu}/s^2" if egu else None, self._check_positive
+                "AC", "acceleration", f"{egu}/s^2", self._check_positive
             )
             self.max_velocity = wire_signal_r(
                 float, self, WireCommand(query=f"{n}VU?", parse=_number, units=per_s)
@@ -346,7 +327,6 @@ class ESP300Axis(StandardReadable, WirePositioner):
             limits=(self.settings.low_limit, self.settings.high_limit),
             velocity=self.velocity,
             acceleration=self.acceleration,
-            move_timeout=self.settings.move_timeout,
             what=f"target position of axis {n}",
         )
 
@@ -374,11 +354,8 @@ class ESP300Axis(StandardReadable, WirePositioner):
 
     @property
     def limits(self) -> tuple[float, float]:
-        """Soft limits as ophyd gives them ((0, 0): none), for the IOC's motor record."""
-        low, high = self.settings.low_limit, self.settings.high_limit
-        if low is None and high is None:
-            return (0, 0)
-        return (-math.inf if low is None else low, math.inf if high is None else high)
+        """Soft limits as ophyd gives them (both are always given), for the IOC's motor record."""
+        return (self.settings.low_limit, self.settings.high_limit)
 
     # --- validation (synchronous, before any byte) ----------------------------------------------
 
@@ -417,8 +394,11 @@ class ESP300Axis(StandardReadable, WirePositioner):
 class ESP300Controller(WireDevice):
     """The controller on one port (19200 baud) with 1-3 axes as children.
 
-    ``axes`` maps each axis's name (the suffix of its data keys: controller ``sim_stage``, axis
-    ``x`` -> ``sim_stage_x``) to its :class:`ESP300AxisSettings` or a mapping of the same keys.
+    ``axes`` are the profile's ``esp300.axes`` entries (:class:`Esp300Axis`, or mappings of its
+    keys), or, from Python, a mapping of each axis's name to the other keys of its entry
+    (controller ``sim_stage``, axis ``x`` -> data key ``sim_stage_x``). Both are checked by the
+    driver's settings model (:class:`Esp300Settings`, with ``motor_on``), so the constructor
+    refuses what ``config check`` refuses, in the same words, before any byte is sent.
     ``motor_on=True`` turns motors found off on at connect; otherwise a motor-off axis is
     reported and its moves are refused without ``PA``.
     """
@@ -431,12 +411,26 @@ class ESP300Controller(WireDevice):
         port: LeasedPort,
         *,
         name: str = "",
-        axes: Mapping[str, ESP300AxisSettings | Mapping[str, Any]],
+        axes: Mapping[str, Mapping[str, Any]] | Sequence[Esp300Axis | Mapping[str, Any]],
         motor_on: bool = False,
         timeout: float = 1.0,
         lease_timeout: float = 5.0,
     ) -> None:
-        self.motor_on = bool(motor_on)
+        # The driver's settings model (the profile's [instruments.esp300] table): the
+        # constructor refuses what `config check` refuses, in the same words.
+        entries = _axis_entries(axes, instrument=name, resource=port.url)
+        try:
+            settings = validate_settings(
+                Esp300Settings,
+                {"axes": entries, "motor_on": motor_on},
+                instrument=name,
+                resource=port.url,
+            )
+        except ConfigError as exc:
+            raise _naming_the_axis(exc, list(axes) if isinstance(axes, Mapping) else []) from None
+        self.settings = settings
+        """The validated ``[instruments.esp300]`` table this controller was made from."""
+        self.motor_on = self.settings.motor_on
         self.stale_errors: list[int] = []
         """Error codes found in the queue at connect (left by an earlier session)."""
         self._connecting = False
@@ -446,79 +440,11 @@ class ESP300Controller(WireDevice):
                 str, self, WireCommand(query="VE?", read=self._read_identity)
             )
         self.axes: dict[int, ESP300Axis] = {}
-        for axis_name, spec in self._checked_axes(name, axes).items():
+        for spec in self.settings.axes:
             axis = ESP300Axis(self, spec)
-            setattr(self, axis_name, axis)  # a child: named <controller>_<axis name>
+            setattr(self, spec.name, axis)  # a child: named <controller>_<axis name>
             self.axes[spec.number] = axis
         super().__init__(port, name=name, timeout=timeout, lease_timeout=lease_timeout)
-
-    @staticmethod
-    def _checked_axes(
-        name: str, axes: Mapping[str, ESP300AxisSettings | Mapping[str, Any]]
-    ) -> dict[str, ESP300AxisSettings]:
-        """The v1 ``axis()`` checks, all before any port traffic: ConfigError names the key."""
-        if not 1 <= len(axes) <= 3:
-            raise ConfigError(
-                f"ESP300 {name!r}: 1 to 3 axes, got {len(axes)}.",
-                key="axes",
-                fix="list the axes connected to the controller.",
-            )
-        known = {f.name for f in fields(ESP300AxisSettings)}
-        checked: dict[str, ESP300AxisSettings] = {}
-        for label, spec in axes.items():
-            if not isinstance(spec, ESP300AxisSettings):
-                unknown = set(spec) - known
-                if unknown:
-                    raise ConfigError(
-                        f"ESP300 {name!r} axis {label!r}: unknown keys {sorted(unknown)}.",
-                        key=sorted(unknown)[0],
-                        fix=f"use {', '.join(sorted(known))}.",
-                    )
-                spec = ESP300AxisSettings(**spec)
-            where = f"ESP300 {name!r} axis {label!r}"
-            if not _IDENTIFIER.fullmatch(label):
-                raise ConfigError(
-                    f"{where}: the name must be lower case letters, digits and '_'.",
-                    key="name",
-                    fix="use a name like 'x' or 'focus'.",
-                )
-            n = spec.number
-            if isinstance(n, bool) or n not in (1, 2, 3):
-                raise ConfigError(
-                    f"{where}: axis number must be 1, 2 or 3, got {n!r}.",
-                    key="number",
-                    fix="use the axis connector number on the controller's back panel.",
-                )
-            if any(s.number == n for s in checked.values()):
-                raise ConfigError(
-                    f"{where}: axis {n} is given twice.", key="number", fix="one name per axis."
-                )
-            if spec.units is not None and spec.units not in ESP300_UNITS:
-                raise ConfigError(
-                    f"{where}: unknown units {spec.units!r}.",
-                    key="units",
-                    fix=f"use one of {', '.join(ESP300_UNITS)}.",
-                )
-            for key in ("low_limit", "high_limit"):
-                if getattr(spec, key) is not None:
-                    check_number(getattr(spec, key), instrument=label, what=key)
-            low, high = spec.low_limit, spec.high_limit
-            if low is not None and high is not None and not low < high:
-                raise ConfigError(
-                    f"{where}: low_limit {low} is not below high_limit {high}.",
-                    key="high_limit",
-                    fix="swap the limits or correct one of them.",
-                )
-            for key in ("velocity", "acceleration", "deceleration", "move_timeout"):
-                v = getattr(spec, key)
-                if v is not None and check_number(v, instrument=label, what=key) <= 0:
-                    raise ConfigError(
-                        f"{where}: {key} must be > 0, got {v!r}.",
-                        key=key,
-                        fix="give a positive number or leave it unset.",
-                    )
-            checked[label] = spec
-        return checked
 
     # --- connection -----------------------------------------------------------------------------
 
@@ -586,8 +512,7 @@ class ESP300Controller(WireDevice):
         n, spec = axis.number, axis.settings
         await self.check_motor(x, axis, connecting=True)
         await self.check_stage(x, axis, connecting=True)
-        if spec.units is not None:
-            await x.write(f"{n}SN{ESP300_UNITS[spec.units]}")
+        await x.write(f"{n}SN{ESP300_UNITS[spec.units]}")
         top = wire_backend(axis.max_velocity)
         top.store(await top.read_in(x))
         if spec.velocity is not None:
@@ -620,15 +545,11 @@ class ESP300Controller(WireDevice):
         target = axis.setpoint._connector.backend
         target.store(values[2])  # at rest, the controller holds the axis where it is
 
-    def _wants_motor(self, axis: ESP300Axis) -> bool:
-        wanted = axis.settings.motor_on
-        return self.motor_on if wanted is None else wanted
-
     async def check_motor(self, x: Exchange, axis: ESP300Axis, *, connecting: bool = False) -> bool:
         """``nMO?``; at connect, ``nMO`` first if the profile wants the motor on."""
         n = axis.number
         on = _flag(await x.query(f"{n}MO?"))
-        if not on and connecting and self._wants_motor(axis):
+        if not on and connecting and self.motor_on:
             await x.write(f"{n}MO")
             on = _flag(await x.query(f"{n}MO?"))
             if not on:
@@ -816,20 +737,11 @@ def _reported_as_given(value: float) -> float:
 
 _Rate = Annotated[float, AfterValidator(_reported_as_given)]
 
-Esp300Units = Literal[
-    "counts", "steps", "mm", "um", "in", "mil", "uin", "deg", "grad", "rad", "mrad", "urad"
-]
-ESP300_UNIT_CODES: dict[str, int] = {
-    u: i
-    for i, u in enumerate(
-        ("counts", "steps", "mm", "um", "in", "mil", "uin", "deg", "grad", "rad", "mrad", "urad")
-    )
-}
-"""ESP300 ``SN`` unit codes."""
+Esp300Units = Literal[tuple(ESP300_UNITS)]  # type: ignore[valid-type]
 
 
-def _check_limits(low: float | None, high: float | None, what: str) -> None:
-    if low is not None and high is not None and not low < high:
+def _check_limits(low: float, high: float, what: str) -> None:
+    if not low < high:
         raise settings_error(
             f"{what}: low_limit {low:g} is not below high_limit {high:g}",
             "swap the limits or correct one of them",
@@ -894,19 +806,55 @@ def build(
 ) -> ESP300Controller:
     """The controller of one profile entry with its axes, not connected (the runtime connects
     it on the RunEngine's loop); the entry's ``timeout`` is how long a reply may take."""
-    axes = {
-        axis.name: ESP300AxisSettings(
-            number=axis.number,
-            units=axis.units,
-            low_limit=axis.low_limit,
-            high_limit=axis.high_limit,
-            velocity=axis.velocity,
-            acceleration=axis.acceleration,
-            deceleration=axis.deceleration,
-        )
-        for axis in settings.axes
-    }
-    return ESP300Controller(port, name=name, axes=axes, motor_on=settings.motor_on, timeout=timeout)
+    return ESP300Controller(
+        port, name=name, axes=settings.axes, motor_on=settings.motor_on, timeout=timeout
+    )
+
+
+def _naming_the_axis(error: ConfigError, names: list[Any]) -> ConfigError:
+    """``error`` about ``axes[i]`` saying which axis that is, when the axes were given by name
+    (``{"x": {...}, "y": {...}}``: the i-th name)."""
+    found = re.match(r"axes\[(\d+)\]", error.key or "")
+    if found is None or int(found.group(1)) >= len(names):
+        return error
+    name = names[int(found.group(1))]
+    what = error.what.removeprefix(f"{error.key}: ")  # ConfigError puts its key in front
+    if what.startswith((f"axis {name!r}:", f"axis {name}:")):  # the model's words name it
+        return error
+    return ConfigError(
+        f"axis {name!r}: {what}",
+        key=error.key,
+        instrument=error.instrument,
+        resource=error.resource,
+        fix=error.fix,
+    )
+
+
+def _axis_entries(
+    axes: Mapping[str, Mapping[str, Any]] | Sequence[Esp300Axis | Mapping[str, Any]],
+    *,
+    instrument: str,
+    resource: str,
+) -> Any:
+    """The constructor's ``axes`` as the table's ``axes`` list, for the model to judge: the
+    entries as given, or ``{name: keys}`` as one entry per name (a mapping's order)."""
+    if not isinstance(axes, Mapping):
+        return list(axes) if isinstance(axes, list | tuple) else axes
+    entries = []
+    for label, keys in axes.items():
+        if not isinstance(keys, Mapping):
+            entries.append(keys)  # the model says what an entry must be
+            continue
+        if "name" in keys and keys["name"] != label:
+            raise ConfigError(
+                f"axis {label!r}: its entry names itself {keys['name']!r}.",
+                instrument=instrument,
+                resource=resource,
+                key=f"axes[{len(entries)}].name",
+                fix="leave name out of the entry: the key it is given under is its name.",
+            )
+        entries.append({**keys, "name": label})
+    return entries
 
 
 def axes_of(controller: ESP300Controller) -> dict[str, ESP300Axis]:
@@ -920,6 +868,7 @@ register_driver(
     build=build,
     simulator="esp300",
     parts=axes_of,
+    device=ESP300Controller,
     entry=ProfileEntry(
         "Newport ESP300 motion controller, 1-3 axes on one RS-232 port.",
         table_description="The axes (`[instruments.esp300]`).",

@@ -697,7 +697,10 @@ class LabIOC:
         self.kinds: dict[str, str] = {}
         self.skipped: dict[str, str] = {}
         self.ioc_group = IocGroup(prefix=f"{prefix}ioc:", simulation=simulation)
-        # ophyd-async devices (the 1830-C) through their v1-shaped adapter (daqbridge.ioc._async)
+        # ophyd-async devices (the 1830-C) through their v1-shaped adapter (daqbridge.ioc._async).
+        # A device served under its own id is not served again as a part of its parent: the
+        # runtime's devices hold the parts each driver declares (DriverSpec.parts, an ESP300's
+        # axes), so what is served alone is what the lab addresses alone.
         top = {id(device) for device in devices.values()}
         devices = {
             device_id: served_device(device, elsewhere=top) for device_id, device in devices.items()

@@ -24,6 +24,7 @@ from typing import Any
 
 from event_model import DocumentNames, schema_validators
 
+from daqbridge.devices import addressed_parts
 from daqbridge.plans._checks import MAX_NESTING, plan_error
 
 __all__ = [
@@ -77,12 +78,15 @@ def device_stack(obj: Any) -> str:
 
 def _root(obj: Any) -> Any:
     """The device the lab addresses ``obj`` by: its top-level parent, or the first one up that
-    is addressed on its own (``addressed_alone``: an ESP300's axis is ``sim_stage_x``, not the
+    the top-level device's driver declares a part the lab addresses by its own id
+    (:func:`daqbridge.devices.addressed_parts`: an ESP300's axis is ``sim_stage_x``, not the
     controller ``sim_stage``)."""
-    node = obj
-    while not getattr(node, "addressed_alone", False) and getattr(node, "parent", None):
-        node = node.parent
-    return node
+    chain = [obj]
+    while (parent := getattr(chain[-1], "parent", None)) is not None:
+        chain.append(parent)
+    top = chain[-1]
+    parts = {id(part) for part in addressed_parts(top).values()} if len(chain) > 1 else set()
+    return next((node for node in chain if id(node) in parts), top)
 
 
 def device_stacks(devices: Iterable[Any]) -> dict[str, str]:

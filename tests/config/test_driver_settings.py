@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import serial
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 import daqbridge.sim  # noqa: F401 - registers the sim:// URL handler
@@ -477,58 +477,46 @@ def esp300_tables(draw) -> dict[str, Any]:
 
 
 def esp300_constructor_refuses(port: Any, table: dict[str, Any]) -> bool:
-    """Whether ``ESP300Controller`` refuses the table given in its own words (``axes`` keyed
-    by name, the rest of each entry as its keywords), before any byte is sent.
-
-    Its ``axes`` mapping cannot hold an axis without a name or two axes with one name (the
-    second would silently replace the first), so such a table counts as refused: the profile
-    must refuse it.
-    """
-    names = [axis.get("name") for axis in table["axes"]]
-    if None in names or len({repr(n) for n in names}) < len(names):
-        return True
-    axes = {axis["name"]: {k: v for k, v in axis.items() if k != "name"} for axis in table["axes"]}
+    """Whether ``ESP300Controller`` refuses the table, before any byte is sent: given its
+    ``axes`` entries as they are (what ``build`` passes on) and, when every entry has a name of
+    its own, by name as Python code gives them (``{name: the other keys}``); both forms agree."""
     options = {k: v for k, v in table.items() if k != "axes"}
-    return constructor_refuses(lambda p, **kw: ESP300Controller(p, axes=axes, **kw), port, options)
+    refused = constructor_refuses(
+        lambda p, **kw: ESP300Controller(p, axes=table["axes"], **kw), port, options
+    )
+    names = [axis.get("name") for axis in table["axes"]]
+    if all(isinstance(n, str) for n in names) and len(set(names)) == len(names):
+        by_name = {
+            axis["name"]: {k: v for k, v in axis.items() if k != "name"} for axis in table["axes"]
+        }
+        assert refused == constructor_refuses(
+            lambda p, **kw: ESP300Controller(p, axes=by_name, **kw), port, options
+        ), table
+    return refused
 
 
-def esp300_profile_only_refusal(table: dict[str, Any]) -> bool:
-    """Rules the profile holds and the Python constructor (v1's ``axis()`` checks) does not:
-
-    * an axis in a lab profile has both soft limits (the constructor takes an axis without);
-    * TOML types are strict: ``number = 2.0`` or ``motor_on = 1`` are refused (the constructor
-      takes an integral float as a number and anything as a flag);
-    * a velocity, acceleration or deceleration has at most the decimals the controller reports
-      (``REPLY_DECIMALS``): the constructor takes 1.765625 and its connect then fails, because
-      ``1AC?`` reads 1.76562 and the driver refuses a value the controller did not take.
-    """
-    if "motor_on" in table and not isinstance(table["motor_on"], bool):
-        return True
-    for axis in table["axes"]:
-        if "low_limit" not in axis or "high_limit" not in axis:
-            return True
-        if isinstance(axis.get("number"), float):
-            return True
-        for key in ("velocity", "acceleration", "deceleration"):
-            value = axis.get(key)
-            if isinstance(value, float) and math.isfinite(value) and value > 0:
-                if round(value, esp300_module.REPLY_DECIMALS) != value:
-                    return True
-    return False
+ONE_AXIS = {"number": 1, "name": "x", "low_limit": -5, "high_limit": 5}
+"""An axis both accept; the examples below each break one rule the profile once held alone."""
 
 
 @PROPERTY
 @given(table=esp300_tables())
+@example(table={"axes": [{"number": 1, "name": "x", "low_limit": -5}]})  # a limit left out
+@example(table={"axes": [{**ONE_AXIS, "number": 1.0}]})  # TOML types are strict
+@example(table={"axes": [ONE_AXIS], "motor_on": 1})
+@example(table={"axes": [{**ONE_AXIS, "acceleration": 1.765625}]})  # more decimals than reported
 def test_every_esp300_table_the_profile_accepts_builds_and_every_refusal_agrees(
     table, pool, data_dir
 ):
-    """The profile refuses what ``ESP300Controller`` refuses (plus its own two rules, above),
-    and an accepted table builds and connects with each axis's limits, units, velocities and
-    motor state on the controller.
+    """The profile accepts a table if and only if ``ESP300Controller`` accepts it (one copy of
+    the rules: the constructor validates through the driver's model), and an accepted table
+    builds and connects with each axis's limits, units, velocities and motor state on the
+    controller.
 
     One rule only the controller knows: its stage's maximum velocity (``nVU?``, asked at
-    connect). A faster profile velocity passes ``config check`` by design and is refused at
-    connect, before ``VA`` is sent, in words that name the velocity, the axis and the maximum.
+    connect). A faster profile velocity passes ``config check`` and the constructor by design and
+    is refused at connect, before ``VA`` is sent, in words that name the velocity, the axis and
+    the maximum.
     """
     name = f"prop-esp300-{uuid.uuid4().hex[:8]}"
     url = f"sim://esp300?name={name}&speed=100&motors_on=0&max_velocity={SIM_MAX_VELOCITY:g}"
@@ -537,10 +525,9 @@ def test_every_esp300_table_the_profile_accepts_builds_and_every_refusal_agrees(
         errors = profile_errors(data)
         assert all(e.key.startswith("instruments[0].esp300") for e in errors), errors
         refused = esp300_constructor_refuses(pool.open(url, baudrate=19200), table)
-        expected = refused or esp300_profile_only_refusal(table)
-        assert expected == bool(errors), (table, refused, [str(e) for e in errors])
+        assert refused == bool(errors), (table, [str(e) for e in errors])
         if errors:
-            event("refused by the profile")
+            event("refused by both")
             return
         too_fast = [a for a in table["axes"] if a.get("velocity", 0) > SIM_MAX_VELOCITY]
         if too_fast:
@@ -837,6 +824,16 @@ def test_a_second_home_for_a_driver_is_refused():
     with pytest.raises(ValueError, match="already declared by daqbridge.devices.maitai"):
         register_driver("maitai", settings=spec.settings, build=build)
     assert registered_drivers()["maitai"] is spec
+
+
+def test_parts_are_declared_with_the_class_they_are_parts_of():
+    """``addressed_parts`` finds a device's declaration by its class: a driver with parts and
+    no ``device`` would leave the plans' metadata unable to find them."""
+    spec = registered_drivers()["esp300"]
+    with pytest.raises(ValueError, match="device="):
+        register_driver("parts-alone", settings=spec.settings, build=spec.build, parts=dict)
+    assert "parts-alone" not in registered_drivers()
+    assert spec.device is ESP300Controller and spec.parts is esp300_module.axes_of
 
 
 def test_the_profile_reference_is_generated_from_the_drivers_models():

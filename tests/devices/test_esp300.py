@@ -19,8 +19,14 @@ from bluesky.run_engine import call_in_bluesky_event_loop
 from bluesky.utils import RunEngineInterrupted
 from ophyd.sim import det
 
+from daqbridge.config import check_profile
 from daqbridge.devices.core import ReplayPort, call_sync, wire_backend
-from daqbridge.devices.esp300 import ESP300Axis, ESP300Controller, esp300_error_meaning
+from daqbridge.devices.esp300 import (
+    ESP300Axis,
+    Esp300Axis,
+    ESP300Controller,
+    esp300_error_meaning,
+)
 from daqbridge.devices.newport1830c import Newport1830C
 from daqbridge.errors import (
     ConfigError,
@@ -37,6 +43,8 @@ from daqbridge.sim import serve_pty
 FAST = 50.0  # simulator speed: a 10 mm move at 5 mm/s takes 2 s device time, 40 ms real
 TRANSCRIPTS = Path(__file__).parents[1] / "transcripts" / "esp300.yaml"
 LIMITED = {"units": "mm", "low_limit": -50, "high_limit": 50}
+ONE_AXIS = {"x": {"number": 1, **LIMITED}}
+"""Axis 1 as the transcript's driver_connect section has it: mm, no velocity or acceleration."""
 
 
 def transcript_pairs(section: str) -> list[tuple[bytes, bytes | None]]:
@@ -127,7 +135,7 @@ def test_connect_sends_the_transcripts_connect_section_in_order_in_one_lease():
     port = ReplayPort(transcript_pairs("driver_connect"), url="replay://esp300")
 
     async def body():
-        esp = ESP300Controller(port, name="esp", axes={"x": {"number": 1}})
+        esp = ESP300Controller(port, name="esp", axes=ONE_AXIS)
         await esp.connect()
         return esp
 
@@ -143,7 +151,7 @@ def test_a_port_without_an_esp300_is_refused_naming_both_answers():
     )
 
     async def body():
-        await ESP300Controller(port, name="esp", axes={"x": {"number": 1}}).connect()
+        await ESP300Controller(port, name="esp", axes=ONE_AXIS).connect()
 
     with pytest.raises(IdentityMismatch) as err:
         run(body())
@@ -169,7 +177,7 @@ def test_a_move_is_pa_in_one_lease_then_md_and_tp_in_short_leases():
     )
 
     async def body():
-        esp = ESP300Controller(port, name="esp", axes={"x": {"number": 1}})
+        esp = ESP300Controller(port, name="esp", axes=ONE_AXIS)
         await esp.connect()
         await esp.x.set(1.5)
 
@@ -182,18 +190,106 @@ def test_a_move_is_pa_in_one_lease_then_md_and_tp_in_short_leases():
     ]
 
 
-def test_bad_axis_definitions_are_config_errors_before_any_port_traffic():
+@pytest.mark.parametrize(
+    ("axes", "options", "key", "words"),
+    [
+        ({"x": {"number": 4, **LIMITED}}, {}, "axes[0].number", "less than or equal to 3"),
+        (
+            {"x": {"number": 1, **LIMITED}, "y": {"number": 1, **LIMITED}},
+            {},
+            "axes[1].number",
+            "axis number 1 appears twice",
+        ),
+        ({"x": {"number": 1, **LIMITED, "units": "furlong"}}, {}, "axes[0].units", "'furlong'"),
+        (
+            {"x": {"number": 1, "low_limit": 5, "high_limit": -5}},
+            {},
+            "axes[0].high_limit",
+            "low_limit 5 is not below high_limit -5",
+        ),
+        ({"x": {"number": 1, **LIMITED, "speed": 3}}, {}, "axes[0].speed", "unknown key 'speed'"),
+        ({}, {}, "axes", "at least 1 needed"),
+        # the rules the profile held alone before the constructor validated through its model
+        ({"x": {"number": 1, "low_limit": -5}}, {}, "axes[0].high_limit", "missing required"),
+        ({"x": {"number": 1.0, **LIMITED}}, {}, "axes[0].number", "valid integer"),
+        ({"x": {"number": 1, **LIMITED}}, {"motor_on": 1}, "motor_on", "valid boolean"),
+        (
+            {"x": {"number": 1, **LIMITED, "velocity": 1.765625}},
+            {},
+            "axes[0].velocity",
+            "more than 5 decimals",
+        ),
+        ({"Focus": {"number": 1, **LIMITED}}, {}, "axes[0].name", "'Focus' is not an axis name"),
+        ({"x": {"number": 1, "name": "y", **LIMITED}}, {}, "axes[0].name", "names itself 'y'"),
+    ],
+    ids=[
+        "number",
+        "number-twice",
+        "units",
+        "limits-disordered",
+        "unknown-key",
+        "no-axes",
+        "limit-missing",
+        "number-a-float",
+        "motor_on-not-a-flag",
+        "decimals",
+        "name",
+        "name-not-the-key",
+    ],
+)
+def test_bad_axis_definitions_are_config_errors_before_any_port_traffic(axes, options, key, words):
     port = ReplayPort([], url="replay://esp300")
-    for axes, match in [
-        ({"x": {"number": 4}}, "1, 2 or 3"),
-        ({"x": {"number": 1}, "y": {"number": 1}}, "twice"),
-        ({"x": {"number": 1, "units": "furlong"}}, "unknown units"),
-        ({"x": {"number": 1, "low_limit": 5, "high_limit": -5}}, "not below"),
-        ({"x": {"number": 1, "speed": 3}}, "unknown keys"),
-        ({}, "1 to 3 axes"),
-    ]:
-        with pytest.raises(ConfigError, match=match):
-            ESP300Controller(port, name="esp", axes=axes)
+    with pytest.raises(ConfigError) as err:
+        ESP300Controller(port, name="esp", axes=axes, **options)
+    assert port.transactions == []
+    error = err.value
+    assert error.key == key and words in error.what, str(error)
+    assert error.instrument == "esp" and error.resource == "replay://esp300" and error.fix
+    if key.startswith("axes[0]") and isinstance(axes, dict):
+        assert f"axis {next(iter(axes))}" in error.what.replace("'", ""), error.what
+
+
+def test_the_constructor_refuses_in_the_words_of_config_check():
+    """One copy of the rules: the constructor's error is the profile's issue for the same axis
+    (what and fix), about the same key."""
+    entry = {"number": 1, "name": "x", "low_limit": -5, "high_limit": 5, "velocity": 0.1234567}
+    _, issues = check_profile(
+        {
+            "lab": {"name": "words"},
+            "simulation": {"enabled": True},
+            "instruments": [
+                {
+                    "id": "esp",
+                    "driver": "esp300",
+                    "port": "sim://esp300",
+                    "esp300": {"axes": [entry]},
+                }
+            ],
+        }
+    )
+    (issue,) = [i for i in issues if i.severity == "error"]
+    with pytest.raises(ConfigError) as err:
+        ESP300Controller(ReplayPort([], url="replay://esp300"), name="esp", axes=[entry])
+    assert (
+        issue.key
+        == "instruments[0].esp300.axes[0].velocity"
+        == f"instruments[0].esp300.{err.value.key}"
+    )
+    assert issue.what.rstrip(".") in err.value.what and issue.fix.rstrip(".") in err.value.fix
+
+
+def test_the_profile_entries_build_the_same_controller_as_the_mapping_by_name():
+    """``axes`` as the profile's entries (the models ``build`` passes on) or by name."""
+    port = ReplayPort([], url="replay://esp300")
+    by_name = ESP300Controller(port, name="esp", axes={"focus": {"number": 2, **LIMITED}})
+    entries = ESP300Controller(
+        port,
+        name="esp",
+        axes=[Esp300Axis.model_validate({"number": 2, "name": "focus", **LIMITED})],
+    )
+    for esp in (by_name, entries):
+        assert [(n, a.name, a.limits) for n, a in esp.axes.items()] == [(2, "esp_focus", (-50, 50))]
+    assert by_name.settings == entries.settings
     assert port.transactions == []
 
 
@@ -240,7 +336,8 @@ def test_a_soft_limit_violation_is_refused_before_anything_is_sent(stage, RE, wa
     server, esp = stage()
     sim = server.simulator
     before = list(sim.received_lines)
-    with pytest.raises(ValueRejected, match=r"outside the limits \[-50, 50\]") as err:
+    # -50.0: the settings model holds limits as floats (as a profile-built axis always had them)
+    with pytest.raises(ValueRejected, match=r"outside the limits \[-50\.0, 50\.0\]") as err:
         esp.x.set(75.0)  # synchronous: no status, no task, not even a position query
     assert err.value.instrument == "sim_stage_x" and err.value.limit == (-50, 50)
     assert sim.received_lines == before
@@ -333,7 +430,7 @@ def test_a_scan_in_a_real_run_engine(stage, RE, docs):  # noqa: N803
 
 def test_connect_applies_the_profile_and_clears_stale_errors(stage):
     server, esp = stage(
-        axes={"x": {"number": 1, "units": "um", "velocity": 2.5, "acceleration": 10}},
+        axes={"x": {"number": 1, **LIMITED, "units": "um", "velocity": 2.5, "acceleration": 10}},
         connect=False,
     )
     sim = server.simulator
@@ -351,7 +448,9 @@ def test_connect_applies_the_profile_and_clears_stale_errors(stage):
 
 
 def test_a_profile_velocity_above_the_axis_maximum_fails_connect_before_va(stage):
-    server, esp = stage(axes={"x": {"number": 1, "velocity": 30}}, max_velocity=20, connect=False)
+    server, esp = stage(
+        axes={"x": {"number": 1, **LIMITED, "velocity": 30}}, max_velocity=20, connect=False
+    )
     with pytest.raises(ValueRejected, match="from the profile") as err:
         on_loop(esp.connect())
     assert "20" in str(err.value) and err.value.instrument == "sim_stage_x"
@@ -455,7 +554,7 @@ def test_after_a_reopen_the_next_lease_proves_controller_motor_and_stage_first()
     port.extend([*reverify, (b"1TP?\r\n", b"0.50000\r\n")])
 
     async def body():
-        esp = ESP300Controller(port, name="esp", axes={"x": {"number": 1}})
+        esp = ESP300Controller(port, name="esp", axes=ONE_AXIS)
         await esp.connect()
         port.reopen()  # the adapter dropped out and came back
         return await esp.x.read()
@@ -466,15 +565,18 @@ def test_after_a_reopen_the_next_lease_proves_controller_motor_and_stage_first()
 
 
 def test_a_queued_error_of_the_other_moving_axis_goes_to_that_axis():
-    port = ReplayPort(transcript_pairs("driver_connect"), url="replay://esp300")
-    # axis 2 is asked at connect what axis 1 is asked
-    port.extend(
-        (sent.replace(b"1", b"2", 1), r) for sent, r in transcript_pairs("driver_connect")[2:]
-    )
+    connect = transcript_pairs("driver_connect")
+    assert connect[-1] == (b"TE?\r\n", b"0\r\n")  # once, after every axis was set up
+    # axis 2 is asked at connect what axis 1 is asked, before that last TE?
+    port = ReplayPort(connect[:-1], url="replay://esp300")
+    port.extend((sent.replace(b"1", b"2", 1), r) for sent, r in connect[2:-1])
+    port.extend([connect[-1]])
     port.extend([(b"TE?\r\n", b"213\r\n"), (b"TE?\r\n", b"0\r\n"), (b"TE?\r\n", b"0\r\n")])
 
     async def body():
-        esp = ESP300Controller(port, name="esp", axes={"x": {"number": 1}, "y": {"number": 2}})
+        esp = ESP300Controller(
+            port, name="esp", axes={"x": {"number": 1, **LIMITED}, "y": {"number": 2, **LIMITED}}
+        )
         await esp.connect()
         esp.y.movable_logic._current = 1  # y is moving (its PA went out)
         async with esp.transaction() as x:
@@ -541,7 +643,7 @@ def test_connect_keeps_what_the_shared_transcript_answered():
     port = ReplayPort(transcript_pairs("driver_connect"), url="replay://esp300")
 
     async def body():
-        esp = ESP300Controller(port, name="esp", axes={"x": {"number": 1}})
+        esp = ESP300Controller(port, name="esp", axes=ONE_AXIS)
         await esp.connect()
         return esp
 
@@ -568,7 +670,7 @@ def test_connect_keeps_what_the_shared_transcript_answered():
         "esp_x_stage_serial": "SN1263",
         "esp_identity": "ESP300 Version 3.04 07/27/01",
     }
-    assert esp.x.limits == (0, 0)  # no soft limits given
+    assert esp.x.limits == (-50, 50)  # every axis has both soft limits
 
 
 @pytest.mark.parametrize(
@@ -580,7 +682,7 @@ def test_a_stage_that_cannot_say_what_it_is_is_still_accepted(caplog, reply, sta
     port = ReplayPort(with_stage_reply(reply), url="replay://esp300")
 
     async def body():
-        esp = ESP300Controller(port, name="esp", axes={"x": {"number": 1}})
+        esp = ESP300Controller(port, name="esp", axes=ONE_AXIS)
         await esp.connect()
         return esp
 
@@ -608,7 +710,7 @@ def test_replies_with_sign_padding_and_exponent_are_numbers(serial_pool, transcr
         terminator=b"\r\n",
     )
     port = serial_pool.open(peer.path, baudrate=19200)
-    esp = ESP300Controller(port, name="esp", axes={"x": {"number": 1}}, timeout=0.5)
+    esp = ESP300Controller(port, name="esp", axes=ONE_AXIS, timeout=0.5)
     on_loop(esp.connect())
     config = {k: v["value"] for k, v in on_loop(esp.x.read_configuration()).items()}
     assert (config["esp_x_velocity"], config["esp_x_max_velocity"]) == (5.0, 200.0)
@@ -626,7 +728,7 @@ def test_replies_with_sign_padding_and_exponent_are_numbers(serial_pool, transcr
 def test_another_instrument_on_a_real_port_is_refused(serial_pool, RE):  # noqa: N803
     with serve_pty("newport1830c", speed=FAST) as server:
         port = serial_pool.open(server.path, baudrate=19200)
-        esp = ESP300Controller(port, name="esp", axes={"x": {"number": 1}}, timeout=0.2)
+        esp = ESP300Controller(port, name="esp", axes=ONE_AXIS, timeout=0.2)
         with pytest.raises(IdentityMismatch) as err:
             sync(esp.connect())
     message = str(err.value)
@@ -762,7 +864,7 @@ def test_a_configuration_read_asks_what_the_shared_transcript_answers(
 ):
     peer = transcript(transcript_replies("driver_connect"), terminator=b"\r\n")
     port = serial_pool.open(peer.path, baudrate=19200)
-    esp = ESP300Controller(port, name="esp", axes={"x": {"number": 1}}, timeout=0.5)
+    esp = ESP300Controller(port, name="esp", axes=ONE_AXIS, timeout=0.5)
     on_loop(esp.connect())
     at_connect = len(peer.received)
     refresh = transcript_replies("driver_refresh")
@@ -793,7 +895,7 @@ def test_a_bad_reply_to_a_configuration_read_names_controller_port_and_query(
 ):
     peer = transcript(transcript_replies("driver_connect"), terminator=b"\r\n")
     port = serial_pool.open(peer.path, baudrate=19200)
-    esp = ESP300Controller(port, name="esp", axes={"x": {"number": 1}}, timeout=0.3)
+    esp = ESP300Controller(port, name="esp", axes=ONE_AXIS, timeout=0.3)
     on_loop(esp.connect())
     peer.replies[query] = reply
     with pytest.raises(error) as err:

@@ -14,7 +14,7 @@ import re
 import threading
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,9 +206,12 @@ class _AsyncSignal:
         return call_sync(self.signal.describe(), timeout=CA_TIMEOUT)
 
 
-def _async_signals(obj: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+def _async_signals(
+    obj: Any, path: str = "", elsewhere: Collection[int] = ()
+) -> Iterator[tuple[str, Any]]:
     """Every signal below an ophyd-async device that it reads or configures (the omitted ones,
-    such as the laser's ``commanded`` target, are neither)."""
+    such as the laser's ``commanded`` target, are neither), but not those of a part in
+    ``elsewhere`` (ids of the devices the lab addresses by their own ids: an ESP300's axes)."""
     from ophyd_async.core import Device, SignalR, SignalW
 
     from daqbridge.ioc._async import _kinds_of
@@ -219,24 +222,26 @@ def _async_signals(obj: Any, path: str = "") -> Iterator[tuple[str, Any]]:
         if isinstance(child, SignalR):
             if kinds[id(child)].name != "omitted":
                 yield name, _AsyncSignal(child, isinstance(child, SignalW))
-        elif isinstance(child, Device) and not getattr(child, "addressed_alone", False):
-            yield from _async_signals(child, f"{name}.")
+        elif isinstance(child, Device) and id(child) not in elsewhere:
+            yield from _async_signals(child, f"{name}.", elsewhere)
 
 
-def _signals(obj: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+def _signals(
+    obj: Any, path: str = "", elsewhere: Collection[int] = ()
+) -> Iterator[tuple[str, Any]]:
     """Every ophyd signal below ``obj`` that a device reads or configures (not omitted)."""
     from ophyd import Device, Kind, Signal
 
     from daqbridge.devices.core import is_async_device
 
     if is_async_device(obj):
-        yield from _async_signals(obj, path)
+        yield from _async_signals(obj, path, elsewhere)
         return
     for attr in getattr(obj, "component_names", ()):
         child = getattr(obj, attr)
         name = f"{path}{attr}"
         if isinstance(child, Device):
-            yield from _signals(child, f"{name}.")
+            yield from _signals(child, f"{name}.", elsewhere)
         elif isinstance(child, Signal) and child.kind != Kind.omitted:
             yield name, child
 
@@ -273,8 +278,11 @@ def test_every_setting_is_writable_and_every_reading_read_only_over_ca(stacks, s
     index = _served_signals(served)
     checked: dict[str, tuple[str, bool]] = {}  # "<device>.<signal>" -> (PV, signal writable)
     problems: dict[str, str] = {}
-    for device_id, device in served.devices().items():
-        for path, sig in _signals(device):
+    devices = served.devices()
+    # the runtime's devices are the entries and the parts their drivers declare (DriverSpec.parts)
+    served_alone = {id(device) for device in devices.values()}
+    for device_id, device in devices.items():
+        for path, sig in _signals(device, elsewhere=served_alone - {id(device)}):
             where = index.get(f"{device_id}.{path}") or index.get(_source(sig))
             if where is not None:
                 checked[f"{device_id}.{path}"] = (where[0], bool(sig.write_access))

@@ -71,6 +71,55 @@ def test_stack_of_plain_ophyd_devices_is_native() -> None:
     assert device_stacks([det, motor.readback]) == {"det": "native", "motor": "native"}
 
 
+def test_a_part_the_driver_declares_is_recorded_under_its_own_name() -> None:
+    """``daqbridge_devices`` names an ESP300 axis (a part its driver declares, DriverSpec.parts)
+    by itself, not by its controller, also for a controller built from Python; a device of a
+    driver whose parts leave it out, or of no driver, is recorded as its top-level parent."""
+    from ophyd_async.core import Device, soft_signal_rw
+
+    from daqbridge.devices import declared_driver, registered_drivers
+    from daqbridge.devices.core import ReplayPort
+    from daqbridge.devices.esp300 import ESP300Controller
+
+    limits = {"low_limit": -1.0, "high_limit": 1.0}
+    stage = ESP300Controller(
+        ReplayPort([], url="replay://esp300"),
+        name="stage",
+        axes={"x": {"number": 1, **limits}, "y": {"number": 2, **limits}},
+    )
+    assert device_stacks([stage.x, stage.y.setpoint, stage.identity]) == {
+        "stage_x": "native",
+        "stage_y": "native",
+        "stage": "native",
+    }
+
+    class Rack(Device):
+        def __init__(self, name: str) -> None:
+            self.shelf = Shelf()
+            self.drawer = Shelf()
+            super().__init__(name=name)
+
+    class Shelf(Device):
+        def __init__(self) -> None:
+            self.level = soft_signal_rw(float)
+            super().__init__()
+
+    rack = Rack("rack")
+    esp300 = registered_drivers()["esp300"]
+    with declared_driver(
+        "rack",
+        settings=esp300.settings,
+        build=esp300.build,
+        parts=lambda r: {r.shelf.name: r.shelf},
+        device=Rack,
+    ):
+        assert device_stacks([rack.shelf.level, rack.drawer.level]) == {
+            rack.shelf.name: "native",
+            "rack": "native",
+        }
+    assert device_stacks([rack.shelf.level]) == {"rack": "native"}  # no driver declares it
+
+
 def test_start_metadata_user_md_wins_and_hints_merge() -> None:
     md = start_metadata(
         "p",
