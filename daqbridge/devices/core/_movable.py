@@ -141,14 +141,37 @@ class WireMovableLogic(MovableLogic[float]):
         """
         if self.move_timeout is not None:
             return self.move_timeout
+        travel = await self.travel_time(old_position, new_position)
+        return None if travel is None else 2.0 * travel + 10.0
+
+    async def travel_time(self, old_position: float, new_position: float) -> float | None:
+        """Seconds the controller's motion profile needs for the move; None without a usable
+        velocity. The velocity and acceleration are the values the controller last reported
+        (at connect, after every set of them), asked now only if it never did: asking before
+        every move would cost two exchanges per point on a slow line, for a figure that only
+        bounds the move."""
         if self.velocity is None:
             return None
-        v = await self.velocity.get_value()
-        a = await self.acceleration.get_value() if self.acceleration is not None else math.inf
-        distance = abs(new_position - old_position)
-        if not (v > 0 and a > 0 and math.isfinite(distance)):
+        v = _reported(self.velocity)
+        if v is None:
+            v = await self.velocity.get_value()
+        a: float | None = math.inf
+        if self.acceleration is not None:
+            a = _reported(self.acceleration)
+            if a is None:
+                a = await self.acceleration.get_value()
+        return trapezoid_time(abs(new_position - old_position), v, a)
+
+    def expected_travel(self, old_position: float, new_position: float) -> float | None:
+        """The same from what the controller already reported, without a byte on the wire;
+        None when something is unknown (the polls then follow the back-off alone)."""
+        if self.velocity is None:
             return None
-        return 2.0 * (distance / v + v / a) + 10.0
+        v = _reported(self.velocity)
+        a = math.inf if self.acceleration is None else _reported(self.acceleration)
+        if v is None or a is None:
+            return None
+        return trapezoid_time(abs(new_position - old_position), v, a)
 
     # --- moving ---------------------------------------------------------------------------------
 
@@ -172,12 +195,18 @@ class WireMovableLogic(MovableLogic[float]):
         """Move command, then polls in short leases until the controller says done."""
         # What a put to the setpoint does (start, then keep the target), with the move's own
         # number in hand: a newer move started meanwhile must not be taken for this one.
+        from_position = _last_position(self.readback)
         move_id = await self.start(new_position)
+        started = time.monotonic()
         backend = self.setpoint._connector.backend
         if isinstance(backend, WireTargetBackend):
             backend.store(float(new_position))
         try:
-            await self.wait_done(new_position, move_id, timeout())
+            travel = None
+            if from_position is not None:
+                travel = self.expected_travel(from_position, float(new_position))
+            expected_end = None if travel is None else started + travel
+            await self.wait_done(new_position, move_id, timeout(), expected_end)
         except _Superseded:
             raise  # the newer move owns the axis now: no stop
         except BaseException:
@@ -190,8 +219,20 @@ class WireMovableLogic(MovableLogic[float]):
             if self._current == move_id:
                 self._current = 0
 
-    async def wait_done(self, target: float, move_id: int, timeout: float | None) -> None:
-        """Poll (done query, then position) until done; on timeout stop and raise."""
+    async def wait_done(
+        self,
+        target: float,
+        move_id: int,
+        timeout: float | None,
+        expected_end: float | None = None,
+    ) -> None:
+        """Poll (done query, then position) until done; on timeout stop and raise.
+
+        The pauses follow the back-off, except that a pause that would run past the end the
+        motion profile expects (``expected_end``, ``time.monotonic()``) is cut short so a poll
+        lands on it: the end of the move is then seen one exchange after it happens instead of
+        up to a whole pause later. A controller slower than the profile is polled on as before.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         backoff = self.motion.backoff
         for poll in itertools.count():
@@ -214,7 +255,12 @@ class WireMovableLogic(MovableLogic[float]):
                     instrument=self.axis.name,
                     fix="raise the move timeout or the velocity, or check the stage for blockage.",
                 )
-            await asyncio.sleep(backoff[min(poll + 1, len(backoff) - 1)])
+            pause = backoff[min(poll + 1, len(backoff) - 1)]
+            if expected_end is not None:
+                until_end = expected_end - time.monotonic()
+                if 0.0 < until_end < pause:
+                    pause = until_end
+            await asyncio.sleep(pause)
 
     async def poll(self, x: Exchange) -> tuple[bool, float]:
         """Motion done? then the position, in the caller's lease; the position is stored."""
@@ -236,6 +282,29 @@ class WireMovableLogic(MovableLogic[float]):
         self._stopped = move_id  # before the lease: the move is cancelled while it waits
         async with self.axis.transaction() as x:
             await x.write(self.motion.stop)
+
+
+def trapezoid_time(distance: float, velocity: float, acceleration: float) -> float | None:
+    """Travel time of a trapezoidal profile (a triangle when the move is too short to reach the
+    velocity; deceleration equal to the acceleration, the controllers' default); None for a
+    velocity or acceleration that cannot be right."""
+    v, a = velocity, acceleration
+    if not (v > 0 and a > 0 and math.isfinite(distance)):
+        return None
+    if distance >= v * v / a:  # reaches the velocity: accelerate, cruise, decelerate
+        return distance / v + v / a
+    return 2.0 * math.sqrt(distance / a)
+
+
+def _reported(signal: SignalR[float]) -> float | None:
+    """The value a wire signal's instrument last reported (None if it never did, or a mock)."""
+    reading = getattr(signal._connector.backend, "last_reading", None)
+    return None if reading is None else float(reading["value"])
+
+
+def _last_position(readback: SignalR[float]) -> float | None:
+    """Where the controller last said the axis was (None before any reply, or a mock)."""
+    return _reported(readback)
 
 
 class WirePositioner(StandardMovable[float]):

@@ -27,6 +27,7 @@ from daqbridge.devices.core import (
     wire_signal_r,
     wire_target_signal,
 )
+from daqbridge.devices.core._movable import trapezoid_time
 from daqbridge.errors import (
     IdentityMismatch,
     InstrumentError,
@@ -265,8 +266,8 @@ def test_a_newer_move_supersedes_the_older_without_stopping_the_axis():
             (b"G5.0\n", None),
             *poll(False, "1.000"),
             # the second set: its starting position comes from the readback the first move
-            # is watching (no query), then the velocity for its timeout
-            (b"V?\n", b"2.0\n"),
+            # is watching, and its timeout from the velocity the slide reported for the first
+            # move (no query for either)
             (b"G8.0\n", None),
             *poll(True, "8.000"),
         ],
@@ -284,3 +285,76 @@ def test_a_newer_move_supersedes_the_older_without_stopping_the_axis():
 
     run(body())
     port.assert_done()  # and no S: the newer move owns the axis
+
+
+@pytest.mark.parametrize(
+    ("distance", "velocity", "acceleration", "seconds"),
+    [
+        (10.0, 5.0, 20.0, 10.0 / 5.0 + 5.0 / 20.0),  # reaches 5 mm/s: 0.25 s ramps, 1.75 s flat
+        (1.25, 5.0, 20.0, 0.5),  # just reaches it: two 0.25 s ramps, nothing flat
+        (0.1, 5.0, 20.0, 2.0 * (0.1 / 20.0) ** 0.5),  # a triangle: never reaches 5 mm/s
+        (4.0, 2.0, float("inf"), 2.0),  # no acceleration given: distance / velocity
+        (1.0, 0.0, 20.0, None),  # a velocity that cannot be right
+        (1.0, 5.0, 0.0, None),
+    ],
+)
+def test_travel_time_of_the_trapezoidal_profile(distance, velocity, acceleration, seconds):
+    got = trapezoid_time(distance, velocity, acceleration)
+    assert got == (None if seconds is None else pytest.approx(seconds))
+
+
+def recorded_pauses(monkeypatch) -> list[float]:
+    """The pauses asked for while the test runs (each still yields to the loop). asyncio's own
+    ``sleep`` is replaced, so zero-length yields of other code are left out: a pause between
+    two polls is never zero here (the back-offs below have no zero after the first poll)."""
+    from daqbridge.devices.core import _movable
+
+    pauses: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float, *args: Any) -> Any:
+        if delay:
+            pauses.append(delay)
+        return await real_sleep(0)
+
+    monkeypatch.setattr(_movable.asyncio, "sleep", sleep)
+    return pauses
+
+
+def test_a_poll_is_pulled_in_to_land_on_the_end_the_profile_expects(monkeypatch):
+    """2 mm/s and 0.1 mm: the move should end 50 ms after the command; the back-off's next
+    pause (1 s) would see it up to a second late, so the pause is cut to the expected end."""
+    port = ReplayPort(
+        [IDN, *START, (b"G0.1\n", None), *poll(False, "0.050"), *poll(True, "0.100")],
+        url="replay://slide",
+    )
+    pauses = recorded_pauses(monkeypatch)
+
+    async def body():
+        slide = Slide(port, backoff=(0.0, 1.0))
+        await slide.connect()
+        await slide.set(0.1)
+
+    run(body())
+    port.assert_done()
+    assert len(pauses) == 1 and 0.0 < pauses[0] <= 0.05
+
+
+def test_without_a_reported_velocity_the_polls_follow_the_back_off(monkeypatch):
+    """A mock-free slide whose velocity was never reported and a fixed timeout: nothing tells
+    when the move should end, so no pause is cut and nothing extra is asked."""
+    port = ReplayPort(
+        [IDN, (b"P?\n", b"0.000\n"), (b"G0.1\n", None), *poll(False, "0.050")]
+        + poll(True, "0.100"),
+        url="replay://slide",
+    )
+    pauses = recorded_pauses(monkeypatch)
+
+    async def body():
+        slide = Slide(port, move_timeout=5.0, backoff=(0.0, 1.0))
+        await slide.connect()
+        await slide.set(0.1)
+
+    run(body())
+    port.assert_done()
+    assert pauses == [1.0]
