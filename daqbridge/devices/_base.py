@@ -1,7 +1,8 @@
 """Checks every native driver makes before a value reaches the wire, in one place.
 
 * ``check_wire_text`` / ``check_number``: values are validated before they reach the wire, so a
-  string carrying a terminator or a second command (``"1PA10\\r\\n1PA-50"``) can never be sent.
+  string carrying a terminator or a second command (``"1PA10\\r\\n1PA-50"``) can never be sent,
+  and one that cannot be encoded as ASCII is refused in words, not by the encoder.
 * ``positive_setting``: a constructor's timing or tolerance argument, refused with the key named.
 
 (The ophyd v1 base the drivers once shared, a worker thread per instrument and its signals, is
@@ -25,12 +26,23 @@ FORBIDDEN_IN_COMMANDS = ("\r", "\n", ";", "\x00")
 
 
 def check_wire_text(value: str, *, instrument: str, what: str) -> str:
-    """Refuse text that would smuggle a terminator or a second command onto the wire."""
+    """Refuse text that cannot be sent (a character that is not ASCII: the instruments read
+    7-bit ASCII, IEEE 488.2 program messages too) or that would smuggle a terminator or a second
+    command onto the wire."""
     if not isinstance(value, str):
         raise ValueRejected(
             f"{what} must be text, got {type(value).__name__} {value!r}.",
             instrument=instrument,
             value=value,
+        )
+    if not value.isascii():
+        odd = next(c for c in value if not c.isascii())
+        raise ValueRejected(
+            f"{what} {value!r} has a character that is not ASCII ({odd!r}); the instrument "
+            "reads commands as 7-bit ASCII, so it cannot be sent.",
+            instrument=instrument,
+            value=value,
+            fix="write it in ASCII characters only (e.g. 'u' for 'µ', 'deg' for '°').",
         )
     bad = [c for c in FORBIDDEN_IN_COMMANDS if c in value]
     if bad or not value.isprintable():

@@ -24,9 +24,11 @@ Why it is built this way:
   afresh). ``set()`` checks the value against the limits read at connect (sensor, binnings,
   exposure modes) synchronously, before a status exists and before the backend is touched, so
   a bad value raises in the plan with the camera's message. ROI, binning and frames per
-  point cannot change while staged: they fix the shape of the frames in the run's file. The
-  profile's exposure and frames per point are checked when the device is built (they need no
-  camera), the rest at connect, against the camera found.
+  point cannot change while staged: they fix the shape of the frames in the run's file. When the
+  device is built, what needs no camera is checked: its exposure, ROI and binning through the
+  table's model (:class:`PvcamSettings`, so the constructor refuses what ``config check``
+  refuses, in the same words), and its frames per point; the rest at connect, against the camera
+  found (its sensor, the binnings and exposure modes it offers).
 * Their backend is :class:`_HeldValue`, not ophyd-async's ``SoftSignalBackend``: its converters
   turn the list settings (ROI, binning, sensor size) into numpy arrays and its data keys add
   ``dtype_numpy``; both would change the descriptors the catalog receives.
@@ -84,7 +86,7 @@ from ophyd_async.core import (
 from ophyd_async.core import StandardReadableFormat as Format
 from pydantic import Field, field_validator, model_validator
 
-from daqbridge.devices._base import check_number
+from daqbridge.devices._base import check_number, positive_setting
 from daqbridge.devices._hdf5 import FRAMES_DATASET, FrameFileError, FrameWriter, check_frames_dir
 from daqbridge.devices._registry import (
     DriverSettings,
@@ -92,6 +94,7 @@ from daqbridge.devices._registry import (
     ProfileEntry,
     register_driver,
     settings_error,
+    validate_settings,
 )
 from daqbridge.devices.core import RecordedAsV1
 from daqbridge.devices.pvcam_backend import CameraBackend, ExposureMode, ImageStatus, Roi
@@ -116,7 +119,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-#: Finest exposure step PVCAM offers (microsecond resolution), in ms.
+#: Finest exposure step PVCAM offers (microsecond resolution), in ms; the shortest exposure too.
 MIN_EXPOSURE_MS = 0.001
 #: The longest exposure a profile may ask for (one hour), in ms.
 MAX_EXPOSURE_MS = 3_600_000.0
@@ -140,6 +143,18 @@ class CameraInfo:
 
 
 # --- the [instruments.pvcam] table ------------------------------------------------------------
+
+
+def _finer_than_a_microsecond(exposure_ms: float) -> tuple[str, str] | None:
+    """(what, fix) when an exposure is not a whole number of microseconds, the finest step PVCAM
+    offers; None when it is. The table's model and the camera's settings both ask this."""
+    if abs(exposure_ms * 1000 - round(exposure_ms * 1000)) > 1e-6:
+        return (
+            f"exposure {exposure_ms!r} ms is not a whole number of microseconds, the finest "
+            "step PVCAM offers",
+            f"use {round(exposure_ms * 1000) / 1000:g} ms",
+        )
+    return None
 
 
 def _text(value: str | None) -> str | None:
@@ -174,7 +189,12 @@ class PvcamSettings(DriverSettings):
     backend: Literal["sim", "pvcam"] = Field(
         "pvcam", description="`pvcam`: the vendor SDK through pyvcam; `sim`: simulated camera."
     )
-    exposure_ms: float = Field(20.0, gt=0, le=MAX_EXPOSURE_MS, description="Exposure time in ms.")
+    exposure_ms: float = Field(
+        20.0,
+        ge=MIN_EXPOSURE_MS,
+        le=MAX_EXPOSURE_MS,
+        description="Exposure time in ms, in whole microseconds.",
+    )
     roi: PvcamRoi | None = Field(None, description="Region of interest; unset: full sensor.")
     binning: list[int] = Field(
         [1, 1], min_length=2, max_length=2, description="[serial, parallel] binning."
@@ -184,6 +204,14 @@ class PvcamSettings(DriverSettings):
         description="Directory of the HDF5 frame files; relative to data_dir. Default "
         "`frames/<instrument id>`. Must not be shared or inside the catalog's directories.",
     )
+
+    @field_validator("exposure_ms")
+    @classmethod
+    def _whole_microseconds(cls, value: float) -> float:
+        finer = _finer_than_a_microsecond(value)
+        if finer is not None:
+            raise settings_error(*finer)
+        return value
 
     @field_validator("frames_dir")
     @classmethod
@@ -210,6 +238,33 @@ class PvcamSettings(DriverSettings):
                     key="roi",
                 )
         return self
+
+
+def _as_table(exposure_ms: Any, roi: Any, binning: Any) -> dict[str, Any]:
+    """The constructor's settings in the words of the ``[instruments.pvcam]`` table, for
+    :class:`PvcamSettings`: a :class:`Roi`, a mapping or ``(s1, s2, p1, p2)`` as the ROI's table,
+    one binning number as both axes, a sequence as a list, numpy numbers as Python ones.
+    Anything else goes as it is, for the model to refuse."""
+
+    def plain(value: Any) -> Any:
+        return value.item() if isinstance(value, np.generic) else value
+
+    table: dict[str, Any] = {"exposure_ms": plain(exposure_ms)}
+    if isinstance(binning, int | np.integer) and not isinstance(binning, bool):
+        table["binning"] = [int(binning), int(binning)]
+    elif isinstance(binning, Sequence) and not isinstance(binning, str | bytes):
+        table["binning"] = [plain(b) for b in binning]
+    else:
+        table["binning"] = binning
+    if isinstance(roi, Roi):
+        table["roi"] = dataclasses.asdict(roi)
+    elif isinstance(roi, Mapping):
+        table["roi"] = {key: plain(value) for key, value in roi.items()}
+    elif isinstance(roi, Sequence) and not isinstance(roi, str | bytes) and len(roi) == 4:
+        table["roi"] = dict(zip(("s1", "s2", "p1", "p2"), map(plain, roi), strict=True))
+    elif roi is not None:
+        table["roi"] = roi
+    return table
 
 
 #: How long one blocking ``poll_frame`` may hold its thread: how fast stop() and a deadline act.
@@ -379,12 +434,15 @@ class PvcamCamera(StandardReadable):
                 instrument=name,
                 fix="pass PyVcamBackend() or the runtime's SimulatedCameraBackend.",
             )
+        # The driver's settings model (the profile's [instruments.pvcam] table): the constructor
+        # refuses what `config check` refuses, in the same words, before the camera is touched.
+        validate_settings(PvcamSettings, _as_table(exposure_ms, roi, binning), instrument=name)
         self.backend = backend
         if backend.label is None:
             backend.label = name  # the backend's own errors then name this device
         self.expected_camera = camera
         self.frames_dir = Path(frames_dir).expanduser().absolute()
-        self.timeout = check_number(timeout, instrument=name, what="frame timeout (s)", low=0.001)
+        self.timeout = positive_setting(timeout, "timeout", name)  # as the profile's entry
         self.max_exposure_ms = check_number(
             max_exposure_ms, instrument=name, what="maximum exposure (ms)", low=MIN_EXPOSURE_MS
         )
@@ -632,14 +690,10 @@ class PvcamCamera(StandardReadable):
             low=MIN_EXPOSURE_MS,
             high=self.max_exposure_ms,
         )
-        if abs(exposure * 1000 - round(exposure * 1000)) > 1e-6:
-            raise ValueRejected(
-                f"exposure {exposure!r} ms is not a whole number of microseconds, the finest "
-                "step PVCAM offers.",
-                instrument=cam,
-                value=exposure,
-                fix=f"use {round(exposure * 1000) / 1000:g} ms.",
-            )
+        finer = _finer_than_a_microsecond(exposure)
+        if finer is not None:
+            what, fix = finer
+            raise ValueRejected(f"{what}.", instrument=cam, value=exposure, fix=f"{fix}.")
         out["exposure"] = float(exposure)
         out["frames_per_point"] = int(
             check_number(

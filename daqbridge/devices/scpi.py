@@ -19,12 +19,12 @@ tests/transcripts/scpi_34401a.yaml and scpi_keithley2000.yaml pin the exchanges 
   slips a command in between; ``read_configuration()`` asks ``*IDN?`` and the config queries in
   one lease too. ``trigger()`` has nothing to start.
 * A set is validated before any byte is sent (limits, type, text that would smuggle a terminator
-  or a second command), then, in one lease: the command, ``SYST:ERR?`` until ``0`` (SCPI set
-  commands are silent, so the error queue is the only way to learn the instrument refused), and
-  the read-back. A refusal fails the set with the instrument's own text; the read-back is not
-  compared with what was sent, since instruments answer in their own words (a 34401A reads back
-  ``FUNC "VOLT:DC"`` as ``"VOLT"``). A spec with a command and no query reads what the instrument
-  last accepted (before any set: NaN / 0 / "").
+  or a second command, or that is not ASCII), then, in one lease: the command, ``SYST:ERR?``
+  until ``0`` (SCPI set commands are silent, so the error queue is the only way to learn the
+  instrument refused), and the read-back. A refusal fails the set with the instrument's own
+  text; the read-back is not compared with what was sent, since instruments answer in their own
+  words (a 34401A reads back ``FUNC "VOLT:DC"`` as ``"VOLT"``). A spec with a command and no
+  query reads what the instrument last accepted (before any set: NaN / 0 / "").
 * Connect, one lease: ``*IDN?`` (``expected_idn`` must occur in it, else IdentityMismatch), old
   errors drained from the queue (logged), then every query once, so a profile whose query the
   instrument does not know fails at start-up, not in the middle of a run.
@@ -57,7 +57,7 @@ from ophyd_async.core import SignalR
 from ophyd_async.core import StandardReadableFormat as Format
 from pydantic import Field, field_validator, model_validator
 
-from daqbridge.devices._base import check_number, check_wire_text
+from daqbridge.devices._base import check_number, check_wire_text, positive_setting
 from daqbridge.devices._registry import (
     DriverSettings,
     EntryDefault,
@@ -243,7 +243,8 @@ class ScpiSignalSpec:
             try:
                 check_wire_text(text.replace("{value}", ""), instrument=instrument, what=key)
             except ValueRejected as exc:
-                raise self._bad(instrument, exc.what, key, "one command per signal.") from None
+                fix = "one command per signal." if text.isascii() else exc.fix
+                raise self._bad(instrument, exc.what, key, fix or "fix it.") from None
         if self.query is not None and not self.query.rstrip().endswith("?"):
             raise self._bad(
                 instrument,
@@ -615,17 +616,16 @@ class ScpiInstrument(WireDevice):
         super().__init__(
             port,
             name=name,
-            timeout=_seconds(
-                getattr(port, "timeout", 2.0) if timeout is None else timeout,
-                name,
-                "reply timeout (s)",
-                0.001,
+            # Any finite time > 0, as the profile's entry `timeout` (a VISA session waits at
+            # least 1 ms: it rounds up).
+            timeout=positive_setting(
+                getattr(port, "timeout", 2.0) if timeout is None else timeout, "timeout", name
             ),
-            lease_timeout=_seconds(
+            lease_timeout=positive_setting(
                 getattr(port, "lease_timeout", 5.0) if lease_timeout is None else lease_timeout,
+                "lease_timeout",
                 name,
-                "lease timeout (s)",
-                0.0,
+                zero=True,
             ),
         )
 
@@ -770,10 +770,6 @@ def _backend(signal: Any) -> ScpiSignalBackend:
 
 def _spec(signal: Any) -> ScpiSignalSpec:
     return _backend(signal).spec
-
-
-def _seconds(value: Any, instrument: str, what: str, low: float) -> float:
-    return check_number(value, instrument=instrument, what=what, low=low)
 
 
 def _coerce_specs(signals: Iterable[Any], name: str) -> tuple[ScpiSignalSpec, ...]:

@@ -9,6 +9,7 @@ import time
 import tty
 import uuid
 from collections.abc import Callable, Iterator
+from types import ModuleType
 
 import pytest
 from bluesky import RunEngine
@@ -16,6 +17,7 @@ from event_model import DocumentNames, schema_validators
 
 import daqbridge.sim as sim
 from daqbridge.transport import SerialPortPool, VisaSessionManager
+from tests.devices.fake_pyvcam_support import fake_pyvcam
 
 
 @pytest.fixture
@@ -36,6 +38,14 @@ def visa_manager() -> Iterator[VisaSessionManager]:
         yield manager
     finally:
         manager.close_all()
+
+
+@pytest.fixture
+def pvc() -> Iterator[ModuleType]:
+    """The fake ``pyvcam`` importable as ``pyvcam``; yields its ``pvc`` (``pvc.sdk``,
+    ``pvc.calls``), the path and modules restored afterwards."""
+    with fake_pyvcam() as fake:
+        yield fake
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import bluesky.plans as bp
@@ -26,32 +25,12 @@ from daqbridge.devices.core import call_sync
 from daqbridge.devices.pvcam import PvcamCamera
 from daqbridge.devices.pvcam_backend import ExposureMode, ImageStatus, PyVcamBackend, Roi
 from daqbridge.errors import InstrumentError, InstrumentFault
+from tests.devices.fake_pyvcam_support import names
 
-FAKE_ROOT = Path(__file__).with_name("fake_pyvcam")
 TRANSCRIPT = yaml.safe_load(
     (Path(__file__).parents[1] / "transcripts" / "pvcam.yaml").read_text(encoding="utf-8")
 )
 SENSOR = (64, 48)  # the fake camera's (width, height)
-
-
-def _forget_pyvcam() -> None:
-    for name in [m for m in sys.modules if m == "pyvcam" or m.startswith("pyvcam.")]:
-        del sys.modules[name]
-
-
-@pytest.fixture
-def pvc() -> Iterator[ModuleType]:
-    """The fake importable as ``pyvcam``; yields its ``pvc`` (``pvc.sdk``, ``pvc.calls``)."""
-    _forget_pyvcam()
-    sys.path.insert(0, str(FAKE_ROOT))
-    try:
-        from pyvcam import pvc as fake
-
-        fake.sdk.reset()
-        yield fake
-    finally:
-        sys.path.remove(str(FAKE_ROOT))
-        _forget_pyvcam()
 
 
 @pytest.fixture
@@ -91,10 +70,6 @@ def make_cam(make_backend, tmp_path, RE) -> Iterator[Callable[..., PvcamCamera]]
     yield make
     for cam in made:
         cam.close()
-
-
-def names(calls: list[tuple]) -> list[str]:
-    return [c[0] for c in calls]
 
 
 def started(backend: PyVcamBackend, *, live: bool, mode=ExposureMode.EXT_TRIG_INTERNAL) -> None:
