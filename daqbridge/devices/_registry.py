@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple, Self, TypeVar
 
@@ -351,6 +353,23 @@ _LISTED_FIRST = ("esp300", "newport1830c", "maitai", "elliptec", "scpi", "pvcam"
 other driver module of this package comes after them, by name."""
 
 
+_DECLARATION = re.compile(r"^register_driver\(", re.M)
+
+
+def _declares(package: Any, name: str) -> bool:
+    """Whether module ``name`` of the package declares a driver (a ``register_driver(`` call at
+    the start of a line), read from its source: the modules that declare none (the EPICS
+    clients, which import ophyd; the camera's backends) are not imported by every command that
+    reads a profile. A module whose source cannot be read is imported, to be safe."""
+    for directory in package.__path__:
+        source = Path(directory) / f"{name}.py"
+        try:
+            return _DECLARATION.search(source.read_text(encoding="utf-8")) is not None
+        except OSError:
+            continue
+    return True
+
+
 def known_drivers() -> Mapping[str, DriverSpec]:
     """Every driver declared by a module of ``daqbridge.devices`` (imported here, so a new driver
     module needs no line anywhere else), and any declared before, by profile name.
@@ -362,7 +381,7 @@ def known_drivers() -> Mapping[str, DriverSpec]:
     names = sorted(
         info.name
         for info in pkgutil.iter_modules(package.__path__)
-        if not info.ispkg and not info.name.startswith("_")
+        if not info.ispkg and not info.name.startswith("_") and _declares(package, info.name)
     )
     order = [n for n in _LISTED_FIRST if n in names] + [n for n in names if n not in _LISTED_FIRST]
     for name in order:

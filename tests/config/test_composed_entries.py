@@ -215,3 +215,20 @@ def test_config_names_no_declared_driver():
     for driver, spec in DECLARED_DRIVERS.items():
         title = spec.settings.__name__.removesuffix("Settings")
         assert f"class {title}Instrument" not in text, driver
+
+
+def test_reading_a_profile_imports_no_module_that_declares_no_driver():
+    """``known_drivers`` imports only modules with a ``register_driver(`` declaration: the EPICS
+    clients (which import ophyd, about half a second) stay out of every command that merely
+    reads a profile, while every declared driver is still found."""
+    code = (
+        "import sys, daqbridge.config\n"
+        "from daqbridge.devices import known_drivers\n"
+        "print('ophyd' in sys.modules, 'daqbridge.devices.epics' in sys.modules)\n"
+        "print(' '.join(sorted(known_drivers())))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    ).stdout.splitlines()
+    assert out[0] == "False False"
+    assert out[1].split() == sorted(d for d in DRIVERS if d != "epics")  # a client, not declared
