@@ -1098,7 +1098,17 @@ class ShadowRecorder:
         elif command in ("create", "drop"):
             point.readings.clear()
             point.natives_read.clear()
-        elif command == "read" and (id(obj) in self._twins or id(obj) in self._echoes):
+        elif command == "read" and msg.args:
+            # bluesky 1.16 reads a point's devices in one message (Msg("read", *objs)); the
+            # recorder needs each object's own reading, so a read that includes a shadowed
+            # device is taken one object at a time, as bluesky before 1.16 always did.
+            objs = (obj, *msg.args)
+            if any(id(o) in self._twins or id(o) in self._echoes for o in objs):
+                merged: dict[str, Any] = {}
+                for one in objs:
+                    merged.update((yield from self._handle(msg._replace(obj=one, args=()), point)))
+                return merged
+        if command == "read" and (id(obj) in self._twins or id(obj) in self._echoes):
             reading = yield msg
             point.readings[id(obj)] = reading
             if id(obj) in self._twins:

@@ -1174,6 +1174,11 @@ class LegacyDevice(Device):
                     callback(self._readings(have))
         return cid
 
+    def subscribe_reading(self, function: Callable[[dict[str, Any]], None]) -> None:
+        """bluesky's ``Subscribable`` as bluesky 1.16 names it (``bps.monitor`` calls it when it
+        is there): the same readings as ``subscribe(function)``."""
+        self.subscribe(function)
+
     def clear_sub(self, cb: Callable[..., Any], event_type: str | None = None) -> None:
         if event_type in (None, SUB_READINGS):
             with self._monitor_lock:

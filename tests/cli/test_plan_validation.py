@@ -100,11 +100,14 @@ def test_a_refusal_names_the_argument_the_queue_server_refused():
 
 
 def test_list_scan_is_the_one_deliberate_difference():
-    """bluesky annotates list_scan's ``*args`` as (MOTOR, POINTS) tuples while the plan takes
-    them flat: the queue server refuses every list_scan written the way bluesky runs it. daqbridge
-    checks those groups itself (and the call runs); this pins the difference, so a fixed
-    bluesky or queue server shows up here."""
-    assert not queue_server_verdict("list_scan", [["det"], "motor", [0, 1]], {})
+    """bluesky before 1.16 annotates list_scan's ``*args`` as (MOTOR, POINTS) tuples while the
+    plan takes them flat: the queue server refuses every list_scan written the way bluesky runs
+    it. bluesky 1.16 annotates them flat, and the queue server agrees. daqbridge checks those
+    groups itself (and the call runs) with either; this pins which bluesky fixed it."""
+    import bluesky
+
+    fixed = tuple(int(part) for part in bluesky.__version__.split(".")[:2]) >= (1, 16)
+    assert queue_server_verdict("list_scan", [["det"], "motor", [0, 1]], {}) is fixed
     assert daqbridge_verdict("list_scan", ["motor", "0,1"], ["det"])
 
 

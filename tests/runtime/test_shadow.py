@@ -294,6 +294,39 @@ def test_every_event_of_a_count_carries_the_legacy_twin_read_at_that_point(shado
     assert descriptor["data_keys"]["meter_shadow_diff_power"]["units"] == "W"
 
 
+def test_one_read_message_of_several_devices_still_carries_the_twin(shadow_pair):
+    """bluesky 1.16's trigger_and_read reads a point's devices in one ``Msg("read", *objs)``;
+    the recorder takes such a read one object at a time, so the shadowed meter's event still
+    carries its twin and difference, and the other device is still read."""
+    from bluesky.utils import Msg
+    from ophyd.sim import det
+
+    from daqbridge.bridge._shadow import ShadowRecorder
+
+    sim, light, native, legacy = shadow_pair
+    RE = RunEngine({}, context_managers=[])
+    RE.preprocessors.append(ShadowRecorder({native: legacy}))
+    docs: list[tuple[str, dict]] = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    returned = []
+
+    def plan():
+        yield Msg("open_run")
+        yield Msg("create", name="primary")
+        returned.append((yield Msg("read", det, native)))  # the shadowed one not first
+        yield Msg("save")
+        yield Msg("close_run")
+
+    RE(plan())
+    (event,) = [d["data"] for n, d in docs if n == "event"]
+    assert set(event) == {"meter_power", "det", "meter_legacy_power", "meter_shadow_diff_power"}
+    assert event["meter_power"] == pytest.approx(1.5e-6, rel=1e-3)  # the simulator's light
+    assert event["meter_shadow_diff_power"] == pytest.approx(
+        event["meter_power"] - event["meter_legacy_power"]
+    )
+    assert set(returned[0]) == {"meter_power", "det"}  # the plan gets both readings back
+
+
 ELLIPTEC_SHADOW = """
 [[instruments]]
 id = "rot"
