@@ -34,7 +34,9 @@ from contextlib import ExitStack
 from time import perf_counter, process_time
 
 POINTS = 200
-ROUNDS = 5
+ROUNDS = 11
+"""Rounds of each way, interleaved; the median is reported. 5 left the count ratio swinging
+by +-0.1 between runs on the 2-core machine; 11 costs a few seconds more."""
 TARGET = 1.5
 
 

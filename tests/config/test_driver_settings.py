@@ -84,17 +84,6 @@ def profile_errors(data: dict) -> list:
     return [i for i in issues if i.severity == "error"]
 
 
-@pytest.fixture(scope="module")
-def pool():
-    with SerialPortPool() as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
-
-
 # --- the dBm reproduction ------------------------------------------------------------------------
 
 DBM_PROFILE = """

@@ -79,17 +79,6 @@ from tests.devices.fake_pyvcam_support import fake_pyvcam
 
 
 @pytest.fixture(scope="module")
-def pool():
-    with SerialPortPool() as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
-
-
-@pytest.fixture(scope="module")
 def loop():
     """A RunEngine's event loop: the runtime connects these ophyd-async devices on it."""
     engine = RunEngine({}, context_managers=[])
