@@ -550,6 +550,17 @@ class ElliptecMoveLogic(WireMovableLogic):
         self._next_command = "ho0"
         await self.move(0.0, lambda: self.move_timeout)
 
+    async def pause(self, seconds: float) -> None:
+        """Until the next ``gs``, or sooner when the mount's own end-of-move report (``PO``)
+        arrives: the mount sends it as the motion ends, so its end is seen at once instead of up
+        to a whole poll interval later. The report only wakes the poll; ``gs`` still decides
+        (a late ``PO`` of an earlier exchange can never end this move), and a report that a
+        transaction in flight (the legacy twin's ``gp``) has claimed is left to it."""
+        try:
+            await self.axis.endpoint.wait_for_async("PO", seconds)
+        except InstrumentTimeout:
+            pass  # the interval passed without a report: poll as usual
+
     async def poll(self, x: Any) -> tuple[bool, float]:
         mount = self.axis
         try:

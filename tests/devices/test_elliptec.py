@@ -764,3 +764,15 @@ def test_the_settings_model_refuses_what_the_mounts_would(entry, words):
 
     with pytest.raises(pydantic.ValidationError, match=words):
         ElliptecSettings.model_validate({"addresses": [entry]})
+
+
+def test_the_mounts_end_of_move_report_wakes_the_poll(rotators):
+    """Polls 7.5 s apart: the move still ends within a second, because the ``PO`` the mount
+    sends as its motion ends wakes the poll, and ``gs`` confirms it (bounded: a missed wake-up
+    fails the call's 5 s timeout instead of waiting out the interval)."""
+    server, m = rotators(mount_options={"poll_interval": 30.0})
+    sim = server.simulator
+    on_loop(move(m["a"], 90), timeout=5.0)
+    assert not sim.is_moving(2)
+    assert sim.position_deg(2) == pytest.approx(90, abs=0.01)
+    assert on_loop(m["a"].read())["sim_rotators_a"]["value"] == pytest.approx(90, abs=0.01)

@@ -260,7 +260,12 @@ class WireMovableLogic(MovableLogic[float]):
                 until_end = expected_end - time.monotonic()
                 if 0.0 < until_end < pause:
                     pause = until_end
-            await asyncio.sleep(pause)
+            await self.pause(pause)
+
+    async def pause(self, seconds: float) -> None:
+        """The wait between two polls, the port free. An instrument that reports the end of a
+        move on its own (the Elliptec's ``PO``) may end it early; the next poll still decides."""
+        await asyncio.sleep(seconds)
 
     async def poll(self, x: Exchange) -> tuple[bool, float]:
         """Motion done? then the position, in the caller's lease; the position is stored."""
