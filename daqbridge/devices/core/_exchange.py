@@ -29,7 +29,16 @@ MAX_ECHO_LINES = 3
 class Exchange:
     """The device's side of one leased transaction: ``write`` silent commands, ``query`` replies."""
 
-    __slots__ = ("lease", "instrument", "resource", "terminator", "timeout", "sent", "_pending")
+    __slots__ = (
+        "lease",
+        "instrument",
+        "resource",
+        "terminator",
+        "timeout",
+        "sent",
+        "_pending",
+        "_drain_query",
+    )
 
     def __init__(
         self,
@@ -48,6 +57,8 @@ class Exchange:
         self.sent: list[str] = []
         """Commands of this transaction, to recognise their echoes."""
         self._pending = bytearray()
+        self._drain_query = getattr(lease, "drain_query", None)
+        """The serial transport's drain-and-query in one call; other leases drain, then query."""
 
     def _encode(self, command: str) -> bytes:
         # Commands are built by drivers, but a value formatted into one comes from a user: a
@@ -79,9 +90,8 @@ class Exchange:
         self._pending = bytearray()
         self.sent.append(command)
         try:
-            drain_query = getattr(self.lease, "drain_query", None)
-            if drain_query is not None:  # the serial transport: both in one I/O-thread job
-                raw = await drain_query(data, self.terminator, self.timeout)
+            if self._drain_query is not None:  # the serial transport: at most one hand-over
+                raw = await self._drain_query(data, self.terminator, self.timeout)
             else:
                 await self.lease.drain()
                 raw = await self.lease.query(data, self.terminator, self.timeout)
