@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 
 import bluesky.plans as bp
 import pytest
@@ -65,3 +67,21 @@ def test_plot_of_a_count_is_a_clear_error(scanned, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is not a 1-D scan" in err and "Traceback" not in err
     assert not target.exists()
+
+
+def test_the_other_catalog_commands_do_not_import_the_runtime(tmp_path):
+    """``catalog plot`` draws with the runtime's plotting code, but registering it must not
+    import the runtime package (the lab's devices, ophyd-async) into ``catalog list``."""
+    code = (
+        "import sys\n"
+        "from daqbridge.cli import main\n"
+        "try:\n"
+        f"    main(['catalog', 'list', '--data', {str(tmp_path)!r}])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('RUNTIME', 'daqbridge.runtime' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    ).stdout
+    assert "RUNTIME False" in out, out
