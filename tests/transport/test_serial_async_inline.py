@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import select
+import threading
 import uuid
 
 import pytest
@@ -29,15 +30,18 @@ def sim_meter(pool):
     unregister(name)
 
 
-def counting_jobs(port) -> list:
-    """Record every job given to the port's I/O thread from now on."""
+def counting_jobs(port, on_submit=None) -> list:
+    """Record every job given to the port's I/O thread from now on (``on_submit()`` after each)."""
     worker = port._io_worker()
     jobs: list = []
     submit = worker.submit
 
     def counting(fn, *args, **kwargs):
         jobs.append(fn)
-        return submit(fn, *args, **kwargs)
+        future = submit(fn, *args, **kwargs)
+        if on_submit is not None:
+            on_submit()
+        return future
 
     worker.submit = counting
     return jobs
@@ -65,11 +69,18 @@ def test_an_in_process_simulator_is_answered_without_the_io_thread(sim_meter):
 
 
 def test_a_reply_on_its_way_is_waited_for_on_the_io_thread(pool, make_peer):
-    """A pty peer answers from another thread: the reply cannot be there as the command goes
-    out, so the wait (and only the wait) is one job of the I/O thread."""
-    peer = make_peer()
+    """The peer answers only once the query has handed its wait to the I/O thread (a reply that
+    is there as the command goes out is taken on the loop, which a busy machine can make happen
+    with a prompt peer): the wait, and only the wait, is one job of that thread."""
+    released = threading.Event()
+
+    def handler(line: bytes) -> bytes:
+        released.wait(10)  # in the peer's thread: the reply leaves once the wait was handed over
+        return b"R" + line + b"\n"
+
+    peer = make_peer(handler)
     port = pool.open(peer.path)
-    jobs = counting_jobs(port)
+    jobs = counting_jobs(port, on_submit=released.set)
 
     async def main():
         async with port.async_lease("reader", 5.0) as lease:

@@ -410,11 +410,16 @@ def test_lease_waits_are_bounded_when_the_port_is_closed(pool, peer):
 
 
 def test_drain_query_drops_stale_input_and_is_one_job_of_the_io_thread(pool, make_peer):
-    """A query's drain and its write-read go to the port's I/O thread as one job (a sim:// meter
-    reading went from four hand-overs to two); the drain still drops what arrived unasked."""
+    """A query's drain and its write-read need at most one hand-over to the port's I/O thread
+    (the wait for the reply; ADR 0009), however late the reply; the drain still drops what
+    arrived unasked. The peer answers ``second`` only once its wait was handed over."""
+    released = threading.Event()
 
     def handler(line):
-        return b"R" + line + b"\nlate\n" if line == b"first" else b"R" + line + b"\n"
+        if line == b"first":
+            return b"R" + line + b"\nlate\n"
+        released.wait(10)  # the peer's thread: a reply still on its way when the query looks
+        return b"R" + line + b"\n"
 
     peer = make_peer(handler)
     port = pool.open(peer.path)
@@ -424,7 +429,9 @@ def test_drain_query_drops_stale_input_and_is_one_job_of_the_io_thread(pool, mak
 
     def counting(fn, *args, **kwargs):
         jobs.append(fn)
-        return submit(fn, *args, **kwargs)
+        future = submit(fn, *args, **kwargs)
+        released.set()
+        return future
 
     async def main():
         async with port.async_lease("reader", 5.0) as lease:
