@@ -543,6 +543,7 @@ class MaiTaiLaser(WireDevice):
             MaiTaiSettings,
             {"wavelength_limits": list(wavelength_limits), "reply_terminator": reply_terminator},
             instrument=name,
+            resource=getattr(port, "url", None),
         )
         low, high = settings.wavelength_limits
         self.wavelength_limits = (low, high)

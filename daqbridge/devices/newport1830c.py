@@ -201,6 +201,7 @@ class Newport1830C(WireDevice):
                 "units": units,
             },
             instrument=name,
+            resource=getattr(port, "url", None),
         )
         self._auto_range = False
         with self.add_children_as_readables(Format.HINTED_UNCACHED_SIGNAL):

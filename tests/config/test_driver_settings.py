@@ -167,6 +167,7 @@ def test_the_constructor_refuses_dbm_in_the_same_words(pool):
     assert issue.what.rstrip(".") in info.value.what
     assert issue.fix.rstrip(".") in info.value.fix
     assert info.value.key == "units" and issue.key == "instruments[0].newport1830c.units"
+    assert info.value.resource == port.url  # the constructor knows the port: it names it
 
 
 # --- property: what the profile accepts the device builds, and the other way round ---------------

@@ -363,6 +363,15 @@ def test_bad_configuration_is_refused_by_the_constructor(options, key):
     port.assert_done()  # nothing was sent
 
 
+def test_a_settings_refusal_names_the_port():
+    """The settings model's refusal (the profile's words) also names the port the laser is on."""
+    port = ReplayPort([], url="replay://maitai")
+    with pytest.raises(ConfigError) as err:
+        MaiTaiLaser(port, name="maitai", wavelength_limits=(900, 800))
+    assert err.value.key == "wavelength_limits" and err.value.resource == "replay://maitai"
+    port.assert_done()
+
+
 def test_a_port_that_is_not_a_leased_port_is_refused():
     with pytest.raises(ConfigError, match="async leases"):
         MaiTaiLaser("/dev/ttyUSB0", name="maitai")  # type: ignore[arg-type]
