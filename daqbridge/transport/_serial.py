@@ -226,13 +226,24 @@ class SerialLease:
         _check_terminator(terminator, port.url)
         return port._read_until(terminator, check_timeout(timeout, "read timeout", port.url))
 
-    def query(self, data: bytes, terminator: bytes, timeout: float) -> bytes:
-        """Write ``data`` and return the reply up to ``terminator`` (excluded)."""
+    def _checked_query(
+        self, data: bytes, terminator: bytes, timeout: float
+    ) -> tuple[SharedSerialPort, float]:
+        """The port and the reply timeout (as a float) of a query whose arguments are sound.
+
+        One place for the checks, so the waiting query and the async lease's non-waiting start
+        reject the same arguments with the same errors.
+        """
         port = self._check()
         _check_bytes(data, "data", port.url)
         _check_terminator(terminator, port.url)
         if timeout.__class__ is not float or not (0.0 <= timeout < math.inf):  # hot path
             timeout = check_timeout(timeout, "read timeout", port.url)
+        return port, timeout
+
+    def query(self, data: bytes, terminator: bytes, timeout: float) -> bytes:
+        """Write ``data`` and return the reply up to ``terminator`` (excluded)."""
+        port, timeout = self._checked_query(data, terminator, timeout)
         port._write(data)
         reply = port._read_until(terminator, timeout)
         port.queries += 1
@@ -255,11 +266,7 @@ class SerialLease:
         """Check the arguments, write what goes out without waiting, and take the reply if it
         is already there. Returns ``(reply, True)``, or ``(unsent, False)``: the bytes still to
         write (usually none) before ``finish_query`` waits for the reply."""
-        port = self._check()
-        _check_bytes(data, "data", port.url)
-        _check_terminator(terminator, port.url)
-        if timeout.__class__ is not float or not (0.0 <= timeout < math.inf):  # hot path
-            check_timeout(timeout, "read timeout", port.url)
+        port = self._checked_query(data, terminator, timeout)[0]
         unsent = port._write_now(data)
         if not unsent:
             reply = port._reply_now(terminator)

@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 import daqbridge.sim  # noqa: F401 - registers the sim:// URL handler
-from daqbridge.errors import PortUnavailable
+from daqbridge.errors import PortUnavailable, ResourceError, ValueRejected
 from daqbridge.sim import lookup, unregister
 
 
@@ -66,6 +66,30 @@ def test_an_in_process_simulator_is_answered_without_the_io_thread(sim_meter):
     assert units.strip() == b"1"
     assert jobs == []
     assert port.queries == 2
+
+
+@pytest.mark.parametrize(
+    ("data", "terminator", "timeout", "error", "text"),
+    [
+        ("W?\n", b"\n", 1.0, ValueRejected, "must be bytes"),
+        (b"W?\n", b"", 1.0, ValueRejected, "terminator"),
+        (b"W?\n", b"\n", float("inf"), ResourceError, "finite"),
+    ],
+)
+def test_an_inline_query_rejects_what_a_waiting_one_rejects(
+    sim_meter, data, terminator, timeout, error, text
+):
+    """The inline start of a query checks its arguments as the waiting query does, before a
+    byte goes out: a bad call must not leave a half-sent command on the line."""
+    port, _sim = sim_meter
+
+    async def main():
+        async with port.async_lease("meter", 5.0) as lease:
+            await lease.query(data, terminator, timeout)
+
+    with pytest.raises(error, match=text):
+        asyncio.run(main())
+    assert port.bytes_out == 0
 
 
 def test_a_reply_on_its_way_is_waited_for_on_the_io_thread(pool, make_peer):
