@@ -779,15 +779,34 @@ class SharedSerialPort:
             raise self._lose(ser, exc, "write") from None
         self.bytes_out += len(data)
 
+    def _buffered_reply(self, terminator: bytes, arrived: bytes = b"") -> bytes | None:
+        """Add ``arrived`` to the input buffer, then cut the reply up to ``terminator`` from it
+        if the buffer holds one now (else None).
+
+        The one place both the waiting read and the non-waiting look take a reply out of the
+        buffer. With new bytes only the tail that could now complete a terminator is searched:
+        the rest was searched when it arrived.
+        """
+        rx = self._rx
+        start = 0
+        if arrived:
+            start = len(rx) - len(terminator) + 1
+            if start < 0:
+                start = 0
+            rx += arrived
+            self.bytes_in += len(arrived)
+        i = rx.find(terminator, start)
+        if i < 0:
+            return None
+        reply = bytes(rx[:i])
+        del rx[: i + len(terminator)]
+        return reply
+
     def _read_until(self, terminator: bytes, timeout: float) -> bytes:
         if self._bus is not None:
             raise self._bus_owns_reads("read")
-        rx = self._rx
-        tlen = len(terminator)
-        i = rx.find(terminator)
-        if i >= 0:
-            reply = bytes(rx[:i])
-            del rx[: i + tlen]
+        reply = self._buffered_reply(terminator)
+        if reply is not None:
             return reply
         ser = self._ser
         if ser is None:
@@ -804,7 +823,7 @@ class SharedSerialPort:
                 else:
                     raise InstrumentTimeout(
                         f"no reply ending in {terminator!r} within {timeout:.3f} s",
-                        reply=bytes(rx),
+                        reply=bytes(self._rx),
                         resource=self.url,
                         fix="check that the device is on and that the command expects a reply; "
                         "increase the timeout for slow commands. Received bytes stay buffered "
@@ -840,13 +859,8 @@ class SharedSerialPort:
             except (serial.SerialException, OSError, ValueError) as exc:
                 raise self._lose(ser, exc, "read") from None
             if chunk:
-                start = len(rx) - tlen + 1
-                rx += chunk
-                self.bytes_in += len(chunk)
-                i = rx.find(terminator, start if start > 0 else 0)
-                if i >= 0:
-                    reply = bytes(rx[:i])
-                    del rx[: i + tlen]
+                reply = self._buffered_reply(terminator, chunk)
+                if reply is not None:
                     return reply
 
     def _write_now(self, data: bytes) -> bytes:
@@ -872,39 +886,31 @@ class SharedSerialPort:
         """The reply up to ``terminator`` if it has already arrived, else None; never waits."""
         if self._bus is not None:
             raise self._bus_owns_reads("read")
-        rx = self._rx
-        i = rx.find(terminator)
-        if i < 0:
-            ser = self._ser
-            if ser is None:
-                raise self._lost_error("read")
-            start = len(rx) - len(terminator) + 1
-            try:
-                fd = self._fd
-                if fd is not None:
-                    try:
-                        chunk = os.read(fd, 4096)
-                    except BlockingIOError:
-                        return None
-                    if not chunk:
-                        # Nothing yet (a tty with VMIN=0 says so with b""). A hang-up also reads
-                        # b"": the waiting path's select tells the two apart and reports it.
-                        return None
-                else:
-                    n = ser.in_waiting
-                    if not n:
-                        return None
-                    chunk = ser.read(n)
-            except (serial.SerialException, OSError, ValueError) as exc:
-                raise self._lose(ser, exc, "read") from None
-            rx += chunk
-            self.bytes_in += len(chunk)
-            i = rx.find(terminator, start if start > 0 else 0)
-            if i < 0:
-                return None
-        reply = bytes(rx[:i])
-        del rx[: i + len(terminator)]
-        return reply
+        reply = self._buffered_reply(terminator)
+        if reply is not None:
+            return reply
+        ser = self._ser
+        if ser is None:
+            raise self._lost_error("read")
+        try:
+            fd = self._fd
+            if fd is not None:
+                try:
+                    chunk = os.read(fd, 4096)
+                except BlockingIOError:
+                    return None
+                if not chunk:
+                    # Nothing yet (a tty with VMIN=0 says so with b""). A hang-up also reads
+                    # b"": the waiting path's select tells the two apart and reports it.
+                    return None
+            else:
+                n = ser.in_waiting
+                if not n:
+                    return None
+                chunk = ser.read(n)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise self._lose(ser, exc, "read") from None
+        return self._buffered_reply(terminator, chunk)
 
     def _take_available(self) -> bytes:
         if self._bus is not None:

@@ -131,6 +131,24 @@ def test_a_reply_already_there_is_taken_on_the_loop(pool, make_peer):
     assert jobs == []
 
 
+def test_a_terminator_split_between_the_inline_look_and_the_wait_is_found(pool, make_peer):
+    """The reply and the first byte of a two-byte terminator are taken by the inline look; the
+    last byte comes only once the wait is on the I/O thread. The terminator spans the two
+    arrivals, so the wait must search the buffered tail again, not only the new bytes."""
+    peer = make_peer(lambda line: None)
+    port = pool.open(peer.path)
+    peer.send(b"abc\r")
+    assert select.select([port._fd], [], [], 5.0)[0]
+    jobs = counting_jobs(port, on_submit=lambda: peer.send(b"\n"))
+
+    async def main():
+        async with port.async_lease("reader", 5.0) as lease:
+            return await lease.read_until(b"\r\n", 2.0)
+
+    assert asyncio.run(main()) == b"abc"
+    assert [job.__name__ for job in jobs] == ["read_until"]
+
+
 def test_a_write_larger_than_the_ports_buffer_goes_out_whole_and_in_order(pool, make_peer):
     """os.write on a non-blocking pty takes what fits; the rest goes out from the I/O thread,
     before the next command of the same holder."""
