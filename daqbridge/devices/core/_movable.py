@@ -145,33 +145,31 @@ class WireMovableLogic(MovableLogic[float]):
         return None if travel is None else 2.0 * travel + 10.0
 
     async def travel_time(self, old_position: float, new_position: float) -> float | None:
-        """Seconds the controller's motion profile needs for the move; None without a usable
-        velocity. The velocity and acceleration are the values the controller last reported
-        (at connect, after every set of them), asked now only if it never did: asking before
-        every move would cost two exchanges per point on a slow line, for a figure that only
-        bounds the move."""
+        """:meth:`expected_travel`, with the controller asked now for a velocity or acceleration
+        it never reported (none yet, or a mock signal). What it did report (at connect, after
+        every set of them) is used as is: asking before every move would cost two exchanges per
+        point on a slow line, for a figure that only bounds the move."""
         if self.velocity is None:
             return None
-        v = _reported(self.velocity)
-        if v is None:
-            v = await self.velocity.get_value()
-        a: float | None = math.inf
-        if self.acceleration is not None:
-            a = _reported(self.acceleration)
-            if a is None:
-                a = await self.acceleration.get_value()
-        return trapezoid_time(abs(new_position - old_position), v, a)
+        velocity, acceleration = self._reported_motion()
+        if velocity is None:
+            velocity = await self.velocity.get_value()
+        if acceleration is None and self.acceleration is not None:
+            acceleration = await self.acceleration.get_value()
+        return _travel(old_position, new_position, velocity, acceleration)
 
     def expected_travel(self, old_position: float, new_position: float) -> float | None:
-        """The same from what the controller already reported, without a byte on the wire;
-        None when something is unknown (the polls then follow the back-off alone)."""
-        if self.velocity is None:
-            return None
-        v = _reported(self.velocity)
-        a = math.inf if self.acceleration is None else _reported(self.acceleration)
-        if v is None or a is None:
-            return None
-        return trapezoid_time(abs(new_position - old_position), v, a)
+        """Seconds the controller's motion profile needs for the move, from what it already
+        reported, without a byte on the wire; None when something is unknown or cannot be right
+        (the polls then follow the back-off alone)."""
+        return _travel(old_position, new_position, *self._reported_motion())
+
+    def _reported_motion(self) -> tuple[float | None, float | None]:
+        """Velocity and acceleration as the controller last reported them, None for one it never
+        did; an axis without an acceleration signal is taken to reach its velocity at once."""
+        velocity = None if self.velocity is None else _reported(self.velocity)
+        acceleration = math.inf if self.acceleration is None else _reported(self.acceleration)
+        return velocity, acceleration
 
     # --- moving ---------------------------------------------------------------------------------
 
@@ -195,7 +193,7 @@ class WireMovableLogic(MovableLogic[float]):
         """Move command, then polls in short leases until the controller says done."""
         # What a put to the setpoint does (start, then keep the target), with the move's own
         # number in hand: a newer move started meanwhile must not be taken for this one.
-        from_position = _last_position(self.readback)
+        from_position = _reported(self.readback)
         move_id = await self.start(new_position)
         started = time.monotonic()
         backend = self.setpoint._connector.backend
@@ -301,15 +299,19 @@ def trapezoid_time(distance: float, velocity: float, acceleration: float) -> flo
     return 2.0 * math.sqrt(distance / a)
 
 
+def _travel(
+    old_position: float, new_position: float, velocity: float | None, acceleration: float | None
+) -> float | None:
+    """The profile's travel time for the move; None when velocity or acceleration is unknown."""
+    if velocity is None or acceleration is None:
+        return None
+    return trapezoid_time(abs(new_position - old_position), velocity, acceleration)
+
+
 def _reported(signal: SignalR[float]) -> float | None:
     """The value a wire signal's instrument last reported (None if it never did, or a mock)."""
     reading = getattr(signal._connector.backend, "last_reading", None)
     return None if reading is None else float(reading["value"])
-
-
-def _last_position(readback: SignalR[float]) -> float | None:
-    """Where the controller last said the axis was (None before any reply, or a mock)."""
-    return _reported(readback)
 
 
 class WirePositioner(StandardMovable[float]):
