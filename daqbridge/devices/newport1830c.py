@@ -400,14 +400,7 @@ class Newport1830C(WireDevice):
         readings (and so what a staged or monitored signal reports). Queries only: nothing is
         changed. The baseline calls it before each reading of the meter.
         """
-        backends = [
-            self._backend(s) for s in (self.wavelength, self.range, self.filter, self.attenuator)
-        ]
-        async with self.transaction() as x:
-            # Every answer first, then the stores: a garbled reply half-way must not leave a mix.
-            values = [await b.read_in(x) for b in backends]
-        for backend, value in zip(backends, values, strict=True):
-            backend.store(value)
+        await self.read_together([self.wavelength, self.range, self.filter, self.attenuator])
 
     def trigger(self) -> Completed:
         """Nothing to start: ``read()`` takes the reading (``C``, ``D?``, ``Q?``, one lease).
@@ -420,17 +413,8 @@ class Newport1830C(WireDevice):
         return COMPLETED
 
     async def read(self) -> dict[str, Reading]:
-        """The power, straight from its wire backend: one lease, no task.
-
-        ``StandardReadable.read`` gathers each signal in a task of its own and each signal's
-        read runs under ``asyncio.wait_for`` (another task): two tasks and six turns of the
-        event loop per point, for one transaction that its reply and lease timeouts already
-        bound. A mock-connected meter (the unit tier) reads through ophyd-async as usual.
-        """
-        backend = self.power._connector.backend
-        if not isinstance(backend, WireSignalBackend):
-            return await super().read()
-        return {self.power.name: await backend.get_reading()}
+        """The power (``C``, ``D?``, ``Q?``), one lease and no task (:meth:`read_together`)."""
+        return await self.read_together([self.power])
 
     # --- the reading ----------------------------------------------------------------------------
 

@@ -693,24 +693,11 @@ class ScpiInstrument(WireDevice):
 
     async def read(self) -> dict[str, Reading]:
         """Every hinted/normal signal, asked in ONE lease: the values of a point belong together."""
-        return await self._read_together(self._point)
+        return await self.read_together(self._point)
 
     async def read_configuration(self) -> dict[str, Reading]:
         """``*IDN?`` and every config signal, asked in one lease."""
-        return await self._read_together(self._configuration)
-
-    async def _read_together(self, signals: list[SignalR]) -> dict[str, Reading]:
-        backends = [_backend(s) for s in signals]
-        asked = [b for b in backends if b.asks]
-        if asked:
-            async with self.transaction() as x:
-                values = [await b.read_in(x) for b in asked]
-            for backend, value in zip(asked, values, strict=True):
-                backend.store(value)
-        return {
-            s.name: dict(b.last_reading)  # type: ignore[arg-type,misc]
-            for s, b in zip(signals, backends, strict=True)
-        }
+        return await self.read_together(self._configuration)
 
     async def read_signals(self, names: Sequence[str] | None = None) -> dict[str, Any]:
         """Ask the named signals (default: every one with a query) now, in one lease.
@@ -718,7 +705,7 @@ class ScpiInstrument(WireDevice):
         Returns {name: value}; for interactive use (``call_sync(dmm.read_signals())``)."""
         chosen = [self._signals[n] for n in names] if names else list(self._signals.values())
         asked = [s for s in chosen if _backend(s).asks]
-        await self._read_together(asked)
+        await self.read_together(asked)
         return {_spec(s).name: _backend(s).last_reading["value"] for s in asked}  # type: ignore[index]
 
     # --- the error queue ------------------------------------------------------------------------

@@ -110,6 +110,12 @@ class WireSignalBackend(SignalBackend[T]):
 
     # --- reading --------------------------------------------------------------------------------
 
+    @property
+    def asks(self) -> bool:
+        """Whether a read goes to the instrument. A backend whose value is not on the wire (a
+        SCPI signal with a command and no query) says False: a read gives its last reading."""
+        return True
+
     async def read_in(self, x: Exchange) -> T:
         """The value, inside a transaction the caller holds (the device's connect uses it)."""
         cmd = self.command

@@ -222,6 +222,38 @@ def test_echoed_commands_and_stale_input_are_not_taken_as_replies():
     port.assert_done()
 
 
+def test_read_together_asks_every_signal_in_one_lease_keyed_in_their_order():
+    port, oven = connected((b"S?\n", b"80.0\n"), (b"T?\n", b"21.50\n"))
+
+    async def body():
+        await oven.connect()
+        return await oven.read_together([oven.setpoint, oven.temperature])
+
+    readings = run(body())
+    assert port.transactions[-1] == b"S?\nT?\n"
+    assert [(key, r["value"]) for key, r in readings.items()] == [
+        ("oven_setpoint", 80.0),
+        ("oven_temperature", 21.5),
+    ]
+    port.assert_done()
+
+
+def test_read_together_stores_no_reading_of_a_point_whose_later_reply_is_garbled():
+    """The temperature answered, the setpoint did not: the temperature keeps the reading it had
+    before, so a subscriber never sees half of a point that failed."""
+    port, oven = connected((b"T?\n", b"21.50\n"), (b"T?\n", b"22.00\n"), (b"S?\n", b"8#.0\n"))
+
+    async def body():
+        await oven.connect()
+        await oven.read()
+        with pytest.raises(ReplyError, match="S"):
+            await oven.read_together([oven.temperature, oven.setpoint])
+        return oven.temperature._connector.backend.last_reading
+
+    assert run(body())["value"] == 21.5
+    port.assert_done()
+
+
 # --- description --------------------------------------------------------------------------------
 
 
