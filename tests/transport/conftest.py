@@ -145,6 +145,38 @@ def pool():
     p.close_all()
 
 
+@pytest.fixture
+def io_jobs():
+    """``io_jobs(port, on_submit=None) -> list``: from the call on, every job handed to the
+    port's I/O thread is recorded (its function), and ``on_submit()`` runs after each hand-over,
+    so a peer can hold its reply until a wait really is on the thread. Undone at teardown.
+
+    What the async-lease tests count: a call that never waits must not leave the event loop,
+    and one that waits must cost one hand-over, not more.
+    """
+    workers = []
+
+    def count(port, on_submit: Callable[[], object] | None = None) -> list:
+        worker = port._io_worker()
+        jobs: list = []
+        submit = worker.submit
+
+        def counting(fn, *args, **kwargs):
+            jobs.append(fn)
+            future = submit(fn, *args, **kwargs)
+            if on_submit is not None:
+                on_submit()
+            return future
+
+        worker.submit = counting
+        workers.append(worker)
+        return jobs
+
+    yield count
+    for worker in workers:
+        worker.__dict__.pop("submit", None)
+
+
 # --- Elliptec (test-only helper: the real router belongs to the device family) -----------------
 
 _HEX = frozenset(b"0123456789ABCDEFabcdef")

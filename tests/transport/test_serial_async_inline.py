@@ -30,26 +30,9 @@ def sim_meter(pool):
     unregister(name)
 
 
-def counting_jobs(port, on_submit=None) -> list:
-    """Record every job given to the port's I/O thread from now on (``on_submit()`` after each)."""
-    worker = port._io_worker()
-    jobs: list = []
-    submit = worker.submit
-
-    def counting(fn, *args, **kwargs):
-        jobs.append(fn)
-        future = submit(fn, *args, **kwargs)
-        if on_submit is not None:
-            on_submit()
-        return future
-
-    worker.submit = counting
-    return jobs
-
-
-def test_an_in_process_simulator_is_answered_without_the_io_thread(sim_meter):
+def test_an_in_process_simulator_is_answered_without_the_io_thread(sim_meter, io_jobs):
     port, sim = sim_meter
-    jobs = counting_jobs(port)
+    jobs = io_jobs(port)
 
     async def main():
         async with port.async_lease("meter", 5.0) as lease:
@@ -92,7 +75,7 @@ def test_an_inline_query_rejects_what_a_waiting_one_rejects(
     assert port.bytes_out == 0
 
 
-def test_a_reply_on_its_way_is_waited_for_on_the_io_thread(pool, make_peer):
+def test_a_reply_on_its_way_is_waited_for_on_the_io_thread(pool, make_peer, io_jobs):
     """The peer answers only once the query has handed its wait to the I/O thread (a reply that
     is there as the command goes out is taken on the loop, which a busy machine can make happen
     with a prompt peer): the wait, and only the wait, is one job of that thread."""
@@ -104,7 +87,7 @@ def test_a_reply_on_its_way_is_waited_for_on_the_io_thread(pool, make_peer):
 
     peer = make_peer(handler)
     port = pool.open(peer.path)
-    jobs = counting_jobs(port, on_submit=released.set)
+    jobs = io_jobs(port, on_submit=released.set)
 
     async def main():
         async with port.async_lease("reader", 5.0) as lease:
@@ -115,13 +98,13 @@ def test_a_reply_on_its_way_is_waited_for_on_the_io_thread(pool, make_peer):
     assert peer.received == [b"ping"]
 
 
-def test_a_reply_already_there_is_taken_on_the_loop(pool, make_peer):
+def test_a_reply_already_there_is_taken_on_the_loop(pool, make_peer, io_jobs):
     peer = make_peer(lambda line: None)
     port = pool.open(peer.path)
     peer.send(b"unasked\n")
     # bounded wait for the line to be readable on the driver's side of the pty
     assert select.select([port._fd], [], [], 5.0)[0]
-    jobs = counting_jobs(port)
+    jobs = io_jobs(port)
 
     async def main():
         async with port.async_lease("reader", 5.0) as lease:
@@ -131,7 +114,7 @@ def test_a_reply_already_there_is_taken_on_the_loop(pool, make_peer):
     assert jobs == []
 
 
-def test_a_terminator_split_between_the_inline_look_and_the_wait_is_found(pool, make_peer):
+def test_a_terminator_split_between_the_inline_look_and_the_wait_is_found(pool, make_peer, io_jobs):
     """The reply and the first byte of a two-byte terminator are taken by the inline look; the
     last byte comes only once the wait is on the I/O thread. The terminator spans the two
     arrivals, so the wait must search the buffered tail again, not only the new bytes."""
@@ -139,7 +122,7 @@ def test_a_terminator_split_between_the_inline_look_and_the_wait_is_found(pool, 
     port = pool.open(peer.path)
     peer.send(b"abc\r")
     assert select.select([port._fd], [], [], 5.0)[0]
-    jobs = counting_jobs(port, on_submit=lambda: peer.send(b"\n"))
+    jobs = io_jobs(port, on_submit=lambda: peer.send(b"\n"))
 
     async def main():
         async with port.async_lease("reader", 5.0) as lease:
@@ -149,13 +132,13 @@ def test_a_terminator_split_between_the_inline_look_and_the_wait_is_found(pool, 
     assert [job.__name__ for job in jobs] == ["read_until"]
 
 
-def test_a_write_larger_than_the_ports_buffer_goes_out_whole_and_in_order(pool, make_peer):
+def test_a_write_larger_than_the_ports_buffer_goes_out_whole_and_in_order(pool, make_peer, io_jobs):
     """os.write on a non-blocking pty takes what fits; the rest goes out from the I/O thread,
     before the next command of the same holder."""
     peer = make_peer(lambda line: b"ok\n" if line == b"done" else None)
     port = pool.open(peer.path)
     lines = [b"%06d" % i + b"x" * 57 for i in range(4000)]  # 256 kB: far beyond a pty's buffer
-    jobs = counting_jobs(port)
+    jobs = io_jobs(port)
 
     async def main():
         async with port.async_lease("writer", 30.0) as lease:

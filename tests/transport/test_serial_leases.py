@@ -409,7 +409,7 @@ def test_lease_waits_are_bounded_when_the_port_is_closed(pool, peer):
     assert "closed" in str(results[0])
 
 
-def test_drain_query_drops_stale_input_and_is_one_job_of_the_io_thread(pool, make_peer):
+def test_drain_query_drops_stale_input_and_is_one_job_of_the_io_thread(pool, make_peer, io_jobs):
     """A query's drain and its write-read need at most one hand-over to the port's I/O thread
     (the wait for the reply; ADR 0009), however late the reply; the drain still drops what
     arrived unasked. The peer answers ``second`` only once its wait was handed over."""
@@ -423,28 +423,16 @@ def test_drain_query_drops_stale_input_and_is_one_job_of_the_io_thread(pool, mak
 
     peer = make_peer(handler)
     port = pool.open(peer.path)
-    worker = port._io_worker()
-    jobs: list[object] = []
-    submit = worker.submit
-
-    def counting(fn, *args, **kwargs):
-        jobs.append(fn)
-        future = submit(fn, *args, **kwargs)
-        released.set()
-        return future
 
     async def main():
         async with port.async_lease("reader", 5.0) as lease:
             first = await lease.drain_query(b"first\n", b"\n", 1.0)
             stale = port.stale_bytes
-            worker.submit = counting
-            try:
-                second = await lease.drain_query(b"second\n", b"\n", 1.0)
-            finally:
-                del worker.submit
-        return first, second, port.stale_bytes - stale
+            jobs = io_jobs(port, on_submit=released.set)  # the second query's jobs only
+            second = await lease.drain_query(b"second\n", b"\n", 1.0)
+        return first, second, port.stale_bytes - stale, jobs
 
-    first, second, dropped = asyncio.run(main())
+    first, second, dropped, jobs = asyncio.run(main())
     assert (first, second) == (b"Rfirst", b"Rsecond")
     assert dropped == len(b"late\n")
     assert len(jobs) == 1
