@@ -304,20 +304,16 @@ def test_travel_time_of_the_trapezoidal_profile(distance, velocity, acceleration
 
 
 def recorded_pauses(monkeypatch) -> list[float]:
-    """The pauses asked for while the test runs (each still yields to the loop). asyncio's own
-    ``sleep`` is replaced, so zero-length yields of other code are left out: a pause between
-    two polls is never zero here (the back-offs below have no zero after the first poll)."""
-    from daqbridge.devices.core import _movable
-
+    """The pauses the logic asks for between two polls, in order. Its ``pause`` hook is
+    replaced by one that records the pause and only yields to the loop: the test does not wait
+    the pauses out (1 s in the back-offs below), and nothing else's sleeps are counted."""
     pauses: list[float] = []
-    real_sleep = asyncio.sleep
 
-    async def sleep(delay: float, *args: Any) -> Any:
-        if delay:
-            pauses.append(delay)
-        return await real_sleep(0)
+    async def pause(self: WireMovableLogic, seconds: float) -> None:
+        pauses.append(seconds)
+        await asyncio.sleep(0)
 
-    monkeypatch.setattr(_movable.asyncio, "sleep", sleep)
+    monkeypatch.setattr(WireMovableLogic, "pause", pause)
     return pauses
 
 
