@@ -55,6 +55,7 @@ def _measure(transport: str) -> dict[str, float]:
     import daqbridge.sim as sim
     from daqbridge.bridge._shadow import ShadowPair
     from daqbridge.bridge.legacy_adapter import LegacyDevice
+    from daqbridge.devices.core import call_sync
     from daqbridge.devices.newport1830c import Newport1830C
     from daqbridge.legacy import LegacyRuntime, parse_legacy_config
     from daqbridge.transport import SerialPortPool
@@ -69,10 +70,12 @@ def _measure(transport: str) -> dict[str, float]:
             stack.callback(sim.unregister, name)
         else:
             url = stack.enter_context(sim.serve_pty("newport1830c", **opts)).path
+        RE = RunEngine({}, context_managers=[])  # noqa: N806
         port = pool.open(url, baudrate=9600)
         native = Newport1830C(port, name="pm", range=0)
         stack.callback(native.close)
-        native.connect()
+        # ophyd-async devices (the native meter and the adapter) live on the RunEngine's loop
+        call_sync(native.connect(), loop=RE.loop, timeout=10)
         config = parse_legacy_config(
             f'[instruments.pm_legacy]\ntype = "newport_1830c"\nport = "{url}"\n'
             "polling_rate_hz = 0\nrange = 0\n",
@@ -84,14 +87,13 @@ def _measure(transport: str) -> dict[str, float]:
         if not rt.wait_running(10):
             raise RuntimeError(f"the legacy 1830-C did not start: {rt.health()}")
         legacy = LegacyDevice(rt, "pm_legacy", settable=False)
-        legacy.connect()
+        call_sync(legacy.connect(), loop=RE.loop, timeout=10)
         stack.callback(legacy.close)
         legacy_wl = LegacyDevice(rt, "pm_legacy", name="pm_wl", settable="wavelength")
-        legacy_wl.connect()
+        call_sync(legacy_wl.connect(), loop=RE.loop, timeout=10)
         stack.callback(legacy_wl.close)
 
         pair = ShadowPair(native, legacy)  # both read in one trigger, as shadow mode does
-        RE = RunEngine({}, context_managers=[])  # noqa: N806
         nm = [700.0 + 200.0 * i / (POINTS - 1) for i in range(POINTS)]  # integral after rounding
         plans = {
             "count native": lambda: bp.count([native], POINTS),

@@ -3,7 +3,7 @@
 This layer sits above both driver stacks and the catalog, and below the plans and the runtime:
 it is the only place that knows a legacy instrument and a native device side by side.
 
-* ``LegacyDevice`` (``legacy_adapter``): any legacy instrument as a Bluesky device, one signal
+* ``LegacyDevice`` (``legacy_adapter``): any legacy instrument as an ophyd-async device, one signal
   per channel and one read-write signal per settable parameter.
 * ``MeasurementBridge``: free-running legacy streams recorded as event-model runs.
 * Shadow mode (``ShadowComparison``, ``ShadowReport``, ``shadow_compare_plan``): legacy and
@@ -19,17 +19,22 @@ from daqbridge.bridge._shadow import (
     ShadowReport,
     shadow_compare_plan,
 )
-from daqbridge.bridge._signals import InstrumentSignal
-from daqbridge.bridge.legacy_adapter import Field, LegacyDevice, LegacySetting, LegacySignal
+from daqbridge.bridge.legacy_adapter import (
+    Field,
+    LegacyDevice,
+    LegacyMovableDevice,
+    LegacySetting,
+    LegacySignal,
+)
 
 __all__ = [
-    "InstrumentSignal",
     "BRIDGE_PLAN_NAME",
     "LEGACY_TWIN",
     "SHADOW_PLAN_NAME",
     "BridgeStats",
     "Field",
     "LegacyDevice",
+    "LegacyMovableDevice",
     "LegacySetting",
     "LegacySignal",
     "MeasurementBridge",

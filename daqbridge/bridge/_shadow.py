@@ -24,7 +24,7 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -963,7 +963,8 @@ class _TwinEcho:
         self.name = twin.name
         self.parent = None
         self.error: BaseException | None = None
-        self._reading: dict[str, dict[str, Any]] = {}
+        self.failed = False
+        """Whether the twin's trigger at this point failed (its numbers are then NaN)."""
 
     def trigger(self) -> Any:
         """Trigger the twin; the status returned always succeeds, ``error`` says if the twin
@@ -993,27 +994,42 @@ class _TwinEcho:
         status.add_callback(done)
         return shield
 
-    def at_point(self, failed: bool) -> dict[str, dict[str, Any]]:
-        reading = {k: dict(v) for k, v in self.twin.read().items() if not commanded(k)}
-        if failed:
+    def read(self) -> Any:
+        """The twin's reading at this point (an ophyd-async twin's read is awaited by the
+        RunEngine); when its trigger failed every number is NaN, never its older value."""
+        return _then(self.twin.read(), self._at_point)
+
+    def _at_point(self, got: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        reading = {k: dict(v) for k, v in got.items() if not commanded(k)}
+        if self.failed:
             now = time.time()
             for entry in reading.values():
                 if _is_number(entry["value"]):
                     entry.update(value=math.nan, timestamp=now)
-        self._reading = reading
         return reading
 
-    def read(self) -> dict[str, dict[str, Any]]:
-        return self._reading
+    def describe(self) -> Any:
+        return _then(
+            self.twin.describe(), lambda d: {k: v for k, v in d.items() if not commanded(k)}
+        )
 
-    def describe(self) -> dict[str, dict[str, Any]]:
-        return {k: v for k, v in self.twin.describe().items() if not commanded(k)}
-
-    def read_configuration(self) -> dict[str, dict[str, Any]]:
+    def read_configuration(self) -> Any:
         return self.twin.read_configuration()
 
-    def describe_configuration(self) -> dict[str, dict[str, Any]]:
+    def describe_configuration(self) -> Any:
         return self.twin.describe_configuration()
+
+
+def _then(result: Any, then: Callable[[Any], Any]) -> Any:
+    """``then(result)``, after the RunEngine awaited ``result`` if it is a coroutine (an
+    ophyd-async device's read or describe)."""
+    if inspect.isawaitable(result):
+
+        async def later() -> Any:
+            return then(await result)
+
+        return later()
+    return then(result)
 
 
 @dataclass
@@ -1140,8 +1156,8 @@ class ShadowRecorder:
             if echo.error is not None:
                 self._failed(twin, echo.error)
         if twin_reading is None:
-            twin_reading = echo.at_point(failed=echo.error is not None and group is not None)
-            yield Msg("read", echo)
+            echo.failed = echo.error is not None and group is not None
+            twin_reading = yield Msg("read", echo)
         diff = self._diffs[id(native)]
         diff.at_point(point.readings[id(native)], twin_reading)
         yield Msg("read", diff)

@@ -6,7 +6,7 @@
 * ``positive_setting``: a constructor's timing or tolerance argument, refused with the key named.
 
 (The ophyd v1 base the drivers once shared, a worker thread per instrument and its signals, is
-gone with the v1 drivers; what the legacy adapter still needs is in ``daqbridge.bridge._signals``.)
+gone: native drivers and the legacy adapter are ophyd-async devices.)
 """
 
 from __future__ import annotations

@@ -226,6 +226,14 @@ class AsyncDeviceAdapter:
             setattr(self, attr, part)
             names.append(attr)
         self.component_names = tuple(names)
+        # A setting's setpoint signal (the legacy adapter's) is served in the setting's motor
+        # record (its VAL), so the IOC must know which part shows it.
+        parts = {id(getattr(p, "signal", None)): p for p in map(self.__getattribute__, names)}
+        for attr in names:
+            part = getattr(self, attr)
+            setpoint = getattr(getattr(part, "signal", None), "setpoint_signal", None)
+            if setpoint is not None and id(setpoint) in parts:
+                part.setpoint_signal = parts[id(setpoint)]
 
     def __repr__(self) -> str:
         return f"<AsyncDeviceAdapter {self.name}>"

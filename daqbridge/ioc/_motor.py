@@ -100,7 +100,7 @@ class PositionerLink:
     def _readback_signal(self) -> Any:
         from ophyd import Signal
 
-        if isinstance(self.device, Signal):
+        if isinstance(self.device, Signal | AsyncSignalAdapter):
             return self.device  # a setting moved as a positioner is its own read-back
         rb = getattr(self.device, "readback", None)
         if isinstance(rb, Signal | AsyncSignalAdapter):

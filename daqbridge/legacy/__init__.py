@@ -1,7 +1,7 @@
 """The legacy ("V2") instrument stack: polled drivers, commands, a broadcast of measurements.
 
 Independent of ophyd and bluesky on purpose (it is the code being migrated away from);
-``daqbridge.bridge.legacy_adapter`` wraps any ``LegacyInstrument`` as an ophyd device.
+``daqbridge.bridge.legacy_adapter`` wraps any ``LegacyInstrument`` as an ophyd-async device.
 Importing the package registers the built-in driver types ``newport_1830c``, ``elliptec`` and
 ``maitai``. See docs/legacy.md.
 """

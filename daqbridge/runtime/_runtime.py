@@ -883,7 +883,15 @@ class Runtime:
                 for parameter, limits in legacy_limits(inst).items():
                     setattr(device, f"{parameter}_limits", limits)
                 try:
-                    device.connect(self.connect_timeout or LEGACY_CONNECT_TIMEOUT)
+                    from daqbridge.devices.core import call_sync
+
+                    seconds = self.connect_timeout or LEGACY_CONNECT_TIMEOUT
+                    call_sync(  # an ophyd-async device: it lives on the RunEngine's loop
+                        lambda device=device, seconds=seconds: device.connect(timeout=seconds),
+                        device=device,
+                        timeout=seconds + 1.0,
+                        loop=self.RE.loop if self.RE is not None else None,
+                    )
                 except Exception as exc:  # noqa: BLE001 - reported like any start-up failure
                     notes.append(f"{ref.id}: legacy instrument not confirmed running: {exc}")
                     log.warning("legacy adapter %s: %s", ref.id, exc)

@@ -1,4 +1,4 @@
-"""LegacyDevice: any legacy instrument as an ophyd device, under a real RunEngine.
+"""LegacyDevice: any legacy instrument as an ophyd-async device, under a real RunEngine.
 
 The instruments here are small LegacyInstrument subclasses written for these tests (the adapter
 must work with ANY driver), plus the real legacy 1830-C and Elliptec drivers against their
@@ -24,13 +24,14 @@ from bluesky.protocols import (
     Triggerable,
 )
 from bluesky.utils import FailedStatus
+from ophyd_async.core import SignalRW, SignalW
 
 from daqbridge.bridge.legacy_adapter import (
     Field,
     LegacyDevice,
-    ReadOnlyChannel,
     SetNotConfirmed,
 )
+from daqbridge.devices.core import call_sync
 from daqbridge.errors import ConfigError, InstrumentFault, InstrumentTimeout, ValueRejected
 from daqbridge.legacy import (
     ChannelInfo,
@@ -43,6 +44,33 @@ from daqbridge.legacy import (
     parse_legacy_config,
 )
 from daqbridge.sim import serve_pty
+
+
+def on_loop(work, timeout=10.0):
+    """``work`` (an awaitable, or a function called there) on the RunEngine's loop, where the
+    devices live; needs the ``RE`` fixture."""
+    return call_sync(work, timeout=timeout)
+
+
+def connect(dev, timeout=10.0):
+    on_loop(lambda: dev.connect(timeout=timeout), timeout=timeout + 1)
+
+
+def done(make_status, timeout=10.0):
+    """Start an operation on the loop (``lambda: dev.set(1)``) and wait for its status."""
+    status = started(make_status)
+    on_loop(status, timeout=timeout)
+    return status
+
+
+def started(make_status):
+    """The status of an operation started on the loop, not waited for."""
+    return on_loop(lambda: [make_status()])[0]
+
+
+def latest(sig):
+    """What a signal shows now (no command: its backend's latest report)."""
+    return sig.backend.reading()["value"]
 
 
 def wait_until(predicate, timeout=5.0, interval=0.005):
@@ -183,26 +211,26 @@ def test_protocols_and_movable_only_when_settable(rotator_runtime):
     dev.close(), read_only.close()
 
 
-def test_describe_hints_and_configuration_come_from_the_instrument(rotator_runtime):
+def test_describe_hints_and_configuration_come_from_the_instrument(rotator_runtime, RE):
     rt, _ = rotator_runtime()
     dev = LegacyDevice(rt, "rot", name="stage")
-    dev.connect()
-    desc = dev.describe()
+    connect(dev)
+    desc = on_loop(dev.describe())
     assert set(desc) == {"stage_angle", "stage_temperature"}
     assert desc["stage_angle"]["units"] == "deg" and desc["stage_angle"]["dtype"] == "number"
     assert desc["stage_angle"]["source"] == "legacy:rot/angle"
     assert desc["stage_temperature"]["units"] == "degC"
     assert dev.hints == {"fields": ["stage_angle"]}
-    conf = dev.read_configuration()
+    conf = on_loop(dev.read_configuration())
     assert conf["stage_speed"]["value"] == 5.0  # queried at connect
-    assert dev.describe_configuration()["stage_speed"]["units"] == "deg/s"
+    assert on_loop(dev.describe_configuration())["stage_speed"]["units"] == "deg/s"
     dev.close()
 
 
 def test_count_and_scan_with_a_legacy_device(rotator_runtime, RE, docs):
     rt, rot = rotator_runtime()
     dev = LegacyDevice(rt, "rot", name="stage")
-    dev.connect()
+    connect(dev)
     RE(bp.scan([], dev, -10, 10, 5))
     docs.validate()
     events = docs.events()
@@ -221,92 +249,63 @@ def test_count_and_scan_with_a_legacy_device(rotator_runtime, RE, docs):
     dev.close()
 
 
-def test_fresh_trigger_queries_and_waits_for_streamed_channels(rotator_runtime):
+def test_fresh_trigger_queries_and_waits_for_streamed_channels(rotator_runtime, RE):
     rt, rot = rotator_runtime(rate=50)
     dev = LegacyDevice(rt, "rot")
     t0 = time.time()
-    st = dev.trigger()
-    st.wait(5)
-    reading = dev.read()
+    done(dev.trigger, timeout=5)
+    reading = on_loop(dev.read())
     assert any(c.kind == "query" and c.name == "angle" for c in rot.commands)
     # temperature is not queryable: the trigger waited for a measurement published after it
     assert reading["rot_temperature"]["timestamp"] >= t0
     dev.close()
 
 
-def test_a_cancelled_deadline_frees_its_action_at_once():
-    # Every trigger arms a deadline that holds its operation (and the status behind it); the
-    # trigger's end cancels it. Keeping the action until the deadline falls due held every
-    # point's status of a fast scan alive for the whole timeout (about 44 objects a point).
-    import gc
-    import weakref
-
-    from daqbridge.bridge.legacy_adapter import _Deadlines
-
-    class Held:
-        pass
-
-    deadlines = _Deadlines()
-    deadlines.schedule(300.0, lambda: None)  # an earlier one stays at the head of the heap
-    held = Held()
-    alive = weakref.ref(held)
-    handle = deadlines.schedule(600.0, lambda held=held: held)
-    del held
-    deadlines.cancel(handle)
-    gc.collect()
-    assert alive() is None, "a cancelled deadline still holds its action"
-
-
-def test_latest_mode_sends_nothing_and_keeps_measurement_timestamps(rotator_runtime):
+def test_latest_mode_sends_nothing_and_keeps_measurement_timestamps(rotator_runtime, RE):
     rt, rot = rotator_runtime(rate=50)
     seen: list[Measurement] = []
     rt.distributor.subscribe(seen.append, name="test-feed")
     dev = LegacyDevice(rt, "rot", read_mode="latest")
     # construction asks for the settings once, without waiting (configuration without connect)
-    assert wait_until(lambda: dev.read_configuration()["rot_speed"]["value"] == 5.0)
+    assert wait_until(lambda: on_loop(dev.read_configuration())["rot_speed"]["value"] == 5.0)
     assert wait_until(lambda: len(seen) >= 4)
     sent = len(rot.commands)
-    dev.trigger().wait(2)
-    reading = dev.read()
+    done(dev.trigger, timeout=2)
+    reading = on_loop(dev.read())
     assert rot.commands[sent:] == []
     published = {(m.channel, m.timestamp) for m in list(seen)}
     assert ("temperature", reading["rot_temperature"]["timestamp"]) in published
     dev.close()
 
 
-def test_set_is_confirmed_by_the_read_back(rotator_runtime):
+def test_set_is_confirmed_by_the_read_back(rotator_runtime, RE):
     rt, rot = rotator_runtime()
     dev = LegacyDevice(rt, "rot")
-    st = dev.set(42.5)
-    st.wait(5)
+    st = done(lambda: dev.set(42.5), timeout=5)
     assert st.success and rot.angle == 42.5
     assert [(c.kind, c.name) for c in rot.commands[-2:]] == [("set", "angle"), ("query", "angle")]
-    assert dev.position == 42.5 and dev.locate()["readback"] == 42.5
+    assert dev.position == 42.5 and on_loop(dev.locate())["readback"] == 42.5
     dev.close()
 
 
-def test_set_not_reached_fails_with_what_the_instrument_reports(rotator_runtime):
+def test_set_not_reached_fails_with_what_the_instrument_reports(rotator_runtime, RE):
     rt, rot = rotator_runtime()
     rot.slip = 0.5  # lands 0.5 deg off: 1e-4 of the 360 deg span is the default tolerance
     dev = LegacyDevice(rt, "rot")
-    st = dev.set(10.0)
     with pytest.raises(SetNotConfirmed, match=r"instrument reports 10\.5"):
-        st.wait(5)
+        done(lambda: dev.set(10.0), timeout=5)
     tolerant = LegacyDevice(rt, "rot", name="tolerant", tolerance=1.0)
-    tolerant.set(20.0).wait(5)
+    done(lambda: tolerant.set(20.0), timeout=5)
     assert tolerant.position == 20.5
     dev.close(), tolerant.close()
 
 
-def test_a_read_back_still_settling_is_asked_again_until_it_reports_the_target(
-    rotator_runtime,
-):
+def test_a_read_back_still_settling_is_asked_again_until_it_reports_the_target(rotator_runtime, RE):
     rt, rot = rotator_runtime(rate=0)
     dev = LegacyDevice(rt, "rot")
-    dev.connect()
+    connect(dev)
     rot.lag_reads = 2  # the driver says done; the next two read-backs still say 0 deg
-    st = dev.set(30.0)
-    st.wait(10)
+    st = done(lambda: dev.set(30.0), timeout=10)
     assert st.success and dev.position == 30.0
     asked = [c.name for c in rot.commands if c.kind == "query"]
     assert asked[-3:] == ["angle"] * 3  # two early read-backs, then the settled one
@@ -326,12 +325,12 @@ def test_refused_set_fails_the_status_with_the_instruments_message(rotator_runti
     dev.close()
 
 
-def test_values_are_checked_before_anything_is_sent(rotator_runtime):
+def test_values_are_checked_before_anything_is_sent(rotator_runtime, RE):
     rt, rot = rotator_runtime()
     dev = LegacyDevice(rt, "rot")
     for bad in (500, "ten", float("nan"), True):
         with pytest.raises(ValueRejected):
-            dev.set(bad)
+            on_loop(lambda bad=bad: dev.set(bad))  # refused at once: no status is made
     assert not [c for c in rot.commands if c.kind == "set"]
     dev.close()
 
@@ -339,7 +338,7 @@ def test_values_are_checked_before_anything_is_sent(rotator_runtime):
 def test_legacy_error_becomes_a_failed_trigger_and_the_next_one_works(rotator_runtime, RE):
     rt, rot = rotator_runtime()
     dev = LegacyDevice(rt, "rot")
-    dev.connect()  # its own setting queries are done: the next query is the trigger's
+    connect(dev)  # its own setting queries are done: the next query is the trigger's
     rot.fail_queries = 1
     with pytest.raises(FailedStatus) as info:
         RE(bp.count([dev], 1))
@@ -349,21 +348,20 @@ def test_legacy_error_becomes_a_failed_trigger_and_the_next_one_works(rotator_ru
     dev.close()
 
 
-def test_command_that_never_returns_times_out_with_the_instruments_activity(rotator_runtime):
+def test_command_that_never_returns_times_out_with_the_instruments_activity(rotator_runtime, RE):
     rt, rot = rotator_runtime()
     dev = LegacyDevice(rt, "rot", timeout=0.2)
-    dev.connect(timeout=5)
+    connect(dev, timeout=5)
     rot.query_delay = 1.0
-    st = dev.trigger()
     with pytest.raises(InstrumentTimeout, match="did not finish within 0.2 s"):
-        st.wait(5)
+        done(dev.trigger, timeout=5)
     dev.close()
 
 
 def test_slow_legacy_call_does_not_block_the_run_engine_loop(rotator_runtime, RE):
     rt, rot = rotator_runtime(rate=0)
     dev = LegacyDevice(rt, "rot")
-    dev.connect()
+    connect(dev)
     rot.query_delay = 1.0
     ticks_while_pending: list[int] = []
 
@@ -385,11 +383,11 @@ def test_stop_halts_a_long_move(rotator_runtime, RE):
     rt, rot = rotator_runtime(rate=0)
     rot.move_time = 30.0
     dev = LegacyDevice(rt, "rot")
-    st = dev.set(90)
+    st = started(lambda: dev.set(90))
     assert wait_until(rot.moving.is_set)
     dev.stop()
     with pytest.raises(Exception, match="stopped at"):
-        st.wait(5)
+        on_loop(st, timeout=5)
     # stop() records its result on its helper thread, which may finish after the move failed
     assert wait_until(lambda: dev.last_stop_result is not None)
     assert rot.stops >= 1 and dev.last_stop_result.ok
@@ -481,9 +479,10 @@ command_spacing_s = 0.0
                 settable="position_2",
                 set_timeout=15,
             )
-            mount.connect()
-            assert list(mount.describe()) == ["hwp_position_2"]
-            assert mount.describe()["hwp_position_2"]["units"] == "deg"
+            connect(mount)
+            described = on_loop(mount.describe())
+            assert list(described) == ["hwp_position_2"]
+            assert described["hwp_position_2"]["units"] == "deg"
             RE(bp.scan([], mount, 0, 90, 3))
             docs.validate()
             got = [e["data"]["hwp_position_2"] for e in docs.events()]
@@ -509,7 +508,6 @@ def catalog(tmp_path_factory):
 def test_native_and_legacy_devices_in_one_run_read_back_from_the_catalog(
     serial_pool, RE, docs, catalog, rotator_runtime
 ):
-    from daqbridge.devices.core import call_sync
     from daqbridge.devices.newport1830c import Newport1830C
 
     rt_rot, rot = rotator_runtime(rate=20)
@@ -530,7 +528,7 @@ polling_rate_hz = 0
             native = Newport1830C(serial_pool.open(meter_a.path, baudrate=9600), name="meter_a")
             call_sync(native.connect(), timeout=10)  # ophyd-async: on the RunEngine's loop
             legacy_meter = LegacyDevice(rt, "meter_b")
-            legacy_meter.connect()
+            connect(legacy_meter)
             stage = LegacyDevice(rt_rot, "rot", name="stage")
             RE.subscribe(catalog.writer)
             (uid,) = RE(bp.scan([native, legacy_meter], stage, 0, 30, 4))
@@ -559,7 +557,7 @@ polling_rate_hz = 0
 
 
 @pytest.fixture
-def legacy_laser(serial_pool):
+def legacy_laser(serial_pool, RE):
     """The legacy MaiTai driver on a simulated laser (warm, emitting, shutter open) on a pty,
     wrapped whole as ``sim_laser`` the way the runtime wraps it (no ``settable``)."""
     with serve_pty(
@@ -577,7 +575,7 @@ readback_timeout_s = 0.3
         )
         laser = LegacyDevice(rt, "laser", name="sim_laser")
         try:
-            laser.connect()
+            connect(laser)
             yield laser, server.simulator, rt
         finally:
             laser.close()
@@ -647,31 +645,28 @@ def test_a_per_parameter_tolerance_keeps_the_reported_value(legacy_laser, RE):
         tolerant.close()
 
 
-def test_measured_channels_refuse_put_and_set(legacy_laser, RE):
+def test_measured_channels_are_read_only(legacy_laser, RE):
     laser, _, rt = legacy_laser
-    before = laser.power.get()
-    for attempt in (lambda: laser.power.put(0.0), lambda: laser.power.set(0.0)):
-        with pytest.raises(ReadOnlyChannel) as info:
-            attempt()
-        text = str(info.value)
-        assert "sim_laser_power" in text and "laser" in text and "Fix:" in text, text
-        assert "shutter" in text and "wavelength" in text, text  # what can be set instead
-    with pytest.raises(ReadOnlyChannel):
-        RE(bps.mv(laser.warmup, 50))
-    # the laser's state is static here, so the component still shows exactly its report
-    assert laser.power.get() == before == rt.submit("laser", Command.query("power"), 5).value
+    # nothing to command: no set, so no plan can move it and the IOC serves it read-only
+    for measured in (laser.power, laser.warmup):
+        assert not isinstance(measured, SignalW) and not isinstance(measured, Movable)
+    assert isinstance(laser.shutter, SignalRW) and isinstance(laser.wavelength, Movable)
+    with pytest.raises(AssertionError, match="does not implement all Movable methods"):
+        RE(bps.mv(laser.warmup, 50))  # bluesky says so before anything is sent
+    # the laser's state is static here, so the signal still shows exactly its report
+    assert latest(laser.power) == rt.submit("laser", Command.query("power"), 5).value
 
 
 def test_get_follows_the_instrument_without_a_trigger(legacy_laser):
     laser, sim, rt = legacy_laser
-    assert wait_until(lambda: laser.shutter.get() == 1)
+    assert wait_until(lambda: latest(laser.shutter) == 1)
     # someone else (legacy code, the front panel) closes the shutter
     assert rt.submit("laser", Command.set("shutter", 0), timeout=5).ok
     assert sim.shutter_open is False
-    assert wait_until(lambda: laser.shutter.get() == 0)  # the next poll says so, no trigger()
+    assert wait_until(lambda: latest(laser.shutter) == 0)  # the next poll says so, no trigger()
     with sim.lock:
         sim.shutter_open = True  # opened at the front panel: only a poll can tell
-    assert wait_until(lambda: laser.shutter.get() == 1)
+    assert wait_until(lambda: latest(laser.shutter) == 1)
 
 
 # --- the native driver's names (issue 18 item 3): fields ----------------------------------------
@@ -702,20 +697,28 @@ def test_fields_show_the_instrument_under_other_names_kinds_and_precision(
         },
     )
     try:
-        stage.connect()
-        assert stage.component_names == ("readback", "setpoint", "temperature", "velocity")
-        described = stage.describe()
+        connect(stage)
+        assert [a for a, _ in stage.children()] == [
+            "readback",
+            "setpoint",
+            "temperature",
+            "velocity",
+        ]
+        described = on_loop(stage.describe())
         assert list(described) == ["stage", "stage_setpoint"]
         assert described["stage"]["precision"] == 2 and "limits" not in described["stage"]
-        assert set(stage.describe_configuration()) == {"stage_temperature", "stage_velocity"}
+        assert set(on_loop(stage.describe_configuration())) == {
+            "stage_temperature",
+            "stage_velocity",
+        }
         assert stage.hints == {"fields": ["stage"]}
         stage.angle_limits = (-90, 90)  # what the runtime sets from the profile
-        assert stage.describe()["stage"]["limits"] == {"control": {"low": -90, "high": 90}}
+        assert on_loop(stage.describe())["stage"]["limits"] == {"control": {"low": -90, "high": 90}}
         assert stage.limits == (-90, 90)
         # a channel shown as configuration follows the stream, read by no trigger
-        assert wait_until(lambda: stage.temperature.get() > 0)  # NaN until the first poll
-        before = stage.temperature.get()
-        assert wait_until(lambda: stage.temperature.get() > before)
+        assert wait_until(lambda: latest(stage.temperature) > 0)  # NaN until the first poll
+        before = latest(stage.temperature)
+        assert wait_until(lambda: latest(stage.temperature) > before)
         RE(bp.scan([], stage, 0, 10, 2))
         docs.validate()
         got = [(e["data"]["stage"], e["data"]["stage_setpoint"]) for e in docs.events()]
@@ -762,11 +765,11 @@ polling_rate_hz = 0
             },
         )
         try:
-            meter.connect()
-            conf = meter.describe_configuration()
+            connect(meter)
+            conf = on_loop(meter.describe_configuration())
             assert set(conf) == {"meter_filter", "meter_attenuator"}  # no units: not asked for
             assert conf["meter_filter"]["dtype"] == conf["meter_attenuator"]["dtype"] == "integer"
-            assert meter.filter.get() == server.simulator.filter == 3  # F3: "fast"
+            assert latest(meter.filter) == server.simulator.filter == 3  # F3: "fast"
             RE(bps.mv(meter.filter, 1, meter.attenuator, 1))
             assert server.simulator.filter == 1 and server.simulator.attenuator is True
             assert read_in_plan(RE, meter.filter) == 1
@@ -781,7 +784,7 @@ polling_rate_hz = 0
 
 def test_emission_is_a_setting_of_the_legacy_laser(legacy_laser, RE):
     laser, sim, _ = legacy_laser
-    assert "sim_laser_emission" in laser.describe_configuration()
+    assert "sim_laser_emission" in on_loop(laser.describe_configuration())
     try:
         RE(bps.mv(laser.emission, 0))
         assert sim.emission is False  # the laser itself turned off

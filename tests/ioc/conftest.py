@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from daqbridge.ioc import READY, free_port, ioc_command, loopback_ca_env, spawn
+from tests.devices.conftest import RE  # noqa: F401 - a fixture, found by name
 
 PREFIX = "DAQT:"
 READY_TIMEOUT = 180.0  # the whole simulated lab starts first; 2 shared cores can be slow

@@ -13,8 +13,8 @@ from ophyd import Device, Kind, Signal, SignalRO
 from ophyd.sim import SynAxis
 from ophyd.status import Status
 
-from daqbridge.bridge import InstrumentSignal
 from daqbridge.bridge.legacy_adapter import LegacyDevice
+from daqbridge.devices.core import call_sync
 from daqbridge.errors import ConfigError, InstrumentFault, ValueRejected
 from daqbridge.ioc import LabIOC, RecordRefused, SignalPV
 from daqbridge.ioc._server import is_writable
@@ -49,8 +49,19 @@ class Axis(SynAxis):
         return super().set(value, **kwargs)
 
 
+class Measured(Signal):
+    """A reading its device refreshes: read-only to everyone else (ophyd's write_access)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._metadata["write_access"] = False
+
+    def update(self, value):
+        self.put(value, force=True)
+
+
 class Meter(Device):
-    power = Cpt(InstrumentSignal, value=1.5, kind=Kind.hinted)  # a reading: read-only type
+    power = Cpt(Measured, value=1.5, kind=Kind.hinted)  # a reading: read-only type
     wavelength = Cpt(Signal, value=800, kind=Kind.config)  # ophyd's Signal: read-write
     identity = Cpt(SignalRO, value="METER 1.0", kind=Kind.config)
     hidden = Cpt(Signal, value=0, kind=Kind.omitted)
@@ -112,12 +123,14 @@ def test_writability_is_the_signal_type_not_its_class_name():
     assert is_writable(meter.wavelength)
     assert not is_writable(meter.power) and not is_writable(meter.identity)
 
-    class _Renamed(InstrumentSignal):  # a setting under any class name
-        writable = True
+    class _Renamed(Signal):  # a setting under any class name
+        pass
+
+    class _RenamedReading(Measured):  # a reading under any class name
+        pass
 
     assert is_writable(_Renamed(name="v"))
-    assert not is_writable(InstrumentSignal(name="r"))
-    assert is_writable(InstrumentSignal(name="s", writable=True))  # per signal (SCPI command)
+    assert not is_writable(_RenamedReading(name="r"))
 
 
 def test_signal_pv_conversions():
@@ -280,14 +293,14 @@ class Amplifier(LegacyInstrument):
 
 
 @pytest.fixture
-def amplifier():
+def amplifier(RE):
     rt = LegacyRuntime()
     inst = Amplifier()
     rt.add(inst, 0)
     rt.start()
     assert rt.wait_running(10), rt.health()
     device = LegacyDevice(rt, "amp", name="amp")  # as the runtime wraps it: no set() of its own
-    device.connect()
+    call_sync(lambda: device.connect(timeout=10), timeout=11)  # on the RunEngine's loop
     ioc = LabIOC({"amp": device}, prefix="A:", poll_period=0)
     yield ioc, inst
     ioc.close()

@@ -10,6 +10,7 @@ import pytest
 from bluesky import plan_stubs as bps
 
 from daqbridge.bridge._shadow import ShadowReport
+from daqbridge.devices.core import call_sync
 from daqbridge.errors import PlanArgumentError, ValueRejected
 from daqbridge.legacy import Command
 from daqbridge.plans import record_legacy, shadow_compare, wavelength_scan
@@ -157,7 +158,8 @@ def test_after_a_wavelength_scan_the_laser_shutter_reads_closed_without_trigger(
     runtime.RE(wavelength_scan(laser, runtime["sim_meter"], 780, 800, 2))
     assert all(e["data"]["sim_laser_shutter"] == 1 for e in docs.events())  # open while measuring
     assert not shutter_open(runtime)  # the scan's finally clause closed it on the laser
-    assert wait_for(lambda: laser.shutter.get() == 0)  # and the component says so, no trigger
+    # and the signal says so, without a trigger (its value is the latest the laser reported)
+    assert wait_for(lambda: call_sync(laser.shutter.get_value(), device=laser) == 0)
 
 
 def test_the_legacy_laser_wavelength_keeps_the_profiles_limits(runtime: Any) -> None:
@@ -168,7 +170,8 @@ def test_the_legacy_laser_wavelength_keeps_the_profiles_limits(runtime: Any) -> 
     with pytest.raises(ValueRejected, match=r"1020 is outside the limits \[700.0, 1000.0\]"):
         runtime.RE(bps.mv(laser.wavelength, 1020))
     assert sim.target_wavelength_nm() == before  # nothing was sent
-    limits = laser.wavelength.describe()["sim_laser_wavelength"]["limits"]["control"]
+    described = call_sync(laser.wavelength.describe(), device=laser)
+    limits = described["sim_laser_wavelength"]["limits"]["control"]
     assert (limits["low"], limits["high"]) == (700.0, 1000.0)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import bluesky.plan_stubs as bps
 import pytest
 
+from daqbridge.devices.core import call_sync
 from daqbridge.errors import PlanArgumentError, ValueRejected
 from daqbridge.plans import polarization_scan
 from daqbridge.runtime import Runtime
@@ -40,5 +41,5 @@ def test_legacy_mount_keeps_the_profiles_limits(runtime_data, runtime_profile):
         with pytest.raises((ValueRejected, PlanArgumentError), match=r"95"):
             rt.RE(polarization_scan(mount, meter, [0, 95]))
         assert bus.position_deg(8) == before  # nothing reached the mount
-        described = mount.describe()[mount.readback.name]
+        described = call_sync(mount.describe(), device=mount)[mount.readback.name]
         assert described["limits"]["control"] == {"low": -90.0, "high": 90.0}

@@ -73,7 +73,7 @@ polling_rate_hz = 0
         native = Newport1830C(port, name="meter")
         call_sync(native.connect(), timeout=10)  # ophyd-async: a coroutine, run on a loop
         legacy = LegacyDevice(rt, "meter_legacy")
-        legacy.connect()
+        call_sync(legacy.connect(), timeout=10)
         try:
             yield sim, light, native, legacy
         finally:
