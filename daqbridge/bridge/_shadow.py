@@ -28,7 +28,13 @@ from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from daqbridge.devices.core import CallTimeout, call_sync, is_async_device, maybe_sync
+from daqbridge.devices.core import (
+    COMPLETED,
+    CallTimeout,
+    call_sync,
+    is_async_device,
+    maybe_sync,
+)
 from daqbridge.errors import (
     CatalogError,
     ConfigError,
@@ -975,24 +981,22 @@ class _TwinEcho:
         the legacy adapter: halting the legacy driver mid-exchange). Given only this shield, it
         does neither to the twin: shadow mode observes an experiment and must not end it.
         """
-        from ophyd.status import Status
+        from ophyd_async.core import AsyncStatus
 
-        shield = Status(obj=self)
         self.error = None
         try:
             status = self.twin.trigger()
         except Exception as exc:  # noqa: BLE001 - a finding, recorded as NaN
             self.error = exc
-            shield.set_finished()
-            return shield
+            return COMPLETED
 
-        def done(status: Any) -> None:
-            if not status.success:
-                self.error = status.exception() or RuntimeError("the trigger failed")
-            shield.set_finished()
+        async def shielded() -> None:
+            try:
+                await _finished(status)
+            except Exception as exc:  # noqa: BLE001 - a finding, recorded as NaN
+                self.error = exc
 
-        status.add_callback(done)
-        return shield
+        return AsyncStatus(shielded())
 
     def read(self) -> Any:
         """The twin's reading at this point (an ophyd-async twin's read is awaited by the
