@@ -38,6 +38,7 @@ Why it is built this way:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import keyword
 import logging
@@ -672,11 +673,13 @@ class LegacyDevice(StandardReadable):
 
     # --- commands ----------------------------------------------------------------------------
 
+    def _submit(self, command: Command) -> concurrent.futures.Future[CommandResult]:
+        return self.legacy_runtime.submit_future(self.instrument_id, command)
+
     async def _command(self, command: Command) -> CommandResult:
         """One legacy command, awaited without blocking the loop; cancelled (an abort, a
         deadline) while still queued, it is withdrawn, never sent late."""
-        future = self.legacy_runtime.submit_future(self.instrument_id, command)
-        return await asyncio.wrap_future(future)
+        return await asyncio.wrap_future(self._submit(command))
 
     async def _within(self, seconds: float, what: str, work: Awaitable[Any]) -> Any:
         """``work``, failed with the instrument's activity if it takes longer than ``seconds``."""
@@ -1007,44 +1010,55 @@ class LegacyDevice(StandardReadable):
         await self._within(seconds, f"set {info.name}={target!r}", self._set(info, target))
 
     async def _set(self, info: ParameterInfo, target: Any) -> None:
-        result = await self._command(Command.set(info.name, target))
-        if not result.ok:
-            error = _error_of(result, self.instrument_id, f"set {info.name}={target!r}")
-            if info.queryable:
-                # The instrument may have done part of it (a move stopped half way): show what
-                # it reports now before failing, so a plan's next read is the truth.
-                now = await self._command(Command.query(info.name))
-                if now.ok:
-                    self._store_setting(info.name, now.value)
-            raise error
-        self._show_setpoint(info.name, target, time.time())
-        if not info.queryable:
-            # Nothing to read back: the driver's own confirmation is the only report. Without
-            # one the signal keeps the instrument's last report, never the commanded value.
-            if result.value is not None:
-                self._store_setting(info.name, result.value)
-            return
-        settle_until = time.monotonic() + self._settle_timeout
-        while True:
-            result = await self._command(Command.query(info.name))
+        # The read-back is queued with the set: the legacy worker runs them back to back (what
+        # it would do anyway), and the loop waits for the worker once instead of twice.
+        setting = self._submit(Command.set(info.name, target))
+        readback = self._submit(Command.query(info.name)) if info.queryable else None
+        try:
+            result = await asyncio.wrap_future(setting)
             if not result.ok:
-                raise _error_of(result, self.instrument_id, f"read-back of {info.name}")
-            got = result.value
-            self._store_setting(info.name, got)  # what the instrument reports, reached or not
-            if self._matches(info, target, got):
+                error = _error_of(result, self.instrument_id, f"set {info.name}={target!r}")
+                if readback is not None:
+                    # The instrument may have done part of it (a move stopped half way): show
+                    # what it reports now before failing, so a plan's next read is the truth.
+                    now = await asyncio.wrap_future(readback)
+                    if now.ok:
+                        self._store_setting(info.name, now.value)
+                raise error
+            self._show_setpoint(info.name, target, time.time())
+            if readback is None:
+                # Nothing to read back: the driver's own confirmation is the only report.
+                # Without one the signal keeps the instrument's last report, never the
+                # commanded value.
+                if result.value is not None:
+                    self._store_setting(info.name, result.value)
                 return
-            if time.monotonic() + READBACK_INTERVAL_S > settle_until:
-                note = f" ({result.message})" if result.message else ""
-                raise SetNotConfirmed(
-                    f"set {info.name} to {target!r}{info.unit and ' ' + info.unit}, but the "
-                    f"instrument reports {got!r}{note}",
-                    instrument=self.name,
-                    resource=f"legacy:{self.instrument_id}",
-                    fix="the instrument may be in local mode, interlocked or unable to reach the "
-                    f"value; check it, or give the adapter a tolerance for {info.name!r} if the "
-                    "difference is expected (the instrument's resolution).",
-                )
-            await asyncio.sleep(READBACK_INTERVAL_S)  # the instrument is still settling
+            settle_until = time.monotonic() + self._settle_timeout
+            while True:
+                result = await asyncio.wrap_future(readback)
+                if not result.ok:
+                    raise _error_of(result, self.instrument_id, f"read-back of {info.name}")
+                got = result.value
+                self._store_setting(info.name, got)  # what the instrument reports, reached or not
+                if self._matches(info, target, got):
+                    return
+                if time.monotonic() + READBACK_INTERVAL_S > settle_until:
+                    note = f" ({result.message})" if result.message else ""
+                    raise SetNotConfirmed(
+                        f"set {info.name} to {target!r}{info.unit and ' ' + info.unit}, but the "
+                        f"instrument reports {got!r}{note}",
+                        instrument=self.name,
+                        resource=f"legacy:{self.instrument_id}",
+                        fix="the instrument may be in local mode, interlocked or unable to reach "
+                        f"the value; check it, or give the adapter a tolerance for {info.name!r} "
+                        "if the difference is expected (the instrument's resolution).",
+                    )
+                await asyncio.sleep(READBACK_INTERVAL_S)  # the instrument is still settling
+                readback = self._submit(Command.query(info.name))
+        finally:
+            setting.cancel()  # still queued (an abort, a deadline): never sent late
+            if readback is not None:
+                readback.cancel()
 
     def _matches(self, info: ParameterInfo, target: Any, got: Any) -> bool:
         if info.dtype in ("number", "integer") and info.choices is None:

@@ -281,9 +281,12 @@ def test_latest_mode_sends_nothing_and_keeps_measurement_timestamps(rotator_runt
 def test_set_is_confirmed_by_the_read_back(rotator_runtime, RE):
     rt, rot = rotator_runtime()
     dev = LegacyDevice(rt, "rot")
+    connect(dev)  # its own queries are done: what follows is the set's
+    sent = len(rot.commands)
     st = done(lambda: dev.set(42.5), timeout=5)
     assert st.success and rot.angle == 42.5
-    assert [(c.kind, c.name) for c in rot.commands[-2:]] == [("set", "angle"), ("query", "angle")]
+    # one set, then one read-back: never a read-back asked before the set
+    assert [(c.kind, c.name) for c in rot.commands[sent:]] == [("set", "angle"), ("query", "angle")]
     assert dev.position == 42.5 and on_loop(dev.locate())["readback"] == 42.5
     dev.close()
 
