@@ -66,6 +66,7 @@ from ophyd_async.core import (
 )
 
 from daqbridge.devices._base import check_number, check_wire_text
+from daqbridge.devices._registry import TwinField
 from daqbridge.devices.core import RecordedAsV1
 from daqbridge.errors import (
     ConfigError,
@@ -119,33 +120,9 @@ class SetNotConfirmed(InstrumentError):
     """The legacy driver accepted a set, but the instrument's read-back does not show the value."""
 
 
-@dataclass(frozen=True)
-class Field:
-    """How one channel or parameter of a legacy instrument is shown: under the native driver's
-    name, kind, dtype and precision, so a run records the same keys on either stack (issue 18)
-    and analysis written for one stack reads the other's runs.
-
-    ``attr``: the signal's attribute ("status_byte" for the driver's "status", "readback" for a
-    mount's position). ``kind``: "hinted", "normal", "config" (read once per run) or "omitted"
-    (kept current, never recorded: a bus whose mounts are the devices). ``key``: the data key's
-    suffix; "" makes the key the device's own name (a positioner's read-back, as ophyd's
-    ``EpicsMotor`` does). ``dtype``: the recorded dtype when the instrument's differs ("integer"
-    for the 1830-C's boolean attenuator). ``codes``: instrument value -> recorded value (the
-    1830-C's filter "medium" is its ``F2`` code, 2); a set maps back, so nothing is recorded
-    that the instrument did not report. ``setpoint``: the attribute of a signal holding the
-    target of the last set the instrument accepted (the native ``_setpoint`` key).
-    ``describe_limits``: False describes only the limits the lab narrowed (``<name>_limits``),
-    as the native drivers do; the driver's own limits are enforced either way.
-    """
-
-    attr: str
-    kind: Literal["hinted", "normal", "config", "omitted"] = "normal"
-    key: str | None = None
-    dtype: str | None = None
-    precision: int | None = None
-    codes: Mapping[Any, Any] | None = None
-    setpoint: str | None = None
-    describe_limits: bool = True
+Field = TwinField
+"""How one channel or parameter is shown (see :class:`daqbridge.devices.TwinField`: each native
+driver declares its twin's fields beside its own signals)."""
 
 
 def _error_of(result: CommandResult, instrument: str, what: str) -> DaqbridgeError:

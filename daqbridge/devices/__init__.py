@@ -1,10 +1,10 @@
 """Native ("V4") ophyd devices of the lab, one module per instrument family.
 
 Every device talks to hardware only through ``daqbridge.transport`` (leases, bus
-endpoints, VISA sessions), so the RunEngine's event loop never waits on a port: an ophyd v1
-device does its wire I/O on its own worker thread, an ophyd-async device (``devices/core``: the
-Newport 1830-C) awaits async leases whose blocking I/O runs on the port's I/O thread. Names are
-imported lazily so that ``import daqbridge.devices`` costs nothing until a device is used.
+endpoints, VISA sessions), so the RunEngine's event loop never waits on a port: every native
+device is an ophyd-async device (``devices/core``) awaiting async leases whose waiting runs on
+the port's I/O thread (ADR 0007, 0009). Names are imported lazily so that
+``import daqbridge.devices`` costs nothing until a device is used.
 
 ophyd's EPICS client sleeps until an EPICS PV is made. ``import ophyd`` picks its control layer at
 once and, with caproto, starts a Channel Access client (a dozen threads, UDP sockets) whose
@@ -53,6 +53,8 @@ _EXPORTS: dict[str, str] = {
     "DriverSpec": "_registry",
     "EntryDefault": "_registry",
     "ProfileEntry": "_registry",
+    "TwinField": "_registry",
+    "TwinView": "_registry",
     "addressed_parts": "_registry",
     "declared_driver": "_registry",
     "known_drivers": "_registry",

@@ -42,6 +42,8 @@ __all__ = [
     "DriverSpec",
     "EntryDefault",
     "ProfileEntry",
+    "TwinField",
+    "TwinView",
     "addressed_parts",
     "declared_driver",
     "for_native_stack",
@@ -253,6 +255,59 @@ class ProfileEntry:
 
 
 @dataclass(frozen=True)
+class TwinField:
+    """How one channel or parameter of the legacy twin is shown: under the native driver's
+    name, kind, dtype and precision, so a run records the same keys on either stack (issue 18)
+    and analysis written for one stack reads the other's runs. (The legacy adapter takes it as
+    ``daqbridge.bridge.legacy_adapter.Field``.)
+
+    ``attr``: the signal's attribute ("status_byte" for the driver's "status", "readback" for a
+    mount's position). ``kind``: "hinted", "normal", "config" (read once per run) or "omitted"
+    (kept current, never recorded: a bus whose mounts are the devices). ``key``: the data key's
+    suffix; "" makes the key the device's own name (a positioner's read-back, as ophyd's
+    ``EpicsMotor`` does). ``dtype``: the recorded dtype when the instrument's differs ("integer"
+    for the 1830-C's boolean attenuator). ``codes``: instrument value -> recorded value (the
+    1830-C's filter "medium" is its ``F2`` code, 2); a set maps back, so nothing is recorded
+    that the instrument did not report. ``setpoint``: the attribute of a signal holding the
+    target of the last set the instrument accepted (the native ``_setpoint`` key).
+    ``describe_limits``: False describes only the limits the lab narrowed (``<name>_limits``),
+    as the native drivers do; the driver's own limits are enforced either way.
+    """
+
+    attr: str
+    kind: Literal["hinted", "normal", "config", "omitted"] = "normal"
+    key: str | None = None
+    dtype: str | None = None
+    precision: int | None = None
+    codes: Mapping[Any, Any] | None = None
+    setpoint: str | None = None
+    describe_limits: bool = True
+
+
+@dataclass(frozen=True)
+class TwinView:
+    """How the legacy adapter shows the native driver's legacy twin, declared by the driver
+    beside its own signals, so the same plan records the same keys, kinds, limits and
+    tolerances on either stack and a new instrument touches no other module (issue 12).
+
+    Each callable takes the entry's validated settings table (and a part name, for drivers with
+    parts such as the Elliptec bus's mounts): ``fields(settings, part)`` -> legacy name ->
+    :class:`TwinField` (None: the legacy driver's own names); ``part_channel(settings, part)``
+    -> the legacy channel that carries one part (None: the part has none); ``limits(settings)``
+    -> parameter -> (low, high) from the profile, narrowing the legacy driver's.
+    ``tolerance``: parameter -> how far a read-back may be from its target (the native driver's
+    own arrival tolerance). ``whole_movable``: False when the whole instrument is no positioner
+    (a bus: its mounts are).
+    """
+
+    fields: Callable[[Any, str | None], Mapping[str, TwinField] | None] | None = None
+    part_channel: Callable[[Any, str], str | None] | None = None
+    limits: Callable[[Any], Mapping[str, tuple[float, float]]] | None = None
+    tolerance: Mapping[str, float] = field(default_factory=dict)
+    whole_movable: bool = True
+
+
+@dataclass(frozen=True)
 class DriverSpec:
     """What a native driver module declares about itself."""
 
@@ -273,6 +328,8 @@ class DriverSpec:
     device: type | None = None
     """The class of the device :attr:`build` returns, which :attr:`parts` takes; required with
     :attr:`parts`, so :func:`addressed_parts` finds the declaration of any such device."""
+    twin_view: TwinView | None = None
+    """How the legacy adapter shows :attr:`legacy_twin` (None: the legacy driver's names)."""
 
     @property
     def module(self) -> str:
@@ -293,6 +350,7 @@ def register_driver(
     parts: Parts = no_parts,
     entry: ProfileEntry | None = None,
     device: type | None = None,
+    twin_view: TwinView | None = None,
     replace: bool = False,
 ) -> DriverSpec:
     """Declare a native driver; called by its module at import.
@@ -306,7 +364,11 @@ def register_driver(
             f"native driver {driver!r} declares parts: name the class of its device (device=...), "
             "which the parts belong to"
         )
-    spec = DriverSpec(driver, settings, build, simulator, legacy_twin, parts, entry, device)
+    if twin_view is not None and legacy_twin is None:
+        raise ValueError(f"native driver {driver!r} declares a twin_view but no legacy_twin")
+    spec = DriverSpec(
+        driver, settings, build, simulator, legacy_twin, parts, entry, device, twin_view
+    )
     old = _DRIVERS.get(driver)
     if old is not None and old.module != spec.module and not replace:
         raise ValueError(

@@ -62,6 +62,8 @@ from daqbridge.devices._base import check_number, positive_setting
 from daqbridge.devices._registry import (
     DriverSettings,
     ProfileEntry,
+    TwinField,
+    TwinView,
     register_driver,
     settings_error,
 )
@@ -1131,12 +1133,56 @@ def mounts_of(bus: ElliptecBus) -> Mapping[str, ElliptecMount]:
     return {mount.name: mount for mount in bus.mounts.values()}
 
 
+def twin_channel(settings: ElliptecSettings, part: str) -> str | None:
+    """The legacy bus's channel that carries one mount (``position_8`` for mount ``c``)."""
+    for address in settings.addresses:
+        if address.device_name == part:
+            return f"position_{address.address.upper()}"
+    return None
+
+
+def twin_fields(settings: ElliptecSettings, part: str | None) -> dict[str, TwinField] | None:
+    """The legacy bus, as this driver's bus, records nothing and moves nothing itself: its mounts
+    are the devices (their positions would otherwise be recorded twice, under two keys), and a
+    mount is a positioner with a setpoint and a velocity, as :class:`ElliptecMount` is."""
+    if part is None:
+        return {
+            f"position_{a.address.upper()}": TwinField(f"position_{a.address.upper()}", "omitted")
+            for a in settings.addresses
+        }
+    channel = twin_channel(settings, part)
+    if channel is None:
+        return None
+    address = channel.removeprefix("position_")
+    return {
+        channel: TwinField(
+            "readback", "hinted", key="", precision=3, setpoint="setpoint", describe_limits=False
+        ),
+        f"velocity_{address}": TwinField("velocity", "config", describe_limits=False),
+    }
+
+
+def twin_limits(settings: ElliptecSettings) -> dict[str, tuple[float, float]]:
+    """Each mount's own soft limits (a side left out: one turn), as the native mounts have them."""
+    return {
+        f"position_{a.address.upper()}": (float(a.limits[0]), float(a.limits[1]))
+        for a in settings.addresses
+        if a.limits is not None
+    }
+
+
 register_driver(
     "elliptec",
     settings=ElliptecSettings,
     build=build,
     simulator="elliptec",
     legacy_twin="elliptec",
+    twin_view=TwinView(
+        fields=twin_fields,
+        part_channel=twin_channel,
+        limits=twin_limits,
+        whole_movable=False,  # a bus of one mount is not that mount
+    ),
     parts=mounts_of,
     device=ElliptecBus,
     entry=ProfileEntry(

@@ -39,6 +39,7 @@ Wire behaviour (INSTRUMENTS.md, "Spectra-Physics MaiTai"; tests/transcripts/mait
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import re
@@ -59,6 +60,8 @@ from daqbridge.devices._registry import (
     DriverSettings,
     EntryDefault,
     ProfileEntry,
+    TwinField,
+    TwinView,
     register_driver,
     settings_error,
     validate_settings,
@@ -914,12 +917,39 @@ def build(port: LeasedPort, *, name: str, settings: MaiTaiSettings, timeout: flo
     )
 
 
+def twin_fields(settings: MaiTaiSettings, part: str | None) -> dict[str, TwinField]:
+    """The legacy laser under this driver's names, kinds and precision."""
+    return {
+        "wavelength": TwinField(
+            "wavelength",
+            "hinted",
+            precision=1,
+            setpoint="wavelength_setpoint",
+            describe_limits=False,
+        ),
+        "power": TwinField("power", "hinted", precision=3),
+        "shutter": TwinField("shutter", "normal"),
+        "emission": TwinField("emission", "config"),
+        "warmup": TwinField("warmup", "config", precision=2),
+        "status": TwinField("status_byte", "config"),
+        "pump_power": TwinField("pump_power", "config", precision=2),
+        "humidity": TwinField("humidity", "config", precision=2),
+    }
+
+
 register_driver(
     "maitai",
     settings=MaiTaiSettings,
     build=build,
     simulator="maitai",
     legacy_twin="maitai",
+    twin_view=TwinView(
+        fields=twin_fields,
+        limits=lambda settings: {"wavelength": tuple(map(float, settings.wavelength_limits))},
+        # The laser reports whole nm: the legacy adapter accepts a tune as this driver does
+        # (without it bps.mv(laser.wavelength, 760.4) failed on the legacy stack only).
+        tolerance={"wavelength": inspect.signature(MaiTaiLaser).parameters["tolerance_nm"].default},
+    ),
     entry=ProfileEntry(
         "Spectra-Physics MaiTai Ti:Sapphire laser.",
         table_description="Laser settings.",

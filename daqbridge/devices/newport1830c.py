@@ -47,6 +47,8 @@ from pydantic import Field, ValidationInfo, field_validator
 from daqbridge.devices._registry import (
     DriverSettings,
     ProfileEntry,
+    TwinField,
+    TwinView,
     for_native_stack,
     register_driver,
     settings_error,
@@ -504,12 +506,25 @@ def build(
     return Newport1830C(port, name=name, timeout=timeout, **settings.model_dump())
 
 
+def twin_fields(settings: Newport1830cSettings, part: str | None) -> dict[str, TwinField]:
+    """The legacy meter under this driver's names: its own codes (F1-F3, A0/A1) and readings
+    in W only (``units`` is the profile's, not a reading), as this driver records them."""
+    return {
+        "power": TwinField("power", "hinted"),
+        "wavelength": TwinField("wavelength", "config", describe_limits=False),
+        "range": TwinField("range", "config", describe_limits=False),
+        "filter": TwinField("filter", "config", dtype="integer", codes=FILTERS),
+        "attenuator": TwinField("attenuator", "config", dtype="integer"),
+    }
+
+
 register_driver(
     "newport1830c",
     settings=Newport1830cSettings,
     build=build,
     simulator="newport1830c",
     legacy_twin="newport_1830c",
+    twin_view=TwinView(fields=twin_fields),
     entry=ProfileEntry(
         "Newport 1830-C optical power meter.",
         table_description="Meter settings.",

@@ -33,12 +33,10 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from daqbridge.config import (
+    LEGACY_DRIVER_TYPES,
     LEGACY_TWIN_SUFFIX,
-    ElliptecInstrument,
     EpicsInstrument,
     InstrumentBase,
-    MaiTaiInstrument,
-    Newport1830cInstrument,
     Profile,
     PvcamInstrument,
     ScpiInstrument,
@@ -489,12 +487,9 @@ def connect_native(built: NativeInstrument, timeout: float | None) -> None:
 
 # --- legacy instruments ----------------------------------------------------------------------
 
-LEGACY_TYPES: dict[str, str] = {
-    "newport1830c": "newport_1830c",
-    "maitai": "maitai",
-    "elliptec": "elliptec",
-}
-"""Profile driver -> legacy driver type (``daqbridge.legacy.register_driver``)."""
+LEGACY_TYPES: Mapping[str, str] = LEGACY_DRIVER_TYPES
+"""Profile driver -> legacy driver type (``daqbridge.legacy.register_driver``), as each native
+driver names its twin (``DriverSpec.legacy_twin``)."""
 
 
 def legacy_id(inst: InstrumentBase) -> str:
@@ -578,79 +573,30 @@ def build_legacy(
     return build_instrument(config, ctx.pool), rate
 
 
+def _twin_view(inst: InstrumentBase) -> Any:
+    """How the entry's native driver shows its legacy twin (``DriverSpec.twin_view``), or None."""
+    spec = registered_drivers().get(inst.driver)
+    return spec.twin_view if spec is not None else None
+
+
 def legacy_part_channel(inst: InstrumentBase, part: str) -> str | None:
     """The legacy channel that carries one part of an instrument (an Elliptec mount)."""
-    if isinstance(inst, ElliptecInstrument):
-        for addr in inst.elliptec.addresses:
-            if addr.device_name == part:
-                return f"position_{addr.address.upper()}"
-    return None
+    view = _twin_view(inst)
+    if view is None or view.part_channel is None:
+        return None
+    return view.part_channel(inst.settings, part)
 
 
 def legacy_fields(inst: InstrumentBase, part: str | None = None) -> dict[str, Any] | None:
     """How the legacy adapter shows an instrument: under the native driver's names, kinds and
-    precision, so the same plan records the same keys, units and hints on either stack
-    (issue 18; docs/legacy.md has the table). None: the legacy driver's own names (a bus,
-    which has no native device to match). Native device modules are not imported here: the
-    names are the recorded contract, and tests compare them with the native descriptors."""
-    from daqbridge.bridge.legacy_adapter import Field
-
-    if isinstance(inst, MaiTaiInstrument):
-        return {
-            "wavelength": Field(
-                "wavelength",
-                "hinted",
-                precision=1,
-                setpoint="wavelength_setpoint",
-                describe_limits=False,
-            ),
-            "power": Field("power", "hinted", precision=3),
-            "shutter": Field("shutter", "normal"),
-            "emission": Field("emission", "config"),
-            "warmup": Field("warmup", "config", precision=2),
-            "status": Field("status_byte", "config"),
-            "pump_power": Field("pump_power", "config", precision=2),
-            "humidity": Field("humidity", "config", precision=2),
-        }
-    if isinstance(inst, Newport1830cInstrument):
-        # The native meter records the 1830-C's own codes (F1-F3, A0/A1) and reads in W only
-        # (its ``units`` setting is the profile's, not a reading), so the twin does too.
-        return {
-            "power": Field("power", "hinted"),
-            "wavelength": Field("wavelength", "config", describe_limits=False),
-            "range": Field("range", "config", describe_limits=False),
-            "filter": Field("filter", "config", dtype="integer", codes=FILTER_CODES),
-            "attenuator": Field("attenuator", "config", dtype="integer"),
-        }
-    if isinstance(inst, ElliptecInstrument) and part is None:
-        # The bus, as on the native stack, records nothing and moves nothing itself: its mounts
-        # are the devices (their positions would otherwise be recorded twice, under two keys).
-        # Its components stay current for code that watches the whole bus.
-        return {
-            f"position_{a.address.upper()}": Field(f"position_{a.address.upper()}", "omitted")
-            for a in inst.elliptec.addresses
-        }
-    if isinstance(inst, ElliptecInstrument):
-        channel = legacy_part_channel(inst, part)
-        if channel is None:
-            return None
-        address = channel.removeprefix("position_")
-        return {
-            channel: Field(
-                "readback",
-                "hinted",
-                key="",
-                precision=3,
-                setpoint="setpoint",
-                describe_limits=False,
-            ),
-            f"velocity_{address}": Field("velocity", "config", describe_limits=False),
-        }
-    return None
-
-
-FILTER_CODES = MappingProxyType({"slow": 1, "medium": 2, "fast": 3})
-"""The 1830-C's averaging filters by name (legacy driver) and ``F`` code (native driver)."""
+    precision, as the driver declares them (``TwinView.fields``), so the same plan records the
+    same keys, units and hints on either stack (issue 18; docs/legacy.md has the table). None:
+    the legacy driver's own names. Tests compare them with the native descriptors."""
+    view = _twin_view(inst)
+    if view is None or view.fields is None:
+        return None
+    fields = view.fields(inst.settings, part)
+    return dict(fields) if fields is not None else None
 
 
 def legacy_adapter_options(
@@ -661,34 +607,30 @@ def legacy_adapter_options(
     the stock one (``overrides``, as for ``legacy_type``) keeps its own channel names: the
     native names map the stock twin's channels only."""
     options: dict[str, Any] = {}
+    view = _twin_view(inst)
     if part is not None:
         channel = legacy_part_channel(inst, part)
         if channel is None:
             return None
         options["settable"] = channel
-    elif isinstance(inst, ElliptecInstrument):
-        options["settable"] = False  # a bus of one mount is not that mount
+    elif view is not None and not view.whole_movable:
+        options["settable"] = False
     stock = LEGACY_TYPES.get(inst.driver)
     fields = legacy_fields(inst, part) if legacy_type(inst, overrides) == stock else None
     if fields is not None:
         options["fields"] = fields
+    if view is not None and view.tolerance:
+        options["tolerance"] = dict(view.tolerance)
     return options
 
 
 def legacy_limits(inst: InstrumentBase) -> dict[str, tuple[float, float]]:
     """The profile's limits of the legacy parameters (parameter -> (low, high)), which the
     adapters narrow the driver's limits to (``<parameter>_limits``), as the native drivers do."""
-    if isinstance(inst, MaiTaiInstrument):
-        low, high = inst.maitai.wavelength_limits
-        return {"wavelength": (float(low), float(high))}
-    if isinstance(inst, ElliptecInstrument):
-        out = {}
-        for addr in inst.elliptec.addresses:
-            limits = addr.limits  # the mount's own soft limits (a side left out: one turn)
-            if limits is not None:
-                out[f"position_{addr.address.upper()}"] = (float(limits[0]), float(limits[1]))
-        return out
-    return {}
+    view = _twin_view(inst)
+    if view is None or view.limits is None:
+        return {}
+    return dict(view.limits(inst.settings))
 
 
 def legacy_adapter_class() -> Any | None:

@@ -404,22 +404,6 @@ class Resources:
         return {"ports": self.pool.status(), "visa": self.visa.status()}
 
 
-def _legacy_tolerances(inst: InstrumentBase) -> dict[str, float]:
-    """How far a legacy adapter's read-back may be from its target, per parameter: the native
-    driver's own arrival tolerance, so a move one stack accepts the other accepts too (the
-    MaiTai reports whole nm; without it ``bps.mv(laser.wavelength, 760.4)`` failed on the legacy
-    stack only)."""
-    if inst.driver != "maitai":
-        return {}
-    import inspect
-
-    from daqbridge.devices.maitai import MaiTaiLaser
-
-    # The native default is the one source of the number: the profile has no key for it.
-    default = inspect.signature(MaiTaiLaser).parameters["tolerance_nm"].default
-    return {"wavelength": float(default)}
-
-
 class Runtime:
     """Profile, resources, legacy stack, native devices, RunEngine and catalog, as one object.
 
@@ -872,9 +856,6 @@ class Runtime:
                 if options is None:
                     notes.append(f"{ref.id}: no legacy channel for part {ref.part!r}")
                     continue
-                tolerances = _legacy_tolerances(inst)
-                if tolerances:
-                    options["tolerance"] = tolerances
                 device = construct(
                     adapter, self.legacy, lid, name=ref.id, notes=notes, what=ref.id, **options
                 )
