@@ -18,9 +18,11 @@ Why it is built this way:
   behind another holder is not in it). Every position is a ``TP?`` reply, time-stamped the
   same way. A sample's position is the linear interpolation, in time, between the two ``TP?``
   readbacks around it; the descriptor says so (``interpolation`` in the data key, and its
-  ``source``). Nothing is ever the commanded target. Samples outside the requested range (the
-  run-up and run-out, where the axis accelerates) are not recorded in ``primary``; their
-  readbacks are in ``<axis>_readbacks``.
+  ``source``). A sample's time is in the event's ``timestamps``; the event's own ``time`` is
+  when bluesky composed it at ``collect`` (its collect takes data and timestamps only).
+  Nothing is ever the commanded target. Samples outside the requested range (the run-up and
+  run-out, where the axis accelerates) are not recorded in ``primary``; their readbacks are in
+  ``<axis>_readbacks``.
 * **Constant velocity over the range.** The row starts ``run_up`` before its first position and
   ends as far after its last: the trapezoid's acceleration distance, v^2 / (2 a), from the
   velocity and acceleration the controller reported, plus a margin. Both ends are checked
@@ -369,9 +371,7 @@ class RowFlyer:
         times = [p.asked for p in positions]
         for p in positions:
             key = f"{self.position_key}_readback"
-            self._readbacks.append(
-                {"data": {key: p.value}, "timestamps": {key: p.asked}, "time": p.asked}
-            )
+            self._readbacks.append({"data": {key: p.value}, "timestamps": {key: p.asked}})
         slow = self._slow_reading
         for sample in self._values:
             x = _interpolate(times, [p.value for p in positions], sample.asked)
@@ -382,7 +382,7 @@ class RowFlyer:
             if slow is not None and self.slow_key is not None:
                 data[self.slow_key] = slow.value
                 stamps[self.slow_key] = slow.asked
-            self._pending.append({"data": data, "timestamps": stamps, "time": sample.asked})
+            self._pending.append({"data": data, "timestamps": stamps})
 
 
 def _interpolate(times: list[float], values: list[float], t: float) -> float | None:
