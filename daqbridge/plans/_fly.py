@@ -12,8 +12,6 @@ or is aborted (the flyer stops its row), and the fast axis's velocity restored a
 (``unstage``, which runs on success, error and abort).
 """
 
-from __future__ import annotations
-
 import logging
 from collections.abc import Generator, Mapping, Sequence
 from typing import Any
