@@ -255,15 +255,21 @@ class RowFlyer:
         if move is None or row is None:
             raise InstrumentError(f"{self.name}: complete before kickoff", instrument=self.name)
         samplers = self._samplers
+        stopped: BaseException | None = None
         try:
             await move
-        finally:
-            for task in samplers:
-                task.cancel()
-            results = await asyncio.gather(*samplers, return_exceptions=True)
+        except BaseException as exc:  # noqa: BLE001 - a sampler's failure may be the cause
+            stopped = exc
+        for task in samplers:
+            task.cancel()
+        results = await asyncio.gather(*samplers, return_exceptions=True)
         for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            # A sampler that failed cancelled the move: its error is the reason, not the
+            # move's cancellation.
+            if isinstance(result, Exception):
                 raise result
+        if stopped is not None:
+            raise stopped
         self._positions.append(await self._ask(self._position))  # at rest: the row's last
         self._build_events(row)
         self._move, self._samplers = None, []

@@ -181,6 +181,7 @@ def test_a_meter_failing_mid_row_stops_the_axis(runtime: Any, docs: Any) -> None
     assert sim.axes[1].velocity == PROFILE_VELOCITY
     docs.validate()
     assert docs.stop["exit_status"] == "fail"
+    assert "sim_meter" in docs.stop["reason"]  # the meter's error, not the move's cancellation
 
     # The legacy twin's poll swallowed by the stuck meter times out on its own clock: the lab
     # is as it was once the twin has measured again after the meter came back.
