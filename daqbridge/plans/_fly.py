@@ -102,6 +102,14 @@ def fly_raster(
     x0, x1, nx = require_range(PLAN, "x_range", x_range)
     y0, y1, ny = require_range(PLAN, "y_range", y_range)
     require_points(PLAN, "x_range[2] x y_range[2]", nx * ny, axes=2)
+    if x0 == x1:
+        raise plan_error(
+            PLAN,
+            "x_range",
+            [x0, x1, nx],
+            "starts where it stops: a flown row needs a length",
+            fix="give x_range a start and a stop that differ (or use raster for one column).",
+        )
     for arg, axis, values in (("x_range", stage_x, (x0, x1)), ("y_range", stage_y, (y0, y1))):
         limits = positioner_limits(axis)
         for value in values:

@@ -123,6 +123,8 @@ def test_rows_beyond_the_soft_limits_are_refused_before_anything_moves(
         runtime.RE(fly_raster(x, y, meter, (-1, 1, 5), (0, 30, 2)))
     with pytest.raises(PlanArgumentError, match="velocity"):
         runtime.RE(fly_raster(x, y, meter, (-1, 1, 5), (0, 1, 2), velocity=1e6))
+    with pytest.raises(PlanArgumentError, match="needs a length"):
+        runtime.RE(fly_raster(x, y, meter, (1, 1, 5), (0, 1, 2)))
     with pytest.raises(PlanArgumentError, match="not a native power meter"):
         runtime.RE(fly_raster(x, y, runtime["sim_meter_legacy"], (-1, 1, 5), (0, 1, 2)))
     assert sim.received_lines[before:] == []  # not a byte to the controller
