@@ -54,8 +54,9 @@ from daqbridge.errors import InstrumentError, ValueRejected
 __all__ = ["INTERPOLATION", "MIN_INTERVAL_S", "RUN_UP_MARGIN", "Row", "RowFlyer"]
 
 INTERPOLATION = (
-    "linear in time between the two TP? readbacks around the sample (each readback and each "
-    "sample time-stamped when its query went out)"
+    "linear in time between the two position readbacks around the sample (each readback and "
+    "each sample time-stamped when its query went out; until the move command the axis is "
+    "where the readback before it found it)"
 )
 """How a fly scan's positions are derived: the words the descriptor carries."""
 
@@ -104,6 +105,8 @@ class Row:
 class _Sample:
     asked: float  # time.time() when the query went out
     value: float
+    reported: bool = True  # False: the rest position held until the move command (no query)
+    answered: float | None = None  # time.time() when the reply came back
 
 
 class RowFlyer:
@@ -119,8 +122,14 @@ class RowFlyer:
         slow_axis: WirePositioner | None = None,
         name: str = "",
         min_interval: float = MIN_INTERVAL_S,
+        position_interval: float | None = None,
     ) -> None:
         self.min_interval = float(min_interval)
+        self.position_interval = (
+            self.min_interval if position_interval is None else float(position_interval)
+        )
+        """Shortest time between two position queries: an instrument that wants its commands
+        spaced (an Elliptec mount, about 100 ms) gets its spacing."""
         self.axis = axis
         self.detector = detector
         self.slow_axis = slow_axis
@@ -178,8 +187,15 @@ class RowFlyer:
         """The :class:`Row` from ``start`` to ``stop`` at ``velocity`` (None: the axis's current
         velocity), its run-up and run-out inside the axis's soft limits, or ValueRejected."""
         axis = self.axis
+        if velocity is not None:
+            # The axis's own check of a velocity set (the ESP300's VU, a mount's 1-100 %),
+            # before any byte.
+            velocity = wire_backend(axis.velocity).check(velocity)[0]
         v = velocity if velocity is not None else self.reported(axis.velocity)
-        a = self.reported(axis.acceleration)
+        # An axis without an acceleration setting (an Elliptec mount: constant speed, its
+        # velocity a percentage) needs no run-up.
+        ramp = getattr(axis, "acceleration", None)
+        a = math.inf if ramp is None else self.reported(ramp)
         if v is None or a is None or not (v > 0 and a > 0):
             raise ValueRejected(
                 f"{axis.name}: velocity {v!r} or acceleration {a!r} unknown or not positive; "
@@ -196,7 +212,8 @@ class RowFlyer:
                 limit=(0.0, top),
                 fix=f"give a velocity up to {top:g}.",
             )
-        row = Row(float(start), float(stop), float(v), RUN_UP_MARGIN * v * v / (2.0 * a))
+        run_up = 0.0 if math.isinf(a) else RUN_UP_MARGIN * v * v / (2.0 * a)
+        row = Row(float(start), float(stop), float(v), run_up)
         for where in (row.begin, row.end):
             axis.movable_logic.check_target(where)  # soft limits, before any byte
         return row
@@ -242,10 +259,23 @@ class RowFlyer:
         self._positions.append(await self._ask(self._position))
         if self._slow is not None:
             self._slow_reading = await self._ask(self._slow)
-        self._move = self.axis.set(row.end)
+        at_rest = self._positions[-1].value
+        logic = self.axis.movable_logic
+        self._move = move = self.axis.set(row.end)
+        # Until the move command has left, the axis is where the readback found it: that bounds
+        # the interpolation at the start of the row by when the move could have begun, not by
+        # the next readback (an Elliptec mount's come 100 ms apart, and its driver may hold the
+        # command back to space it from the previous move).
+        rest_until = time.time()
+        while not logic.moving and not move.done:
+            rest_until = time.time()
+            await asyncio.sleep(self.min_interval)
+        self._positions.append(_Sample(rest_until, at_rest, reported=False))
         self._samplers = [
-            asyncio.ensure_future(self._sample(self._position, self._positions)),
-            asyncio.ensure_future(self._sample(self._value, self._values)),
+            asyncio.ensure_future(
+                self._sample(self._position, self._positions, self.position_interval)
+            ),
+            asyncio.ensure_future(self._sample(self._value, self._values, self.min_interval)),
         ]
 
     @AsyncStatus.wrap
@@ -313,9 +343,17 @@ class RowFlyer:
             if getattr(self._slow.command, "units", None) is not None:
                 slow["units"] = self._slow.command.units
             primary[self.slow_key] = slow
+        answered = DataKey(
+            dtype="number",
+            shape=[],
+            source=f"{position_source}: when its reply came back (the controller took the "
+            "position between the query's time stamp and this)",
+            units="s",
+        )
+        key = f"{self.position_key}_readback"
         return {
             "primary": primary,
-            self.readbacks_stream: {f"{self.position_key}_readback": reported},
+            self.readbacks_stream: {key: reported, f"{key}_answered": answered},
         }
 
     def collect(self) -> Iterator[dict[str, Any]]:
@@ -351,10 +389,11 @@ class RowFlyer:
         async with backend.device.transaction() as x:
             asked = time.time()
             value = await backend.read_in(x)
+            answered = time.time()
         backend.store(value)
-        return _Sample(asked, float(value))
+        return _Sample(asked, float(value), answered=answered)
 
-    async def _sample(self, backend: Any, into: list[_Sample]) -> None:
+    async def _sample(self, backend: Any, into: list[_Sample], interval: float) -> None:
         """Ask ``backend`` back to back until cancelled; a failure cancels the move (which
         stops the axis) and is raised by ``complete``."""
         move = self._move
@@ -364,7 +403,7 @@ class RowFlyer:
                 into.append(sample)
                 # Always a turn of the loop: a line that answers without waiting (sim://, no
                 # byte time) must not starve the move's own polls, nor pile up samples.
-                await asyncio.sleep(max(0.0, sample.asked + self.min_interval - time.time()))
+                await asyncio.sleep(max(0.0, sample.asked + interval - time.time()))
         except asyncio.CancelledError:
             raise
         except BaseException:
@@ -376,8 +415,16 @@ class RowFlyer:
         positions = sorted(self._positions, key=lambda s: s.asked)
         times = [p.asked for p in positions]
         for p in positions:
+            if not p.reported:
+                continue
             key = f"{self.position_key}_readback"
-            self._readbacks.append({"data": {key: p.value}, "timestamps": {key: p.asked}})
+            late = f"{key}_answered"
+            self._readbacks.append(
+                {
+                    "data": {key: p.value, late: p.answered},
+                    "timestamps": {key: p.asked, late: p.answered},
+                }
+            )
         slow = self._slow_reading
         for sample in self._values:
             x = _interpolate(times, [p.value for p in positions], sample.asked)

@@ -25,6 +25,7 @@ from daqbridge.plans._checks import (
     plan_error,
     positioner_limits,
     require_device,
+    require_number,
     require_points,
     require_positive,
     require_range,
@@ -33,13 +34,13 @@ from daqbridge.plans._checks import (
 from daqbridge.plans._metadata import device_name, hinted_fields, start_metadata
 from daqbridge.plans._safety import stop_on_failure
 
-__all__ = ["fly_raster"]
+__all__ = ["fly_polarization", "fly_raster"]
 
 PLAN = "fly_raster"
 log = logging.getLogger("daqbridge.plans")
 
 
-def _power_signal(meter: Any) -> Any:
+def _power_signal(meter: Any, plan: str = PLAN) -> Any:
     """The meter's wire signal a fly row samples (the 1830-C's ``power``)."""
     signal = getattr(meter, "power", None)
     from daqbridge.devices.core import wire_backend
@@ -48,7 +49,7 @@ def _power_signal(meter: Any) -> Any:
         wire_backend(signal)
     except (TypeError, AttributeError):
         raise plan_error(
-            PLAN,
+            plan,
             "meter",
             meter,
             "is not a native power meter whose power is read on the wire",
@@ -173,3 +174,91 @@ def fly_raster(
 
     plan = bpp.stage_wrapper(rows(), [flyer])
     return (yield from stop_on_failure(plan, [flyer, stage_x, stage_y]))
+
+
+POLARIZATION_PLAN = "fly_polarization"
+
+
+def fly_polarization(
+    rotator: Movable,
+    meter: Readable,
+    start: float,
+    stop: float,
+    *,
+    velocity: int | None = None,
+    md: Mapping[str, Any] | None = None,
+) -> Generator[Any, Any, str]:
+    """Turn ``rotator`` (an Elliptec mount) from ``start`` to ``stop`` degrees in one move while
+    ``meter`` is read back to back: the polarisation scan flown.
+
+    ``velocity`` is the mount's velocity in percent (``sv``; default: the mount's own). Every
+    meter sample is an event of ``primary`` with the angle interpolated from the mount's ``gp``
+    readbacks, asked no faster than the mount's poll interval (a mount wants about 100 ms
+    between commands).
+    """
+    from daqbridge.devices import RowFlyer
+    from daqbridge.devices.core import WirePositioner
+    from daqbridge.plans._polarization import _mount_limits
+
+    plan = POLARIZATION_PLAN
+    require_device(plan, "rotator", rotator, "a rotation mount", Movable, Readable)
+    require_device(plan, "meter", meter, "a power meter", Readable)
+    if not isinstance(rotator, WirePositioner):
+        raise plan_error(
+            plan,
+            "rotator",
+            rotator,
+            "is not a native wire mount (an Elliptec mount)",
+            fix="fly a native Elliptec mount (sim_rotators_a).",
+        )
+    signal = _power_signal(meter, plan)
+    a = require_number(plan, "start", start)
+    b = require_number(plan, "stop", stop)
+    if a == b:
+        raise plan_error(
+            plan, "stop", b, "equals start: a flown turn needs a length", fix="give two angles."
+        )
+    if velocity is not None:
+        velocity = int(require_positive(plan, "velocity", velocity))
+    limits = _mount_limits(rotator)
+    for arg, value in (("start", a), ("stop", b)):
+        require_within(plan, arg, value, limits, device=device_name(rotator), what="limits")
+    interval = getattr(rotator, "poll_interval", None)
+    flyer = RowFlyer(
+        rotator, signal, name=f"{device_name(rotator)}_fly", position_interval=interval
+    )
+    try:
+        row = flyer.row(a, b, velocity)
+    except ValueRejected as exc:
+        raise plan_error(
+            plan,
+            "velocity",
+            velocity,
+            f"cannot be flown ({exc.what})",
+            fix="give a velocity the mount takes (1-100 %).",
+        ) from None
+    _md = start_metadata(
+        plan,
+        {"rotator": rotator, "meter": meter, "start": a, "stop": b, "velocity": velocity},
+        detectors=[meter],
+        motors=[rotator],
+        dimensions=[(hinted_fields(rotator), "primary")],
+        md=md,
+        fly={
+            "velocity": row.velocity,
+            "run_up": row.run_up,
+            "interpolation": "see the descriptor's data key of the rotator",
+        },
+    )
+
+    def turn() -> Generator[Any, Any, str]:
+        uid = yield from bps.open_run(_md)
+        yield from bps.mv(rotator, row.begin)
+        yield from bps.prepare(flyer, row, wait=True)
+        yield from bps.kickoff(flyer, wait=True)
+        yield from bps.complete(flyer, wait=True)
+        yield from bps.collect(flyer)
+        yield from bps.close_run()
+        return uid
+
+    return (yield from stop_on_failure(bpp.stage_wrapper(turn(), [flyer]), [flyer, rotator]))

@@ -35,6 +35,8 @@ NOT_COMPARED = {
     "exposure_series": "its one device, the PVCAM camera, has no legacy driver",
     "fly_raster": "it samples the native meter's wire signal during a row; a legacy meter is "
     "refused before the run (tests/plans/test_fly_raster.py)",
+    "fly_polarization": "the same: it samples the native meter's wire signal while the mount "
+    "turns (tests/plans/test_fly_polarization.py)",
 }
 """Lab plans with no instrument that runs on both stacks, and why."""
 
