@@ -115,6 +115,7 @@ EXPERIMENTS = (
     "fly-0.1mm",
     "fly-1mm",
     "fly-1mm-10mm/s",
+    "fly-polarization",
     "polarization",
     "wavelength",
     "exposure-series",
@@ -324,12 +325,16 @@ def fly_floor(
 
 
 def polarization_floor(
-    lab: Lab, angles: list[float], readings: list[float], start: dict[str, float]
+    lab: Lab,
+    angles: list[float],
+    readings: list[float],
+    start: dict[str, float],
+    addresses: list[str] | None = None,
 ) -> Floor:
     from daqbridge.sim.elliptec import MOTION_OVERHEAD_S, ElliptecBusSimulator
 
     bus = lab.simulator(BUS)
-    addresses = list(lab.mounts.values())
+    addresses = list(lab.mounts.values()) if addresses is None else addresses
     here = dict(start)
     scratch = ElliptecBusSimulator(speed=math.inf, addresses=addresses)
     # The PO a mount sends when its move ends carries no latency in the simulator.
@@ -642,6 +647,9 @@ def run_experiment(name: str, lab: Lab, rec: Recorder, sizes: Sizes) -> Result:
         )
         floor = raster_floor(lab, rng, rng, detector, rec.readings(meter_key), start)
         points = n * n
+    elif name == "fly-polarization":
+        wall, cpu, messages, lines, floor, step_floor, fly = _fly_turn(lab, rec, sizes)
+        return Result(name, sizes.angles, floor, wall, cpu, messages, lines, step_floor, fly)
     elif name.startswith("fly-"):
         wall, cpu, messages, lines, floor, step_floor, fly = _fly_experiment(name, lab, rec, sizes)
         n = sizes.raster
@@ -675,6 +683,53 @@ def run_experiment(name: str, lab: Lab, rec: Recorder, sizes: Sizes) -> Result:
     else:
         raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
     return Result(name, points, floor, wall, cpu, messages, lines)
+
+
+FLY_TURN_VELOCITY_PCT = 50
+"""Mount velocity of the flown polarisation turn: 150 deg/s, about 2.8 deg per meter sample,
+more samples than the step scan's 37 angles."""
+
+
+def _fly_turn(lab: Lab, rec: Recorder, sizes: Sizes) -> tuple:
+    """Mount a alone turned -90..90 deg in one move, the meter read back to back; against the
+    floor of the step polarisation scan of mount a alone over the same span."""
+    from daqbridge.plans import fly_polarization
+    from daqbridge.sim.elliptec import MOTION_OVERHEAD_S, ElliptecBusSimulator
+
+    name, lo, hi = "a", -90.0, 90.0
+    address = lab.mounts[name]
+    bus = lab.simulator(BUS)
+    start = bus.position_deg(address)
+    wall, cpu, messages, lines = rec.run(
+        fly_polarization(lab[f"{BUS}_{name}"], lab[METER], lo, hi, velocity=FLY_TURN_VELOCITY_PCT)
+    )
+    scratch = ElliptecBusSimulator(speed=math.inf, addresses=[address])
+    po = Reply(BUS, _reply_bytes(scratch, f"{address}gp"))
+    speed = bus.max_speed_deg_s * FLY_TURN_VELOCITY_PCT / 100.0
+    # No public accessor of a mount's velocity %: read the simulator's own mount state.
+    own = bus.max_speed_deg_s * bus._mount(address).velocity_pct / 100.0  # noqa: SLF001
+    to_start = bus.real_delay(abs(lo - start) / own + MOTION_OVERHEAD_S) if start != lo else 0.0
+    turn = bus.real_delay((hi - lo) / speed + MOTION_OVERHEAD_S)
+    floor = Floor([Point(move_s=to_start, completion=[po]), Point(move_s=turn, completion=[po])])
+    angles = _linspace(lo, hi, sizes.angles)
+    readings = rec.readings(f"{METER}_power")
+    per_angle = (
+        [readings[int(i * len(readings) / len(angles))] for i in range(len(angles))]
+        if readings
+        else []
+    )
+    step = polarization_floor(lab, angles, per_angle, {address: start}, addresses=[address])
+    times = sorted(ts[f"{METER}_power"] for ts in rec.timestamps)
+    gaps = sorted(b - a for a, b in zip(times, times[1:], strict=False))
+    median_gap = gaps[len(gaps) // 2] if gaps else math.nan
+    fly = {
+        "velocity": float(FLY_TURN_VELOCITY_PCT),
+        "run_up": 0.0,
+        "samples": len(rec.events),
+        "median_sample_interval_ms": median_gap * 1e3,
+        "one_sample_travel": speed * median_gap,
+    }
+    return wall, cpu, messages, lines, floor, step.total(lab.bauds), fly
 
 
 FLY_VELOCITY = {"fly-0.1mm": None, "fly-1mm": None, "fly-1mm-10mm/s": 10.0}
@@ -770,6 +825,16 @@ def report(results: list[Result], lab_bauds: dict[str, int], out: TextIO) -> Non
         if r.step_floor is None:
             continue
         f = r.fly
+        if r.name == "fly-polarization":
+            print(
+                f"\n{r.name}: mount a alone, one turn at {f['velocity']:g} %; the step scan's "
+                f"floor (mount a alone, {r.points} angles) {r.step_floor:.2f} s, fly wall / step "
+                f"floor {r.wall / r.step_floor:.2f} (target <= 0.5); {f['samples']:.0f} "
+                f"samples, median interval {f['median_sample_interval_ms']:.1f} ms = "
+                f"{f['one_sample_travel']:.2f} deg of travel",
+                file=out,
+            )
+            continue
         print(
             f"\n{r.name}: rows at {f['velocity']:g} mm/s (run-up {f['run_up']:.3f} mm each "
             f"side); step raster's floor {r.step_floor:.2f} s, fly wall / step floor "
@@ -881,8 +946,9 @@ def run(
             _row(f"{r.name}: overhead per point", (r.wall - floor) / r.points * 1e3, "ms"),
         ]
         if r.step_floor is not None:
+            rows.append(_row(f"{r.name}: wall / step scan's floor", r.wall / r.step_floor, "x"))
+        if "max_error" in r.fly:
             rows += [
-                _row(f"{r.name}: wall / step raster's floor", r.wall / r.step_floor, "x"),
                 _row(f"{r.name}: max position error", r.fly["max_error"] * 1e3, "um"),
                 _row(f"{r.name}: one sample's travel", r.fly["one_sample_travel"] * 1e3, "um"),
             ]
