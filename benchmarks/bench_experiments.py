@@ -112,6 +112,10 @@ FULL = Sizes(raster=21, angles=37, wavelengths=50, frames=20, camera_raster=10)
 EXPERIMENTS = (
     "raster-0.1mm",
     "raster-1mm",
+    "fly-0.1mm",
+    "fly-1mm",
+    "fly-1mm-10mm/s",
+    "fly-polarization",
     "polarization",
     "wavelength",
     "exposure-series",
@@ -276,13 +280,61 @@ def raster_floor(
     return Floor(points)
 
 
+def fly_floor(
+    lab: Lab, x_range, y_range, row_velocity: float, run_up: float, start: dict[str, float]
+) -> Floor:
+    """The motion itself: to the first row's run-up at the axis's own velocity, then each row
+    (run-up to run-out, the whole trapezoid) at ``row_velocity``, the y step between rows (the
+    snake: x does not move between rows); per move the ``nMD?`` + ``TE?`` that tell it ended.
+    The reads overlap the motion, so they cost nothing here."""
+    from daqbridge.sim.esp300 import _Motion
+
+    esp = lab.simulator(STAGE)
+    axes = lab.stage_axes
+    esp_replies = _esp300_replies(esp, axes, STAGE)
+    (x0, x1, _), (y0, y1, ny) = x_range, y_range
+    ys = [y0 + (y1 - y0) * j / (ny - 1) for j in range(ny)] if ny > 1 else [y0]
+    sign = 1.0 if x1 >= x0 else -1.0
+    rows = [
+        (x0 - sign * run_up, x1 + sign * run_up)
+        if j % 2 == 0
+        else (x1 + sign * run_up, x0 - sign * run_up)
+        for j in range(len(ys))
+    ]
+
+    def travel(name: str, p0: float, p1: float, velocity: float | None = None) -> float:
+        if abs(p1 - p0) < 1e-12:
+            return 0.0
+        ax = esp.axes[axes[name]]
+        v = ax.velocity if velocity is None else velocity
+        plan = _Motion.plan(0.0, p0, p1, v, ax.acceleration, ax.deceleration)
+        return esp.real_delay(plan.travel_time)
+
+    def done(names: list[str]) -> list[Reply]:
+        return [esp_replies["md"][n] for n in names] + [esp_replies["te"]]
+
+    points = []
+    here = dict(start)
+    for y, (begin, end) in zip(ys, rows, strict=True):
+        to_row = {"y": travel("y", here["y"], y), "x": travel("x", here["x"], begin)}
+        moved = [n for n, t in to_row.items() if t > 0]
+        points.append(Point(move_s=max(to_row.values()), completion=done(moved) if moved else []))
+        points.append(Point(move_s=travel("x", begin, end, row_velocity), completion=done(["x"])))
+        here = {"x": end, "y": y}
+    return Floor(points)
+
+
 def polarization_floor(
-    lab: Lab, angles: list[float], readings: list[float], start: dict[str, float]
+    lab: Lab,
+    angles: list[float],
+    readings: list[float],
+    start: dict[str, float],
+    addresses: list[str] | None = None,
 ) -> Floor:
     from daqbridge.sim.elliptec import MOTION_OVERHEAD_S, ElliptecBusSimulator
 
     bus = lab.simulator(BUS)
-    addresses = list(lab.mounts.values())
+    addresses = list(lab.mounts.values()) if addresses is None else addresses
     here = dict(start)
     scratch = ElliptecBusSimulator(speed=math.inf, addresses=addresses)
     # The PO a mount sends when its move ends carries no latency in the simulator.
@@ -362,8 +414,10 @@ def _real(device_seconds: float, speed: float) -> float:
 # --- measuring -----------------------------------------------------------------------------------
 
 
-_BOUNDARIES = {"save", "checkpoint", "declare_stream", "open_run"}
-_DOCUMENTS = {"open_run", "save", "close_run", "declare_stream"}
+_BOUNDARIES = {"save", "checkpoint", "declare_stream", "open_run", "collect"}
+_DOCUMENTS = {"open_run", "save", "close_run", "declare_stream", "collect"}
+_FLY = {"prepare", "kickoff", "complete"}
+FLY_ROWS = "fly rows (prepare + kickoff + complete + wait)"
 
 
 class MessageClock:
@@ -405,10 +459,14 @@ class MessageClock:
                 kind, last_action = "moves (set + wait)", "set"
             elif command == "trigger":
                 kind, last_action = "detectors (trigger + read + wait)", "trigger"
+            elif command in _FLY:
+                kind, last_action = FLY_ROWS, "fly"
             elif command == "wait":
                 kind = (
                     "moves (set + wait)"
                     if last_action == "set"
+                    else FLY_ROWS
+                    if last_action == "fly"
                     else "detectors (trigger + read + wait)"
                 )
             elif command in ("read", "create", "describe"):
@@ -506,6 +564,8 @@ class Result:
     cpu: float
     messages: dict[str, float]
     lines: dict[str, tuple[LineSnapshot, LineSnapshot]]
+    step_floor: float | None = None  # fly rasters: the floor of the step raster of the same grid
+    fly: dict[str, float] = field(default_factory=dict)  # fly rasters: samples, position errors
 
 
 class Recorder:
@@ -518,6 +578,8 @@ class Recorder:
         re = lab.runtime.RE
         re.subscribe(self._descriptor, "descriptor")
         re.subscribe(self._event, "event")
+        re.subscribe(self._event_page, "event_page")
+        self.timestamps: list[dict[str, float]] = []
 
     def _descriptor(self, name: str, doc: dict[str, Any]) -> None:
         self.descriptors[doc["uid"]] = doc.get("name", "")
@@ -525,9 +587,19 @@ class Recorder:
     def _event(self, name: str, doc: dict[str, Any]) -> None:
         if self.descriptors.get(doc["descriptor"]) == "primary":
             self.events.append(doc["data"])
+            self.timestamps.append(doc["timestamps"])
+
+    def _event_page(self, name: str, doc: dict[str, Any]) -> None:
+        # A flyer's collect emits pages (bluesky 1.15), a step plan's save single events.
+        from event_model import unpack_event_page
+
+        if self.descriptors.get(doc["descriptor"]) == "primary":
+            for event in unpack_event_page(doc):
+                self.events.append(event["data"])
+                self.timestamps.append(event["timestamps"])
 
     def run(self, plan: Any) -> tuple[float, float, dict[str, float], dict[str, Any]]:
-        self.events = []
+        self.events, self.timestamps = [], []
         re = self.lab.runtime.RE
         clock = MessageClock()
         before = self.lab.lines()
@@ -575,6 +647,13 @@ def run_experiment(name: str, lab: Lab, rec: Recorder, sizes: Sizes) -> Result:
         )
         floor = raster_floor(lab, rng, rng, detector, rec.readings(meter_key), start)
         points = n * n
+    elif name == "fly-polarization":
+        wall, cpu, messages, lines, floor, step_floor, fly = _fly_turn(lab, rec, sizes)
+        return Result(name, sizes.angles, floor, wall, cpu, messages, lines, step_floor, fly)
+    elif name.startswith("fly-"):
+        wall, cpu, messages, lines, floor, step_floor, fly = _fly_experiment(name, lab, rec, sizes)
+        n = sizes.raster
+        return Result(name, n * n, floor, wall, cpu, messages, lines, step_floor, fly)
     elif name == "polarization":
         # -90..90 deg: mount c's soft limits in the profile; every mount turns together.
         angles = _linspace(-90.0, 90.0, sizes.angles)
@@ -606,6 +685,108 @@ def run_experiment(name: str, lab: Lab, rec: Recorder, sizes: Sizes) -> Result:
     return Result(name, points, floor, wall, cpu, messages, lines)
 
 
+FLY_TURN_VELOCITY_PCT = 50
+"""Mount velocity of the flown polarisation turn: 150 deg/s, about 2.8 deg per meter sample,
+more samples than the step scan's 37 angles."""
+
+
+def _fly_turn(lab: Lab, rec: Recorder, sizes: Sizes) -> tuple:
+    """Mount a alone turned -90..90 deg in one move, the meter read back to back; against the
+    floor of the step polarisation scan of mount a alone over the same span."""
+    from daqbridge.plans import fly_polarization
+    from daqbridge.sim.elliptec import MOTION_OVERHEAD_S, ElliptecBusSimulator
+
+    name, lo, hi = "a", -90.0, 90.0
+    address = lab.mounts[name]
+    bus = lab.simulator(BUS)
+    start = bus.position_deg(address)
+    wall, cpu, messages, lines = rec.run(
+        fly_polarization(lab[f"{BUS}_{name}"], lab[METER], lo, hi, velocity=FLY_TURN_VELOCITY_PCT)
+    )
+    scratch = ElliptecBusSimulator(speed=math.inf, addresses=[address])
+    po = Reply(BUS, _reply_bytes(scratch, f"{address}gp"))
+    speed = bus.max_speed_deg_s * FLY_TURN_VELOCITY_PCT / 100.0
+    # No public accessor of a mount's velocity %: read the simulator's own mount state.
+    own = bus.max_speed_deg_s * bus._mount(address).velocity_pct / 100.0  # noqa: SLF001
+    to_start = bus.real_delay(abs(lo - start) / own + MOTION_OVERHEAD_S) if start != lo else 0.0
+    turn = bus.real_delay((hi - lo) / speed + MOTION_OVERHEAD_S)
+    floor = Floor([Point(move_s=to_start, completion=[po]), Point(move_s=turn, completion=[po])])
+    angles = _linspace(lo, hi, sizes.angles)
+    readings = rec.readings(f"{METER}_power")
+    per_angle = (
+        [readings[int(i * len(readings) / len(angles))] for i in range(len(angles))]
+        if readings
+        else []
+    )
+    step = polarization_floor(lab, angles, per_angle, {address: start}, addresses=[address])
+    times = sorted(ts[f"{METER}_power"] for ts in rec.timestamps)
+    gaps = sorted(b - a for a, b in zip(times, times[1:], strict=False))
+    median_gap = gaps[len(gaps) // 2] if gaps else math.nan
+    fly = {
+        "velocity": float(FLY_TURN_VELOCITY_PCT),
+        "run_up": 0.0,
+        "samples": len(rec.events),
+        "median_sample_interval_ms": median_gap * 1e3,
+        "one_sample_travel": speed * median_gap,
+    }
+    return wall, cpu, messages, lines, floor, step.total(lab.bauds), fly
+
+
+FLY_VELOCITY = {"fly-0.1mm": None, "fly-1mm": None, "fly-1mm-10mm/s": 10.0}
+"""Row velocity of each fly experiment (None: the axis's own, the profile's 5 mm/s)."""
+
+
+def _fly_experiment(name: str, lab: Lab, rec: Recorder, sizes: Sizes) -> tuple:
+    """A fly raster over the grid of the step raster of the same step; its floor, the step
+    raster's floor (readings: the fly's own, one per grid point, for the D? reply lengths) and
+    the recorded positions against the simulator's trajectory."""
+    from daqbridge.plans import fly_raster
+
+    n = sizes.raster
+    step = 0.1 if name == "fly-0.1mm" else 1.0
+    half = step * (n - 1) / 2
+    rng = (-half, half, n)
+    esp = lab.simulator(STAGE)
+    start = {k: esp.axis_position(v) for k, v in lab.stage_axes.items()}
+    x, y = lab["sim_stage_x"], lab["sim_stage_y"]
+    velocity = FLY_VELOCITY[name]
+    offset = time.time() - time.monotonic()  # event times are epoch, the simulator's monotonic
+    wall, cpu, messages, lines = rec.run(fly_raster(x, y, lab[METER], rng, rng, velocity=velocity))
+    from daqbridge.devices import RowFlyer
+
+    row = RowFlyer(x, lab[METER].power).row(-half, half, velocity)
+    floor = fly_floor(lab, rng, rng, row.velocity, row.run_up, start)
+    readings = rec.readings(f"{METER}_power")
+    per_point = (
+        [readings[int(i * len(readings) / (n * n))] for i in range(n * n)] if readings else []
+    )
+    step_floor = raster_floor(lab, rng, rng, METER, per_point, start).total(lab.bauds)
+    x_key = "sim_stage_x"
+    axis = lab.stage_axes["x"]
+    errors, gaps = [], []
+    times = [ts[f"{METER}_power"] for ts in rec.timestamps]
+    for data, ts in zip(rec.events, rec.timestamps, strict=True):
+        errors.append(abs(data[x_key] - esp.true_position(axis, ts[x_key] - offset)))
+    for a, b in zip(times, times[1:], strict=False):
+        if 0 < b - a < 1.0:  # within a row
+            gaps.append(b - a)
+    real_v = row.velocity * esp.speed  # units per real second
+    gaps.sort()
+    errors.sort()
+    median_gap = gaps[len(gaps) // 2] if gaps else math.nan
+    fly = {
+        "velocity": row.velocity,
+        "run_up": row.run_up,
+        "samples": len(rec.events),
+        "median_sample_interval_ms": median_gap * 1e3,
+        "one_sample_travel": real_v * median_gap,
+        "median_error": errors[len(errors) // 2] if errors else math.nan,
+        "p99_error": errors[int(0.99 * (len(errors) - 1))] if errors else math.nan,
+        "max_error": errors[-1] if errors else math.nan,
+    }
+    return wall, cpu, messages, lines, floor, step_floor, fly
+
+
 # --- reporting -----------------------------------------------------------------------------------
 
 
@@ -628,15 +809,40 @@ def _fmt_s(seconds: float) -> str:
 def report(results: list[Result], lab_bauds: dict[str, int], out: TextIO) -> None:
     print(
         f"\n{'experiment':<16} {'points':>6} {'floor':>10} {'wall':>10} {'ratio':>6} "
-        f"{'overhead/pt':>12}",
+        f"{'overhead/pt':>12} {'fly/step floor':>15}",
         file=out,
     )
     for r in results:
         floor = r.floor.total(lab_bauds)
         per_point = (r.wall - floor) / r.points * 1e3
+        vs_step = "" if r.step_floor is None else f"{r.wall / r.step_floor:15.2f}"
         print(
             f"{r.name:<16} {r.points:>6} {_fmt_s(floor)} {_fmt_s(r.wall)} "
-            f"{r.wall / floor:6.2f} {per_point:9.1f} ms",
+            f"{r.wall / floor:6.2f} {per_point:9.1f} ms {vs_step}",
+            file=out,
+        )
+    for r in results:
+        if r.step_floor is None:
+            continue
+        f = r.fly
+        if r.name == "fly-polarization":
+            print(
+                f"\n{r.name}: mount a alone, one turn at {f['velocity']:g} %; the step scan's "
+                f"floor (mount a alone, {r.points} angles) {r.step_floor:.2f} s, fly wall / step "
+                f"floor {r.wall / r.step_floor:.2f} (target <= 0.5); {f['samples']:.0f} "
+                f"samples, median interval {f['median_sample_interval_ms']:.1f} ms = "
+                f"{f['one_sample_travel']:.2f} deg of travel",
+                file=out,
+            )
+            continue
+        print(
+            f"\n{r.name}: rows at {f['velocity']:g} mm/s (run-up {f['run_up']:.3f} mm each "
+            f"side); step raster's floor {r.step_floor:.2f} s, fly wall / step floor "
+            f"{r.wall / r.step_floor:.2f} (target <= 0.5); {f['samples']:.0f} samples "
+            f"(points per grid point {f['samples'] / r.points:.1f}), median interval "
+            f"{f['median_sample_interval_ms']:.1f} ms = {f['one_sample_travel'] * 1e3:.1f} um of "
+            f"travel; |position - simulator's truth| median {f['median_error'] * 1e3:.2f} um, "
+            f"99 % {f['p99_error'] * 1e3:.2f} um, max {f['max_error'] * 1e3:.2f} um",
             file=out,
         )
     for r in results:
@@ -646,6 +852,9 @@ def report(results: list[Result], lab_bauds: dict[str, int], out: TextIO) -> Non
             "moves (set + wait)": move_floor,
             "detectors (trigger + read + wait)": read_floor,
         }
+        if r.step_floor is not None:  # a fly floor's points: to a row, the row, to a row, ...
+            to_rows = Floor(r.floor.points[0::2]).total(lab_bauds)
+            share = {"moves (set + wait)": to_rows, FLY_ROWS: move_floor - to_rows}
         for kind, seconds in sorted(r.messages.items(), key=lambda kv: -kv[1]):
             f = share.get(kind, 0.0)
             print(
@@ -736,6 +945,13 @@ def run(
             _row(f"{r.name}: wall / floor", r.wall / floor, "x"),
             _row(f"{r.name}: overhead per point", (r.wall - floor) / r.points * 1e3, "ms"),
         ]
+        if r.step_floor is not None:
+            rows.append(_row(f"{r.name}: wall / step scan's floor", r.wall / r.step_floor, "x"))
+        if "max_error" in r.fly:
+            rows += [
+                _row(f"{r.name}: max position error", r.fly["max_error"] * 1e3, "um"),
+                _row(f"{r.name}: one sample's travel", r.fly["one_sample_travel"] * 1e3, "um"),
+            ]
     return rows
 
 

@@ -49,6 +49,8 @@ _EXPORTS: dict[str, str] = {
     "Frame": "pvcam_backend",
     "ImageStatus": "pvcam_backend",
     "ExposureMode": "pvcam_backend",
+    "Row": "_fly",
+    "RowFlyer": "_fly",
     "DriverSettings": "_registry",
     "DriverSpec": "_registry",
     "EntryDefault": "_registry",

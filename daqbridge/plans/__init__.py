@@ -16,6 +16,7 @@ from daqbridge.plans._capabilities import (
     is_legacy_device,
 )
 from daqbridge.plans._exposure import exposure_series
+from daqbridge.plans._fly import fly_polarization, fly_raster
 from daqbridge.plans._legacy import record_legacy
 from daqbridge.plans._metadata import device_stack, device_stacks
 from daqbridge.plans._polarization import ROTATION_RANGE_DEG, polarization_scan
@@ -27,6 +28,8 @@ PLANS = {
     "wavelength_scan": wavelength_scan,
     "polarization_scan": polarization_scan,
     "raster": raster,
+    "fly_raster": fly_raster,
+    "fly_polarization": fly_polarization,
     "exposure_series": exposure_series,
     "shadow_compare": shadow_compare,
     "record_legacy": record_legacy,
@@ -41,6 +44,8 @@ __all__ = [
     "device_stack",
     "device_stacks",
     "exposure_series",
+    "fly_polarization",
+    "fly_raster",
     "is_legacy_device",
     "polarization_scan",
     "raster",

@@ -144,6 +144,8 @@ AXIS_ERRORS = {
     20: "HOMING ABORTED",
 }
 ERROR_QUEUE_DEPTH = 10
+HISTORY_DEPTH = 10000
+"""Trajectory entries kept per axis (moves and rests): a 21 x 21 raster is under 2000."""
 BACKLASH_MAX_COUNTS = 10000
 """BA accepts up to the distance of this many encoder counts (manual 3-30)."""
 
@@ -278,6 +280,15 @@ class _Axis:
         self.stage_model = stage_model
         self.stage_serial = stage_serial
         self.motion: _Motion | None = None
+        self.history: deque[tuple[float, _Motion | float]] = deque(maxlen=HISTORY_DEPTH)
+        """(real clock time, the move begun then or the position the axis rests at from then),
+        oldest first: the trajectory, for tests that check what a driver recorded against it."""
+        self.history.append((-math.inf, self.position))  # at rest since power-up
+
+    def rest(self, at: float, position: float) -> None:
+        self.motion = None
+        self.position = self.target = position
+        self.history.append((at, position))
 
 
 class ESP300Simulator(SerialSimulator):
@@ -376,9 +387,21 @@ class ESP300Simulator(SerialSimulator):
     def set_position(self, n: int, position: float) -> None:
         """Put an axis somewhere without a move (a stage left there by a previous session)."""
         with self.lock:
-            ax = self.axes[n]
-            ax.motion = None
-            ax.position = ax.target = float(position)
+            self.axes[n].rest(self.clock(), float(position))
+
+    def true_position(self, n: int, at: float) -> float:
+        """Where axis ``n`` was at real clock time ``at`` (``clock()`` time, ``time.monotonic``
+        by default), from its trajectory: the truth a test compares a recorded position with.
+        Raises LookupError for a time before the oldest entry kept."""
+        with self.lock:
+            history = list(self.axes[n].history)
+        before = [(t, what) for t, what in history if t <= at]
+        if not before:
+            raise LookupError(f"axis {n}: no trajectory kept at clock time {at!r}")
+        t, what = before[-1]
+        if isinstance(what, _Motion):
+            return what.position_at(0.0 if math.isinf(self.speed) else (at - t) * self.speed)
+        return what
 
     @property
     def holding(self) -> bool:
@@ -422,9 +445,7 @@ class ESP300Simulator(SerialSimulator):
         return max(0.0, m.duration - self.sim_elapsed(m.start))
 
     def _halt(self, ax: _Axis) -> None:
-        here = self._position(ax)
-        ax.motion = None
-        ax.position = ax.target = here
+        ax.rest(self.clock(), self._position(ax))
 
     def _start_move(
         self,
@@ -454,8 +475,9 @@ class ESP300Simulator(SerialSimulator):
         ax.motion = None
         ax.position = here
         ax.target = target
+        now = self.clock()
         motion = _Motion.plan(
-            self.clock(),
+            now,
             here,
             target,
             ax.velocity,
@@ -466,11 +488,12 @@ class ESP300Simulator(SerialSimulator):
             arrival_error=arrival_error,
         )
         if motion.duration <= 0:
-            ax.position = target
+            ax.rest(now, target)
             if arrival_error is not None:
                 self.queue_error(arrival_error)
             return
         ax.motion = motion
+        ax.history.append((now, motion))
 
     # --- command processing ---------------------------------------------------------------------
 
@@ -702,7 +725,8 @@ class ESP300Simulator(SerialSimulator):
         if self._moving(ax):
             self.queue_error(COMMAND_NOT_ALLOWED)
             return
-        ax.home = ax.position = ax.target = value
+        ax.home = value
+        ax.rest(self.clock(), value)
 
     def _cmd_ID(self, ax: _Axis, arg: str) -> None:
         if self._query_only(arg):

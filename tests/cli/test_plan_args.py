@@ -316,6 +316,13 @@ def test_the_early_check_needs_only_the_profiles_ids():
         resolve_plan("polarization_scan"), ["sim_rotators_a", "sim_meter", "0,45,90"], refs
     )
     assert call.args[2] == [0, 45, 90]
+    refs["sim_stage_y"] = DeviceRef("sim_stage_y")
+    call = build_plan_call(
+        resolve_plan("fly_raster"),
+        ["sim_stage_x", "sim_stage_y", "sim_meter", "-1,1,21", "-1,1,21", "velocity=2"],
+        refs,
+    )
+    assert call.args[3:] == ([-1, 1, 21], [-1, 1, 21]) and call.kwargs == {"velocity": 2}
 
 
 def test_soft_limits_are_checked_with_the_real_devices():

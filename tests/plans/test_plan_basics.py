@@ -37,6 +37,8 @@ def test_every_plan_is_a_generator_function_with_simple_defaults() -> None:
         "wavelength_scan",
         "polarization_scan",
         "raster",
+        "fly_raster",
+        "fly_polarization",
         "exposure_series",
         "shadow_compare",
         "record_legacy",

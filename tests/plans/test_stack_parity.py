@@ -33,6 +33,10 @@ NOT_COMPARED = {
     "shadow_compare": "it compares the two stacks itself: it needs a native and a legacy device",
     "record_legacy": "it records a legacy driver's own stream, which has no native counterpart",
     "exposure_series": "its one device, the PVCAM camera, has no legacy driver",
+    "fly_raster": "it samples the native meter's wire signal during a row; a legacy meter is "
+    "refused before the run (tests/plans/test_fly_raster.py)",
+    "fly_polarization": "the same: it samples the native meter's wire signal while the mount "
+    "turns (tests/plans/test_fly_polarization.py)",
 }
 """Lab plans with no instrument that runs on both stacks, and why."""
 

@@ -165,11 +165,19 @@ def test_a_queued_scan_runs_in_the_worker_and_lands_in_the_catalog(re_manager):
 
         allowed = RM.plans_allowed()["plans_allowed"]
         assert "polarization_scan" in allowed, sorted(allowed)  # a daqbridge plan validates
+        assert "fly_raster" in allowed, sorted(allowed)
         RM.item_add(BPlan("scan", ["sim_meter"], "sim_stage_x", -1, 1, 3))
         RM.item_add(BPlan("polarization_scan", "sim_rotators_a", "sim_meter", [0, 45, 90]))
+        RM.item_add(
+            BPlan("fly_raster", "sim_stage_x", "sim_stage_y", "sim_meter", [-1, 1, 3], [0, 1, 2])
+        )
         RM.queue_start()
         RM.wait_for_idle(timeout=PLAN_TIMEOUT)
-        scan_item, polarization_item = RM.history_get()["items"][-2:]
+        scan_item, polarization_item, fly_item = RM.history_get()["items"][-3:]
+        assert fly_item["result"]["exit_status"] == "completed", (
+            fly_item["result"].get("msg"),
+            fly_item["result"].get("traceback"),
+        )
         result = scan_item["result"]
         assert result["exit_status"] == "completed", result
         (uid,) = result["run_uids"]

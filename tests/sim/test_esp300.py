@@ -148,6 +148,27 @@ def test_axes_move_concurrently(fake_clock):
     assert not sim.is_moving(3) and sim.is_moving(1)
 
 
+def test_true_position_follows_the_trajectory_through_moves_stops_and_rests(fake_clock):
+    # The truth a test compares a recorded position with: where the axis was at a past time.
+    sim = ESP300Simulator(clock=fake_clock, speed=2.0)
+    t0 = fake_clock.t
+    assert sim.true_position(1, t0 - 100.0) == 0.0  # at rest since power-up
+    exchange(sim, b"1PA10\r\n")  # 2.25 device seconds: 1.125 real seconds at speed 2
+    fake_clock.advance(0.5)  # 1.0 device second: 4.375
+    exchange(sim, b"1ST\r\n")
+    fake_clock.advance(1.0)
+    exchange(sim, b"1PA0\r\n")
+    fake_clock.advance(10.0)
+    assert sim.true_position(1, t0 + 0.0625) == pytest.approx(0.15625)  # 0.125 device s
+    assert sim.true_position(1, t0 + 0.5) == pytest.approx(4.375)
+    assert sim.true_position(1, t0 + 1.0) == pytest.approx(4.375)  # stopped, not at 10
+    assert sim.true_position(1, t0 + 1.5 + 0.0625) == pytest.approx(4.375 - 0.15625)
+    assert sim.true_position(1, fake_clock.t) == 0.0 == sim.axis_position(1)
+    assert sim.true_position(2, t0 + 1.0) == 0.0  # the other axis never moved
+    sim.set_position(1, 3.0)
+    assert sim.true_position(1, fake_clock.t) == 3.0
+
+
 def test_md_is_0_while_moving_then_1_in_real_time(open_url, wire):
     port = open_url("sim://esp300?speed=20")
     port.write(b"1PA10\r\n")  # 2.25 s of device time, about 0.11 s of real time
