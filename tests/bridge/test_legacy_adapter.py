@@ -361,6 +361,52 @@ def test_command_that_never_returns_times_out_with_the_instruments_activity(rota
     dev.close()
 
 
+def test_a_set_that_times_out_while_queued_is_never_sent_late(rotator_runtime, RE):
+    rt, rot = rotator_runtime(rate=0)
+    dev = LegacyDevice(rt, "rot", set_timeout=0.2)
+    connect(dev)
+    rot.query_delay = 1.0
+    busy = rt.submit_future("rot", Command.query("speed"))  # the worker is busy for 1 s
+    with pytest.raises(InstrumentTimeout, match="did not finish within 0.2 s"):
+        done(lambda: dev.set(45.0), timeout=5)
+    assert busy.result(timeout=5).ok
+    rot.query_delay = 0.0
+    # The worker runs its queue in order: once this query is answered, a set still queued
+    # behind the busy query would have run.
+    assert rt.submit("rot", Command.query("angle"), timeout=5).ok
+    assert not [c for c in rot.commands if c.kind == "set"]
+    assert rot.angle == 0.0
+    dev.close()
+
+
+def test_subscribers_see_what_the_stream_reports_on_the_loop(legacy_laser, RE):
+    laser, sim, rt = legacy_laser
+    seen: list[tuple[int, bool]] = []
+    loop = RE.loop
+
+    def on_reading(readings):
+        # delivered on the device's loop, not the distributor's thread
+        seen.append((readings["sim_laser_shutter"]["value"], _running_loop() is loop))
+
+    on_loop(lambda: laser.shutter.subscribe_reading(on_reading))
+    try:
+        assert rt.submit("laser", Command.set("shutter", 0), timeout=5).ok  # not through us
+        assert wait_until(lambda: (0, True) in seen)
+        assert all(on_the_loop for _, on_the_loop in seen)
+    finally:
+        on_loop(lambda: laser.shutter.clear_sub(on_reading))
+        assert rt.submit("laser", Command.set("shutter", 1), timeout=5).ok
+
+
+def _running_loop():
+    import asyncio
+
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def test_slow_legacy_call_does_not_block_the_run_engine_loop(rotator_runtime, RE):
     rt, rot = rotator_runtime(rate=0)
     dev = LegacyDevice(rt, "rot")
