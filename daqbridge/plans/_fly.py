@@ -156,9 +156,7 @@ def fly_raster(
         for j, y in enumerate(ys):
             row = backward if snake and j % 2 else forward
             yield from bps.mv(stage_y, y, stage_x, row.begin)
-            yield from bps.prepare(flyer, row, wait=True)
-            yield from bps.kickoff(flyer, wait=True)
-            yield from bps.complete(flyer, wait=True)
+            yield from _fly_row(flyer, row)
             samples = flyer.pending_samples
             if samples < nx:
                 log.warning(
@@ -174,6 +172,14 @@ def fly_raster(
 
     plan = bpp.stage_wrapper(rows(), [flyer])
     return (yield from stop_on_failure(plan, [flyer, stage_x, stage_y]))
+
+
+def _fly_row(flyer: Any, row: Any) -> Generator[Any, Any, None]:
+    """One row flown, the flyer protocol's way: prepare, kickoff, complete (collect is the
+    caller's, which may look at the samples first)."""
+    yield from bps.prepare(flyer, row, wait=True)
+    yield from bps.kickoff(flyer, wait=True)
+    yield from bps.complete(flyer, wait=True)
 
 
 POLARIZATION_PLAN = "fly_polarization"
@@ -254,9 +260,7 @@ def fly_polarization(
     def turn() -> Generator[Any, Any, str]:
         uid = yield from bps.open_run(_md)
         yield from bps.mv(rotator, row.begin)
-        yield from bps.prepare(flyer, row, wait=True)
-        yield from bps.kickoff(flyer, wait=True)
-        yield from bps.complete(flyer, wait=True)
+        yield from _fly_row(flyer, row)
         yield from bps.collect(flyer)
         yield from bps.close_run()
         return uid
