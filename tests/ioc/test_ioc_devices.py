@@ -56,10 +56,21 @@ def test_meter_reading_follows_the_laser_through_the_ioc(ioc):
         laser.destroy()
 
 
-def test_meter_settings_are_written_to_the_instrument_and_read_back(ioc):
+def test_meter_settings_are_written_to_the_instrument_and_read_back(ioc, ca_context):
     from caproto import ErrorResponseReceived
 
     pv = f"{PREFIX}sim_meter:wavelength"
+    # :Status is watched, not read once: the IOC's own polls (every 0.5 s) report "OK" again
+    # as soon as a reading succeeds, possibly before a caget after the refusal gets there.
+    (status_pv,) = ca_context.get_pvs(f"{PREFIX}sim_meter:Status")
+    status_pv.wait_for_connection(timeout=10)
+    statuses: list[str] = []
+
+    def on_status(sub, response):  # held here: caproto keeps callbacks by weak reference
+        statuses.append(bytes(response.data).rstrip(b"\0").decode())
+
+    subscription = status_pv.subscribe()
+    subscription.add_callback(on_status)
     old = caget(pv).data[0]
     caput(pv, [900])
     try:
@@ -67,8 +78,9 @@ def test_meter_settings_are_written_to_the_instrument_and_read_back(ioc):
         with pytest.raises(ErrorResponseReceived):
             caput(pv, [5000])  # the 1830-C driver refuses it before sending anything
         assert caget(pv).data[0] == 900
-        assert "5000" in _text(f"{PREFIX}sim_meter:Status")
+        _wait(lambda: any("5000" in text for text in statuses), 10, ":Status naming 5000")
     finally:
+        subscription.clear()
         caput(pv, [old])
     assert _text(f"{PREFIX}sim_meter:Status") == "OK"
 
