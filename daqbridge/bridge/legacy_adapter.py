@@ -798,7 +798,7 @@ class LegacyDevice(StandardReadable):
             self._shown_at[name] = timestamp
             sig.backend.update(value, timestamp)
             sp = self._setpoints.get(name)
-            if sp is not None and not sp.backend._reported:
+            if sp is not None and sp.backend.last_reading is None:
                 # Before any set the target is where the instrument is (as the native
                 # positioners start), so the first event's setpoint is a reported value.
                 sp.backend.update(value, timestamp)

@@ -39,7 +39,6 @@ Wire behaviour (INSTRUMENTS.md, "Spectra-Physics MaiTai"; tests/transcripts/mait
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import math
 import re
@@ -128,6 +127,11 @@ _ERROR_QUEUE_DEPTH = 16
 def _format_nm(nm: float) -> str:
     # Whole numbers go out as the manual writes them ("WAVELENGTH 820"); a tenth is kept otherwise.
     return str(int(round(nm))) if abs(nm - round(nm)) < 1e-9 else f"{nm:.1f}"
+
+
+ARRIVAL_TOLERANCE_NM = 0.5
+"""How far the reported wavelength may be from a tune's target for the tune to count as arrived
+(the laser reports whole nm): the device's default, and its legacy twin's tolerance."""
 
 
 class MaiTaiSettings(DriverSettings):
@@ -535,7 +539,7 @@ class MaiTaiLaser(WireDevice):
         reply_terminator: str = "LF",
         timeout: float = 3.0,
         write_delay: float = 0.05,
-        tolerance_nm: float = 0.5,
+        tolerance_nm: float = ARRIVAL_TOLERANCE_NM,
         settle_reads: int = 2,
         tune_timeout: float = 60.0,
         poll_interval: float = 0.05,
@@ -948,7 +952,7 @@ register_driver(
         limits=lambda settings: {"wavelength": tuple(map(float, settings.wavelength_limits))},
         # The laser reports whole nm: the legacy adapter accepts a tune as this driver does
         # (without it bps.mv(laser.wavelength, 760.4) failed on the legacy stack only).
-        tolerance={"wavelength": inspect.signature(MaiTaiLaser).parameters["tolerance_nm"].default},
+        tolerance={"wavelength": ARRIVAL_TOLERANCE_NM},
     ),
     entry=ProfileEntry(
         "Spectra-Physics MaiTai Ti:Sapphire laser.",

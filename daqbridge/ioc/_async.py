@@ -228,12 +228,12 @@ class AsyncDeviceAdapter:
         self.component_names = tuple(names)
         # A setting's setpoint signal (the legacy adapter's) is served in the setting's motor
         # record (its VAL), so the IOC must know which part shows it.
-        parts = {id(getattr(p, "signal", None)): p for p in map(self.__getattribute__, names)}
-        for attr in names:
-            part = getattr(self, attr)
+        parts = [getattr(self, attr) for attr in names]
+        by_signal = {id(getattr(part, "signal", None)): part for part in parts}
+        for part in parts:
             setpoint = getattr(getattr(part, "signal", None), "setpoint_signal", None)
-            if setpoint is not None and id(setpoint) in parts:
-                part.setpoint_signal = parts[id(setpoint)]
+            if setpoint is not None and id(setpoint) in by_signal:
+                part.setpoint_signal = by_signal[id(setpoint)]
 
     def __repr__(self) -> str:
         return f"<AsyncDeviceAdapter {self.name}>"

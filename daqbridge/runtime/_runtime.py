@@ -79,6 +79,7 @@ from daqbridge.runtime._builders import (
     camera_frames_dir,
     check_native_driver,
     connect_native,
+    connect_on_loop,
     construct,
     legacy_adapter_class,
     legacy_adapter_options,
@@ -613,7 +614,7 @@ class Runtime:
         with self._step("legacy_connect"):
             self._wait_legacy()
         with self._step("adapters"):
-            self._wrap_legacy()
+            self._wrap_legacy(ctx)
         with self._step("baseline"):
             self._choose_baseline()
         with self._step("catalog_wait"):
@@ -836,7 +837,7 @@ class Runtime:
         self.failures[lid] = err
         log.error("legacy instrument %s did not start (it keeps retrying): %s", lid, err)
 
-    def _wrap_legacy(self) -> None:
+    def _wrap_legacy(self, ctx: BuildContext) -> None:
         adapter = legacy_adapter_class() if self._legacy_entries else None
         for lid, inst in self._legacy_entries.items():
             refs = [ref for ref in inst.devices() if ref.stack == "legacy"]
@@ -864,15 +865,8 @@ class Runtime:
                 for parameter, limits in legacy_limits(inst).items():
                     setattr(device, f"{parameter}_limits", limits)
                 try:
-                    from daqbridge.devices.core import call_sync
-
-                    seconds = self.connect_timeout or LEGACY_CONNECT_TIMEOUT
-                    call_sync(  # an ophyd-async device: it lives on the RunEngine's loop
-                        lambda device=device, seconds=seconds: device.connect(timeout=seconds),
-                        device=device,
-                        timeout=seconds + 1.0,
-                        loop=self.RE.loop if self.RE is not None else None,
-                    )
+                    # an ophyd-async device: connected on the RunEngine's loop, where it lives
+                    connect_on_loop(device, ctx)(self.connect_timeout or LEGACY_CONNECT_TIMEOUT)
                 except Exception as exc:  # noqa: BLE001 - reported like any start-up failure
                     notes.append(f"{ref.id}: legacy instrument not confirmed running: {exc}")
                     log.warning("legacy adapter %s: %s", ref.id, exc)
