@@ -27,6 +27,11 @@ SHARED_STARTUP = REPO / "profiles" / "ipython" / "startup"
 TEST_STARTUP = Path(__file__).with_name("qserver_startup")
 ENV_OPEN_TIMEOUT = 240.0  # the worker starts the whole simulated lab
 PLAN_TIMEOUT = 120.0
+TEST_TIMEOUT = ENV_OPEN_TIMEOUT + PLAN_TIMEOUT + 240.0
+"""The whole test's bound: its own waits (environment open, the queue, closing, the catalog) plus
+the fixtures' start-ups. It replaces pytest-timeout's global 120 s, which on a loaded 2-core
+machine ran out while the worker was still starting the lab inside the 240 s this test allows
+for that (idle, the environment opens in about 9 s and the three plans run in about 3 s)."""
 
 
 def _startup_dir(tmp_path: Path) -> tuple[Path, bool]:
@@ -137,6 +142,7 @@ def re_manager(redis_server, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(TEST_TIMEOUT)
 def test_a_queued_scan_runs_in_the_worker_and_lands_in_the_catalog(re_manager):
     from bluesky_queueserver_api import BPlan
     from bluesky_queueserver_api.zmq import REManagerAPI
