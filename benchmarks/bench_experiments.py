@@ -86,6 +86,12 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 FULL_ENV = "DAQBRIDGE_BENCH_FULL"
+STACKS_ENV = "DAQBRIDGE_BENCH_STACKS"
+STACKS = ("native", "profile")
+"""``native``: every instrument on its native stack, the migration's end state, where what is
+above the floor is the orchestrator's alone (the default). ``profile``: the stacks the embedded
+profile gives (the meter in shadow mode, its legacy twin reading the same line and polling it at
+5 Hz; the MaiTai on the legacy stack), which adds the twin's and the pollers' bytes."""
 SERIAL_DRIVERS = ("esp300", "newport1830c", "maitai", "elliptec")
 
 STAGE, METER, LASER, BUS, CAMERA = (
@@ -499,14 +505,18 @@ def _total(summary: dict[str, Any]) -> float:
 class Lab:
     """The running simulated lab and what the floors need to know about it."""
 
-    def __init__(self, data_dir: str) -> None:
+    def __init__(self, data_dir: str, stacks: str = "native") -> None:
         from daqbridge.config import Profile, load_profile
         from daqbridge.runtime import Runtime
 
         # The embedded simulated lab (daqbridge/profiles/sim.toml = profiles/sim.toml).
         data = tomllib.loads(Profile.default_path().read_text(encoding="utf-8"))
         data["simulation"]["speed"] = 1.0
+        self.stacks = stacks
         for inst in data["instruments"]:
+            if stacks == "native":
+                inst["stack"] = "native"
+                inst.pop("polling_rate_hz", None)  # a legacy driver's setting
             if inst.get("driver") in SERIAL_DRIVERS:
                 inst.setdefault("sim", {}).setdefault("options", {})["byte_time"] = True
         entries = {i["id"]: i for i in data["instruments"]}
@@ -892,9 +902,31 @@ def _row(name: str, value: float, unit: str, note: str = "") -> dict:
 
 
 def run(
-    full: bool | None = None, only: Iterable[str] | None = None, out: TextIO | None = None
+    full: bool | None = None,
+    only: Iterable[str] | None = None,
+    out: TextIO | None = None,
+    stacks: Iterable[str] | None = None,
 ) -> list[dict]:
-    """Start the lab at speed 1, run the experiments, print the breakdown, return rows."""
+    """For each of ``stacks`` (:data:`STACKS`; default ``$DAQBRIDGE_BENCH_STACKS`` or
+    ``native``): start the lab at speed 1, run the experiments, print the breakdown; return
+    the rows of all, those of a lab other than the native one named with its stacks."""
+    if stacks is None:
+        stacks = os.environ.get(STACKS_ENV, "native").split(",")
+    stacks = [s.strip() for s in stacks if s.strip()]
+    unknown = [s for s in stacks if s not in STACKS]
+    if unknown or not stacks:
+        raise ValueError(f"unknown stacks {unknown}; known: {', '.join(STACKS)}")
+    rows: list[dict] = []
+    for which in stacks:
+        prefix = "" if which == "native" else f"[{which} stacks] "
+        for row in _run_lab(full, only, out, which):
+            rows.append({**row, "name": prefix + row["name"]})
+    return rows
+
+
+def _run_lab(
+    full: bool | None, only: Iterable[str] | None, out: TextIO | None, stacks: str
+) -> list[dict]:
     if full is None:
         full = os.environ.get(FULL_ENV, "").strip().lower() in ("1", "true", "yes", "on")
     sizes = FULL if full else QUICK
@@ -909,8 +941,8 @@ def run(
     results: list[Result] = []
     try:
         t0 = time.perf_counter()
-        lab = Lab(tmp)
-        print(f"lab up in {time.perf_counter() - t0:.1f} s", file=out, flush=True)
+        lab = Lab(tmp, stacks)
+        print(f"lab ({stacks} stacks) up in {time.perf_counter() - t0:.1f} s", file=out, flush=True)
         try:
             rec = Recorder(lab)
             # Untimed: the first run of a fresh catalog creates its tables (about a second).
@@ -931,7 +963,7 @@ def run(
         shutil.rmtree(tmp, ignore_errors=True)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
-        f"\n{'full' if full else 'quick'} form ({sizes}), {os.cpu_count()} cores, "
+        f"\n{stacks} stacks, {'full' if full else 'quick'} form ({sizes}), {os.cpu_count()} cores, "
         f"load average {load}",
         file=out,
     )
@@ -959,10 +991,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--full", action="store_true", help="the full-size experiments")
     parser.add_argument("--only", help=f"comma-separated, of: {', '.join(EXPERIMENTS)}")
+    parser.add_argument(
+        "--stacks",
+        help=f"comma-separated, of: {', '.join(STACKS)} (default: native; see STACKS)",
+    )
     args = parser.parse_args(argv)
     only = args.only.split(",") if args.only else None
+    stacks = args.stacks.split(",") if args.stacks else None
     with contextlib.redirect_stderr(sys.stdout):
-        run(full=args.full or None, only=only, out=sys.stdout)
+        run(full=args.full or None, only=only, out=sys.stdout, stacks=stacks)
     return 0
 
 

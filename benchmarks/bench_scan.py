@@ -22,7 +22,7 @@ ophyd-async: every read a ``C``, ``D?``, ``Q?`` lease; every wavelength step a `
 ``bp.scan([meter], meter.wavelength, 400, 997, 200)``, next to ``ophyd.sim``'s ``det``/``motor``
 and ophyd-async's own simulated devices (``SimPointDetector`` with one channel and zero
 acquire time, ``SimMotor(instant=True)``) in the same plans, interleaved in rounds the same way.
-No target: the ratio native-async / ophyd.sim is reported for the record.
+Target (issue 12): native-async / ophyd.sim <= 1.0 per point, in both plans.
 """
 
 from __future__ import annotations
@@ -195,8 +195,10 @@ def _async_rows() -> list[dict]:
             ),
             _row(
                 f"{label} bp.{plan} native-async / ophyd.sim per point",
-                m[f"async {plan}"] / m[f"ophyd.sim {plan}"],
+                ratio := m[f"async {plan}"] / m[f"ophyd.sim {plan}"],
                 "x",
+                target=1.0,
+                ok=ratio <= 1.0,
             ),
             _row(
                 f"{label} bp.{plan} native-async / ophyd_async.sim per point",

@@ -652,8 +652,13 @@ class ShadowPair:
             return self.native.trigger() & self.legacy.trigger()
         from ophyd_async.core import AsyncStatus
 
-        # Both started before either is waited for: the reads overlap as in ophyd v1.
-        statuses = [self.legacy.trigger(), self.native.trigger()]
+        # Both started before either is waited for: the reads overlap as in ophyd v1. A wire
+        # detector has no trigger (its read asks the instrument): only the other side starts.
+        statuses = [
+            device.trigger()
+            for device in (self.legacy, self.native)
+            if callable(getattr(device, "trigger", None))
+        ]
 
         async def both() -> None:
             for status in statuses:
@@ -1100,16 +1105,11 @@ class ShadowRecorder:
                 reply, thrown = None, exc
 
     def _handle(self, msg: Any, point: _Point) -> Generator[Any, Any, Any]:
-        from bluesky.utils import Msg
 
         command, obj = msg.command, msg.obj
         if command == "trigger" and id(obj) in self._twins:
             status = yield msg
-            twin = self._twins[id(obj)]
-            if id(twin) not in point.triggered and id(twin) not in point.groups:
-                group = f"shadow-{twin.name}-{time.monotonic_ns()}"
-                point.groups[id(twin)] = group
-                yield Msg("trigger", self._echoes[id(twin)], group=group)
+            yield from self._start_twin(self._twins[id(obj)], point)
             return status
         if command == "trigger" and id(obj) in self._echoes:
             point.triggered.add(id(obj))
@@ -1129,6 +1129,10 @@ class ShadowRecorder:
                     merged.update((yield from self._handle(msg._replace(obj=one, args=()), point)))
                 return merged
         if command == "read" and (id(obj) in self._twins or id(obj) in self._echoes):
+            if id(obj) in self._twins:
+                # A native device with no trigger (a wire detector: its read asks the
+                # instrument): the twin starts now, so its read overlaps the native one.
+                yield from self._start_twin(self._twins[id(obj)], point)
             reading = yield msg
             point.readings[id(obj)] = reading
             if id(obj) in self._twins:
@@ -1142,6 +1146,15 @@ class ShadowRecorder:
             point.next()
             return result
         return (yield msg)
+
+    def _start_twin(self, twin: Any, point: _Point) -> Generator[Any, Any, None]:
+        """Trigger the twin's echo in a group of its own, once per point."""
+        from bluesky.utils import Msg
+
+        if id(twin) not in point.triggered and id(twin) not in point.groups:
+            group = f"shadow-{twin.name}-{time.monotonic_ns()}"
+            point.groups[id(twin)] = group
+            yield Msg("trigger", self._echoes[id(twin)], group=group)
 
     def _add_twin(self, native: Any, point: _Point) -> Generator[Any, Any, None]:
         from bluesky.utils import Msg

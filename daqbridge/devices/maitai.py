@@ -66,8 +66,6 @@ from daqbridge.devices._registry import (
     validate_settings,
 )
 from daqbridge.devices.core import (
-    COMPLETED,
-    Completed,
     Exchange,
     LeasedPort,
     WireCommand,
@@ -883,10 +881,6 @@ class MaiTaiLaser(WireDevice):
             history=tuple(int(c) for c in history),
             watchdog_s=watchdog,
         )
-
-    def trigger(self) -> Completed:
-        """Nothing to start: every ``read()`` asks the laser (v1's trigger refreshed a cache)."""
-        return COMPLETED
 
     async def stop(self, success: bool = False) -> None:
         """Stop tuning and close the shutter, as v1's ``stop()``; a failed close is logged."""

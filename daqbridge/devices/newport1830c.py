@@ -55,8 +55,6 @@ from daqbridge.devices._registry import (
     validate_settings,
 )
 from daqbridge.devices.core import (
-    COMPLETED,
-    Completed,
     Exchange,
     LeasedPort,
     WireCommand,
@@ -169,7 +167,8 @@ def _whole(reply: str) -> int:
 class Newport1830C(WireDevice):
     """Newport 1830-C power meter: ``power`` (W, hinted), settings as configuration.
 
-    Readable, Triggerable (a no-op: every ``read()`` asks the meter), Configurable.
+    Readable and Configurable, not Triggerable: every ``read()`` asks the meter, so there is
+    nothing to start, and bluesky then skips a point's trigger and wait (:meth:`read`).
 
     ``wavelength`` (nm), ``range`` (0 = auto, 1-8), ``filter`` (1 slow, 2 medium, 3 fast; names
     accepted) and ``attenuator`` (0/1) are settable with ``set()``/``bps.mv``; constructor
@@ -404,18 +403,15 @@ class Newport1830C(WireDevice):
         """
         await self.read_together([self.wavelength, self.range, self.filter, self.attenuator])
 
-    def trigger(self) -> Completed:
-        """Nothing to start: ``read()`` takes the reading (``C``, ``D?``, ``Q?``, one lease).
-
-        The meter has no acquisition to arm; a triggered reading kept until ``read()`` would be
-        a stored value the next read could pass off as fresh. Present so plans and the IOC treat
-        the meter as the detector it is (bluesky's Triggerable); the status is done when
-        returned, so a plan's wait costs nothing.
-        """
-        return COMPLETED
-
     async def read(self) -> dict[str, Reading]:
-        """The power (``C``, ``D?``, ``Q?``), one lease and no task (:meth:`read_together`)."""
+        """The power (``C``, ``D?``, ``Q?``), one lease and no task (:meth:`read_together`).
+
+        The meter measures all the time and has no acquisition to arm, so the device has no
+        ``trigger()``: a triggered reading kept until ``read()`` would be a stored value the
+        next read could pass off as fresh, and a no-op trigger costs every point a ``trigger``
+        and a ``wait`` message in the RunEngine (about a third of a count's time per point
+        over the zero-latency simulator; docs/performance.md).
+        """
         return await self.read_together([self.power])
 
     # --- the reading ----------------------------------------------------------------------------

@@ -67,8 +67,6 @@ from daqbridge.devices._registry import (
     validate_settings,
 )
 from daqbridge.devices.core import (
-    COMPLETED,
-    Completed,
     Exchange,
     LeasedPort,
     WireCommand,
@@ -561,8 +559,9 @@ def _as_dtype(value: Any, spec: ScpiSignalSpec) -> Any:
 
 
 class ScpiInstrument(WireDevice):
-    """A SCPI instrument: Readable, Triggerable (nothing to start), Configurable; settable
-    signals are Movable.
+    """A SCPI instrument: Readable and Configurable; settable signals are Movable. Not
+    Triggerable: ``read()`` asks the instrument (one lease for the whole point), so there is
+    nothing to start and bluesky skips a point's trigger and wait.
 
     ``port``: a :class:`~daqbridge.transport.VisaSession` (wrapped in a VisaPort) or any
     :class:`~daqbridge.devices.core.LeasedPort`. ``signals``: :class:`ScpiSignalSpec`, mappings,
@@ -686,10 +685,6 @@ class ScpiInstrument(WireDevice):
             raise
 
     # --- reading --------------------------------------------------------------------------------
-
-    def trigger(self) -> Completed:
-        """Nothing to start: ``read()`` asks the instrument (one lease for the whole point)."""
-        return COMPLETED
 
     async def read(self) -> dict[str, Reading]:
         """Every hinted/normal signal, asked in ONE lease: the values of a point belong together."""

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from bluesky.protocols import Movable, Readable, Triggerable
+from bluesky.protocols import Movable, Readable
 
 from daqbridge.plans._checks import plan_error, positioner_limits, require_device
 from daqbridge.plans._metadata import device_name, hinted_fields
@@ -121,7 +121,7 @@ class MeterControls:
 
 
 def meter_controls(plan: str, argument: str, meter: Any) -> MeterControls:
-    require_device(plan, argument, meter, "a power meter", Readable, Triggerable)
+    require_device(plan, argument, meter, "a power meter", Readable)
     setter = _setter(meter, "wavelength")
     if setter is None:
         raise plan_error(

@@ -24,10 +24,13 @@ def read_point(detectors: list[Any], extra: list[Any]) -> Generator:
     """One event: trigger ``detectors`` together, then read them and ``extra`` (signals that are
     components of a detector, already fresh: not triggered)."""
     group = f"point-{uuid.uuid4().hex[:8]}"
+    triggered = False
     for obj in detectors:
         if isinstance(obj, Triggerable):
+            triggered = True
             yield from bps.trigger(obj, group=group)
-    yield from bps.wait(group=group)
+    if triggered:  # as bluesky's trigger_and_read: no wait when there was nothing to start
+        yield from bps.wait(group=group)
     yield from bps.create("primary")
 
     def read_all() -> Generator:

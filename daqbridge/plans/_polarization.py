@@ -15,7 +15,7 @@ from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
 from bluesky import plans as bp
-from bluesky.protocols import Movable, Readable, Triggerable
+from bluesky.protocols import Movable, Readable
 
 from daqbridge.plans._checks import (
     plan_error,
@@ -59,7 +59,7 @@ def polarization_scan(
     angles reached.
     """
     rotators = [rotator, *_as_list(extra_rotators)]
-    require_device(PLAN, "meter", meter, "a power meter", Readable, Triggerable)
+    require_device(PLAN, "meter", meter, "a power meter", Readable)
     for i, r in enumerate(rotators):
         arg = "rotator" if i == 0 else f"extra_rotators[{i - 1}]"
         require_device(PLAN, arg, r, "a rotation mount", Movable, Readable)

@@ -12,7 +12,7 @@ import inspect
 from collections.abc import Generator, Mapping
 from typing import Any
 
-from bluesky.protocols import Readable, Triggerable
+from bluesky.protocols import Readable
 
 from daqbridge.errors import ConfigError
 from daqbridge.plans._capabilities import is_legacy_device
@@ -71,8 +71,8 @@ def shadow_compare(
     ``ShadowReport.from_run(catalog[uid])`` rebuilds it).
     """
     engine = _engine()
-    require_device(PLAN, "legacy_device", legacy_device, "a legacy device", Readable, Triggerable)
-    require_device(PLAN, "native_device", native_device, "a native device", Readable, Triggerable)
+    require_device(PLAN, "legacy_device", legacy_device, "a legacy device", Readable)
+    require_device(PLAN, "native_device", native_device, "a native device", Readable)
     if not is_legacy_device(legacy_device):
         raise plan_error(
             PLAN,

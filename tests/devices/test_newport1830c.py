@@ -111,9 +111,8 @@ def test_connect_forces_echo_off_and_watts(meter):
     assert sim.units == 1 and not sim.echo_enabled
     assert sim.received_lines[:2] == ["E0", "U1"]
     assert last(pm.wavelength) == 633 and last(pm.filter) == 3 and last(pm.attenuator) == 0
-    on_loop(lambda: pm.trigger())
     assert power(pm) == pytest.approx(2.5e-7, rel=1e-3)
-    for proto in (Readable, Triggerable, Configurable):
+    for proto in (Readable, Configurable):
         assert isinstance(pm, proto)
     desc = on_loop(pm.describe())["pm_power"]
     assert desc["units"] == "W" and desc["dtype"] == "number" and server.path in desc["source"]
@@ -177,26 +176,33 @@ def test_a_mock_connected_meter_reads_through_ophyd_async(RE):  # noqa: N803
     assert on_loop(pm.read())["pm_power"]["value"] == 1.5e-6
 
 
-def test_trigger_is_done_when_returned(meter):
-    """Nothing to arm: the status is finished at once, so a plan's wait takes no loop turn."""
-    server, pm = meter()
-    status = pm.trigger()
-    assert status.done and status.success and status.exception() is None
-    called = []
-    status.add_callback(called.append)
-    assert called == [status]
-    on_loop(_awaited(status))  # ophyd-async callers await it
-    sent = len(server.simulator.received_lines)
-    pm.trigger()
-    assert len(server.simulator.received_lines) == sent  # nothing on the wire
+def test_a_count_reads_the_meter_afresh_with_no_trigger_or_wait(meter, RE):  # noqa: N803
+    """The meter measures all the time: it has no trigger, so bluesky sends no trigger and no
+    wait for it, and each point's value is the one the meter gave for that point's read."""
+    server, pm = meter(input_power=1.0e-7)
+    sim = server.simulator
+    commands: list[str] = []
+    values: list[float] = []
+
+    def next_point(name: str, doc: dict) -> None:
+        if name == "event":
+            values.append(doc["data"]["pm_power"])
+            sim.set_input_power(sim.input_power * 2)  # what the next read must see
+
+    RE.msg_hook = lambda msg: commands.append(msg.command)
+    try:
+        RE(bp.count([pm], 3), next_point)
+    finally:
+        RE.msg_hook = None
+    assert not isinstance(pm, Triggerable)
+    points = commands[commands.index("open_run") : commands.index("close_run")]
+    assert points.count("read") == 3
+    assert "trigger" not in points and "wait" not in points, points
+    assert values == pytest.approx([1.0e-7, 2.0e-7, 4.0e-7], rel=1e-3)
 
 
 async def _subscribed(signal: Any, callback: Any) -> None:
     signal.subscribe_reading(callback)
-
-
-async def _awaited(status: Any) -> None:
-    await status
 
 
 def test_profile_settings_are_applied_and_read_back(meter):

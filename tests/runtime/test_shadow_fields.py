@@ -43,10 +43,7 @@ class ChannelStopped:
     def describe(self):
         return self._described
 
-    def trigger(self):
-        return self._device.trigger()
-
-    async def read(self):  # the meter is ophyd-async: its reading is awaited
+    async def read(self):  # the meter is ophyd-async (no trigger: its read asks the meter)
         reading = dict(await self._device.read())
         del reading[f"{self.name}_power"]
         return reading

@@ -8,7 +8,7 @@
   can hand it :class:`ReplayPort`, which replays a transcript and fails on any unexpected byte.
 * :class:`WireMovableLogic` / :class:`WirePositioner` / :func:`wire_target_signal`: positioners
   whose moves are coroutines (move command in one lease, motion-done polls in short ones).
-* :data:`COMPLETED`: the status of a trigger with nothing to start (done when returned).
+* :data:`COMPLETED`: the status of an operation with nothing left to do (done when returned).
 * :func:`call_sync` / :func:`maybe_sync`: a device's coroutines from synchronous code (another
   thread), run on the loop the device was connected on.
 """

@@ -1,11 +1,12 @@
-"""The status of a trigger with nothing to start: done when it is returned.
+"""The status of an operation finished when it is returned.
 
-A wire detector whose every ``read()`` asks the instrument (the 1830-C, the MaiTai, a SCPI
-instrument) has nothing to arm, but bluesky's plans trigger every Triggerable before reading it.
-An ``AsyncStatus`` is a task: the RunEngine's ``wait`` then takes several turns of the event loop
-to see it finish, a tenth of a millisecond per point for nothing. This status is finished at
-birth, so the wait returns at once; it is awaitable (ophyd-async callers) and has a ``wait()``
-(ophyd v1 callers), like the statuses it stands in for.
+The wire detectors (the 1830-C, the MaiTai, a SCPI instrument) have no trigger at all: their
+``read()`` asks the instrument, and bluesky skips a point's trigger and wait for a device that is
+not Triggerable. What still needs a status that is done at birth is a ``trigger()`` that must
+exist but has nothing left to do (the shadow recorder's echo of a twin whose trigger raised). An
+``AsyncStatus`` is a task: the RunEngine's ``wait`` then takes several turns of the event loop to
+see it finish. This status is finished at birth, so the wait returns at once; it is awaitable
+(ophyd-async callers) and has a ``wait()`` (ophyd v1 callers), like the statuses it stands in for.
 """
 
 from __future__ import annotations
