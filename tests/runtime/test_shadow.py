@@ -294,6 +294,31 @@ def test_every_event_of_a_count_carries_the_legacy_twin_read_at_that_point(shado
     assert descriptor["data_keys"]["meter_shadow_diff_power"]["units"] == "W"
 
 
+def test_the_twin_starts_before_a_native_device_without_trigger_is_read(shadow_pair):
+    """The native meter has no trigger (ADR 0012): the recorder starts the twin when the plan
+    reads the native device, so the legacy read runs while the native one does, and waits for
+    it only before the point's event is saved."""
+    import bluesky.plans as bp
+
+    from daqbridge.bridge._shadow import ShadowRecorder
+
+    sim, light, native, legacy = shadow_pair
+    RE = RunEngine({}, context_managers=[])
+    RE.preprocessors.append(ShadowRecorder({native: legacy}))
+    seen: list[tuple[str, str | None]] = []
+    RE.msg_hook = lambda msg: seen.append((msg.command, getattr(msg.obj, "name", None)))
+    RE(bp.count([native], 2))
+    points = [i for i, (command, _) in enumerate(seen) if command == "create"]
+    assert len(points) == 2
+    for start in points:
+        point = seen[start : seen.index(("save", None), start)]
+        assert ("trigger", native.name) not in point
+        started = point.index(("trigger", legacy.name))
+        read = point.index(("read", native.name))
+        waited = point.index(("wait", None))
+        assert started < read < waited < point.index(("read", legacy.name)), point
+
+
 def test_one_read_message_of_several_devices_still_carries_the_twin(shadow_pair):
     """bluesky 1.16's trigger_and_read reads a point's devices in one ``Msg("read", *objs)``;
     the recorder takes such a read one object at a time, so the shadowed meter's event still
