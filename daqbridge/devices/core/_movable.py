@@ -55,6 +55,11 @@ POLL_BACKOFF_S = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02)
 readback updates a second). The port is free during every pause."""
 
 
+END_MARGIN_S = 0.001
+"""How long after the profile's expected end of a move the poll for it is sent: the controller
+must have finished its last step, and a clock read 1 ms late costs less than a poll too early."""
+
+
 class WireAxis(Protocol):
     """What the logic needs of the device an axis talks through (its own, or its controller's)."""
 
@@ -226,19 +231,24 @@ class WireMovableLogic(MovableLogic[float]):
     ) -> None:
         """Poll (done query, then position) until done; on timeout stop and raise.
 
-        The pauses follow the back-off, except that a pause that would run past the end the
-        motion profile expects (``expected_end``, ``time.monotonic()``) is cut short so a poll
-        lands on it: the end of the move is then seen one exchange after it happens instead of
-        up to a whole pause later. A controller slower than the profile is polled on as before.
+        The pauses follow the back-off while the end the motion profile expects
+        (``expected_end``, ``time.monotonic()``) is far. The poll that would come within one
+        poll's length of that end is moved to land just after it: the end of the move is then
+        seen one exchange after it happens, not up to a whole pause later (a poll sent 2 ms
+        before the end used to cost the next 20 ms pause). Once the end has passed with the
+        controller still moving (settling, a slower stage than its settings say), the back-off
+        starts again from its shortest pause, so the end is still seen soon after it comes.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         backoff = self.motion.backoff
+        late = 0  # polls since the expected end passed
         for poll in itertools.count():
             if self._current != move_id:
                 raise _Superseded(
                     f"move of {self.axis.name} to {target:g} was superseded by a newer move.",
                     instrument=self.axis.name,
                 )
+            polled = time.monotonic()
             async with self.axis.transaction() as x:
                 done, position = await self.poll(x)
                 if done:
@@ -255,9 +265,13 @@ class WireMovableLogic(MovableLogic[float]):
                 )
             pause = backoff[min(poll + 1, len(backoff) - 1)]
             if expected_end is not None:
-                until_end = expected_end - time.monotonic()
-                if 0.0 < until_end < pause:
-                    pause = until_end
+                now = time.monotonic()
+                until_end = expected_end - now
+                if until_end <= 0.0:  # the profile's end has passed: poll soon again
+                    late += 1
+                    pause = min(pause, backoff[min(late, len(backoff) - 1)])
+                elif until_end < pause + (now - polled):  # the next poll would come early
+                    pause = until_end + END_MARGIN_S
             await self.pause(pause)
 
     async def pause(self, seconds: float) -> None:

@@ -8,6 +8,7 @@ refused target. ophyd-async's mock signals cover the timeout arithmetic, which n
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Coroutine
 from functools import cached_property
 from typing import Any, ClassVar
@@ -27,7 +28,7 @@ from daqbridge.devices.core import (
     wire_signal_r,
     wire_target_signal,
 )
-from daqbridge.devices.core._movable import trapezoid_time
+from daqbridge.devices.core._movable import END_MARGIN_S, trapezoid_time
 from daqbridge.errors import (
     IdentityMismatch,
     InstrumentError,
@@ -333,7 +334,92 @@ def test_a_poll_is_pulled_in_to_land_on_the_end_the_profile_expects(monkeypatch)
 
     run(body())
     port.assert_done()
-    assert len(pauses) == 1 and 0.0 < pauses[0] <= 0.05
+    assert len(pauses) == 1 and 0.0 < pauses[0] <= 0.05 + END_MARGIN_S
+
+
+class FakeClock:
+    """The logic's ``time.monotonic``: advanced by each pause and by each poll (``poll_s``, a
+    poll's length on the wire), so a test states when the polls land against the profile's end
+    without waiting for it."""
+
+    def __init__(self, monkeypatch, poll_s: float) -> None:
+        import types
+
+        import daqbridge.devices.core._movable as movable
+
+        self.now = 1000.0
+        self.polls: list[float] = []
+        self.pauses: list[float] = []
+        monkeypatch.setattr(
+            movable, "time", types.SimpleNamespace(monotonic=lambda: self.now, time=time.time)
+        )
+        real_poll = WireMovableLogic.poll
+
+        async def poll(logic: WireMovableLogic, x: Exchange) -> tuple[bool, float]:
+            self.polls.append(self.now)
+            got = await real_poll(logic, x)
+            self.now += poll_s
+            return got
+
+        async def pause(logic: WireMovableLogic, seconds: float) -> None:
+            self.pauses.append(seconds)
+            self.now += seconds
+            await asyncio.sleep(0)
+
+        monkeypatch.setattr(WireMovableLogic, "poll", poll)
+        monkeypatch.setattr(WireMovableLogic, "pause", pause)
+
+
+def test_a_poll_due_just_before_the_expected_end_lands_just_after_it(monkeypatch):
+    """Expected end 50 ms after the command, polls 8 ms long, a 40 ms back-off step: the
+    second poll would go out at 48 ms, 2 ms before the end, and the move would be seen a whole
+    pause later. It is moved to land just after the end instead."""
+    port = ReplayPort(
+        [IDN, *START, (b"G0.1\n", None), *poll(False, "0.020"), *poll(True, "0.100")],
+        url="replay://slide",
+    )
+    clock = FakeClock(monkeypatch, poll_s=0.008)
+
+    async def body():
+        slide = Slide(port, backoff=(0.0, 0.04))
+        await slide.connect()
+        await slide.set(0.1)
+
+    run(body())
+    port.assert_done()
+    started = clock.polls[0]  # the first poll goes out as the command does (no pause)
+    assert len(clock.polls) == 2
+    assert 0.050 <= clock.polls[1] - started <= 0.050 + END_MARGIN_S + 1e-9
+
+
+def test_after_the_expected_end_the_back_off_starts_again_from_its_shortest_pause(monkeypatch):
+    """A controller still moving when the profile says it should be done (settling): the polls
+    go back to the back-off's first pauses instead of its longest, so the end is seen soon."""
+    port = ReplayPort(
+        [IDN, *START, (b"G0.1\n", None)]
+        + poll(False, "0.010")
+        + poll(False, "0.030")
+        + poll(False, "0.060")
+        + poll(False, "0.099")
+        + poll(False, "0.100")
+        + poll(True, "0.100"),
+        url="replay://slide",
+    )
+    clock = FakeClock(monkeypatch, poll_s=0.008)
+
+    async def body():
+        slide = Slide(port, backoff=(0.0, 0.001, 0.002, 1.0))
+        await slide.connect()
+        await slide.set(0.1)
+
+    run(body())
+    port.assert_done()
+    started = clock.polls[0]
+    # the back-off (1 ms, 2 ms), its 1 s step pulled in to just after the 50 ms end, then,
+    # the controller still moving, the back-off again from its start: 1 ms, 2 ms
+    assert clock.pauses[:2] == [0.001, 0.002]
+    assert 0.050 <= clock.polls[3] - started <= 0.050 + END_MARGIN_S + 1e-9
+    assert clock.pauses[3:] == [0.001, 0.002]
 
 
 def test_without_a_reported_velocity_the_polls_follow_the_back_off(monkeypatch):
