@@ -164,9 +164,9 @@ def test_a_move_is_pa_in_one_lease_then_md_and_tp_in_short_leases():
     port = ReplayPort(transcript_pairs("driver_connect"), url="replay://esp300")
     port.extend(
         [
-            # StandardMovable: the starting position. The timeout and the moment to look for
-            # the end come from the velocity and acceleration reported at connect: no query.
-            (b"1TP?\r\n", b"0.00000\r\n"),
+            # The starting position is the one reported at connect (its 1TP?), the timeout and
+            # the moment to look for the end come from the velocity and acceleration reported
+            # there too: nothing is asked before the move command.
             (b"1PA1.5\r\n", None),  # silent, like every ESP300 move
             (b"1MD?\r\n", b"0\r\n"),
             (b"1TP?\r\n", b"0.75000\r\n"),

@@ -144,7 +144,7 @@ def test_a_tune_is_the_command_alone_then_its_confirmation_then_read_back_polls(
     port._take = lambda data: (writes.append(data), take(data))  # type: ignore[method-assign]
     port.extend(
         [
-            (b"READ:WAV?\n", b"820nm\n"),  # StandardMovable: the starting wavelength
+            # no READ:WAV? first: the tune starts from the wavelength reported at connect
             (b"WAVELENGTH 830\n", None),  # silent, and written alone (the laser's 50 ms)
             (b"WAVELENGTH?\n", b"830nm\n"),  # the laser took the target
             (b"READ:WAV?\n", b"825nm\n"),
@@ -160,8 +160,7 @@ def test_a_tune_is_the_command_alone_then_its_confirmation_then_read_back_polls(
     run(body())
     port.assert_done()
     assert b"WAVELENGTH 830\n" in writes  # a write of its own: the laser's quiet period follows
-    assert port.transactions[-5:] == [
-        b"READ:WAV?\n",
+    assert port.transactions[-4:] == [
         b"WAVELENGTH 830\nWAVELENGTH?\n",
         b"READ:WAV?\n",
         b"READ:WAV?\n",

@@ -26,7 +26,7 @@ import asyncio
 import itertools
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -35,6 +35,7 @@ from bluesky.protocols import Reading
 from event_model import DataKey
 from ophyd_async.core import (
     CALCULATE_TIMEOUT,
+    AsyncStatus,
     CalculatableTimeout,
     MovableLogic,
     SignalBackend,
@@ -43,6 +44,8 @@ from ophyd_async.core import (
     StandardMovable,
     TimeoutCalculator,
     WatchableAsyncStatus,
+    WatcherUpdate,
+    observe_value,
 )
 
 from daqbridge.devices._base import check_number
@@ -357,7 +360,56 @@ class WirePositioner(StandardMovable[float]):
         self, new_position: float, timeout: CalculatableTimeout = CALCULATE_TIMEOUT
     ) -> WatchableAsyncStatus[float]:
         target = self.movable_logic.check_target(new_position)
-        return super().set(target, timeout)
+        return self._move_to(target, timeout)
+
+    @WatchableAsyncStatus.wrap
+    async def _move_to(
+        self, target: float, timeout: CalculatableTimeout
+    ) -> AsyncIterator[WatcherUpdate[float]]:
+        """``StandardMovable.set``, starting from the position the controller last reported.
+
+        ophyd-async's ``set`` first asks the readback where the axis is, for the progress
+        bar's start and the move's timeout: on a serial line that is a whole position query
+        (``1TP?``, 5 ms of reply at 19200 baud) before every move, the only exchange of a step
+        that carries nothing the run records. The last report (every poll of every move, every
+        read stores one) serves both; only an axis never heard from is asked. What is recorded
+        is unchanged: the event's read asks the controller, as always.
+        """
+        from ophyd_async.core._movable import MoveTimeout, StopState
+
+        logic = self.movable_logic
+        self._stop_state = StopState.NONE
+        old_position = _reported(logic.readback)
+        if old_position is None:
+            old_position = await logic.readback.get_value()
+        units, precision = await logic.get_units_precision()
+        await logic.check_move(target)
+        if timeout == CALCULATE_TIMEOUT:
+            move_timeout = await logic.calculate_timeout(old_position, target)
+        else:
+            move_timeout = timeout
+        try:
+            async with AsyncStatus(
+                logic.move(new_position=target, timeout=MoveTimeout(move_timeout))
+            ) as self._move_status:
+                async for current in observe_value(logic.readback, done_status=self._move_status):
+                    yield WatcherUpdate(
+                        current=current,
+                        initial=old_position,
+                        target=target,
+                        name=self.name,
+                        unit=units,
+                        precision=precision,
+                    )
+        except asyncio.CancelledError:  # a stop(success=True) ends the move without an error
+            if self._stop_state == StopState.NONE:
+                raise
+        finally:
+            self._move_status = None
+        stop_state = self._stop_state
+        self._stop_state = StopState.NONE
+        if stop_state == StopState.USER_FAILURE:
+            raise RuntimeError(f"Device {self.name} was stopped.")
 
 
 def wire_backend(signal: Any) -> WireSignalBackend:
