@@ -6,6 +6,7 @@ change of the light between the two reads of a pair (or a garbled reply) must be
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import uuid
@@ -417,14 +418,35 @@ def test_a_failed_legacy_read_is_recorded_as_nan_and_the_run_goes_on(shadow_pair
     docs: list[tuple[str, dict]] = []
     RE.subscribe(lambda name, doc: docs.append((name, doc)))
 
+    # The native meter has no trigger, so the recorder starts the twin as the plan reads the
+    # native device, and both go to the wire at once. The twin's second trigger first waits
+    # for the native read of that point to end (its Q?: the legacy driver sends D? alone),
+    # then garbles the next reply: the twin's own D?, whatever the timing.
+    from ophyd_async.core import AsyncStatus, set_mock_attr
+
+    real_trigger = legacy.trigger
+    triggers = []
+
+    def trigger():
+        triggers.append(1)
+        if len(triggers) != 2:
+            return real_trigger()
+
+        async def after_the_native_read() -> None:
+            async with asyncio.timeout(10):
+                while sim.received_lines.count("Q?") < 2:
+                    await asyncio.sleep(0.001)
+            sim.faults.garble_next = 1
+            await real_trigger()
+
+        return AsyncStatus(after_the_native_read())
+
+    set_mock_attr(legacy, "trigger", trigger)  # ophyd-async's way to override a verb
+
     def plan():
         yield from bps.open_run()
-        yield from bps.trigger_and_read([native])  # both read: the twin's trigger goes first
-        yield from bps.create()
-        yield from bps.read(native)  # no trigger: the native meter reads at read()
-        sim.faults.garble_next = 1  # only the twin goes to the wire before this point is saved
-        yield from bps.save()
-        yield from bps.trigger_and_read([native])
+        for _ in range(3):
+            yield from bps.trigger_and_read([native])
         yield from bps.close_run()
 
     RE(plan())
