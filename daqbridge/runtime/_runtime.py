@@ -214,6 +214,32 @@ class _QuietAborts(logging.Filter):
 _QUIET_ABORTS = _QuietAborts()
 
 
+class _LateStatusOfAnAbortedWait(logging.Filter):
+    """Drops asyncio's traceback for a status that finishes after an abort cancelled its wait.
+
+    bluesky 1.16.0's ``RunEngine._status_object_completed`` sets the result of the wait's
+    future without asking whether it is still pending; after an abort (Ctrl-C, SIGTERM, a
+    failed instrument) the RunEngine has cancelled it, so a move or trigger that ends
+    afterwards raises ``InvalidStateError`` inside an event-loop callback, and asyncio logs it
+    with a traceback. Nothing is wrong then (the run was aborted, its data kept), and a
+    scientist must not be shown a traceback for stopping a run. Any other error of a callback
+    keeps its traceback.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("daqbridge-late-status")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (
+            isinstance(error, asyncio.InvalidStateError)
+            and "RunEngine._status_object_completed" in record.getMessage()
+        )
+
+
+_LATE_STATUS = _LateStatusOfAnAbortedWait()
+
+
 RUN_METADATA_FILE = "runengine-metadata.json"
 """In the data directory: ``RE.md`` as the scientist left it, ``scan_id`` above all."""
 
@@ -741,6 +767,9 @@ class Runtime:
         bluesky_log = logging.getLogger("bluesky")
         if _QUIET_ABORTS not in bluesky_log.filters:
             bluesky_log.addFilter(_QUIET_ABORTS)
+        asyncio_log = logging.getLogger("asyncio")
+        if _LATE_STATUS not in asyncio_log.filters:
+            asyncio_log.addFilter(_LATE_STATUS)
         return RE
 
     @staticmethod
