@@ -385,10 +385,14 @@ class SimulatedCameraBackend(CameraBackend):
             self.stall_count = 0
             self._phase = ImageStatus.EXPOSURE_IN_PROGRESS
             run = self._run = _Run(setup)
-        self._thread = threading.Thread(
-            target=self._produce, args=(run,), name=f"pvcam-sim:{self._open_name}", daemon=True
-        )
-        self._thread.start()
+            # Started before it is published, both under the lock that publishes the run: a
+            # stop() from another thread that sees the run acquiring finds a thread it can join
+            # (joining one not yet started raises). The producer waits for the lock to begin.
+            thread = threading.Thread(
+                target=self._produce, args=(run,), name=f"pvcam-sim:{self._open_name}", daemon=True
+            )
+            thread.start()
+            self._thread = thread
 
     def _wait_until(self, run: _Run, deadline: float) -> bool:
         """Sleep (lock held by caller's ``with``) until ``deadline``; False if the run stopped."""
