@@ -512,7 +512,6 @@ class Lab:
         # The embedded simulated lab (daqbridge/profiles/sim.toml = profiles/sim.toml).
         data = tomllib.loads(Profile.default_path().read_text(encoding="utf-8"))
         data["simulation"]["speed"] = 1.0
-        self.stacks = stacks
         for inst in data["instruments"]:
             if stacks == "native":
                 inst["stack"] = "native"

@@ -1105,7 +1105,6 @@ class ShadowRecorder:
                 reply, thrown = None, exc
 
     def _handle(self, msg: Any, point: _Point) -> Generator[Any, Any, Any]:
-
         command, obj = msg.command, msg.obj
         if command == "trigger" and id(obj) in self._twins:
             status = yield msg

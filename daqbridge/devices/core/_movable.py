@@ -48,6 +48,10 @@ from ophyd_async.core import (
     observe_value,
 )
 
+# Not exported by ophyd-async, but what StandardMovable.stop() and its set() share; _move_to
+# is that set() with another starting position (ophyd-async pinned to 0.21.x in pyproject).
+from ophyd_async.core._movable import MoveTimeout, StopState
+
 from daqbridge.devices._base import check_number
 from daqbridge.devices.core._exchange import Exchange
 from daqbridge.devices.core._signal import WireSignalBackend
@@ -375,8 +379,6 @@ class WirePositioner(StandardMovable[float]):
         read stores one) serves both; only an axis never heard from is asked. What is recorded
         is unchanged: the event's read asks the controller, as always.
         """
-        from ophyd_async.core._movable import MoveTimeout, StopState
-
         logic = self.movable_logic
         self._stop_state = StopState.NONE
         old_position = _reported(logic.readback)

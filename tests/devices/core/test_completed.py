@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from daqbridge.devices.core import COMPLETED
 
 
@@ -24,4 +22,3 @@ def test_completed_is_finished_for_ophyd_v1_and_ophyd_async_callers():
         pass
     else:  # pragma: no cover - the failure this test is for
         raise AssertionError("awaiting COMPLETED suspended")
-    asyncio.run(awaited())

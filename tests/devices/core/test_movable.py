@@ -99,6 +99,19 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(bounded())
 
 
+def move_slide(port: ReplayPort, target: float, **slide: Any) -> None:
+    """Connect a slide on ``port`` and move it to ``target`` (a fresh loop, bounded), then
+    check that every exchange of the port's transcript was used, in order."""
+
+    async def body() -> None:
+        s = Slide(port, **slide)
+        await s.connect()
+        await s.set(target)
+
+    run(body())
+    port.assert_done()
+
+
 async def until(predicate, timeout: float = 5.0) -> None:
     """Wait on the loop for a condition (other tasks run meanwhile), bounded."""
     async with asyncio.timeout(timeout):
@@ -327,13 +340,7 @@ def test_a_poll_is_pulled_in_to_land_on_the_end_the_profile_expects(monkeypatch)
     )
     pauses = recorded_pauses(monkeypatch)
 
-    async def body():
-        slide = Slide(port, backoff=(0.0, 1.0))
-        await slide.connect()
-        await slide.set(0.1)
-
-    run(body())
-    port.assert_done()
+    move_slide(port, 0.1, backoff=(0.0, 1.0))
     assert len(pauses) == 1 and 0.0 < pauses[0] <= 0.05 + END_MARGIN_S
 
 
@@ -380,13 +387,7 @@ def test_a_poll_due_just_before_the_expected_end_lands_just_after_it(monkeypatch
     )
     clock = FakeClock(monkeypatch, poll_s=0.008)
 
-    async def body():
-        slide = Slide(port, backoff=(0.0, 0.04))
-        await slide.connect()
-        await slide.set(0.1)
-
-    run(body())
-    port.assert_done()
+    move_slide(port, 0.1, backoff=(0.0, 0.04))
     started = clock.polls[0]  # the first poll goes out as the command does (no pause)
     assert len(clock.polls) == 2
     assert 0.050 <= clock.polls[1] - started <= 0.050 + END_MARGIN_S + 1e-9
@@ -407,13 +408,7 @@ def test_after_the_expected_end_the_back_off_starts_again_from_its_shortest_paus
     )
     clock = FakeClock(monkeypatch, poll_s=0.008)
 
-    async def body():
-        slide = Slide(port, backoff=(0.0, 0.001, 0.002, 1.0))
-        await slide.connect()
-        await slide.set(0.1)
-
-    run(body())
-    port.assert_done()
+    move_slide(port, 0.1, backoff=(0.0, 0.001, 0.002, 1.0))
     started = clock.polls[0]
     # the back-off (1 ms, 2 ms), its 1 s step pulled in to just after the 50 ms end, then,
     # the controller still moving, the back-off again from its start: 1 ms, 2 ms
@@ -432,11 +427,5 @@ def test_without_a_reported_velocity_the_polls_follow_the_back_off(monkeypatch):
     )
     pauses = recorded_pauses(monkeypatch)
 
-    async def body():
-        slide = Slide(port, move_timeout=5.0, backoff=(0.0, 1.0))
-        await slide.connect()
-        await slide.set(0.1)
-
-    run(body())
-    port.assert_done()
+    move_slide(port, 0.1, move_timeout=5.0, backoff=(0.0, 1.0))
     assert pauses == [1.0]
